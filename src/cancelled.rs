@@ -1,0 +1,158 @@
+//! The error that cancellation points report: [`Cancelled`], and how the crate finds it
+//! inside users' error values: [`CancelError`].
+//!
+//! `Cancelled` cannot be forged: it has no public constructor, so every one was raised by a
+//! cancellation point for a scope that was cancelled (SPEC S15). A scope ending with an error
+//! that holds one decides by its own state whether to absorb it (SPEC S9).
+
+use std::error::Error;
+use std::fmt;
+use std::io;
+
+use crate::node::ScopeId;
+use crate::reason::CancelReason;
+
+/// The code was cancelled: returned by cancellation points ([`checkpoint`](crate::checkpoint),
+/// [`sleep`](crate::sleep), [`cancellable`](crate::CancellableExt::cancellable), ...).
+///
+/// Return it (usually with `?`) so the scope that was cancelled can absorb it. It names the
+/// scope it was raised for, the outermost cancelled scope visible from the cancellation
+/// point, and that scope's [reason](CancelReason).
+///
+/// ```
+/// use std::time::Duration;
+/// use tokio_nursery::{move_on_after, sleep, Cancelled};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+/// let out = move_on_after(Duration::from_millis(10), async {
+///     sleep(Duration::from_secs(1)).await?; // reports `Cancelled` at 10 ms
+///     Ok::<_, Cancelled>("finished")
+/// })
+/// .await;
+/// assert_eq!(out.unwrap(), None); // the timeout's scope absorbed it
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Cancelled {
+    scope: ScopeId,
+    reason: CancelReason,
+}
+
+impl Cancelled {
+    pub(crate) fn new(scope: ScopeId, reason: CancelReason) -> Self {
+        Cancelled { scope, reason }
+    }
+
+    /// The scope this cancellation was raised for.
+    pub fn scope(&self) -> ScopeId {
+        self.scope
+    }
+
+    /// Why that scope was cancelled.
+    pub fn reason(&self) -> &CancelReason {
+        &self.reason
+    }
+}
+
+impl fmt::Debug for Cancelled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cancelled")
+            .field("scope", &self.scope)
+            .field("reason", &self.reason)
+            .finish()
+    }
+}
+
+impl fmt::Display for Cancelled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} was cancelled: {}", self.scope, self.reason)
+    }
+}
+
+impl Error for Cancelled {}
+
+impl From<Cancelled> for io::Error {
+    /// An `io::Error` of kind `Other` wrapping the `Cancelled` (not `Interrupted`, which
+    /// std's read loops retry).
+    fn from(cancelled: Cancelled) -> Self {
+        io::Error::other(cancelled)
+    }
+}
+
+/// Error types that can carry a [`Cancelled`], so a scope can recognise a cancellation in a
+/// body's `Err` (SPEC S15).
+///
+/// Implemented for `Cancelled`, `io::Error`, boxed std errors and, with the `anyhow`
+/// feature, `anyhow::Error`; those look through the error's `source()` chain. Implement it
+/// for your own error enum by returning the `Cancelled` variant:
+///
+/// ```
+/// use tokio_nursery::{CancelError, Cancelled};
+///
+/// #[derive(Debug)]
+/// enum AppError {
+///     Cancelled(Cancelled),
+///     Db(String),
+/// }
+///
+/// impl From<Cancelled> for AppError {
+///     fn from(c: Cancelled) -> Self {
+///         AppError::Cancelled(c)
+///     }
+/// }
+///
+/// impl CancelError for AppError {
+///     fn as_cancelled(&self) -> Option<&Cancelled> {
+///         match self {
+///             AppError::Cancelled(c) => Some(c),
+///             _ => None,
+///         }
+///     }
+/// }
+/// ```
+pub trait CancelError: From<Cancelled> {
+    /// The cancellation this error carries, if it is one.
+    fn as_cancelled(&self) -> Option<&Cancelled>;
+}
+
+impl CancelError for Cancelled {
+    fn as_cancelled(&self) -> Option<&Cancelled> {
+        Some(self)
+    }
+}
+
+/// Finds a `Cancelled` in an error or its `source()` chain.
+fn find<'e>(mut error: &'e (dyn Error + 'static)) -> Option<&'e Cancelled> {
+    loop {
+        if let Some(cancelled) = error.downcast_ref::<Cancelled>() {
+            return Some(cancelled);
+        }
+        error = error.source()?;
+    }
+}
+
+impl CancelError for io::Error {
+    fn as_cancelled(&self) -> Option<&Cancelled> {
+        let inner: &(dyn Error + 'static) = self.get_ref()?;
+        find(inner)
+    }
+}
+
+impl CancelError for Box<dyn Error + Send + Sync> {
+    fn as_cancelled(&self) -> Option<&Cancelled> {
+        find(self.as_ref())
+    }
+}
+
+impl CancelError for Box<dyn Error> {
+    fn as_cancelled(&self) -> Option<&Cancelled> {
+        find(self.as_ref())
+    }
+}
+
+#[cfg(feature = "anyhow")]
+impl CancelError for anyhow::Error {
+    fn as_cancelled(&self) -> Option<&Cancelled> {
+        self.chain().find_map(|e| e.downcast_ref::<Cancelled>())
+    }
+}

@@ -1,0 +1,184 @@
+//! The current scope: which cancel scope the code being polled runs in.
+//!
+//! The current scope belongs to the future being polled, not to the task (SPEC S1): a scope
+//! future installs a [`Frame`] in a thread-local for the length of one `poll` of its body and
+//! restores the previous one afterwards, even on unwind. Frames nest as the polls nest, so
+//! each branch of a `join!` sees its own scope.
+//!
+//! A frame is either *linked*, pointing at a node of the scope tree, or *unlinked*: the first
+//! poll of a scope made by [`move_on_after`](crate::move_on_after) and friends runs with its
+//! state inline, allocating and linking nothing, so a scope around a future that is ready at
+//! once costs no more than `tokio::time::timeout`. An unlinked frame is materialised into a
+//! node the moment something needs one (a handle, a waiter, the body going pending).
+//!
+//! This module holds the crate's only `unsafe`: the thread-local points at a frame on the
+//! stack of an enclosing `poll` call.
+
+use std::cell::{Cell, OnceCell};
+use std::ptr;
+use std::time::Instant;
+
+use crate::node::{Node, ScopeId};
+use crate::sync::Arc;
+
+/// One entry of the current-scope stack, alive for one `poll` of a scope's body.
+pub(crate) struct Frame<'a> {
+    /// The enclosing frame, or `None` outside any scope.
+    parent: Option<&'a Frame<'a>>,
+    kind: FrameKind<'a>,
+}
+
+pub(crate) enum FrameKind<'a> {
+    /// The scope has a node in the tree.
+    Linked(&'a Arc<Node>),
+    /// The first poll of a lazily linked scope.
+    Unlinked(&'a Unlinked),
+}
+
+/// The inline state of a scope during its first poll (see the module docs).
+pub(crate) struct Unlinked {
+    /// Cancelled at entry: its deadline had already passed (SPEC S5).
+    pub(crate) cancelled: bool,
+    pub(crate) shield: bool,
+    pub(crate) deadline: Option<Instant>,
+    pub(crate) id: Cell<Option<ScopeId>>,
+    /// Set when something needed a node; the scope future takes it after the poll.
+    pub(crate) node: OnceCell<Arc<Node>>,
+}
+
+impl Unlinked {
+    pub(crate) fn id(&self) -> ScopeId {
+        match self.node.get() {
+            Some(node) => node.id(),
+            None => {
+                let id = self.id.get().unwrap_or_else(ScopeId::next);
+                self.id.set(Some(id));
+                id
+            }
+        }
+    }
+}
+
+thread_local! {
+    static CURRENT: Cell<*const ()> = const { Cell::new(ptr::null()) };
+}
+
+/// Restores the previous frame when a poll returns or unwinds.
+struct Restore(*const ());
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        CURRENT.with(|current| current.set(self.0));
+    }
+}
+
+/// Runs `poll` with a frame of `kind` installed as the current scope, nested in the frame
+/// that was current.
+pub(crate) fn enter<R>(kind: FrameKind<'_>, poll: impl FnOnce() -> R) -> R {
+    with_current(|parent| {
+        let frame = Frame { parent, kind };
+        let previous = CURRENT.with(|current| current.replace(ptr::from_ref(&frame).cast()));
+        let _restore = Restore(previous);
+        poll()
+    })
+}
+
+/// Calls `f` with the current frame, or `None` outside any scope.
+#[inline]
+pub(crate) fn with_current<R>(f: impl for<'a> FnOnce(Option<&'a Frame<'a>>) -> R) -> R {
+    let current = CURRENT.with(Cell::get);
+    // SAFETY: `CURRENT` is either null or points at a `Frame` installed by `enter`, which
+    // lives on the stack of an `enter` call that is still running on this thread: `enter`
+    // installs the pointer only for the duration of `poll` and the `Restore` guard puts the
+    // previous value back before the frame goes out of scope, on return and on unwind. The
+    // frames installed while `f` runs are nested inside this one and restored before `f`
+    // returns, so the reference cannot outlive its frame; the higher-ranked lifetime keeps
+    // `f` from smuggling it out. Frames are only read through shared references.
+    let frame = unsafe { current.cast::<Frame<'_>>().as_ref() };
+    f(frame)
+}
+
+impl<'a> Frame<'a> {
+    /// Effectively cancelled (SPEC S2, S3). One atomic load for a linked frame; an unlinked
+    /// one also asks its parent unless it is shielded.
+    #[inline]
+    pub(crate) fn is_cancelled(&self) -> bool {
+        match self.kind {
+            FrameKind::Linked(node) => node.is_cancelled(),
+            FrameKind::Unlinked(inline) => match inline.node.get() {
+                Some(node) => node.is_cancelled(),
+                None => {
+                    inline.cancelled
+                        || (!inline.shield && self.parent.is_some_and(Frame::is_cancelled))
+                }
+            },
+        }
+    }
+
+    /// The node of this frame, linking it into the tree first if it was unlinked.
+    pub(crate) fn node(&self) -> &Arc<Node> {
+        match self.kind {
+            FrameKind::Linked(node) => node,
+            FrameKind::Unlinked(inline) => inline.node.get_or_init(|| {
+                let parent = self.parent.map(Frame::node);
+                crate::scope::materialize(inline, parent)
+            }),
+        }
+    }
+
+    /// The unlinked state, if this frame has no node yet.
+    fn unlinked(&self) -> Option<&'a Unlinked> {
+        match self.kind {
+            FrameKind::Unlinked(inline) if inline.node.get().is_none() => Some(inline),
+            _ => None,
+        }
+    }
+
+    /// The scope a `Cancelled` raised here is for, with its reason (SPEC S4). Walks the
+    /// unshielded chain; only called on the cancelled path.
+    pub(crate) fn origin(&self) -> Option<Origin> {
+        let mut origin = None;
+        let mut frame = self;
+        while let Some(inline) = frame.unlinked() {
+            if inline.cancelled {
+                origin = Some(Origin::Inline(inline.id()));
+            }
+            match frame.parent {
+                Some(parent) if !inline.shield => frame = parent,
+                _ => return origin,
+            }
+        }
+        match frame.node().origin() {
+            Some(node) => Some(Origin::Node(node)),
+            None => origin,
+        }
+    }
+
+    /// The effective deadline (SPEC S7), ignoring cancellation.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        let mut earliest: Option<Instant> = None;
+        let mut frame = self;
+        while let Some(inline) = frame.unlinked() {
+            earliest = min_deadline(earliest, inline.deadline);
+            match frame.parent {
+                Some(parent) if !inline.shield => frame = parent,
+                _ => return earliest,
+            }
+        }
+        min_deadline(earliest, frame.node().effective_deadline())
+    }
+}
+
+fn min_deadline(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Where a cancellation comes from.
+pub(crate) enum Origin {
+    /// An unlinked scope whose deadline had passed at entry.
+    Inline(ScopeId),
+    Node(Arc<Node>),
+}

@@ -1,0 +1,74 @@
+//! Structured concurrency and human-friendly cancellation for tokio.
+//!
+//! Async Rust cancels by dropping a future wherever it is parked, which can break invariants
+//! half-way. This crate brings Trio's answer to tokio: **cancel scopes** with deadlines,
+//! delivered cooperatively at explicit cancellation points, so code is told it was cancelled
+//! (an `Err(Cancelled)` it can `?`) instead of vanishing mid-await.
+//!
+//! # Cancel scopes
+//!
+//! A scope is entered by running a future in it ([`CancelScope::run`], [`move_on_after`],
+//! [`fail_after`], ...). Scopes nest as the code nests; cancelling one cancels everything
+//! inside it that is not [shielded](CancelScope::shielded). The effective deadline at any
+//! point is the nearest one ([`current_deadline`]).
+//!
+//! ```
+//! use std::time::Duration;
+//! use tokio_nursery::{move_on_after, sleep, checkpoint, Cancelled};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+//! let result = move_on_after(Duration::from_millis(100), async {
+//!     let mut done = 0;
+//!     loop {
+//!         sleep(Duration::from_millis(30)).await?; // a cancellation point
+//!         done += 1;
+//!         checkpoint().await?;                     // another one
+//!         if done == 10 { return Ok::<_, Cancelled>(done); }
+//!     }
+//! })
+//! .await;
+//! assert_eq!(result.unwrap(), None); // cancelled at 100 ms, after 3 rounds
+//! # }
+//! ```
+//!
+//! # Cancellation points
+//!
+//! Delivery is cooperative: [`checkpoint`], [`check_cancelled`], [`cancelled`], [`sleep`] and
+//! any future made [`cancellable`](CancellableExt::cancellable) report the cancellation, every
+//! time they are reached while the scope is cancelled. Code in between is never interrupted.
+//! [`is_cancelled`] is a cheap synchronous query for loops. A scope can opt in to hard
+//! delivery ([`CancelScope::hard`]), which drops its body instead.
+//!
+//! # Crossing tasks
+//!
+//! A plain `tokio::spawn` starts outside every scope. [`carry_scope`] carries the current
+//! scope into such a future; deadlines are fired by a per-runtime service, so they reach
+//! other tasks while the scope's own task is parked or busy.
+//!
+//! See DESIGN.md in the repository for the architecture and its invariants.
+
+#![warn(missing_docs)]
+
+mod cancelled;
+mod carry;
+mod context;
+mod deadline;
+mod deadline_service;
+mod node;
+mod point;
+mod reason;
+mod scope;
+mod sync;
+mod timeout;
+
+pub use cancelled::{CancelError, Cancelled};
+pub use carry::{Carried, carry_scope};
+pub use deadline::{EffectiveDeadline, current_deadline};
+pub use node::ScopeId;
+pub use point::{
+    Cancellable, CancellableExt, Sleep, WaitCancelled, cancelled, check_cancelled, checkpoint,
+    is_cancelled, sleep, sleep_until,
+};
+pub use reason::{CancelReason, Payload};
+pub use scope::{CancelScope, ScopeHandle, Scoped, current_scope};
+pub use timeout::{FailScoped, TimedOut, fail_after, fail_at, move_on_after, move_on_at};

@@ -1,0 +1,460 @@
+//! The scope tree: one [`Node`] per entered cancel scope (Trio's `CancelStatus`).
+//!
+//! A node is the plumbing behind a scope: its place in the tree, its cancellation state,
+//! its deadline and the wakers to call when it becomes cancelled. The user-facing origin of a
+//! cancellation is the scope handle ([`crate::ScopeHandle`]); this module knows nothing of
+//! tokio and uses only [`crate::sync`], so it can be model-checked with loom.
+//!
+//! Invariants (DESIGN.md, "The scope tree", cites them by number):
+//!
+//! 1. A node's state bits change only while its own `inner` lock is held.
+//! 2. A node's `INHERITED` bit equals `!SHIELD && parent.is_cancelled()` once every
+//!    propagation in flight has finished: every change of a node's effective state is
+//!    followed by a recomputation of each child, and a recomputation reads the parent's
+//!    state while holding the child's lock, so the last one to run sees the newest state.
+//! 3. A node is in its parent's `children` exactly while it is linked (entered and not
+//!    ended); linking takes the parent's lock, so a propagation either sees the new child or
+//!    the child reads the new parent state when it recomputes.
+//! 4. Locks are taken one at a time, or node before deadline timer; never parent while
+//!    holding a child, never a node while holding the timer.
+//! 5. Wakers are woken after every lock is released.
+//! 6. Dropping a chain of nodes releases parents iteratively (no recursion in depth).
+
+use std::fmt;
+use std::num::NonZeroU64;
+use std::task::Waker;
+use std::time::Instant;
+
+use slab::Slab;
+
+use crate::reason::CancelReason;
+use crate::sync::{Arc, AtomicU8, AtomicU64, Mutex, Ordering, lock};
+
+/// Identifies a cancel scope for as long as the process runs.
+///
+/// [`Cancelled::scope`](crate::Cancelled::scope) names the scope a cancellation was raised
+/// for; compare it with [`ScopeHandle::id`](crate::ScopeHandle::id).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ScopeId(NonZeroU64);
+
+impl ScopeId {
+    pub(crate) fn next() -> ScopeId {
+        #[cfg(not(loom))]
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        #[cfg(loom)]
+        loom::lazy_static! { static ref NEXT: AtomicU64 = AtomicU64::new(1); }
+        let id = NEXT.fetch_add(1, Ordering::Relaxed);
+        ScopeId(NonZeroU64::new(id).expect("scope id counter wrapped"))
+    }
+
+    /// The id as a number (unique within the process).
+    pub fn as_u64(self) -> u64 {
+        self.0.get()
+    }
+}
+
+impl fmt::Debug for ScopeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ScopeId({})", self.0)
+    }
+}
+
+impl fmt::Display for ScopeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "scope#{}", self.0)
+    }
+}
+
+/// The clock and alarm a node's deadline is kept by (the runtime's deadline service).
+pub(crate) trait DeadlineTimer: Send + Sync {
+    /// Now, on the clock the deadlines of this timer are measured on.
+    fn now(&self) -> Instant;
+    /// Arms an alarm that calls [`Node::fire_deadline`] with the returned key at `at`.
+    fn arm(&self, node: &Arc<Node>, at: Instant) -> TimerKey;
+    /// Disarms an alarm; a key that already fired is ignored.
+    fn disarm(&self, key: TimerKey);
+}
+
+/// An armed alarm, as the timer knows it.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+pub(crate) struct TimerKey {
+    pub(crate) at: Instant,
+    pub(crate) seq: u64,
+}
+
+/// The scope itself was cancelled (`cancel_called`).
+const OWN: u8 = 1;
+/// An ancestor is cancelled and no shield is in between.
+const INHERITED: u8 = 2;
+/// The scope ignores its ancestors' cancellation and deadlines.
+const SHIELD: u8 = 4;
+/// The scope absorbed a cancellation when it ended (`cancelled_caught`).
+const CAUGHT: u8 = 8;
+/// The scope has been entered (its future polled once).
+const ENTERED: u8 = 16;
+/// The scope has ended (its future completed or was dropped).
+const ENDED: u8 = 32;
+
+const CANCELLED: u8 = OWN | INHERITED;
+
+/// A node of the scope tree. See the module docs for its invariants.
+pub(crate) struct Node {
+    id: ScopeId,
+    state: AtomicU8,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    parent: Option<Arc<Node>>,
+    /// Our index in the parent's `children` while linked (invariant 3).
+    slot: Option<usize>,
+    children: Slab<Arc<Node>>,
+    waiters: Slab<Waker>,
+    reason: Option<CancelReason>,
+    deadline: Option<Instant>,
+    timer: Option<Arc<dyn DeadlineTimer>>,
+    armed: Option<TimerKey>,
+}
+
+/// What changed in one node, to be acted on once its lock is released (invariant 5).
+#[derive(Default)]
+struct Fallout {
+    wake: Vec<Waker>,
+    children: Vec<Arc<Node>>,
+}
+
+impl Fallout {
+    fn finish(self) {
+        for waker in self.wake {
+            waker.wake();
+        }
+        propagate(self.children);
+    }
+}
+
+impl Node {
+    /// A node not yet in the tree.
+    pub(crate) fn new(id: ScopeId, shield: bool, deadline: Option<Instant>) -> Node {
+        Node {
+            id,
+            state: AtomicU8::new(if shield { SHIELD } else { 0 }),
+            inner: Mutex::new(Inner {
+                parent: None,
+                slot: None,
+                children: Slab::new(),
+                waiters: Slab::new(),
+                reason: None,
+                deadline,
+                timer: None,
+                armed: None,
+            }),
+        }
+    }
+
+    pub(crate) fn id(&self) -> ScopeId {
+        self.id
+    }
+
+    fn bits(&self) -> u8 {
+        self.state.load(Ordering::Acquire)
+    }
+
+    /// Effectively cancelled: its own cancellation or a visible ancestor's. One atomic load.
+    #[inline]
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.bits() & CANCELLED != 0
+    }
+
+    pub(crate) fn cancel_called(&self) -> bool {
+        self.bits() & OWN != 0
+    }
+
+    pub(crate) fn cancelled_caught(&self) -> bool {
+        self.bits() & CAUGHT != 0
+    }
+
+    pub(crate) fn is_shielded(&self) -> bool {
+        self.bits() & SHIELD != 0
+    }
+
+    pub(crate) fn is_entered(&self) -> bool {
+        self.bits() & ENTERED != 0
+    }
+
+    /// SPEC S9: the scope would absorb a returned `Cancelled` now: it is cancelled itself and
+    /// no cancelled ancestor is visible to it.
+    pub(crate) fn absorbs(&self) -> bool {
+        self.bits() & CANCELLED == OWN
+    }
+
+    pub(crate) fn parent(&self) -> Option<Arc<Node>> {
+        lock(&self.inner).parent.clone()
+    }
+
+    pub(crate) fn reason(&self) -> Option<CancelReason> {
+        lock(&self.inner).reason.clone()
+    }
+
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        lock(&self.inner).deadline
+    }
+
+    /// Marks the scope cancelled with `reason` (the first reason wins) and propagates.
+    pub(crate) fn cancel(self: &Arc<Self>, reason: CancelReason) {
+        let mut inner = lock(&self.inner);
+        if inner.reason.is_none() {
+            inner.reason = Some(reason);
+        }
+        let fallout = self.set_bits(&mut inner, |bits| bits | OWN);
+        drop(inner);
+        fallout.finish();
+    }
+
+    /// Raises or lowers the shield (SPEC S8) and propagates the change.
+    pub(crate) fn set_shield(self: &Arc<Self>, shield: bool) {
+        let mut inner = lock(&self.inner);
+        let fallout = self.set_bits(&mut inner, |bits| {
+            if shield { bits | SHIELD } else { bits & !SHIELD }
+        });
+        drop(inner);
+        fallout.finish();
+    }
+
+    /// Applies `change` to the state bits, recomputes `INHERITED` from the parent
+    /// (invariant 2) and returns what must be woken and revisited. Caller holds the lock.
+    fn set_bits(&self, inner: &mut Inner, change: impl FnOnce(u8) -> u8) -> Fallout {
+        let old = self.bits();
+        let mut new = change(old);
+        let exposed = new & SHIELD == 0
+            && inner.parent.as_ref().is_some_and(|parent| parent.is_cancelled());
+        new = if exposed { new | INHERITED } else { new & !INHERITED };
+        self.state.store(new, Ordering::Release);
+        let mut fallout = Fallout::default();
+        if (old & CANCELLED != 0) != (new & CANCELLED != 0) {
+            if new & CANCELLED != 0 {
+                fallout.wake = inner.waiters.iter().map(|(_, w)| w.clone()).collect();
+            }
+            fallout.children = inner.children.iter().map(|(_, c)| c.clone()).collect();
+        }
+        fallout
+    }
+
+    /// Enters the scope: links it under `parent` and starts its deadline on `timer`.
+    ///
+    /// A deadline already past cancels the scope at once (SPEC S5).
+    pub(crate) fn enter(
+        self: &Arc<Self>,
+        parent: Option<&Arc<Node>>,
+        timer: Option<Arc<dyn DeadlineTimer>>,
+    ) {
+        {
+            let mut inner = lock(&self.inner);
+            debug_assert!(inner.parent.is_none() && !self.is_entered());
+            inner.parent = parent.cloned();
+            inner.timer = timer;
+        }
+        if let Some(parent) = parent {
+            let slot = lock(&parent.inner).children.insert(self.clone());
+            lock(&self.inner).slot = Some(slot);
+        }
+        let mut inner = lock(&self.inner);
+        let fallout = self.set_bits(&mut inner, |bits| bits | ENTERED);
+        let expired = self.arm(&mut inner);
+        drop(inner);
+        fallout.finish();
+        if expired {
+            self.cancel(CancelReason::Deadline);
+        }
+    }
+
+    /// Arms the deadline alarm if the scope runs, is not cancelled and has a deadline.
+    /// Returns true if the deadline has already passed. Caller holds the lock.
+    fn arm(self: &Arc<Self>, inner: &mut Inner) -> bool {
+        if let Some(key) = inner.armed.take() {
+            if let Some(timer) = &inner.timer {
+                timer.disarm(key);
+            }
+        }
+        let bits = self.bits();
+        if bits & ENTERED == 0 || bits & (ENDED | OWN) != 0 {
+            return false;
+        }
+        match (&inner.timer, inner.deadline) {
+            (Some(timer), Some(at)) => {
+                if at <= timer.now() {
+                    return true;
+                }
+                inner.armed = Some(timer.arm(self, at));
+                false
+            }
+            (None, Some(_)) => panic!(
+                "tokio-nursery: a cancel scope with a deadline must run inside a tokio runtime \
+                 (nothing could fire its deadline otherwise)"
+            ),
+            (_, None) => false,
+        }
+    }
+
+    /// Moves the deadline (SPEC S6): earlier may cancel at once; later postpones unless the
+    /// scope is already cancelled. Returns the previous deadline.
+    pub(crate) fn set_deadline(self: &Arc<Self>, deadline: Option<Instant>) -> Option<Instant> {
+        let mut inner = lock(&self.inner);
+        let previous = std::mem::replace(&mut inner.deadline, deadline);
+        let expired = self.arm(&mut inner);
+        drop(inner);
+        if expired {
+            self.cancel(CancelReason::Deadline);
+        }
+        previous
+    }
+
+    /// Called by the timer when the alarm `key` goes off; stale keys are ignored.
+    pub(crate) fn fire_deadline(self: &Arc<Self>, key: TimerKey) {
+        let mut inner = lock(&self.inner);
+        if inner.armed != Some(key) {
+            return;
+        }
+        inner.armed = None;
+        drop(inner);
+        self.cancel(CancelReason::Deadline);
+    }
+
+    /// Ends the scope: records whether it absorbed a cancellation, unlinks it from its
+    /// parent and disarms its deadline. Idempotent.
+    pub(crate) fn end(&self, caught: bool) {
+        let mut inner = lock(&self.inner);
+        if self.bits() & ENDED != 0 {
+            return;
+        }
+        let extra = if caught { ENDED | CAUGHT } else { ENDED };
+        self.state.fetch_or(extra, Ordering::AcqRel);
+        let armed = inner.armed.take();
+        if let (Some(timer), Some(key)) = (inner.timer.take(), armed) {
+            timer.disarm(key);
+        }
+        let parent = inner.parent.take();
+        let slot = inner.slot.take();
+        drop(inner);
+        if let (Some(parent), Some(slot)) = (parent, slot) {
+            let removed = lock(&parent.inner).children.try_remove(slot);
+            drop(removed);
+            // Dropping `parent` may release a long chain: see `Drop` (invariant 6).
+        }
+    }
+
+    /// Registers (or refreshes) a waker to be woken when the scope becomes cancelled.
+    pub(crate) fn register_waiter(&self, key: &mut Option<usize>, waker: &Waker) {
+        let mut inner = lock(&self.inner);
+        match key.and_then(|k| inner.waiters.get_mut(k)) {
+            Some(existing) => {
+                if !existing.will_wake(waker) {
+                    existing.clone_from(waker);
+                }
+            }
+            None => *key = Some(inner.waiters.insert(waker.clone())),
+        }
+    }
+
+    pub(crate) fn remove_waiter(&self, key: &mut Option<usize>) {
+        if let Some(k) = key.take() {
+            let removed = lock(&self.inner).waiters.try_remove(k);
+            drop(removed);
+        }
+    }
+
+    /// The scope a `Cancelled` raised here is for: the outermost scope in the unshielded
+    /// chain above (and including) this one that was cancelled itself (SPEC S4).
+    pub(crate) fn origin(self: &Arc<Self>) -> Option<Arc<Node>> {
+        let mut origin = None;
+        let mut node = self.clone();
+        loop {
+            let bits = node.bits();
+            if bits & CANCELLED == 0 {
+                return origin;
+            }
+            if bits & OWN != 0 {
+                origin = Some(node.clone());
+            }
+            if bits & INHERITED == 0 {
+                return origin;
+            }
+            match node.parent() {
+                Some(parent) => node = parent,
+                None => return origin,
+            }
+        }
+    }
+
+    /// The earliest deadline of this scope and its ancestors up to and including the
+    /// nearest shielded one (SPEC S7).
+    pub(crate) fn effective_deadline(self: &Arc<Self>) -> Option<Instant> {
+        let mut earliest: Option<Instant> = None;
+        let mut node = self.clone();
+        loop {
+            let (deadline, parent) = {
+                let inner = lock(&node.inner);
+                (inner.deadline, inner.parent.clone())
+            };
+            earliest = match (earliest, deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            if node.is_shielded() {
+                return earliest;
+            }
+            match parent {
+                Some(parent) => node = parent,
+                None => return earliest,
+            }
+        }
+    }
+}
+
+/// Recomputes the given nodes and, where their effective state changed, their descendants
+/// (invariant 2). Iterative, so depth costs no stack.
+fn propagate(mut pending: Vec<Arc<Node>>) {
+    while let Some(node) = pending.pop() {
+        let mut inner = lock(&node.inner);
+        let fallout = node.set_bits(&mut inner, |bits| bits);
+        drop(inner);
+        for waker in fallout.wake {
+            waker.wake();
+        }
+        pending.extend(fallout.children);
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // Invariant 6: release the ancestors one by one instead of recursively.
+        let inner = match self.inner.get_mut() {
+            Ok(inner) => inner,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut parent = inner.parent.take();
+        while let Some(node) = parent {
+            parent = match Arc::try_unwrap(node) {
+                Ok(mut last) => {
+                    let inner = match last.inner.get_mut() {
+                        Ok(inner) => inner,
+                        Err(poisoned) => poisoned.into_inner(),
+                    };
+                    inner.parent.take()
+                }
+                Err(_) => None,
+            };
+        }
+    }
+}
+
+impl fmt::Debug for Node {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let bits = self.bits();
+        f.debug_struct("Node")
+            .field("id", &self.id)
+            .field("cancel_called", &(bits & OWN != 0))
+            .field("inherited", &(bits & INHERITED != 0))
+            .field("shield", &(bits & SHIELD != 0))
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,512 @@
+//! Cancel scopes: [`CancelScope`] (a scope not yet entered), [`ScopeHandle`] (the controls of
+//! a scope, from anywhere) and [`Scoped`] (the future that runs a body in a scope).
+//!
+//! This is Trio's `CancelScope`, the origin of a cancellation, split in two so that entering
+//! a scope twice is impossible by type: [`CancelScope::run`] consumes the scope, while any
+//! number of [`ScopeHandle`]s cancel it, move its deadline, raise its shield and read its
+//! state. The plumbing, the node each entered scope has in the tree, is [`crate::node`].
+
+use std::any::Any;
+use std::cell::{Cell, OnceCell};
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use pin_project::{pin_project, pinned_drop};
+use tokio::time::Instant;
+
+use crate::cancelled::{CancelError, Cancelled};
+use crate::context::{self, FrameKind, Unlinked};
+use crate::deadline_service::DeadlineService;
+use crate::node::{DeadlineTimer, Node, ScopeId};
+use crate::reason::{CancelReason, Payload};
+use crate::sync::Arc;
+
+/// A cancel scope that has not been entered yet.
+///
+/// Build it, keep a [`handle`](CancelScope::handle) if you want to control it, then run a
+/// body in it with [`run`](CancelScope::run). The body's cancellation points report
+/// [`Cancelled`] while the scope is cancelled; when the body returns that `Cancelled`, the
+/// scope absorbs it and `run` yields `Ok(None)`.
+///
+/// ```
+/// use tokio_nursery::{CancelScope, Cancelled, sleep};
+/// use std::time::Duration;
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+/// let scope = CancelScope::new();
+/// let handle = scope.handle();
+/// tokio::spawn(async move {
+///     tokio::time::sleep(Duration::from_millis(5)).await;
+///     handle.cancel_with("operator said stop");
+/// });
+/// let out = scope
+///     .run(async {
+///         sleep(Duration::from_secs(60)).await?;
+///         Ok::<_, Cancelled>("done")
+///     })
+///     .await;
+/// assert_eq!(out.unwrap(), None);
+/// # }
+/// ```
+pub struct CancelScope {
+    node: Arc<Node>,
+    timeout: Option<Duration>,
+    hard: bool,
+}
+
+impl CancelScope {
+    /// A scope with no deadline, not shielded, with cooperative delivery.
+    pub fn new() -> Self {
+        CancelScope {
+            node: Arc::new(Node::new(ScopeId::next(), false, None)),
+            timeout: None,
+            hard: false,
+        }
+    }
+
+    /// Sets an absolute deadline on tokio's clock (SPEC S5).
+    pub fn with_deadline(self, deadline: Instant) -> Self {
+        self.node.set_deadline(Some(deadline.into_std()));
+        CancelScope {
+            timeout: None,
+            ..self
+        }
+    }
+
+    /// Sets a deadline `timeout` after the scope is entered (its future first polled),
+    /// replacing any deadline set before entry.
+    pub fn with_timeout(self, timeout: Duration) -> Self {
+        CancelScope {
+            timeout: Some(timeout),
+            ..self
+        }
+    }
+
+    /// Shields the scope from its ancestors' cancellation and deadlines (SPEC S8). The shield
+    /// can be switched later with [`ScopeHandle::set_shield`].
+    pub fn shielded(self) -> Self {
+        self.node.set_shield(true);
+        self
+    }
+
+    /// Hard delivery (SPEC S12): when the scope becomes effectively cancelled, the body is
+    /// polled once more and then dropped, wherever it is parked.
+    ///
+    /// Dropping a future can break invariants half-way (the reason this crate exists): use
+    /// it for bodies that are cancel-safe.
+    pub fn hard(self) -> Self {
+        CancelScope { hard: true, ..self }
+    }
+
+    /// A handle to control the scope from anywhere, before, while and after it runs.
+    pub fn handle(&self) -> ScopeHandle {
+        ScopeHandle {
+            node: self.node.clone(),
+        }
+    }
+
+    /// Runs `body` in this scope.
+    ///
+    /// The future yields `Ok(Some(value))` when the body returns a value, `Ok(None)` when the
+    /// scope absorbed a cancellation (the body returned a [`Cancelled`] while this scope was
+    /// the one cancelled, SPEC S9), and `Err(error)` for any other error, including a
+    /// cancellation of an enclosing scope passing outwards.
+    pub fn run<F, T, E>(self, body: F) -> Scoped<F>
+    where
+        F: Future<Output = Result<T, E>>,
+        E: CancelError,
+    {
+        Scoped {
+            core: ScopeCore::new(
+                body,
+                Plan::Preset {
+                    node: self.node,
+                    timeout: self.timeout,
+                },
+                self.hard,
+            ),
+        }
+    }
+}
+
+impl Default for CancelScope {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for CancelScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CancelScope")
+            .field("id", &self.node.id())
+            .field("timeout", &self.timeout)
+            .field("hard", &self.hard)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The controls of a cancel scope, usable from any task or thread, before the scope is
+/// entered, while it runs and after it ended. Cheap to clone.
+#[derive(Clone)]
+pub struct ScopeHandle {
+    pub(crate) node: Arc<Node>,
+}
+
+impl ScopeHandle {
+    /// The scope's id, as named by the [`Cancelled`] raised for it.
+    pub fn id(&self) -> ScopeId {
+        self.node.id()
+    }
+
+    /// Cancels the scope (SPEC S2). Idempotent; the first reason given wins (SPEC S4).
+    pub fn cancel(&self) {
+        self.cancel_because(CancelReason::Explicit(None));
+    }
+
+    /// Cancels the scope with user data, readable from the [`Cancelled`] the body sees
+    /// (`reason().payload()`, or `reason().message()` for a string).
+    pub fn cancel_with<T: Any + Send + Sync>(&self, data: T) {
+        self.cancel_because(CancelReason::Explicit(Some(Payload::new(data))));
+    }
+
+    pub(crate) fn cancel_because(&self, reason: CancelReason) {
+        #[cfg(feature = "tracing")]
+        tracing::debug!(scope = %self.node.id(), reason = %reason, "cancel");
+        self.node.cancel(reason);
+    }
+
+    /// The scope itself was cancelled, explicitly or by its own deadline. Never reverts.
+    pub fn cancel_called(&self) -> bool {
+        self.node.cancel_called()
+    }
+
+    /// The scope absorbed a cancellation when it ended (SPEC S9).
+    pub fn cancelled_caught(&self) -> bool {
+        self.node.cancelled_caught()
+    }
+
+    /// The scope is effectively cancelled: by itself or by an ancestor it is exposed to.
+    pub fn is_cancelled(&self) -> bool {
+        self.node.is_cancelled()
+    }
+
+    /// Why the scope itself was cancelled, if it was.
+    pub fn reason(&self) -> Option<CancelReason> {
+        self.node.reason()
+    }
+
+    /// The scope's own deadline (not the effective one: see
+    /// [`current_deadline`](crate::current_deadline)).
+    pub fn deadline(&self) -> Option<Instant> {
+        self.node.deadline().map(Instant::from_std)
+    }
+
+    /// Moves the deadline, from any thread (SPEC S6). An earlier deadline takes effect at
+    /// once, cancelling the scope if it has passed on the scope's runtime clock; a later one
+    /// postpones the cancellation unless the scope is already cancelled; `None` removes it.
+    /// Before entry it only records the deadline.
+    ///
+    /// # Panics
+    ///
+    /// If the scope runs outside a tokio runtime (a deadline there could never fire).
+    pub fn set_deadline(&self, deadline: Option<Instant>) {
+        self.node.set_deadline(deadline.map(Instant::into_std));
+    }
+
+    /// Whether the shield is raised.
+    pub fn is_shielded(&self) -> bool {
+        self.node.is_shielded()
+    }
+
+    /// Raises or lowers the shield while the scope runs (SPEC S8). Lowering it inside a
+    /// cancelled ancestor exposes that cancellation at once; `cancel_called` stays false.
+    pub fn set_shield(&self, shield: bool) {
+        self.node.set_shield(shield);
+    }
+}
+
+impl fmt::Debug for ScopeHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ScopeHandle").field(&self.node).finish()
+    }
+}
+
+/// A handle to the innermost scope of the code being polled, or `None` outside any scope.
+///
+/// Cancelling it cancels that scope, as Trio's `current cancel scope` would.
+pub fn current_scope() -> Option<ScopeHandle> {
+    context::with_current(|frame| {
+        frame.map(|frame| ScopeHandle {
+            node: frame.node().clone(),
+        })
+    })
+}
+
+/// Runs a body in a cancel scope: the future returned by [`CancelScope::run`].
+///
+/// Output: `Ok(Some(value))`, `Ok(None)` when the scope absorbed a cancellation, or the
+/// body's error.
+#[pin_project]
+#[must_use = "a scope does nothing unless its future is awaited"]
+pub struct Scoped<F> {
+    #[pin]
+    pub(crate) core: ScopeCore<F>,
+}
+
+impl<F, T, E> Future for Scoped<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: CancelError,
+{
+    type Output = Result<Option<T>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().core.poll_exit(cx).map(|exit| match exit {
+            Exit::Value(value) => Ok(Some(value)),
+            Exit::Absorbed { .. } => Ok(None),
+            Exit::Error(error) => Err(error),
+        })
+    }
+}
+
+impl<F> fmt::Debug for Scoped<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Scoped").finish_non_exhaustive()
+    }
+}
+
+/// How a scope ended.
+pub(crate) enum Exit<T, E> {
+    Value(T),
+    Error(E),
+    /// The scope absorbed a cancellation; its reason and the scope's deadline.
+    Absorbed {
+        reason: CancelReason,
+        deadline: Option<Instant>,
+    },
+}
+
+/// How a scope gets its node.
+pub(crate) enum Plan {
+    /// A [`CancelScope`] the user built: the node exists, linked at entry.
+    Preset {
+        node: Arc<Node>,
+        timeout: Option<Duration>,
+    },
+    /// A helper scope: no node unless one is needed after the first poll.
+    Lazy {
+        deadline: DeadlineSpec,
+        shield: bool,
+    },
+}
+
+/// The deadline of a helper scope.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum DeadlineSpec {
+    At(Instant),
+    After(Duration),
+}
+
+enum Phase {
+    Unentered,
+    Running,
+    Done,
+}
+
+/// The state machine shared by every scope future: entry, polls in the scope's frame,
+/// hard delivery and the end of the scope.
+#[pin_project(PinnedDrop)]
+pub(crate) struct ScopeCore<F> {
+    #[pin]
+    body: Option<F>,
+    plan: Plan,
+    node: Option<Arc<Node>>,
+    hard: bool,
+    phase: Phase,
+    waiter: Option<usize>,
+}
+
+impl<F> ScopeCore<F> {
+    pub(crate) fn new(body: F, plan: Plan, hard: bool) -> Self {
+        ScopeCore {
+            body: Some(body),
+            plan,
+            node: None,
+            hard,
+            phase: Phase::Unentered,
+            waiter: None,
+        }
+    }
+}
+
+impl<F, T, E> ScopeCore<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: CancelError,
+{
+    pub(crate) fn poll_exit(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Exit<T, E>> {
+        let mut this = self.project();
+        match this.phase {
+            Phase::Done => panic!("a cancel scope future was polled after it completed"),
+            Phase::Running => {}
+            Phase::Unentered => {
+                *this.phase = Phase::Running;
+                match this.plan {
+                    Plan::Preset { node, timeout } => {
+                        if let Some(timeout) = *timeout {
+                            node.set_deadline(Some((Instant::now() + timeout).into_std()));
+                        }
+                        let parent = context::with_current(|f| f.map(|f| f.node().clone()));
+                        node.enter(parent.as_ref(), timer());
+                        *this.node = Some(node.clone());
+                    }
+                    Plan::Lazy { deadline, shield } => {
+                        let (deadline, cancelled) = match *deadline {
+                            DeadlineSpec::At(at) => (at, at <= Instant::now()),
+                            DeadlineSpec::After(after) => (Instant::now() + after, after.is_zero()),
+                        };
+                        let inline = Unlinked {
+                            cancelled,
+                            shield: *shield,
+                            deadline: Some(deadline.into_std()),
+                            id: Cell::new(None),
+                            node: OnceCell::new(),
+                        };
+                        let body = this.body.as_mut().as_pin_mut().expect("body present");
+                        let poll = context::enter(FrameKind::Unlinked(&inline), || body.poll(cx));
+                        return match poll {
+                            Poll::Ready(out) => {
+                                let absorbs = match inline.node.get() {
+                                    Some(node) => node.absorbs(),
+                                    None => {
+                                        inline.cancelled
+                                            && (inline.shield || !parent_is_cancelled())
+                                    }
+                                };
+                                *this.phase = Phase::Done;
+                                let exit = exit_of(out, absorbs, || match inline.node.get() {
+                                    Some(node) => absorbed(node),
+                                    None => (CancelReason::Deadline, Some(deadline)),
+                                });
+                                if let Some(node) = inline.node.get() {
+                                    node.end(matches!(exit, Exit::Absorbed { .. }));
+                                }
+                                Poll::Ready(exit)
+                            }
+                            Poll::Pending => {
+                                let node = match inline.node.get() {
+                                    Some(node) => node.clone(),
+                                    None => {
+                                        let parent =
+                                            context::with_current(|f| f.map(|f| f.node().clone()));
+                                        materialize(&inline, parent.as_ref())
+                                    }
+                                };
+                                *this.node = Some(node);
+                                Poll::Pending
+                            }
+                        };
+                    }
+                }
+            }
+        }
+
+        let node = this.node.as_ref().expect("a running scope has a node");
+        let last_poll = *this.hard && node.is_cancelled();
+        let body = this.body.as_mut().as_pin_mut().expect("body present");
+        let poll = context::enter(FrameKind::Linked(node), || body.poll(cx));
+        match poll {
+            Poll::Ready(out) => {
+                *this.phase = Phase::Done;
+                node.remove_waiter(this.waiter);
+                let exit = exit_of(out, node.absorbs(), || absorbed(node));
+                node.end(matches!(exit, Exit::Absorbed { .. }));
+                Poll::Ready(exit)
+            }
+            Poll::Pending if last_poll && node.is_cancelled() => {
+                // SPEC S12: polled once more after the cancellation; now drop the body.
+                this.body.set(None);
+                *this.phase = Phase::Done;
+                node.remove_waiter(this.waiter);
+                let absorbs = node.absorbs();
+                let exit = if absorbs {
+                    let (reason, deadline) = absorbed(node);
+                    Exit::Absorbed { reason, deadline }
+                } else {
+                    Exit::Error(E::from(cancelled_here(node)))
+                };
+                node.end(absorbs);
+                Poll::Ready(exit)
+            }
+            Poll::Pending => {
+                if *this.hard {
+                    node.register_waiter(this.waiter, cx.waker());
+                    if node.is_cancelled() {
+                        cx.waker().wake_by_ref();
+                    }
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+#[pinned_drop]
+impl<F> PinnedDrop for ScopeCore<F> {
+    fn drop(self: Pin<&mut Self>) {
+        let this = self.project();
+        if let (Phase::Running, Some(node)) = (&this.phase, this.node.as_ref()) {
+            node.remove_waiter(this.waiter);
+            node.end(false);
+        }
+    }
+}
+
+/// Classifies a body's output (SPEC S9, S15): a `Cancelled` is absorbed only by a scope that
+/// is cancelled itself with no cancelled ancestor visible.
+fn exit_of<T, E: CancelError>(
+    out: Result<T, E>,
+    absorbs: bool,
+    absorbed: impl FnOnce() -> (CancelReason, Option<Instant>),
+) -> Exit<T, E> {
+    match out {
+        Ok(value) => Exit::Value(value),
+        Err(error) if absorbs && error.as_cancelled().is_some() => {
+            let (reason, deadline) = absorbed();
+            Exit::Absorbed { reason, deadline }
+        }
+        Err(error) => Exit::Error(error),
+    }
+}
+
+fn absorbed(node: &Node) -> (CancelReason, Option<Instant>) {
+    (
+        node.reason().unwrap_or(CancelReason::Deadline),
+        node.deadline().map(Instant::from_std),
+    )
+}
+
+/// The `Cancelled` a cancellation point in `node` would report.
+pub(crate) fn cancelled_here(node: &Arc<Node>) -> Cancelled {
+    let origin = node.origin().unwrap_or_else(|| node.clone());
+    let reason = origin.reason().unwrap_or(CancelReason::Explicit(None));
+    Cancelled::new(origin.id(), reason)
+}
+
+fn parent_is_cancelled() -> bool {
+    context::with_current(|frame| frame.is_some_and(|frame| frame.is_cancelled()))
+}
+
+fn timer() -> Option<Arc<dyn DeadlineTimer>> {
+    DeadlineService::current().map(|service| service as Arc<dyn DeadlineTimer>)
+}
+
+/// Gives an unlinked scope its node and links it under `parent` (see [`crate::context`]).
+pub(crate) fn materialize(inline: &Unlinked, parent: Option<&Arc<Node>>) -> Arc<Node> {
+    let node = Arc::new(Node::new(inline.id(), inline.shield, inline.deadline));
+    node.enter(parent, timer());
+    node
+}

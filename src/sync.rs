@@ -1,0 +1,27 @@
+//! The synchronisation primitives the concurrency core is written against.
+//!
+//! Under `cfg(loom)` they are loom's model-checked types; otherwise std's. The scope tree
+//! ([`crate::node`]) uses nothing else, so the reliability work can model-check it.
+
+#[cfg(loom)]
+pub(crate) use loom::sync::{
+    Arc, Mutex, MutexGuard,
+    atomic::{AtomicU8, AtomicU64, Ordering},
+};
+
+#[cfg(not(loom))]
+pub(crate) use std::sync::{
+    Arc, Mutex, MutexGuard,
+    atomic::{AtomicU8, AtomicU64, Ordering},
+};
+
+/// Locks `mutex`, ignoring poisoning.
+///
+/// Every critical section in the core leaves its data consistent before anything that may
+/// panic (waking a waker, running user code) is called, so a poisoned lock holds valid data.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    match mutex.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
