@@ -182,3 +182,89 @@ pub(crate) enum Origin {
     Inline(ScopeId),
     Node(Arc<Node>),
 }
+
+/// The frame stack's `unsafe` is exercised here without a runtime, so Miri can run it:
+/// `cargo +nightly miri test --lib context`.
+#[cfg(test)]
+mod tests {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    use std::time::Duration;
+
+    use futures::executor::block_on;
+
+    use crate::{
+        CancelScope, Cancelled, check_cancelled, current_scope, is_cancelled, move_on_after,
+        move_on_at,
+    };
+
+    #[test]
+    fn frames_nest_and_unwind() {
+        let outer = CancelScope::new();
+        let outer_handle = outer.handle();
+        let out = block_on(outer.run(async {
+            let inner = CancelScope::new();
+            let inner_id = inner.handle().id();
+            let seen = inner
+                .run(async {
+                    assert_eq!(current_scope().unwrap().id(), inner_id);
+                    assert!(!is_cancelled());
+                    outer_handle.cancel();
+                    assert!(is_cancelled());
+                    check_cancelled()
+                })
+                .await;
+            assert_eq!(current_scope().unwrap().id(), outer_handle.id());
+            seen
+        }));
+        assert!(matches!(out, Ok(None)));
+        assert!(current_scope().is_none());
+        assert!(!is_cancelled());
+    }
+
+    #[test]
+    fn each_join_branch_sees_its_own_scope() {
+        let (a, b) = (CancelScope::new(), CancelScope::new());
+        a.handle().cancel();
+        let (ra, rb) = block_on(async {
+            futures::join!(
+                a.run(async { check_cancelled() }),
+                b.run(async { check_cancelled() })
+            )
+        });
+        assert!(matches!(ra, Ok(None)));
+        assert!(matches!(rb, Ok(Some(()))));
+    }
+
+    #[test]
+    fn a_panicking_body_restores_the_previous_frame() {
+        let scope = CancelScope::new();
+        scope.handle().cancel();
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            block_on(scope.run(async {
+                assert!(is_cancelled());
+                panic!("boom");
+                #[allow(unreachable_code)]
+                Ok::<(), Cancelled>(())
+            }))
+        }));
+        assert!(result.is_err());
+        assert!(current_scope().is_none());
+        assert!(!is_cancelled());
+    }
+
+    #[test]
+    fn unlinked_frames_walk_their_parents() {
+        let past = tokio::time::Instant::now();
+        let out = block_on(move_on_at(past, async {
+            assert!(is_cancelled());
+            let inner = move_on_after(Duration::from_secs(5), async {
+                assert!(is_cancelled(), "inherited from the unlinked parent");
+                check_cancelled()
+            })
+            .await;
+            assert!(inner.is_err(), "the outer scope absorbs, not the inner");
+            inner
+        }));
+        assert!(matches!(out, Ok(None)));
+    }
+}

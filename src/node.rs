@@ -214,7 +214,11 @@ impl Node {
     pub(crate) fn set_shield(self: &Arc<Self>, shield: bool) {
         let mut inner = lock(&self.inner);
         let fallout = self.set_bits(&mut inner, |bits| {
-            if shield { bits | SHIELD } else { bits & !SHIELD }
+            if shield {
+                bits | SHIELD
+            } else {
+                bits & !SHIELD
+            }
         });
         drop(inner);
         fallout.finish();
@@ -226,8 +230,15 @@ impl Node {
         let old = self.bits();
         let mut new = change(old);
         let exposed = new & SHIELD == 0
-            && inner.parent.as_ref().is_some_and(|parent| parent.is_cancelled());
-        new = if exposed { new | INHERITED } else { new & !INHERITED };
+            && inner
+                .parent
+                .as_ref()
+                .is_some_and(|parent| parent.is_cancelled());
+        new = if exposed {
+            new | INHERITED
+        } else {
+            new & !INHERITED
+        };
         self.state.store(new, Ordering::Release);
         let mut fallout = Fallout::default();
         if (old & CANCELLED != 0) != (new & CANCELLED != 0) {
@@ -456,5 +467,59 @@ impl fmt::Debug for Node {
             .field("inherited", &(bits & INHERITED != 0))
             .field("shield", &(bits & SHIELD != 0))
             .finish_non_exhaustive()
+    }
+}
+
+/// Model checks of the tree's propagation (SPEC R1):
+/// `RUSTFLAGS="--cfg loom" cargo test --lib --release loom_`.
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use loom::thread;
+
+    fn node(shield: bool) -> Arc<Node> {
+        Arc::new(Node::new(ScopeId::next(), shield, None))
+    }
+
+    #[test]
+    fn loom_cancel_races_with_entering_a_child() {
+        loom::model(|| {
+            let parent = node(false);
+            parent.enter(None, None);
+            let child = node(false);
+            let entering = {
+                let (parent, child) = (parent.clone(), child.clone());
+                thread::spawn(move || child.enter(Some(&parent), None))
+            };
+            parent.cancel(CancelReason::Explicit(None));
+            entering.join().unwrap();
+            assert!(
+                child.is_cancelled(),
+                "invariant 2/3: the child sees the cancellation"
+            );
+            child.end(false);
+        });
+    }
+
+    #[test]
+    fn loom_shield_toggle_races_with_ancestor_cancel() {
+        loom::model(|| {
+            let root = node(false);
+            root.enter(None, None);
+            let middle = node(true);
+            middle.enter(Some(&root), None);
+            let leaf = node(false);
+            leaf.enter(Some(&middle), None);
+            let lowering = {
+                let middle = middle.clone();
+                thread::spawn(move || middle.set_shield(false))
+            };
+            root.cancel(CancelReason::Deadline);
+            lowering.join().unwrap();
+            assert!(middle.is_cancelled() && leaf.is_cancelled());
+            assert!(!middle.cancel_called() && !leaf.cancel_called());
+            leaf.end(false);
+            middle.end(false);
+        });
     }
 }

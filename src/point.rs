@@ -233,7 +233,11 @@ impl Waiter {
         let registered = context::with_current(|frame| {
             let Some(frame) = frame else { return false };
             let node = frame.node();
-            if !self.node.as_ref().is_some_and(|mine| Arc::ptr_eq(mine, node)) {
+            if !self
+                .node
+                .as_ref()
+                .is_some_and(|mine| Arc::ptr_eq(mine, node))
+            {
                 self.clear();
                 self.node = Some(node.clone());
             }

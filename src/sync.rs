@@ -1,17 +1,21 @@
 //! The synchronisation primitives the concurrency core is written against.
 //!
-//! Under `cfg(loom)` they are loom's model-checked types; otherwise std's. The scope tree
+//! Under `cfg(loom)` the atomics and locks are loom's model-checked types; otherwise std's. The scope tree
 //! ([`crate::node`]) uses nothing else, so the reliability work can model-check it.
+
+// `Arc` stays std's under loom: the model checks atomics and locks; std's `Arc` allows the
+// `self: &Arc<Self>` receivers the core uses.
+pub(crate) use std::sync::Arc;
 
 #[cfg(loom)]
 pub(crate) use loom::sync::{
-    Arc, Mutex, MutexGuard,
+    Mutex, MutexGuard,
     atomic::{AtomicU8, AtomicU64, Ordering},
 };
 
 #[cfg(not(loom))]
 pub(crate) use std::sync::{
-    Arc, Mutex, MutexGuard,
+    Mutex, MutexGuard,
     atomic::{AtomicU8, AtomicU64, Ordering},
 };
 
