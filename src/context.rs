@@ -9,7 +9,8 @@
 //! poll of a scope made by [`move_on_after`](crate::move_on_after) and friends runs with its
 //! state inline, allocating and linking nothing, so a scope around a future that is ready at
 //! once costs no more than `tokio::time::timeout`. An unlinked frame is materialised into a
-//! node the moment something needs one (a handle, a waiter, the body going pending).
+//! node the moment something needs one (a handle, a waiter, a cancellation query, the body
+//! going pending).
 //!
 //! This module holds the crate's only `unsafe`: the thread-local points at a frame on the
 //! stack of an enclosing `poll` call.
@@ -100,16 +101,20 @@ pub(crate) fn with_current<R>(f: impl for<'a> FnOnce(Option<&'a Frame<'a>>) -> R
 
 impl<'a> Frame<'a> {
     /// Effectively cancelled (SPEC S2, S3). One atomic load for a linked frame; an unlinked
-    /// one also asks its parent unless it is shielded.
+    /// one asks its parent unless it is shielded, then links itself.
     #[inline]
     pub(crate) fn is_cancelled(&self) -> bool {
         match self.kind {
             FrameKind::Linked(node) => node.is_cancelled(),
             FrameKind::Unlinked(inline) => match inline.node.get() {
                 Some(node) => node.is_cancelled(),
+                // Not cancelled at entry nor through a visible ancestor: link the scope so its
+                // own deadline is armed before code starts polling for it (a busy loop on
+                // `is_cancelled` must see the deadline on a multi-thread runtime, SPEC S6).
                 None => {
                     inline.cancelled
                         || (!inline.shield && self.parent.is_some_and(Frame::is_cancelled))
+                        || self.node().is_cancelled()
                 }
             },
         }

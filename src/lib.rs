@@ -88,3 +88,8 @@ pub use point::{
 pub use scope::{CancelScope, ScopeHandle, Scoped, current_scope};
 #[cfg(not(loom))]
 pub use timeout::{FailScoped, TimedOut, fail_after, fail_at, move_on_after, move_on_at};
+
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
