@@ -23,7 +23,7 @@
 use std::fmt;
 use std::num::NonZeroU64;
 use std::task::Waker;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use slab::Slab;
 
@@ -112,6 +112,8 @@ struct Inner {
     waiters: Slab<Waker>,
     reason: Option<CancelReason>,
     deadline: Option<Instant>,
+    /// A relative deadline, turned absolute at entry (SPEC S5).
+    timeout: Option<Duration>,
     timer: Option<Arc<dyn DeadlineTimer>>,
     armed: Option<TimerKey>,
 }
@@ -145,6 +147,7 @@ impl Node {
                 waiters: Slab::new(),
                 reason: None,
                 deadline,
+                timeout: None,
                 timer: None,
                 armed: None,
             }),
@@ -262,6 +265,12 @@ impl Node {
             let mut inner = lock(&self.inner);
             debug_assert!(inner.parent.is_none() && !self.is_entered());
             inner.parent = parent.cloned();
+            if let Some(timeout) = inner.timeout.take() {
+                let now = timer
+                    .as_ref()
+                    .map_or_else(Instant::now, |timer| timer.now());
+                inner.deadline = Some(now + timeout);
+            }
             inner.timer = timer;
         }
         if let Some(parent) = parent {
@@ -306,10 +315,20 @@ impl Node {
         }
     }
 
+    /// Sets a deadline `timeout` after entry; before entry only (a later `set_deadline`
+    /// replaces it, as in Trio).
+    pub(crate) fn set_timeout(&self, timeout: Duration) {
+        let mut inner = lock(&self.inner);
+        inner.deadline = None;
+        inner.timeout = Some(timeout);
+    }
+
     /// Moves the deadline (SPEC S6): earlier may cancel at once; later postpones unless the
-    /// scope is already cancelled. Returns the previous deadline.
+    /// scope is already cancelled. Returns the previous deadline. Before entry it replaces a
+    /// pending relative timeout.
     pub(crate) fn set_deadline(self: &Arc<Self>, deadline: Option<Instant>) -> Option<Instant> {
         let mut inner = lock(&self.inner);
+        inner.timeout = None;
         let previous = std::mem::replace(&mut inner.deadline, deadline);
         let expired = self.arm(&mut inner);
         drop(inner);

@@ -53,7 +53,6 @@ use crate::sync::Arc;
 /// ```
 pub struct CancelScope {
     node: Arc<Node>,
-    timeout: Option<Duration>,
     hard: bool,
 }
 
@@ -62,27 +61,22 @@ impl CancelScope {
     pub fn new() -> Self {
         CancelScope {
             node: Arc::new(Node::new(ScopeId::next(), false, None)),
-            timeout: None,
             hard: false,
         }
     }
 
-    /// Sets an absolute deadline on tokio's clock (SPEC S5).
+    /// Sets an absolute deadline on tokio's clock (SPEC S5), replacing a timeout set before.
     pub fn with_deadline(self, deadline: Instant) -> Self {
         self.node.set_deadline(Some(deadline.into_std()));
-        CancelScope {
-            timeout: None,
-            ..self
-        }
+        self
     }
 
     /// Sets a deadline `timeout` after the scope is entered (its future first polled),
-    /// replacing any deadline set before entry.
+    /// replacing a deadline set before. A deadline set through a handle before entry
+    /// replaces the timeout in turn (the last one set wins, as in Trio).
     pub fn with_timeout(self, timeout: Duration) -> Self {
-        CancelScope {
-            timeout: Some(timeout),
-            ..self
-        }
+        self.node.set_timeout(timeout);
+        self
     }
 
     /// Shields the scope from its ancestors' cancellation and deadlines (SPEC S8). The shield
@@ -120,14 +114,7 @@ impl CancelScope {
         E: CancelError,
     {
         Scoped {
-            core: ScopeCore::new(
-                body,
-                Plan::Preset {
-                    node: self.node,
-                    timeout: self.timeout,
-                },
-                self.hard,
-            ),
+            core: ScopeCore::new(body, Plan::Preset { node: self.node }, self.hard),
         }
     }
 }
@@ -142,7 +129,6 @@ impl fmt::Debug for CancelScope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CancelScope")
             .field("id", &self.node.id())
-            .field("timeout", &self.timeout)
             .field("hard", &self.hard)
             .finish_non_exhaustive()
     }
@@ -292,10 +278,7 @@ pub(crate) enum Exit<T, E> {
 /// How a scope gets its node.
 pub(crate) enum Plan {
     /// A [`CancelScope`] the user built: the node exists, linked at entry.
-    Preset {
-        node: Arc<Node>,
-        timeout: Option<Duration>,
-    },
+    Preset { node: Arc<Node> },
     /// A helper scope: no node unless one is needed after the first poll.
     Lazy {
         deadline: DeadlineSpec,
@@ -355,10 +338,7 @@ where
             Phase::Unentered => {
                 *this.phase = Phase::Running;
                 match this.plan {
-                    Plan::Preset { node, timeout } => {
-                        if let Some(timeout) = *timeout {
-                            node.set_deadline(Some((Instant::now() + timeout).into_std()));
-                        }
+                    Plan::Preset { node } => {
                         let parent = context::with_current(|f| f.map(|f| f.node().clone()));
                         node.enter(parent.as_ref(), timer());
                         *this.node = Some(node.clone());
