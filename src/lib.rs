@@ -45,6 +45,24 @@
 //! scope into such a future; deadlines are fired by a per-runtime service, so they reach
 //! other tasks while the scope's own task is parked or busy.
 //!
+//! # Cancel safety
+//!
+//! Every future of this crate, and whether dropping it (losing a `select!` race) loses
+//! anything (SPEC N17):
+//!
+//! | future | cancel-safe | when dropped |
+//! |---|---|---|
+//! | [`checkpoint`] | yes | nothing is lost |
+//! | [`cancelled`] | yes | nothing is lost |
+//! | [`sleep`], [`sleep_until`] | yes | nothing is lost |
+//! | [`fut.cancellable()`](CancellableExt::cancellable) | as cancel-safe as `fut` | `fut` is dropped |
+//! | [`CancelScope::run`], [`move_on_after`], [`move_on_at`] | as cancel-safe as the body | the scope ends and the body is dropped where it is parked |
+//! | [`fail_after`], [`fail_at`] | as cancel-safe as the body | the same |
+//! | [`carry_scope`] | as cancel-safe as the future it carries | that future is dropped |
+//!
+//! Scope futures are `#[must_use]`: a scope does nothing unless awaited. A future leaked with
+//! `mem::forget` never runs its drop code; no design can prevent that.
+//!
 //! See DESIGN.md in the repository for the architecture and its invariants.
 
 #![warn(missing_docs)]

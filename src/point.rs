@@ -6,13 +6,7 @@
 //! triggered, SPEC S3). Most tokio awaits are *not* cancellation points: wrap them with
 //! [`cancellable`](CancellableExt::cancellable) or race them against [`cancelled`].
 //!
-//! | point | cancel-safe in `select!` |
-//! |---|---|
-//! | [`checkpoint`] | yes |
-//! | [`check_cancelled`] (synchronous) | n/a |
-//! | [`cancelled`] | yes |
-//! | [`sleep`], [`sleep_until`] | yes |
-//! | [`Cancellable`] | as cancel-safe as the future it wraps |
+//! The crate docs list the cancel safety of every future ("Cancel safety").
 
 use std::fmt;
 use std::future::Future;

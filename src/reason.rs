@@ -54,6 +54,22 @@ impl CancelReason {
         }
     }
 
+    /// The data of an explicit cancellation, if it is a `T`.
+    ///
+    /// ```
+    /// # use tokio_nursery::CancelScope;
+    /// #[derive(Debug, PartialEq)]
+    /// struct Reload { version: u32 }
+    ///
+    /// let scope = CancelScope::new();
+    /// scope.handle().cancel_with(Reload { version: 2 });
+    /// let reason = scope.handle().reason().unwrap();
+    /// assert_eq!(reason.data::<Reload>(), Some(&Reload { version: 2 }));
+    /// ```
+    pub fn data<T: Any>(&self) -> Option<&T> {
+        self.payload().and_then(Payload::downcast_ref)
+    }
+
     /// The message of an explicit cancellation whose data is a `&'static str` or a `String`.
     pub fn message(&self) -> Option<&str> {
         self.payload().and_then(Payload::as_str)
@@ -83,10 +99,10 @@ impl fmt::Debug for CancelReason {
 impl fmt::Display for CancelReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CancelReason::Explicit(None) => f.write_str("cancelled explicitly"),
+            CancelReason::Explicit(None) => f.write_str("explicit cancel"),
             CancelReason::Explicit(Some(payload)) => match payload.as_str() {
-                Some(message) => write!(f, "cancelled explicitly: {message}"),
-                None => f.write_str("cancelled explicitly (with data)"),
+                Some(message) => write!(f, "explicit cancel: {message}"),
+                None => f.write_str("explicit cancel (with data)"),
             },
             CancelReason::Deadline => f.write_str("deadline passed"),
             CancelReason::SiblingFailed => f.write_str("a sibling task failed"),

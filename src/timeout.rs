@@ -178,11 +178,9 @@ impl TimedOut {
 
 impl fmt::Display for TimedOut {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (&self.reason, self.deadline) {
-            (CancelReason::Deadline, Some(deadline)) => {
-                write!(f, "timed out: deadline {deadline:?} passed")
-            }
-            (reason, _) => write!(f, "fail scope cancelled before it finished: {reason}"),
+        match &self.reason {
+            CancelReason::Deadline => f.write_str("timed out: the scope's deadline passed"),
+            reason => write!(f, "timed out: the fail scope was cancelled ({reason})"),
         }
     }
 }

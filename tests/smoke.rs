@@ -42,7 +42,9 @@ async fn nested_outer_absorbs() {
 
 #[tokio::test(start_paused = true)]
 async fn hard_scope_drops_body() {
-    let scope = CancelScope::new().with_timeout(Duration::from_millis(5)).hard();
+    let scope = CancelScope::new()
+        .with_timeout(Duration::from_millis(5))
+        .hard();
     let h = scope.handle();
     let out = scope
         .run(async {

@@ -971,7 +971,7 @@ async fn trio_test_cancel_reason() {
             assert_eq!(err.reason().message(), Some("hello"));
             assert_eq!(
                 err.to_string(),
-                format!("{} was cancelled: cancelled explicitly: hello", h.id())
+                format!("{} was cancelled: explicit cancel: hello", h.id())
             );
             Err::<(), _>(err)
         })
