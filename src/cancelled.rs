@@ -32,6 +32,21 @@ use crate::reason::CancelReason;
 /// assert_eq!(out.unwrap(), None); // the timeout's scope absorbed it
 /// # }
 /// ```
+///
+/// It cannot be forged: there is no public constructor, no `Default`, and its fields are
+/// private.
+///
+/// ```compile_fail
+/// use tokio_nursery::{CancelReason, Cancelled, ScopeId};
+///
+/// fn forge(scope: ScopeId) -> Cancelled {
+///     Cancelled::new(scope, CancelReason::Deadline) // private: does not compile
+/// }
+/// ```
+///
+/// ```compile_fail
+/// let forged: tokio_nursery::Cancelled = Default::default(); // no Default: does not compile
+/// ```
 #[derive(Clone)]
 pub struct Cancelled {
     scope: ScopeId,

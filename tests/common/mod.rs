@@ -1,0 +1,198 @@
+//! Shared test utilities (`mod common;` in a test crate).
+//!
+//! - [`LiveFutures`] counts futures created and dropped, so a test can prove that a body was
+//!   dropped (hard delivery, `cancellable`), that it was *not* dropped early, and that a test
+//!   ends with zero live futures (SPEC R3).
+//! - [`settle_tasks`] waits until the runtime's count of alive tasks reaches an expected
+//!   value, so a test can prove that the tasks the crate runs for itself (the deadline
+//!   service) exist only while they have work (SPEC R3).
+//! - [`wait_until`] spins on a condition with a hang bound.
+//!
+//! Waiting helpers never count yields and never use timing thresholds: they spin (yielding to
+//! the scheduler) until the condition holds and fail only past [`HANG_BOUND`] of real time,
+//! which no correct run comes close to. They measure real time with `std::time::Instant`, so
+//! they also work under tokio's paused clock without advancing it.
+//!
+//! Each test crate uses a subset of this module, hence the `dead_code` allowances.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// How long a waiting helper waits before declaring a hang (real time).
+pub const HANG_BOUND: Duration = Duration::from_secs(10);
+
+/// Counts live futures: created (when wrapped) versus dropped (when the wrapper is dropped,
+/// whether it completed or not). Cheap to clone; clones share the counters.
+///
+/// ```ignore
+/// let live = LiveFutures::new();
+/// let body = live.track(async { /* ... */ });
+/// assert_eq!(live.live(), 1);
+/// drop(body);
+/// assert_eq!(live.live(), 0);
+/// ```
+#[derive(Clone, Default, Debug)]
+pub struct LiveFutures {
+    counts: Arc<Counts>,
+}
+
+#[derive(Default, Debug)]
+struct Counts {
+    created: AtomicUsize,
+    dropped: AtomicUsize,
+    completed: AtomicUsize,
+}
+
+impl LiveFutures {
+    /// A counter with nothing tracked yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Wraps `future`; counts it as created now and as dropped when the wrapper is dropped.
+    /// The wrapper's output is the future's output.
+    pub fn track<F: Future>(&self, future: F) -> Tracked<F> {
+        self.counts.created.fetch_add(1, Ordering::SeqCst);
+        Tracked {
+            future: Box::pin(future),
+            done: false,
+            counts: self.counts.clone(),
+        }
+    }
+
+    /// A guard counted like a tracked future: created now, dropped when the guard is dropped.
+    /// Move it into an async block to observe when that block's state is dropped.
+    pub fn guard(&self) -> LiveGuard {
+        self.counts.created.fetch_add(1, Ordering::SeqCst);
+        LiveGuard {
+            counts: self.counts.clone(),
+        }
+    }
+
+    /// Tracked futures (and guards) created and not yet dropped.
+    pub fn live(&self) -> usize {
+        self.created() - self.dropped()
+    }
+
+    /// Tracked futures (and guards) created so far.
+    pub fn created(&self) -> usize {
+        self.counts.created.load(Ordering::SeqCst)
+    }
+
+    /// Tracked futures (and guards) dropped so far.
+    pub fn dropped(&self) -> usize {
+        self.counts.dropped.load(Ordering::SeqCst)
+    }
+
+    /// Tracked futures that completed (returned `Ready`) so far; a tracked future dropped
+    /// while pending counts as dropped but not completed.
+    pub fn completed(&self) -> usize {
+        self.counts.completed.load(Ordering::SeqCst)
+    }
+
+    /// Waits until [`live`](Self::live) is `expected` (for futures dropped on other threads).
+    /// Panics past [`HANG_BOUND`].
+    pub async fn wait_live(&self, expected: usize) {
+        wait_until(&format!("{expected} live futures"), || {
+            self.live() == expected
+        })
+        .await;
+    }
+}
+
+/// A future wrapped by [`LiveFutures::track`].
+#[must_use = "futures do nothing unless polled"]
+pub struct Tracked<F> {
+    future: Pin<Box<F>>,
+    done: bool,
+    counts: Arc<Counts>,
+}
+
+impl<F: Future> Future for Tracked<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let poll = self.future.as_mut().poll(cx);
+        if poll.is_ready() && !self.done {
+            self.done = true;
+            self.counts.completed.fetch_add(1, Ordering::SeqCst);
+        }
+        poll
+    }
+}
+
+impl<F> Drop for Tracked<F> {
+    fn drop(&mut self) {
+        self.counts.dropped.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// A guard made by [`LiveFutures::guard`].
+#[derive(Debug)]
+pub struct LiveGuard {
+    counts: Arc<Counts>,
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.counts.dropped.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// The number of tasks alive on the current runtime.
+pub fn alive_tasks() -> usize {
+    tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks()
+}
+
+/// Waits until the current runtime has exactly `expected` alive tasks. Panics past
+/// [`HANG_BOUND`]. The test's own body (the future `#[tokio::test]` blocks on) is not a task.
+///
+/// With no task of the test's own left, `settle_tasks(0)` proves that the crate's deadline
+/// service has exited (SPEC R3).
+pub async fn settle_tasks(expected: usize) {
+    wait_until(&format!("{expected} alive tasks"), || {
+        alive_tasks() == expected
+    })
+    .await;
+}
+
+/// Yields to the scheduler until `condition` holds. Panics past [`HANG_BOUND`] of real time,
+/// naming `what` it waited for.
+pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !condition() {
+        assert!(
+            start.elapsed() < HANG_BOUND,
+            "hang: still waiting for {what} after {HANG_BOUND:?}"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+/// The default stack size of a spawned Rust thread (2 MiB).
+pub const DEFAULT_STACK: usize = 2 * 1024 * 1024;
+
+/// Runs `test` on a new thread with a stack of `stack_size` bytes (e.g. [`DEFAULT_STACK`], to
+/// check that something does not recurse in depth, whatever the harness's threads use) and
+/// returns its result, resuming its panic if it panicked.
+pub fn on_thread<R: Send + 'static>(
+    stack_size: usize,
+    test: impl FnOnce() -> R + Send + 'static,
+) -> R {
+    let thread = std::thread::Builder::new()
+        .stack_size(stack_size)
+        .spawn(test)
+        .expect("spawn test thread");
+    match thread.join() {
+        Ok(value) => value,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
