@@ -330,62 +330,28 @@ where
     F: Future<Output = Result<T, E>>,
     E: CancelError,
 {
+    /// Polls the body in the scope's frame. Only the body's poll sits on the stack of deeply
+    /// nested scopes: entry and exit work is out of line in cold functions.
     pub(crate) fn poll_exit(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Exit<T, E>> {
         let mut this = self.project();
         match this.phase {
-            Phase::Done => panic!("a cancel scope future was polled after it completed"),
             Phase::Running => {}
+            Phase::Done => polled_after_completion(),
             Phase::Unentered => {
                 *this.phase = Phase::Running;
                 match this.plan {
-                    Plan::Preset { node } => {
-                        let parent = context::with_current(|f| f.map(|f| f.node().clone()));
-                        node.enter(parent.as_ref(), timer());
-                        *this.node = Some(node.clone());
-                    }
+                    Plan::Preset { node } => *this.node = Some(enter_preset(node)),
                     Plan::Lazy { deadline, shield } => {
-                        let (deadline, cancelled) = match *deadline {
-                            DeadlineSpec::At(at) => (at, at <= Instant::now()),
-                            DeadlineSpec::After(after) => (Instant::now() + after, after.is_zero()),
-                        };
-                        let inline = Unlinked {
-                            cancelled,
-                            shield: *shield,
-                            deadline: Some(deadline.into_std()),
-                            id: Cell::new(None),
-                            node: OnceCell::new(),
-                        };
+                        let inline = enter_lazy(*deadline, *shield);
                         let body = this.body.as_mut().as_pin_mut().expect("body present");
                         let poll = context::enter(FrameKind::Unlinked(&inline), || body.poll(cx));
                         return match poll {
                             Poll::Ready(out) => {
-                                let absorbs = match inline.node.get() {
-                                    Some(node) => node.absorbs(),
-                                    None => {
-                                        inline.cancelled
-                                            && (inline.shield || !parent_is_cancelled())
-                                    }
-                                };
                                 *this.phase = Phase::Done;
-                                let exit = exit_of(out, absorbs, || match inline.node.get() {
-                                    Some(node) => absorbed(node),
-                                    None => (CancelReason::Deadline, Some(deadline)),
-                                });
-                                if let Some(node) = inline.node.get() {
-                                    node.end(matches!(exit, Exit::Absorbed { .. }));
-                                }
-                                Poll::Ready(exit)
+                                Poll::Ready(finish_lazy(out, &inline))
                             }
                             Poll::Pending => {
-                                let node = match inline.node.get() {
-                                    Some(node) => node.clone(),
-                                    None => {
-                                        let parent =
-                                            context::with_current(|f| f.map(|f| f.node().clone()));
-                                        materialize(&inline, parent.as_ref())
-                                    }
-                                };
-                                *this.node = Some(node);
+                                *this.node = Some(link_lazy(&inline));
                                 Poll::Pending
                             }
                         };
@@ -401,36 +367,122 @@ where
         match poll {
             Poll::Ready(out) => {
                 *this.phase = Phase::Done;
-                node.remove_waiter(this.waiter);
-                let exit = exit_of(out, node.absorbs(), || absorbed(node));
-                node.end(matches!(exit, Exit::Absorbed { .. }));
-                Poll::Ready(exit)
+                Poll::Ready(finish_linked(out, node, this.waiter))
             }
             Poll::Pending if last_poll && node.is_cancelled() => {
                 // SPEC S12: polled once more after the cancellation; now drop the body.
                 this.body.set(None);
                 *this.phase = Phase::Done;
-                node.remove_waiter(this.waiter);
-                let absorbs = node.absorbs();
-                let exit = if absorbs {
-                    let (reason, deadline) = absorbed(node);
-                    Exit::Absorbed { reason, deadline }
-                } else {
-                    Exit::Error(E::from(cancelled_here(node)))
-                };
-                node.end(absorbs);
-                Poll::Ready(exit)
+                Poll::Ready(finish_dropped(node, this.waiter))
             }
             Poll::Pending => {
                 if *this.hard {
-                    node.register_waiter(this.waiter, cx.waker());
-                    if node.is_cancelled() {
-                        cx.waker().wake_by_ref();
-                    }
+                    wait_hard(node, this.waiter, cx);
                 }
                 Poll::Pending
             }
         }
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn polled_after_completion() -> ! {
+    panic!("a cancel scope future was polled after it completed")
+}
+
+/// Links a [`CancelScope`]'s node under the current scope (SPEC S1) and starts its deadline.
+#[inline(never)]
+fn enter_preset(node: &Arc<Node>) -> Arc<Node> {
+    let parent = context::with_current(|f| f.map(|f| f.node().clone()));
+    node.enter(parent.as_ref(), timer());
+    node.clone()
+}
+
+/// The inline state of a helper scope's first poll; a deadline already past at entry
+/// cancels it at once (SPEC S5).
+#[inline(never)]
+fn enter_lazy(deadline: DeadlineSpec, shield: bool) -> Unlinked {
+    let (deadline, cancelled) = match deadline {
+        DeadlineSpec::At(at) => (at, at <= Instant::now()),
+        DeadlineSpec::After(after) => (Instant::now() + after, after.is_zero()),
+    };
+    Unlinked {
+        cancelled,
+        shield,
+        deadline: Some(deadline.into_std()),
+        id: Cell::new(None),
+        node: OnceCell::new(),
+    }
+}
+
+/// The end of a helper scope whose body finished in its first poll.
+#[inline(never)]
+fn finish_lazy<T, E: CancelError>(out: Result<T, E>, inline: &Unlinked) -> Exit<T, E> {
+    let absorbs = match inline.node.get() {
+        Some(node) => node.absorbs(),
+        None => inline.cancelled && (inline.shield || !parent_is_cancelled()),
+    };
+    let exit = exit_of(out, absorbs, || match inline.node.get() {
+        Some(node) => absorbed(node),
+        None => (
+            CancelReason::Deadline,
+            inline.deadline.map(Instant::from_std),
+        ),
+    });
+    if let Some(node) = inline.node.get() {
+        node.end(matches!(exit, Exit::Absorbed { .. }));
+    }
+    exit
+}
+
+/// A helper scope's body went pending: it needs a node to be reached from elsewhere.
+#[inline(never)]
+fn link_lazy(inline: &Unlinked) -> Arc<Node> {
+    match inline.node.get() {
+        Some(node) => node.clone(),
+        None => {
+            let parent = context::with_current(|f| f.map(|f| f.node().clone()));
+            materialize(inline, parent.as_ref())
+        }
+    }
+}
+
+/// The end of a linked scope whose body returned.
+#[inline(never)]
+fn finish_linked<T, E: CancelError>(
+    out: Result<T, E>,
+    node: &Arc<Node>,
+    waiter: &mut Option<usize>,
+) -> Exit<T, E> {
+    node.remove_waiter(waiter);
+    let exit = exit_of(out, node.absorbs(), || absorbed(node));
+    node.end(matches!(exit, Exit::Absorbed { .. }));
+    exit
+}
+
+/// The end of a hard scope whose body was dropped (SPEC S12): absorbed, or a `Cancelled`
+/// naming the outer scope passed outward.
+#[inline(never)]
+fn finish_dropped<T, E: CancelError>(node: &Arc<Node>, waiter: &mut Option<usize>) -> Exit<T, E> {
+    node.remove_waiter(waiter);
+    let absorbs = node.absorbs();
+    let exit = if absorbs {
+        let (reason, deadline) = absorbed(node);
+        Exit::Absorbed { reason, deadline }
+    } else {
+        Exit::Error(E::from(cancelled_here(node)))
+    };
+    node.end(absorbs);
+    exit
+}
+
+/// A hard scope waits on its own node, so a cancellation from elsewhere wakes it.
+#[inline(never)]
+fn wait_hard(node: &Node, waiter: &mut Option<usize>, cx: &mut Context<'_>) {
+    node.register_waiter(waiter, cx.waker());
+    if node.is_cancelled() {
+        cx.waker().wake_by_ref();
     }
 }
 
