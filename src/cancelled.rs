@@ -11,6 +11,7 @@ use std::io;
 
 use crate::node::ScopeId;
 use crate::reason::CancelReason;
+use crate::sync::Arc;
 
 /// The code was cancelled: returned by cancellation points ([`checkpoint`](crate::checkpoint),
 /// [`sleep`](crate::sleep), [`cancellable`](crate::CancellableExt::cancellable), ...).
@@ -49,38 +50,46 @@ use crate::reason::CancelReason;
 /// ```
 #[derive(Clone)]
 pub struct Cancelled {
+    /// One pointer: `Result<T, Cancelled>` stays small enough to return in registers, and
+    /// cloning is a reference count. Only the cancelled path allocates.
+    inner: Arc<Raised>,
+}
+
+struct Raised {
     scope: ScopeId,
     reason: CancelReason,
 }
 
 impl Cancelled {
     pub(crate) fn new(scope: ScopeId, reason: CancelReason) -> Self {
-        Cancelled { scope, reason }
+        Cancelled {
+            inner: Arc::new(Raised { scope, reason }),
+        }
     }
 
     /// The scope this cancellation was raised for.
     pub fn scope(&self) -> ScopeId {
-        self.scope
+        self.inner.scope
     }
 
     /// Why that scope was cancelled.
     pub fn reason(&self) -> &CancelReason {
-        &self.reason
+        &self.inner.reason
     }
 }
 
 impl fmt::Debug for Cancelled {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Cancelled")
-            .field("scope", &self.scope)
-            .field("reason", &self.reason)
+            .field("scope", &self.scope())
+            .field("reason", self.reason())
             .finish()
     }
 }
 
 impl fmt::Display for Cancelled {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} was cancelled: {}", self.scope, self.reason)
+        write!(f, "{} was cancelled: {}", self.scope(), self.reason())
     }
 }
 

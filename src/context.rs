@@ -38,8 +38,9 @@ pub(crate) enum FrameKind<'a> {
 
 /// The inline state of a scope during its first poll (see the module docs).
 pub(crate) struct Unlinked {
-    /// Cancelled at entry: its deadline had already passed (SPEC S5).
-    pub(crate) cancelled: bool,
+    /// Whether the deadline had passed at entry (SPEC S5), read from the clock only when
+    /// someone asks: a body that returns a value at once never reads it.
+    pub(crate) expired: Cell<Option<bool>>,
     pub(crate) shield: bool,
     pub(crate) deadline: Option<Instant>,
     pub(crate) id: Cell<Option<ScopeId>>,
@@ -48,6 +49,19 @@ pub(crate) struct Unlinked {
 }
 
 impl Unlinked {
+    /// Cancelled by its own deadline: it had passed at entry (or by the first query).
+    pub(crate) fn expired(&self) -> bool {
+        match self.expired.get() {
+            Some(expired) => expired,
+            None => {
+                let now = tokio::time::Instant::now().into_std();
+                let expired = self.deadline.is_some_and(|deadline| deadline <= now);
+                self.expired.set(Some(expired));
+                expired
+            }
+        }
+    }
+
     pub(crate) fn id(&self) -> ScopeId {
         match self.node.get() {
             Some(node) => node.id(),
@@ -106,17 +120,24 @@ impl<'a> Frame<'a> {
     pub(crate) fn is_cancelled(&self) -> bool {
         match self.kind {
             FrameKind::Linked(node) => node.is_cancelled(),
-            FrameKind::Unlinked(inline) => match inline.node.get() {
-                Some(node) => node.is_cancelled(),
-                // Not cancelled at entry nor through a visible ancestor: link the scope so its
-                // own deadline is armed before code starts polling for it (a busy loop on
-                // `is_cancelled` must see the deadline on a multi-thread runtime, SPEC S6).
-                None => {
-                    inline.cancelled
-                        || (!inline.shield && self.parent.is_some_and(Frame::is_cancelled))
-                        || self.node().is_cancelled()
-                }
-            },
+            FrameKind::Unlinked(inline) => self.is_cancelled_unlinked(inline),
+        }
+    }
+
+    /// Out of line, so the linked path above inlines into `is_cancelled()`.
+    #[cold]
+    #[inline(never)]
+    fn is_cancelled_unlinked(&self, inline: &Unlinked) -> bool {
+        match inline.node.get() {
+            Some(node) => node.is_cancelled(),
+            // Not cancelled at entry nor through a visible ancestor: link the scope so its
+            // own deadline is armed before code starts polling for it (a busy loop on
+            // `is_cancelled` must see the deadline on a multi-thread runtime, SPEC S6).
+            None => {
+                inline.expired()
+                    || (!inline.shield && self.parent.is_some_and(Frame::is_cancelled))
+                    || self.node().is_cancelled()
+            }
         }
     }
 
@@ -145,7 +166,7 @@ impl<'a> Frame<'a> {
         let mut origin = None;
         let mut frame = self;
         while let Some(inline) = frame.unlinked() {
-            if inline.cancelled {
+            if inline.expired() {
                 origin = Some(Origin::Inline(inline.id()));
             }
             match frame.parent {

@@ -158,6 +158,7 @@ impl Node {
         self.id
     }
 
+    #[inline]
     fn bits(&self) -> u8 {
         self.state.load(Ordering::Acquire)
     }

@@ -252,7 +252,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         self.project().core.poll_exit(cx).map(|exit| match exit {
             Exit::Value(value) => Ok(Some(value)),
-            Exit::Absorbed { .. } => Ok(None),
+            Exit::Absorbed(..) => Ok(None),
             Exit::Error(error) => Err(error),
         })
     }
@@ -268,11 +268,15 @@ impl<F> fmt::Debug for Scoped<F> {
 pub(crate) enum Exit<T, E> {
     Value(T),
     Error(E),
-    /// The scope absorbed a cancellation; its reason and the scope's deadline.
-    Absorbed {
-        reason: CancelReason,
-        deadline: Option<Instant>,
-    },
+    /// The scope absorbed a cancellation. Boxed: it is the rare exit, and a small `Exit`
+    /// comes back in registers (the `5-ready` benchmark).
+    Absorbed(Box<Absorbed>),
+}
+
+/// What a scope absorbed: the reason and the scope's deadline.
+pub(crate) struct Absorbed {
+    pub(crate) reason: CancelReason,
+    pub(crate) deadline: Option<Instant>,
 }
 
 /// How a scope gets its node.
@@ -348,7 +352,11 @@ where
                         return match poll {
                             Poll::Ready(out) => {
                                 *this.phase = Phase::Done;
-                                Poll::Ready(finish_lazy(out, &inline))
+                                Poll::Ready(match out {
+                                    // The fast path: ready at once, nothing linked.
+                                    Ok(value) if inline.node.get().is_none() => Exit::Value(value),
+                                    out => finish_lazy(out, &inline),
+                                })
                             }
                             Poll::Pending => {
                                 *this.node = Some(link_lazy(&inline));
@@ -399,16 +407,16 @@ fn enter_preset(node: &Arc<Node>) -> Arc<Node> {
     node.clone()
 }
 
-/// The inline state of a helper scope's first poll; a deadline already past at entry
-/// cancels it at once (SPEC S5).
-#[inline(never)]
+/// The inline state of a helper scope's first poll. A deadline already past at entry cancels
+/// it at once (SPEC S5); for an absolute deadline the clock is read only if someone asks.
+#[inline]
 fn enter_lazy(deadline: DeadlineSpec, shield: bool) -> Unlinked {
-    let (deadline, cancelled) = match deadline {
-        DeadlineSpec::At(at) => (at, at <= Instant::now()),
-        DeadlineSpec::After(after) => (Instant::now() + after, after.is_zero()),
+    let (deadline, expired) = match deadline {
+        DeadlineSpec::At(at) => (at, None),
+        DeadlineSpec::After(after) => (Instant::now() + after, Some(after.is_zero())),
     };
     Unlinked {
-        cancelled,
+        expired: Cell::new(expired),
         shield,
         deadline: Some(deadline.into_std()),
         id: Cell::new(None),
@@ -419,19 +427,19 @@ fn enter_lazy(deadline: DeadlineSpec, shield: bool) -> Unlinked {
 /// The end of a helper scope whose body finished in its first poll.
 #[inline(never)]
 fn finish_lazy<T, E: CancelError>(out: Result<T, E>, inline: &Unlinked) -> Exit<T, E> {
-    let absorbs = match inline.node.get() {
+    let absorbs = || match inline.node.get() {
         Some(node) => node.absorbs(),
-        None => inline.cancelled && (inline.shield || !parent_is_cancelled()),
+        None => inline.expired() && (inline.shield || !parent_is_cancelled()),
     };
     let exit = exit_of(out, absorbs, || match inline.node.get() {
         Some(node) => absorbed(node),
-        None => (
-            CancelReason::Deadline,
-            inline.deadline.map(Instant::from_std),
-        ),
+        None => Absorbed {
+            reason: CancelReason::Deadline,
+            deadline: inline.deadline.map(Instant::from_std),
+        },
     });
     if let Some(node) = inline.node.get() {
-        node.end(matches!(exit, Exit::Absorbed { .. }));
+        node.end(matches!(exit, Exit::Absorbed(..)));
     }
     exit
 }
@@ -456,8 +464,8 @@ fn finish_linked<T, E: CancelError>(
     waiter: &mut Option<usize>,
 ) -> Exit<T, E> {
     node.remove_waiter(waiter);
-    let exit = exit_of(out, node.absorbs(), || absorbed(node));
-    node.end(matches!(exit, Exit::Absorbed { .. }));
+    let exit = exit_of(out, || node.absorbs(), || absorbed(node));
+    node.end(matches!(exit, Exit::Absorbed(..)));
     exit
 }
 
@@ -468,8 +476,7 @@ fn finish_dropped<T, E: CancelError>(node: &Arc<Node>, waiter: &mut Option<usize
     node.remove_waiter(waiter);
     let absorbs = node.absorbs();
     let exit = if absorbs {
-        let (reason, deadline) = absorbed(node);
-        Exit::Absorbed { reason, deadline }
+        Exit::Absorbed(Box::new(absorbed(node)))
     } else {
         Exit::Error(E::from(cancelled_here(node)))
     };
@@ -501,24 +508,23 @@ impl<F> PinnedDrop for ScopeCore<F> {
 /// is cancelled itself with no cancelled ancestor visible.
 fn exit_of<T, E: CancelError>(
     out: Result<T, E>,
-    absorbs: bool,
-    absorbed: impl FnOnce() -> (CancelReason, Option<Instant>),
+    absorbs: impl FnOnce() -> bool,
+    absorbed: impl FnOnce() -> Absorbed,
 ) -> Exit<T, E> {
     match out {
         Ok(value) => Exit::Value(value),
-        Err(error) if absorbs && error.as_cancelled().is_some() => {
-            let (reason, deadline) = absorbed();
-            Exit::Absorbed { reason, deadline }
+        Err(error) if error.as_cancelled().is_some() && absorbs() => {
+            Exit::Absorbed(Box::new(absorbed()))
         }
         Err(error) => Exit::Error(error),
     }
 }
 
-fn absorbed(node: &Node) -> (CancelReason, Option<Instant>) {
-    (
-        node.reason().unwrap_or(CancelReason::Deadline),
-        node.deadline().map(Instant::from_std),
-    )
+fn absorbed(node: &Node) -> Absorbed {
+    Absorbed {
+        reason: node.reason().unwrap_or(CancelReason::Deadline),
+        deadline: node.deadline().map(Instant::from_std),
+    }
 }
 
 /// The `Cancelled` a cancellation point in `node` would report.

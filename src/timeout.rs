@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use crate::cancelled::CancelError;
 use crate::reason::CancelReason;
-use crate::scope::{DeadlineSpec, Exit, Plan, ScopeCore, Scoped};
+use crate::scope::{Absorbed, DeadlineSpec, Exit, Plan, ScopeCore, Scoped};
 
 /// Runs `body` in a scope that is cancelled `timeout` after entry (the first poll).
 ///
@@ -146,7 +146,10 @@ where
         self.project().core.poll_exit(cx).map(|exit| match exit {
             Exit::Value(value) => Ok(value),
             Exit::Error(error) => Err(error),
-            Exit::Absorbed { reason, deadline } => Err(E::from(TimedOut { deadline, reason })),
+            Exit::Absorbed(absorbed) => {
+                let Absorbed { reason, deadline } = *absorbed;
+                Err(E::from(TimedOut { deadline, reason }))
+            }
         })
     }
 }
