@@ -83,6 +83,8 @@ mod deadline;
 #[cfg(not(loom))]
 mod deadline_service;
 #[cfg(not(loom))]
+mod nursery;
+#[cfg(not(loom))]
 mod point;
 #[cfg(not(loom))]
 mod scope;
@@ -97,6 +99,11 @@ pub use reason::{CancelReason, Payload};
 pub use carry::{Carried, carry_scope};
 #[cfg(not(loom))]
 pub use deadline::{EffectiveDeadline, current_deadline};
+#[cfg(not(loom))]
+pub use nursery::{
+    ChildHandle, DropMode, Failure, JoinError, Nursery, NurseryError, NurseryFuture, NurseryHandle,
+    Origin, Report, ReportHook, SpawnError, nursery, panic_message,
+};
 #[cfg(not(loom))]
 pub use point::{
     Cancellable, CancellableExt, Sleep, WaitCancelled, cancelled, check_cancelled, checkpoint,

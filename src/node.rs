@@ -203,6 +203,11 @@ impl Node {
         lock(&self.inner).deadline
     }
 
+    /// The deadline timer this scope was entered with, for its children to share.
+    pub(crate) fn timer(&self) -> Option<Arc<dyn DeadlineTimer>> {
+        lock(&self.inner).timer.clone()
+    }
+
     /// Marks the scope cancelled with `reason` (the first reason wins) and propagates.
     pub(crate) fn cancel(self: &Arc<Self>, reason: CancelReason) {
         let mut inner = lock(&self.inner);

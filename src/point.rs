@@ -214,13 +214,13 @@ impl<F> fmt::Debug for Cancellable<F> {
 
 /// A registration to be woken when the current scope becomes cancelled.
 #[derive(Default)]
-struct Waiter {
+pub(crate) struct Waiter {
     node: Option<Arc<Node>>,
     key: Option<usize>,
 }
 
 impl Waiter {
-    fn poll_cancelled(&mut self, cx: &mut Context<'_>) -> Poll<Cancelled> {
+    pub(crate) fn poll_cancelled(&mut self, cx: &mut Context<'_>) -> Poll<Cancelled> {
         if let Some(cancelled) = current_cancellation() {
             return Poll::Ready(cancelled);
         }

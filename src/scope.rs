@@ -401,7 +401,7 @@ fn polled_after_completion() -> ! {
 
 /// Links a [`CancelScope`]'s node under the current scope (SPEC S1) and starts its deadline.
 #[inline(never)]
-fn enter_preset(node: &Arc<Node>) -> Arc<Node> {
+pub(crate) fn enter_preset(node: &Arc<Node>) -> Arc<Node> {
     let parent = context::with_current(|f| f.map(|f| f.node().clone()));
     node.enter(parent.as_ref(), timer());
     node.clone()
@@ -538,7 +538,7 @@ fn parent_is_cancelled() -> bool {
     context::with_current(|frame| frame.is_some_and(|frame| frame.is_cancelled()))
 }
 
-fn timer() -> Option<Arc<dyn DeadlineTimer>> {
+pub(crate) fn timer() -> Option<Arc<dyn DeadlineTimer>> {
     DeadlineService::current().map(|service| service as Arc<dyn DeadlineTimer>)
 }
 

@@ -1,0 +1,255 @@
+//! A nursery's children: the task wrapper that runs a child in its scope and reports its
+//! end ([`ChildTask`]), and the handle its spawner gets ([`ChildHandle`], [`JoinError`]).
+
+use std::fmt;
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use pin_project::{pin_project, pinned_drop};
+use tokio::task::JoinHandle;
+
+use super::Shared;
+use super::report::{Failure, Origin};
+use crate::cancelled::{CancelError, Cancelled};
+use crate::context::{self, FrameKind};
+use crate::node::Node;
+use crate::point::Waiter;
+use crate::reason::CancelReason;
+
+/// How a child ended, as its handle learns it. The nursery keeps failures and panics.
+pub(crate) enum ChildOutput<T> {
+    Value(T),
+    Failed,
+    Panicked,
+    Cancelled,
+}
+
+/// The future tokio runs for a child: the user's future, polled in the child's scope.
+#[pin_project(PinnedDrop)]
+pub(crate) struct ChildTask<F, E> {
+    #[pin]
+    future: Option<F>,
+    node: Arc<Node>,
+    nursery: Arc<Shared<E>>,
+    key: usize,
+    name: Option<Arc<str>>,
+}
+
+impl<F, E> ChildTask<F, E> {
+    pub(crate) fn new(
+        future: F,
+        node: Arc<Node>,
+        nursery: Arc<Shared<E>>,
+        key: usize,
+        name: Option<Arc<str>>,
+    ) -> Self {
+        ChildTask {
+            future: Some(future),
+            node,
+            nursery,
+            key,
+            name,
+        }
+    }
+}
+
+impl<F, T, E> Future for ChildTask<F, E>
+where
+    F: Future<Output = Result<T, E>>,
+    E: CancelError,
+{
+    type Output = ChildOutput<T>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<ChildOutput<T>> {
+        let mut this = self.project();
+        let future = this
+            .future
+            .as_mut()
+            .as_pin_mut()
+            .expect("polled after completion");
+        let node = &*this.node;
+        let polled = catch_unwind(AssertUnwindSafe(|| {
+            context::enter(FrameKind::Linked(node), || future.poll(cx))
+        }));
+        let output = match polled {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(Ok(value))) => ChildOutput::Value(value),
+            Ok(Poll::Ready(Err(error))) => {
+                let cancellation = error.as_cancelled().is_some();
+                if cancellation && node.is_cancelled() {
+                    // An echo of a cancellation: not a failure (SPEC S15, N4).
+                    ChildOutput::Cancelled
+                } else {
+                    let origin = origin(this.name);
+                    this.nursery.fail(Failure::new(origin, error, cancellation));
+                    ChildOutput::Failed
+                }
+            }
+            Err(payload) => {
+                this.nursery.panicked(origin(this.name), payload);
+                ChildOutput::Panicked
+            }
+        };
+        // Drop the future now, in the child's task, before the nursery learns it finished.
+        this.future.set(None);
+        Poll::Ready(output)
+    }
+}
+
+fn origin(name: &Option<Arc<str>>) -> Origin {
+    Origin::Child {
+        id: tokio::task::id(),
+        name: name.clone(),
+    }
+}
+
+#[pinned_drop]
+impl<F, E> PinnedDrop for ChildTask<F, E> {
+    fn drop(self: Pin<&mut Self>) {
+        let mut this = self.project();
+        // SPEC N1: the child's future is gone before the nursery counts it finished.
+        this.future.set(None);
+        this.node.end(false);
+        this.nursery.registry.finished(*this.key);
+    }
+}
+
+/// The handle of a child task: await it for the child's value; cancel or abort that child
+/// alone.
+///
+/// Awaiting it is a cancellation point (SPEC S11): if the awaiting code's scope is
+/// cancelled, it returns [`JoinError::Cancelled`] and the child keeps running in its
+/// nursery. Dropping the handle detaches nothing: the child still belongs to its nursery.
+pub struct ChildHandle<T> {
+    join: JoinHandle<ChildOutput<T>>,
+    node: Arc<Node>,
+    name: Option<Arc<str>>,
+    waiter: Waiter,
+}
+
+impl<T> ChildHandle<T> {
+    pub(crate) fn new(
+        join: JoinHandle<ChildOutput<T>>,
+        node: Arc<Node>,
+        name: Option<Arc<str>>,
+    ) -> Self {
+        ChildHandle {
+            join,
+            node,
+            name,
+            waiter: Waiter::default(),
+        }
+    }
+
+    /// The child's tokio task id.
+    pub fn id(&self) -> tokio::task::Id {
+        self.join.id()
+    }
+
+    /// The name given at spawn, if any.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// Cancels this child alone, cooperatively: its cancellation points report it. Not a
+    /// failure; the handle then yields [`JoinError::ChildCancelled`] unless the child
+    /// finishes with a value anyway.
+    pub fn cancel(&self) {
+        self.node.cancel(CancelReason::Explicit(None));
+    }
+
+    /// Aborts this child alone: tokio drops its future at its next scheduling. Not a failure;
+    /// the handle then yields [`JoinError::ChildAborted`] unless the child already finished.
+    pub fn abort(&self) {
+        self.join.abort();
+    }
+
+    /// Whether the child has finished.
+    pub fn is_finished(&self) -> bool {
+        self.join.is_finished()
+    }
+}
+
+impl<T> Future for ChildHandle<T> {
+    type Output = Result<T, JoinError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        if let Poll::Ready(result) = Pin::new(&mut this.join).poll(cx) {
+            return Poll::Ready(match result {
+                Ok(ChildOutput::Value(value)) => Ok(value),
+                Ok(ChildOutput::Failed) => Err(JoinError::ChildFailed),
+                Ok(ChildOutput::Panicked) => Err(JoinError::ChildPanicked),
+                Ok(ChildOutput::Cancelled) => Err(JoinError::ChildCancelled),
+                Err(error) if error.is_cancelled() => Err(JoinError::ChildAborted),
+                Err(_) => Err(JoinError::ChildPanicked),
+            });
+        }
+        this.waiter
+            .poll_cancelled(cx)
+            .map(|c| Err(JoinError::Cancelled(c)))
+    }
+}
+
+impl<T> fmt::Debug for ChildHandle<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChildHandle")
+            .field("id", &self.id())
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why awaiting a [`ChildHandle`] gave no value (SPEC N2).
+#[derive(Debug, Clone)]
+pub enum JoinError {
+    /// The child failed; its error went to the nursery, which reports it.
+    ChildFailed,
+    /// The child panicked; the nursery resumes or reports the panic.
+    ChildPanicked,
+    /// The child was cancelled and stopped at a cancellation point.
+    ChildCancelled,
+    /// The child was aborted (its handle's `abort`, a grace period running out, or its
+    /// nursery dropped in abort mode).
+    ChildAborted,
+    /// The *awaiting* code's scope was cancelled while it waited; the child keeps running.
+    Cancelled(Cancelled),
+}
+
+impl fmt::Display for JoinError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JoinError::ChildFailed => {
+                f.write_str("the child failed (its nursery reports the error)")
+            }
+            JoinError::ChildPanicked => {
+                f.write_str("the child panicked (its nursery reports the panic)")
+            }
+            JoinError::ChildCancelled => f.write_str("the child was cancelled"),
+            JoinError::ChildAborted => f.write_str("the child was aborted"),
+            JoinError::Cancelled(cancelled) => {
+                write!(f, "stopped waiting for the child: {cancelled}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for JoinError {}
+
+impl From<Cancelled> for JoinError {
+    fn from(cancelled: Cancelled) -> Self {
+        JoinError::Cancelled(cancelled)
+    }
+}
+
+impl CancelError for JoinError {
+    fn as_cancelled(&self) -> Option<&Cancelled> {
+        match self {
+            JoinError::Cancelled(cancelled) => Some(cancelled),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,514 @@
+//! Nurseries: scopes that own child tasks (SPEC N).
+//!
+//! A [`Nursery`] runs a body that may spawn children; it finishes only when the body and
+//! every child have finished, so no child outlives it (N1). Its scope is the children's
+//! parent scope, so cancelling the nursery (explicitly, by deadline, or through an ancestor)
+//! reaches every child (S1, N7). The first failure cancels the rest (fail-fast, N4); every
+//! failure is returned and the earliest panic is resumed once all have stopped (N6).
+//!
+//! This module owns the builder, the nursery future and its handle; [`child`] owns the child
+//! task wrapper and its handle, [`registry`] the shared bookkeeping, [`report`] what a
+//! nursery reports.
+
+mod child;
+mod registry;
+mod report;
+
+use std::borrow::Cow;
+use std::fmt;
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use pin_project::{pin_project, pinned_drop};
+use tokio::runtime::Handle;
+use tokio::task::AbortHandle;
+
+pub use child::{ChildHandle, JoinError};
+pub use report::{Failure, NurseryError, Origin, Report, ReportHook, panic_message};
+
+use crate::cancelled::CancelError;
+use crate::context::{self, FrameKind};
+use crate::node::{Node, ScopeId};
+use crate::reason::CancelReason;
+use crate::scope::{ScopeHandle, cancelled_here, enter_preset};
+use child::ChildTask;
+use registry::{Closed, Registry};
+
+/// What happens to running children when a nursery's future is dropped before it finished.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum DropMode {
+    /// Abort every child at once (SPEC N8): abort is requested before the drop returns and
+    /// tokio drops their futures at their next scheduling.
+    #[default]
+    Abort,
+}
+
+/// A nursery not yet running: its configuration. Run a body in it with [`Nursery::run`].
+///
+/// ```
+/// use tokio_nursery::{Cancelled, Nursery, NurseryError};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let total = Nursery::new()
+///     .run(|n| async move {
+///         let a = n.spawn(async { Ok::<_, Cancelled>(20) });
+///         let b = n.spawn(async { Ok(22) });
+///         Ok::<_, Cancelled>(a.await.unwrap() + b.await.unwrap())
+///     })
+///     .await;
+/// assert_eq!(total.unwrap(), Some(42));
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Nursery {
+    name: Option<Arc<str>>,
+    grace: Option<Duration>,
+    drop_mode: DropMode,
+    hook: Option<ReportHook>,
+}
+
+impl Nursery {
+    /// A nursery with fail-fast policy, no grace period and the abort drop mode.
+    pub fn new() -> Self {
+        Nursery {
+            name: None,
+            grace: None,
+            drop_mode: DropMode::Abort,
+            hook: None,
+        }
+    }
+
+    /// Names the nursery (for reports and tracing).
+    pub fn name(self, name: impl Into<Cow<'static, str>>) -> Self {
+        Nursery {
+            name: Some(Arc::from(name.into().as_ref())),
+            ..self
+        }
+    }
+
+    /// How long children may take to stop once the nursery is cancelled before they are
+    /// aborted (SPEC N7). Aborting them is not a failure. Without a grace period the nursery
+    /// waits for its children as long as they take.
+    pub fn grace(self, grace: Duration) -> Self {
+        Nursery {
+            grace: Some(grace),
+            ..self
+        }
+    }
+
+    /// What happens to running children if the nursery's future is dropped early.
+    pub fn drop_mode(self, drop_mode: DropMode) -> Self {
+        Nursery { drop_mode, ..self }
+    }
+
+    /// Where panics that are not resumed, and failures that cannot be returned because a
+    /// panic is resumed, are reported (SPEC N6). By default: an error-level `tracing` event
+    /// with the `tracing` feature, a line on stderr without it.
+    pub fn on_report(self, hook: impl Fn(&Report<'_>) + Send + Sync + 'static) -> Self {
+        Nursery {
+            hook: Some(Arc::new(hook)),
+            ..self
+        }
+    }
+
+    /// Runs `body` with a handle to spawn children, and waits for the body and every child.
+    ///
+    /// The future yields:
+    /// - `Ok(Some(value))`: the body returned a value and no child or body failed;
+    /// - `Ok(None)`: the nursery's own scope was cancelled (through
+    ///   [`NurseryHandle::cancel`] or [`NurseryHandle::scope`]) and absorbed it;
+    /// - `Err(NurseryError::Failed(failures))`: every failure, the first one first (N4);
+    /// - `Err(NurseryError::Cancelled(_))`: an enclosing scope was cancelled; pass it on.
+    ///
+    /// If a child or the body panicked, the earliest panic is resumed once everything has
+    /// stopped, and the rest goes to the report hook (N6).
+    ///
+    /// # Panics
+    ///
+    /// When first polled outside a tokio runtime.
+    pub fn run<B, Fut, T, E>(self, body: B) -> NurseryFuture<B, Fut, T, E>
+    where
+        B: FnOnce(NurseryHandle<E>) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: CancelError + fmt::Debug + Send + 'static,
+    {
+        NurseryFuture {
+            config: self,
+            make_body: Some(body),
+            body: None,
+            shared: None,
+            value: None,
+            grace: None,
+            waiter: None,
+            state: State::Unentered,
+        }
+    }
+}
+
+impl Default for Nursery {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for Nursery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Nursery")
+            .field("name", &self.name)
+            .field("grace", &self.grace)
+            .field("drop_mode", &self.drop_mode)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs `body` in a new [`Nursery`] with the default configuration.
+pub fn nursery<B, Fut, T, E>(body: B) -> NurseryFuture<B, Fut, T, E>
+where
+    B: FnOnce(NurseryHandle<E>) -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    E: CancelError + fmt::Debug + Send + 'static,
+{
+    Nursery::new().run(body)
+}
+
+/// What a nursery and its children share.
+pub(crate) struct Shared<E> {
+    node: Arc<Node>,
+    runtime: Handle,
+    registry: Registry<AbortHandle, Failure<E>, Origin>,
+}
+
+impl<E> Shared<E> {
+    /// Fail-fast (SPEC N4): the first failure cancels the nursery's scope.
+    fn fail(&self, failure: Failure<E>) {
+        #[cfg(feature = "tracing")]
+        tracing::debug!(origin = %failure.origin(), stray = failure.is_stray(), "failure");
+        if self.registry.fail(failure) {
+            self.node.cancel(CancelReason::SiblingFailed);
+        }
+    }
+
+    fn panicked(&self, origin: Origin, payload: Box<dyn std::any::Any + Send>) {
+        #[cfg(feature = "tracing")]
+        tracing::debug!(origin = %origin, "panic");
+        if self.registry.panicked(origin, payload) {
+            self.node.cancel(CancelReason::SiblingFailed);
+        }
+    }
+}
+
+/// A handle to spawn into a nursery, from any task or thread while it is open (SPEC N10).
+/// Cheap to clone.
+pub struct NurseryHandle<E> {
+    shared: Arc<Shared<E>>,
+}
+
+impl<E> Clone for NurseryHandle<E> {
+    fn clone(&self) -> Self {
+        NurseryHandle {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// Spawning failed: the nursery has closed (its body and all its children finished, or its
+/// future was dropped). The child was not started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpawnError {
+    _private: (),
+}
+
+impl fmt::Display for SpawnError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("cannot spawn into a nursery that has closed")
+    }
+}
+
+impl std::error::Error for SpawnError {}
+
+impl From<Closed> for SpawnError {
+    fn from(_: Closed) -> Self {
+        SpawnError { _private: () }
+    }
+}
+
+impl<E> NurseryHandle<E>
+where
+    E: CancelError + Send + 'static,
+{
+    /// Spawns a child on the nursery's runtime, in a scope that is a child of the nursery's
+    /// (S1). Into a cancelled nursery the child starts already cancelled (N10).
+    ///
+    /// # Panics
+    ///
+    /// If the nursery has closed; use [`try_spawn`](Self::try_spawn) where that can happen
+    /// (a handle kept after the nursery finished).
+    pub fn spawn<F, T>(&self, future: F) -> ChildHandle<T>
+    where
+        F: Future<Output = Result<T, E>> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.spawn_inner(None, future)
+            .unwrap_or_else(|error| panic!("tokio-nursery: {error}"))
+    }
+
+    /// Like [`spawn`](Self::spawn), with a name for reports.
+    pub fn spawn_named<F, T>(&self, name: &str, future: F) -> ChildHandle<T>
+    where
+        F: Future<Output = Result<T, E>> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.spawn_inner(Some(Arc::from(name)), future)
+            .unwrap_or_else(|error| panic!("tokio-nursery: {error}"))
+    }
+
+    /// Spawns a child, or returns [`SpawnError`] if the nursery has closed.
+    pub fn try_spawn<F, T>(&self, future: F) -> Result<ChildHandle<T>, SpawnError>
+    where
+        F: Future<Output = Result<T, E>> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.spawn_inner(None, future)
+    }
+
+    fn spawn_inner<F, T>(
+        &self,
+        name: Option<Arc<str>>,
+        future: F,
+    ) -> Result<ChildHandle<T>, SpawnError>
+    where
+        F: Future<Output = Result<T, E>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let shared = &self.shared;
+        let key = shared.registry.register()?;
+        let node = Arc::new(Node::new(ScopeId::next(), false, None));
+        node.enter(Some(&shared.node), shared.node.timer());
+        let task = ChildTask::new(future, node.clone(), shared.clone(), key, name.clone());
+        let join = shared.runtime.spawn(task);
+        shared.registry.started(key, join.abort_handle());
+        Ok(ChildHandle::new(join, node, name))
+    }
+}
+
+impl<E> NurseryHandle<E> {
+    /// Cancels the nursery's scope: its body and children see it at their cancellation
+    /// points, and the nursery absorbs it (`Ok(None)`) unless it failed.
+    pub fn cancel(&self) {
+        self.shared.node.cancel(CancelReason::Explicit(None));
+    }
+
+    /// The nursery's cancel scope: cancel it with a reason, move its deadline, raise its
+    /// shield.
+    pub fn scope(&self) -> ScopeHandle {
+        ScopeHandle {
+            node: self.shared.node.clone(),
+        }
+    }
+
+    /// Whether the nursery still accepts children.
+    pub fn is_open(&self) -> bool {
+        self.shared.registry.is_open()
+    }
+
+    /// How many children are alive.
+    pub fn live_children(&self) -> usize {
+        self.shared.registry.live()
+    }
+}
+
+impl<E> fmt::Debug for NurseryHandle<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NurseryHandle")
+            .field("scope", &self.shared.node.id())
+            .field("live_children", &self.live_children())
+            .finish()
+    }
+}
+
+enum State {
+    Unentered,
+    /// The body runs (or has returned) and children may be alive.
+    Running,
+    /// The grace period ran out and the children were aborted.
+    GraceExpired,
+}
+
+/// The future of a running nursery: see [`Nursery::run`].
+#[pin_project(PinnedDrop)]
+#[must_use = "a nursery does nothing unless awaited"]
+pub struct NurseryFuture<B, Fut, T, E> {
+    config: Nursery,
+    make_body: Option<B>,
+    #[pin]
+    body: Option<Fut>,
+    shared: Option<Arc<Shared<E>>>,
+    value: Option<T>,
+    #[pin]
+    grace: Option<tokio::time::Sleep>,
+    waiter: Option<usize>,
+    state: State,
+}
+
+impl<B, Fut, T, E> Future for NurseryFuture<B, Fut, T, E>
+where
+    B: FnOnce(NurseryHandle<E>) -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    E: CancelError + fmt::Debug + Send + 'static,
+{
+    type Output = Result<Option<T>, NurseryError<E>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let State::Unentered = this.state {
+            let runtime = Handle::try_current()
+                .expect("tokio-nursery: a nursery must run inside a tokio runtime");
+            let node = enter_preset(&Arc::new(Node::new(ScopeId::next(), false, None)));
+            let shared = Arc::new(Shared {
+                node,
+                runtime,
+                registry: Registry::new(),
+            });
+            let handle = NurseryHandle {
+                shared: shared.clone(),
+            };
+            let make_body = this.make_body.take().expect("body present");
+            let body = context::enter(FrameKind::Linked(&shared.node), || make_body(handle));
+            this.body.set(Some(body));
+            *this.shared = Some(shared);
+            *this.state = State::Running;
+        }
+        let shared = this
+            .shared
+            .as_ref()
+            .expect("a running nursery has shared state");
+        let node = &shared.node;
+
+        // The body, in the nursery's scope.
+        if let Some(body) = this.body.as_mut().as_pin_mut() {
+            let polled = catch_unwind(AssertUnwindSafe(|| {
+                context::enter(FrameKind::Linked(node), || body.poll(cx))
+            }));
+            match polled {
+                Ok(Poll::Pending) => {}
+                Ok(Poll::Ready(Ok(value))) => {
+                    *this.value = Some(value);
+                    this.body.set(None);
+                }
+                Ok(Poll::Ready(Err(error))) => {
+                    let cancellation = error.as_cancelled().is_some();
+                    if !(cancellation && node.is_cancelled()) {
+                        shared.fail(Failure::new(Origin::Body, error, cancellation));
+                    }
+                    this.body.set(None);
+                }
+                Err(payload) => {
+                    shared.panicked(Origin::Body, payload);
+                    this.body.set(None);
+                }
+            }
+        }
+
+        // The grace period starts when the nursery's scope is cancelled (N7).
+        if let Some(grace) = this.config.grace {
+            if this.grace.is_none() && node.is_cancelled() {
+                this.grace.set(Some(tokio::time::sleep(grace)));
+            }
+            if let Some(sleep) = this.grace.as_mut().as_pin_mut() {
+                if !matches!(this.state, State::GraceExpired) && sleep.poll(cx).is_ready() {
+                    *this.state = State::GraceExpired;
+                    let aborted = shared.registry.abort_all(AbortHandle::abort);
+                    #[cfg(feature = "tracing")]
+                    if aborted > 0 {
+                        tracing::warn!(scope = %node.id(), aborted, "grace period expired: children aborted");
+                    }
+                    let _ = aborted;
+                }
+            } else {
+                // Be woken when the scope is cancelled, to start the grace period.
+                node.register_waiter(this.waiter, cx.waker());
+                if node.is_cancelled() {
+                    cx.waker().wake_by_ref();
+                }
+            }
+        }
+
+        if this.body.is_some() || !shared.registry.try_close(cx.waker()) {
+            return Poll::Pending;
+        }
+
+        // Everything has stopped (N1): report.
+        node.remove_waiter(this.waiter);
+        let (failures, mut panics) = shared.registry.take_reports();
+        if !panics.is_empty() {
+            let first = panics.remove(0);
+            let hook = this.config.hook.clone();
+            let report = |r: &Report<'_>| match &hook {
+                Some(hook) => hook(r),
+                None => report::default_hook(r),
+            };
+            for panic in &panics {
+                report(&Report::Panic {
+                    origin: &panic.label,
+                    payload: &*panic.payload,
+                });
+            }
+            for failure in &failures {
+                report(&Report::Failure {
+                    origin: failure.origin(),
+                    error: failure.error(),
+                });
+            }
+            node.end(false);
+            resume_unwind(first.payload);
+        }
+        if !failures.is_empty() {
+            node.end(false);
+            return Poll::Ready(Err(NurseryError::Failed(failures)));
+        }
+        if let Some(value) = this.value.take() {
+            node.end(false);
+            return Poll::Ready(Ok(Some(value)));
+        }
+        // The body returned a cancellation echo.
+        if node.absorbs() {
+            node.end(true);
+            Poll::Ready(Ok(None))
+        } else {
+            let cancelled = cancelled_here(node);
+            node.end(false);
+            Poll::Ready(Err(NurseryError::Cancelled(cancelled)))
+        }
+    }
+}
+
+#[pinned_drop]
+impl<B, Fut, T, E> PinnedDrop for NurseryFuture<B, Fut, T, E> {
+    fn drop(self: Pin<&mut Self>) {
+        let this = self.project();
+        let Some(shared) = this.shared.as_ref() else {
+            return;
+        };
+        shared.node.remove_waiter(this.waiter);
+        if shared.registry.is_open() {
+            // Dropped before it finished (N8): no new children, abort the running ones.
+            shared.registry.close();
+            shared.node.cancel(CancelReason::Explicit(None));
+            shared.registry.abort_all(AbortHandle::abort);
+        }
+        shared.node.end(false);
+    }
+}
+
+impl<B, Fut, T, E> fmt::Debug for NurseryFuture<B, Fut, T, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NurseryFuture")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,196 @@
+//! What a nursery reports: its children's and body's failures ([`Failure`]), its error
+//! ([`NurseryError`]) and the report hook that receives what no one else will (SPEC N4, N6).
+
+use std::any::Any;
+use std::error::Error;
+use std::fmt;
+use std::sync::Arc;
+
+use crate::cancelled::{CancelError, Cancelled};
+
+/// Who failed: the nursery's body or one of its children.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// The body passed to [`Nursery::run`](crate::Nursery::run).
+    Body,
+    /// A child task.
+    Child {
+        /// The child's tokio task id.
+        id: tokio::task::Id,
+        /// The name given at spawn, if any.
+        name: Option<Arc<str>>,
+    },
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Body => f.write_str("the nursery body"),
+            Origin::Child {
+                id,
+                name: Some(name),
+            } => write!(f, "child {name:?} (task {id})"),
+            Origin::Child { id, name: None } => write!(f, "child task {id}"),
+        }
+    }
+}
+
+/// A child or body ended with an error that is not an echo of a cancellation (SPEC S15).
+#[derive(Debug)]
+pub struct Failure<E> {
+    origin: Origin,
+    error: E,
+    stray: bool,
+}
+
+impl<E> Failure<E> {
+    pub(crate) fn new(origin: Origin, error: E, stray: bool) -> Self {
+        Failure {
+            origin,
+            error,
+            stray,
+        }
+    }
+
+    /// Who failed.
+    pub fn origin(&self) -> &Origin {
+        &self.origin
+    }
+
+    /// The error it returned.
+    pub fn error(&self) -> &E {
+        &self.error
+    }
+
+    /// Takes the error.
+    pub fn into_error(self) -> E {
+        self.error
+    }
+
+    /// The error held a [`Cancelled`] although no scope around the code was cancelled: a
+    /// stray cancellation (kept from an earlier one, or carried across tasks), reported as a
+    /// failure naming its origin scope instead of being mistaken for an echo (SPEC S15).
+    pub fn is_stray(&self) -> bool {
+        self.stray
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for Failure<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.stray {
+            write!(
+                f,
+                "{} failed with a stray cancellation: {}",
+                self.origin, self.error
+            )
+        } else {
+            write!(f, "{} failed: {}", self.origin, self.error)
+        }
+    }
+}
+
+/// Why a nursery did not produce its body's value.
+#[derive(Debug)]
+pub enum NurseryError<E> {
+    /// The body or children failed (fail-fast): every failure, the one that triggered the
+    /// cancellation of the others first (SPEC N4).
+    Failed(Vec<Failure<E>>),
+    /// The nursery was cancelled by an enclosing scope and passes the cancellation on (the
+    /// echoes of its children and body collapse into this one, SPEC N4).
+    Cancelled(Cancelled),
+}
+
+impl<E> NurseryError<E> {
+    /// The failures, if the nursery failed.
+    pub fn failures(&self) -> &[Failure<E>] {
+        match self {
+            NurseryError::Failed(failures) => failures,
+            NurseryError::Cancelled(_) => &[],
+        }
+    }
+}
+
+impl<E> From<Cancelled> for NurseryError<E> {
+    fn from(cancelled: Cancelled) -> Self {
+        NurseryError::Cancelled(cancelled)
+    }
+}
+
+impl<E> CancelError for NurseryError<E> {
+    fn as_cancelled(&self) -> Option<&Cancelled> {
+        match self {
+            NurseryError::Cancelled(cancelled) => Some(cancelled),
+            NurseryError::Failed(_) => None,
+        }
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for NurseryError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NurseryError::Cancelled(cancelled) => write!(f, "nursery cancelled: {cancelled}"),
+            NurseryError::Failed(failures) => {
+                write!(f, "nursery failed")?;
+                for (i, failure) in failures.iter().enumerate() {
+                    let sep = if i == 0 { ": " } else { "; " };
+                    write!(f, "{sep}{failure}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl<E: fmt::Debug + fmt::Display> Error for NurseryError<E> {}
+
+/// Something the nursery hands to its report hook because no one else will see it: the
+/// panics that are not resumed and the failures left behind when a panic is (SPEC N6).
+#[non_exhaustive]
+pub enum Report<'a> {
+    /// A panic that is not the one resumed; its payload is kept intact.
+    Panic {
+        /// Who panicked.
+        origin: &'a Origin,
+        /// The original payload.
+        payload: &'a (dyn Any + Send),
+    },
+    /// A failure that cannot be returned because a panic is resumed instead.
+    Failure {
+        /// Who failed.
+        origin: &'a Origin,
+        /// The error, formatted with `Debug`.
+        error: &'a dyn fmt::Debug,
+    },
+}
+
+impl fmt::Display for Report<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Report::Panic { origin, payload } => match panic_message(*payload) {
+                Some(message) => write!(f, "{origin} panicked: {message}"),
+                None => write!(f, "{origin} panicked (payload is not a string)"),
+            },
+            Report::Failure { origin, error } => write!(f, "{origin} failed: {error:?}"),
+        }
+    }
+}
+
+/// The text of a panic payload, when it is a string.
+pub fn panic_message(payload: &(dyn Any + Send)) -> Option<&str> {
+    payload
+        .downcast_ref::<&'static str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+}
+
+/// Receives [`Report`]s; see [`Nursery::on_report`](crate::Nursery::on_report).
+pub type ReportHook = Arc<dyn Fn(&Report<'_>) + Send + Sync>;
+
+/// The default hook: an error-level `tracing` event with the `tracing` feature, a line on
+/// stderr without it.
+pub(crate) fn default_hook(report: &Report<'_>) {
+    #[cfg(feature = "tracing")]
+    tracing::error!("{report}");
+    #[cfg(not(feature = "tracing"))]
+    eprintln!("tokio-nursery: {report}");
+}
