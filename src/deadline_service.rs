@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
@@ -27,6 +28,8 @@ pub(crate) struct DeadlineService {
     state: Mutex<State>,
     /// Wakes the task when an earlier alarm is armed or the map empties.
     changed: Notify,
+    /// The runtime was found to have its time driver enabled.
+    timers_checked: AtomicBool,
 }
 
 struct State {
@@ -63,6 +66,7 @@ impl DeadlineService {
                 serving: false,
             }),
             changed: Notify::new(),
+            timers_checked: AtomicBool::new(false),
         });
         services.push((id, Arc::downgrade(&service)));
         Some(service)
@@ -129,6 +133,14 @@ impl DeadlineTimer for DeadlineService {
     }
 
     fn arm(&self, node: &Arc<Node>, at: Instant) -> TimerKey {
+        if !self.timers_checked.load(Ordering::Relaxed) {
+            // Without a time driver the service's sleep would panic inside its own task and
+            // the deadline would silently never fire: fail here, in the caller, with tokio's
+            // own message ("timers are disabled ... enable_time").
+            let _enter = self.runtime.enter();
+            drop(tokio::time::sleep_until(tokio::time::Instant::from_std(at)));
+            self.timers_checked.store(true, Ordering::Relaxed);
+        }
         let mut state = lock(&self.state);
         let key = TimerKey {
             at,

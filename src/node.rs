@@ -22,13 +22,14 @@
 
 use std::fmt;
 use std::num::NonZeroU64;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use slab::Slab;
 
 use crate::reason::CancelReason;
-use crate::sync::{Arc, AtomicU8, AtomicU64, Mutex, Ordering, lock};
+use crate::sync::{Arc, AtomicU8, AtomicU64, Mutex, MutexGuard, Ordering, lock};
 
 /// Identifies a cancel scope for as long as the process runs.
 ///
@@ -126,11 +127,23 @@ struct Fallout {
 }
 
 impl Fallout {
+    /// Propagates first, then wakes: a panicking waker cannot leave descendants stale
+    /// (invariant 2); the first panic is resumed once every waker was called.
     fn finish(self) {
-        for waker in self.wake {
-            waker.wake();
-        }
         propagate(self.children);
+        wake_all(self.wake);
+    }
+}
+
+fn wake_all(wakers: Vec<Waker>) {
+    let mut panic = None;
+    for waker in wakers {
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| waker.wake())) {
+            panic.get_or_insert(payload);
+        }
+    }
+    if let Some(payload) = panic {
+        resume_unwind(payload);
     }
 }
 
@@ -210,7 +223,11 @@ impl Node {
 
     /// Marks the scope cancelled with `reason` (the first reason wins) and propagates.
     pub(crate) fn cancel(self: &Arc<Self>, reason: CancelReason) {
-        let mut inner = lock(&self.inner);
+        let inner = lock(&self.inner);
+        self.cancel_locked(inner, reason);
+    }
+
+    fn cancel_locked(&self, mut inner: MutexGuard<'_, Inner>, reason: CancelReason) {
         if inner.reason.is_none() {
             inner.reason = Some(reason);
         }
@@ -238,16 +255,19 @@ impl Node {
     fn set_bits(&self, inner: &mut Inner, change: impl FnOnce(u8) -> u8) -> Fallout {
         let old = self.bits();
         let mut new = change(old);
-        let exposed = new & SHIELD == 0
-            && inner
-                .parent
-                .as_ref()
-                .is_some_and(|parent| parent.is_cancelled());
-        new = if exposed {
-            new | INHERITED
-        } else {
-            new & !INHERITED
-        };
+        // An ended scope has no parent any more and keeps the cancellation it had.
+        if old & ENDED == 0 {
+            let exposed = new & SHIELD == 0
+                && inner
+                    .parent
+                    .as_ref()
+                    .is_some_and(|parent| parent.is_cancelled());
+            new = if exposed {
+                new | INHERITED
+            } else {
+                new & !INHERITED
+            };
+        }
         self.state.store(new, Ordering::Release);
         let mut fallout = Fallout::default();
         if (old & CANCELLED != 0) != (new & CANCELLED != 0) {
@@ -267,26 +287,30 @@ impl Node {
         parent: Option<&Arc<Node>>,
         timer: Option<Arc<dyn DeadlineTimer>>,
     ) {
-        {
-            let mut inner = lock(&self.inner);
-            debug_assert!(inner.parent.is_none() && !self.is_entered());
-            inner.parent = parent.cloned();
-            if let Some(timeout) = inner.timeout.take() {
-                let now = timer
-                    .as_ref()
-                    .map_or_else(Instant::now, |timer| timer.now());
-                inner.deadline = Some(now + timeout);
-            }
-            inner.timer = timer;
-        }
-        if let Some(parent) = parent {
-            let slot = lock(&parent.inner).children.insert(self.clone());
-            lock(&self.inner).slot = Some(slot);
-        }
         let mut inner = lock(&self.inner);
+        debug_assert!(inner.parent.is_none() && !self.is_entered());
+        inner.parent = parent.cloned();
+        if let Some(timeout) = inner.timeout.take() {
+            let now = timer
+                .as_ref()
+                .map_or_else(Instant::now, |timer| timer.now());
+            inner.deadline = Some(later(now, timeout));
+        }
+        inner.timer = timer;
         let fallout = self.set_bits(&mut inner, |bits| bits | ENTERED);
+        // Arming may panic (no runtime, no time driver): do it before the parent links us,
+        // so a panic leaves nothing behind in the tree.
         let expired = self.arm(&mut inner);
         drop(inner);
+        if let Some(parent) = parent {
+            let slot = lock(&parent.inner).children.insert(self.clone());
+            let mut inner = lock(&self.inner);
+            inner.slot = Some(slot);
+            // Invariant 3: the parent may have changed before it listed us.
+            let late = self.set_bits(&mut inner, |bits| bits);
+            drop(inner);
+            late.finish();
+        }
         fallout.finish();
         if expired {
             self.cancel(CancelReason::Deadline);
@@ -347,12 +371,12 @@ impl Node {
     /// Called by the timer when the alarm `key` goes off; stale keys are ignored.
     pub(crate) fn fire_deadline(self: &Arc<Self>, key: TimerKey) {
         let mut inner = lock(&self.inner);
-        if inner.armed != Some(key) {
+        if inner.armed != Some(key) || self.bits() & ENDED != 0 {
             return;
         }
         inner.armed = None;
-        drop(inner);
-        self.cancel(CancelReason::Deadline);
+        // Under the same lock as the check: a scope that ended meanwhile stays uncancelled.
+        self.cancel_locked(inner, CancelReason::Deadline);
     }
 
     /// Ends the scope: records whether it absorbed a cancellation, unlinks it from its
@@ -381,20 +405,23 @@ impl Node {
     /// Registers (or refreshes) a waker to be woken when the scope becomes cancelled.
     pub(crate) fn register_waiter(&self, key: &mut Option<usize>, waker: &Waker) {
         let mut inner = lock(&self.inner);
-        match key.and_then(|k| inner.waiters.get_mut(k)) {
-            Some(existing) => {
-                if !existing.will_wake(waker) {
-                    existing.clone_from(waker);
-                }
+        let replaced = match key.and_then(|k| inner.waiters.get_mut(k)) {
+            Some(existing) if existing.will_wake(waker) => None,
+            Some(existing) => Some(std::mem::replace(existing, waker.clone())),
+            None => {
+                *key = Some(inner.waiters.insert(waker.clone()));
+                None
             }
-            None => *key = Some(inner.waiters.insert(waker.clone())),
-        }
+        };
+        drop(inner);
+        // Invariant 5: a waker's drop may run arbitrary code; never under our lock.
+        drop(replaced);
     }
 
     pub(crate) fn remove_waiter(&self, key: &mut Option<usize>) {
         if let Some(k) = key.take() {
             let removed = lock(&self.inner).waiters.try_remove(k);
-            drop(removed);
+            drop(removed); // after the lock is released (invariant 5)
         }
     }
 
@@ -444,6 +471,13 @@ impl Node {
             }
         }
     }
+}
+
+/// `at + after`, or about thirty years after `at` when that overflows (`Duration::MAX` means
+/// "no limit", as tokio reads it).
+pub(crate) fn later(at: Instant, after: Duration) -> Instant {
+    at.checked_add(after)
+        .unwrap_or_else(|| at + Duration::from_secs(86_400 * 365 * 30))
 }
 
 /// Recomputes the given nodes and, where their effective state changed, their descendants

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use crate::cancelled::Cancelled;
 use crate::context::{self, Frame, Origin};
-use crate::node::Node;
+use crate::node::{Node, later};
 use crate::reason::CancelReason;
 use crate::sync::Arc;
 
@@ -97,7 +97,10 @@ impl fmt::Debug for WaitCancelled {
 
 /// Sleeps for `duration` unless the current scope is cancelled first (a cancellation point).
 pub fn sleep(duration: Duration) -> Sleep {
-    sleep_until(Instant::now() + duration)
+    sleep_until(Instant::from_std(later(
+        Instant::now().into_std(),
+        duration,
+    )))
 }
 
 /// Sleeps until `deadline` unless the current scope is cancelled first (a cancellation

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use crate::cancelled::{CancelError, Cancelled};
 use crate::context::{self, FrameKind, Unlinked};
 use crate::deadline_service::DeadlineService;
-use crate::node::{DeadlineTimer, Node, ScopeId};
+use crate::node::{DeadlineTimer, Node, ScopeId, later};
 use crate::reason::{CancelReason, Payload};
 use crate::sync::Arc;
 
@@ -347,9 +347,12 @@ where
                     Plan::Preset { node } => *this.node = Some(enter_preset(node)),
                     Plan::Lazy { deadline, shield } => {
                         let inline = enter_lazy(*deadline, *shield);
+                        // Ends a node made during this poll if the body or the user's
+                        // `CancelError` panics: it lives only in `inline` until linked below.
+                        let mut unwind = EndOnUnwind(Some(&inline));
                         let body = this.body.as_mut().as_pin_mut().expect("body present");
                         let poll = context::enter(FrameKind::Unlinked(&inline), || body.poll(cx));
-                        return match poll {
+                        let result = match poll {
                             Poll::Ready(out) => {
                                 *this.phase = Phase::Done;
                                 Poll::Ready(match out {
@@ -363,6 +366,8 @@ where
                                 Poll::Pending
                             }
                         };
+                        unwind.0 = None;
+                        return result;
                     }
                 }
             }
@@ -377,12 +382,22 @@ where
                 *this.phase = Phase::Done;
                 Poll::Ready(finish_linked(out, node, this.waiter))
             }
-            Poll::Pending if last_poll && node.is_cancelled() => {
-                // SPEC S12: polled once more after the cancellation; now drop the body.
-                this.body.set(None);
-                *this.phase = Phase::Done;
-                Poll::Ready(finish_dropped(node, this.waiter))
-            }
+            Poll::Pending if last_poll => match dropped_exit(node) {
+                // SPEC S12: polled once more after the cancellation; now drop the body, in
+                // its scope (its drop code may ask), before the scope ends.
+                Some(exit) => {
+                    context::enter(FrameKind::Linked(node), || this.body.set(None));
+                    *this.phase = Phase::Done;
+                    node.remove_waiter(this.waiter);
+                    node.end(matches!(exit, Exit::Absorbed(..)));
+                    Poll::Ready(exit)
+                }
+                // A shield went up meanwhile: the scope is no longer cancelled.
+                None => {
+                    wait_hard(node, this.waiter, cx);
+                    Poll::Pending
+                }
+            },
             Poll::Pending => {
                 if *this.hard {
                     wait_hard(node, this.waiter, cx);
@@ -403,7 +418,7 @@ fn polled_after_completion() -> ! {
 #[inline(never)]
 pub(crate) fn enter_preset(node: &Arc<Node>) -> Arc<Node> {
     let parent = context::with_current(|f| f.map(|f| f.node().clone()));
-    node.enter(parent.as_ref(), timer());
+    node.enter(parent.as_ref(), timer_for(parent.as_ref()));
     node.clone()
 }
 
@@ -413,7 +428,10 @@ pub(crate) fn enter_preset(node: &Arc<Node>) -> Arc<Node> {
 fn enter_lazy(deadline: DeadlineSpec, shield: bool) -> Unlinked {
     let (deadline, expired) = match deadline {
         DeadlineSpec::At(at) => (at, None),
-        DeadlineSpec::After(after) => (Instant::now() + after, Some(after.is_zero())),
+        DeadlineSpec::After(after) => (
+            Instant::from_std(later(Instant::now().into_std(), after)),
+            Some(after.is_zero()),
+        ),
     };
     Unlinked {
         expired: Cell::new(expired),
@@ -469,19 +487,18 @@ fn finish_linked<T, E: CancelError>(
     exit
 }
 
-/// The end of a hard scope whose body was dropped (SPEC S12): absorbed, or a `Cancelled`
-/// naming the outer scope passed outward.
+/// How a hard scope whose body is being dropped ends (SPEC S12): absorbed, or a `Cancelled`
+/// naming the outer scope passed outward; `None` if it is no longer cancelled. The origin is
+/// taken before anything is dropped, so a shield raised meanwhile cannot make it name a
+/// scope that was not cancelled.
 #[inline(never)]
-fn finish_dropped<T, E: CancelError>(node: &Arc<Node>, waiter: &mut Option<usize>) -> Exit<T, E> {
-    node.remove_waiter(waiter);
-    let absorbs = node.absorbs();
-    let exit = if absorbs {
-        Exit::Absorbed(Box::new(absorbed(node)))
-    } else {
-        Exit::Error(E::from(cancelled_here(node)))
-    };
-    node.end(absorbs);
-    exit
+fn dropped_exit<T, E: CancelError>(node: &Arc<Node>) -> Option<Exit<T, E>> {
+    if node.absorbs() {
+        return Some(Exit::Absorbed(Box::new(absorbed(node))));
+    }
+    let origin = node.origin()?;
+    let reason = origin.reason().unwrap_or(CancelReason::Explicit(None));
+    Some(Exit::Error(E::from(Cancelled::new(origin.id(), reason))))
 }
 
 /// A hard scope waits on its own node, so a cancellation from elsewhere wakes it.
@@ -496,9 +513,24 @@ fn wait_hard(node: &Node, waiter: &mut Option<usize>, cx: &mut Context<'_>) {
 #[pinned_drop]
 impl<F> PinnedDrop for ScopeCore<F> {
     fn drop(self: Pin<&mut Self>) {
-        let this = self.project();
-        if let (Phase::Running, Some(node)) = (&this.phase, this.node.as_ref()) {
+        let mut this = self.project();
+        if let Some(node) = this.node.as_ref() {
+            // The body is dropped in its scope (its drop code may ask), before the scope ends.
+            if this.body.as_mut().as_pin_mut().is_some() {
+                context::enter(FrameKind::Linked(node), || this.body.set(None));
+            }
             node.remove_waiter(this.waiter);
+            node.end(false); // idempotent: a scope that finished has ended already
+        }
+    }
+}
+
+/// Ends the node an unlinked scope made during its first poll, if that poll unwinds.
+struct EndOnUnwind<'a>(Option<&'a Unlinked>);
+
+impl Drop for EndOnUnwind<'_> {
+    fn drop(&mut self) {
+        if let Some(node) = self.0.and_then(|inline| inline.node.get()) {
             node.end(false);
         }
     }
@@ -538,13 +570,19 @@ fn parent_is_cancelled() -> bool {
     context::with_current(|frame| frame.is_some_and(|frame| frame.is_cancelled()))
 }
 
-pub(crate) fn timer() -> Option<Arc<dyn DeadlineTimer>> {
-    DeadlineService::current().map(|service| service as Arc<dyn DeadlineTimer>)
+/// The deadline timer for a scope entered under `parent`: the parent's, else the current
+/// runtime's. Sharing the parent's keeps entering a scope off the global service registry; a
+/// scope entered in another runtime than its parent's therefore keeps its deadlines on the
+/// parent's runtime.
+pub(crate) fn timer_for(parent: Option<&Arc<Node>>) -> Option<Arc<dyn DeadlineTimer>> {
+    parent
+        .and_then(|parent| parent.timer())
+        .or_else(|| DeadlineService::current().map(|service| service as Arc<dyn DeadlineTimer>))
 }
 
 /// Gives an unlinked scope its node and links it under `parent` (see [`crate::context`]).
 pub(crate) fn materialize(inline: &Unlinked, parent: Option<&Arc<Node>>) -> Arc<Node> {
     let node = Arc::new(Node::new(inline.id(), inline.shield, inline.deadline));
-    node.enter(parent, timer());
+    node.enter(parent, timer_for(parent));
     node
 }
