@@ -102,7 +102,7 @@ pub use deadline::{EffectiveDeadline, current_deadline};
 #[cfg(not(loom))]
 pub use nursery::{
     ChildHandle, DropMode, Failure, JoinError, Nursery, NurseryError, NurseryFuture, NurseryHandle,
-    Origin, Report, ReportHook, SpawnError, nursery, panic_message,
+    Origin, Report, ReportHook, SpawnError, nursery, orphan_count, orphans_finished, panic_message,
 };
 #[cfg(not(loom))]
 pub use point::{

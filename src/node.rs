@@ -20,6 +20,7 @@
 //! 5. Wakers are woken after every lock is released.
 //! 6. Dropping a chain of nodes releases parents iteratively (no recursion in depth).
 
+use std::any::Any;
 use std::fmt;
 use std::num::NonZeroU64;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
@@ -117,6 +118,8 @@ struct Inner {
     timeout: Option<Duration>,
     timer: Option<Arc<dyn DeadlineTimer>>,
     armed: Option<TimerKey>,
+    /// What owns this scope besides its future, e.g. the nursery whose scope it is.
+    attachment: Option<Arc<dyn Any + Send + Sync>>,
 }
 
 /// What changed in one node, to be acted on once its lock is released (invariant 5).
@@ -163,6 +166,7 @@ impl Node {
                 timeout: None,
                 timer: None,
                 armed: None,
+                attachment: None,
             }),
         }
     }
@@ -214,6 +218,15 @@ impl Node {
 
     pub(crate) fn deadline(&self) -> Option<Instant> {
         lock(&self.inner).deadline
+    }
+
+    /// Attaches what owns this scope besides its future (a nursery).
+    pub(crate) fn attach(&self, attachment: Arc<dyn Any + Send + Sync>) {
+        lock(&self.inner).attachment = Some(attachment);
+    }
+
+    pub(crate) fn attachment(&self) -> Option<Arc<dyn Any + Send + Sync>> {
+        lock(&self.inner).attachment.clone()
     }
 
     /// The deadline timer this scope was entered with, for its children to share.

@@ -106,19 +106,82 @@ async fn grace_aborts_stuck_children() {
 #[tokio::test(start_paused = true)]
 async fn abort_drop_and_closed_spawn() {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let fut = nursery(|n: NurseryHandle<Cancelled>| async move {
-        tx.send(n.clone()).unwrap();
-        n.spawn(async {
-            tokio::time::sleep(Duration::from_secs(100)).await;
-            Ok(())
-        });
-        std::future::pending::<()>().await;
-        Ok(())
-    });
+    let fut =
+        Nursery::new()
+            .drop_mode(DropMode::Abort)
+            .run(|n: NurseryHandle<Cancelled>| async move {
+                tx.send(n.clone()).unwrap();
+                n.spawn(async {
+                    tokio::time::sleep(Duration::from_secs(100)).await;
+                    Ok(())
+                });
+                std::future::pending::<()>().await;
+                Ok(())
+            });
     let _ = tokio::time::timeout(Duration::from_millis(5), fut).await;
     let n = rx.await.unwrap();
     assert!(!n.is_open());
     assert!(n.try_spawn(async { Ok(()) }).is_err());
     tokio::task::yield_now().await;
     assert_eq!(n.live_children(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn wait_drop_hands_children_to_the_enclosing_nursery() {
+    let start = Instant::now();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let out = nursery(|_outer| async move {
+        let inner = nursery(|n: NurseryHandle<Cancelled>| async move {
+            let tx = tx.clone();
+            n.spawn(async move {
+                // Cooperative: sees the cancellation, then cleans up for 30 ms.
+                let c = cancelled().await;
+                tx.send(format!("cancelled at {:?}", start.elapsed()))
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                tx.send(format!("cleaned up at {:?}", start.elapsed()))
+                    .unwrap();
+                Err::<(), _>(c)
+            });
+            std::future::pending::<()>().await;
+            Ok(())
+        });
+        // Dropped at 10 ms: the drop returns at once, the child is adopted by the outer one.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(10), inner)
+                .await
+                .is_err()
+        );
+        assert_eq!(start.elapsed(), Duration::from_millis(10));
+        Ok::<_, Cancelled>(())
+    })
+    .await;
+    assert_eq!(out.unwrap(), Some(()));
+    // The outer nursery waited for the adopted child.
+    assert_eq!(start.elapsed(), Duration::from_millis(40));
+    assert_eq!(rx.recv().await.unwrap(), "cancelled at 10ms");
+    assert_eq!(rx.recv().await.unwrap(), "cleaned up at 40ms");
+}
+
+#[tokio::test(start_paused = true)]
+async fn wait_drop_without_enclosing_nursery_goes_to_the_orphan_registry() {
+    let start = Instant::now();
+    let inner = nursery(|n: NurseryHandle<Cancelled>| async move {
+        n.spawn(async move {
+            let c = cancelled().await;
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            Err::<(), _>(c)
+        });
+        std::future::pending::<()>().await;
+        Ok(())
+    });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(10), inner)
+            .await
+            .is_err()
+    );
+    assert_eq!(orphan_count(), 1);
+    orphans_finished().await;
+    assert_eq!(orphan_count(), 0);
+    assert_eq!(start.elapsed(), Duration::from_millis(40));
 }

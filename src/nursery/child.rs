@@ -59,7 +59,7 @@ impl<F, E> ChildTask<F, E> {
 impl<F, T, E> Future for ChildTask<F, E>
 where
     F: Future<Output = Result<T, E>>,
-    E: CancelError,
+    E: CancelError + fmt::Debug,
 {
     type Output = ChildOutput<T>;
 

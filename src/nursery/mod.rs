@@ -11,6 +11,7 @@
 //! nursery reports.
 
 mod child;
+mod orphans;
 mod registry;
 mod report;
 
@@ -28,6 +29,7 @@ use tokio::runtime::Handle;
 use tokio::task::AbortHandle;
 
 pub use child::{ChildHandle, JoinError};
+pub use orphans::{orphan_count, orphans_finished};
 pub use report::{Failure, NurseryError, Origin, Report, ReportHook, panic_message};
 
 use crate::cancelled::CancelError;
@@ -36,15 +38,28 @@ use crate::node::{Node, ScopeId};
 use crate::reason::CancelReason;
 use crate::scope::{ScopeHandle, cancelled_here, enter_preset};
 use child::ChildTask;
-use registry::{Closed, Registry};
+use orphans::Orphans;
+use registry::{Adopter, Closed, OrphanReport, Panic, Recorded, Registry};
+use report::DebugText;
 
-/// What happens to running children when a nursery's future is dropped before it finished.
+/// What happens to running children when a nursery's future is dropped before it finished
+/// (a `select!` lost, a timeout, a request future dropped because its client went away).
+///
+/// Awaiting a nursery to the end never drops a child mid-await in either mode; the modes
+/// differ only when the nursery's own future is dropped early.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum DropMode {
+    /// The default. The nursery's scope is cancelled and no child is dropped mid-await: the
+    /// drop returns at once and the children are adopted by the nearest live enclosing
+    /// nursery, which waits for them, else by the runtime's orphan registry
+    /// ([`orphans_finished`]) with a warning event (SPEC N9). They keep their cancelled scope
+    /// and the grace period, which then aborts them as it would have. Their failures reach
+    /// the adopter's report hook and never trigger its fail-fast.
+    #[default]
+    Wait,
     /// Abort every child at once (SPEC N8): abort is requested before the drop returns and
     /// tokio drops their futures at their next scheduling.
-    #[default]
     Abort,
 }
 
@@ -73,12 +88,12 @@ pub struct Nursery {
 }
 
 impl Nursery {
-    /// A nursery with fail-fast policy, no grace period and the abort drop mode.
+    /// A nursery with fail-fast policy, no grace period and the wait drop mode.
     pub fn new() -> Self {
         Nursery {
             name: None,
             grace: None,
-            drop_mode: DropMode::Abort,
+            drop_mode: DropMode::Wait,
             hook: None,
         }
     }
@@ -146,6 +161,7 @@ impl Nursery {
             grace: None,
             waiter: None,
             state: State::Unentered,
+            orphan: orphan::<E>,
         }
     }
 }
@@ -181,25 +197,100 @@ pub(crate) struct Shared<E> {
     node: Arc<Node>,
     runtime: Handle,
     registry: Registry<AbortHandle, Failure<E>, Origin>,
+    hook: Option<ReportHook>,
 }
 
-impl<E> Shared<E> {
-    /// Fail-fast (SPEC N4): the first failure cancels the nursery's scope.
+impl<E: fmt::Debug> Shared<E> {
+    /// Fail-fast (SPEC N4): the first failure cancels the nursery's scope. An orphaned
+    /// nursery hands it to its adopter instead (N9).
     fn fail(&self, failure: Failure<E>) {
         #[cfg(feature = "tracing")]
         tracing::debug!(origin = %failure.origin(), stray = failure.is_stray(), "failure");
-        if self.registry.fail(failure) {
-            self.node.cancel(CancelReason::SiblingFailed);
+        match self.registry.fail(failure) {
+            Recorded::First => self.node.cancel(CancelReason::SiblingFailed),
+            Recorded::Later => {}
+            Recorded::Orphaned(failure, adopter) => adopter.orphan_report(orphan_failure(failure)),
         }
     }
 
     fn panicked(&self, origin: Origin, payload: Box<dyn std::any::Any + Send>) {
         #[cfg(feature = "tracing")]
         tracing::debug!(origin = %origin, "panic");
-        if self.registry.panicked(origin, payload) {
-            self.node.cancel(CancelReason::SiblingFailed);
+        match self.registry.panicked(origin, payload) {
+            Recorded::First => self.node.cancel(CancelReason::SiblingFailed),
+            Recorded::Later => {}
+            Recorded::Orphaned(panic, adopter) => adopter.orphan_report(OrphanReport::Panic(panic)),
         }
     }
+
+    fn report(&self, report: &Report<'_>) {
+        match &self.hook {
+            Some(hook) => hook(report),
+            None => report::default_hook(report),
+        }
+    }
+}
+
+fn orphan_failure<E: fmt::Debug>(failure: Failure<E>) -> OrphanReport<Origin> {
+    OrphanReport::Failure {
+        error: format!("{:?}", failure.error()),
+        label: failure.origin().clone(),
+    }
+}
+
+/// A nursery adopts the children of nurseries dropped in wait mode inside it (SPEC N9).
+impl<E: Send + 'static> Adopter<Origin> for Shared<E> {
+    fn adopt(&self) -> Result<usize, Closed> {
+        self.registry.adopt()
+    }
+
+    fn adoptee_finished(&self, key: usize) {
+        self.registry.finished(key);
+    }
+
+    fn orphan_report(&self, report: OrphanReport<Origin>) {
+        let (hook, report) = (&self.hook, report);
+        let emit = |r: &Report<'_>| match hook {
+            Some(hook) => hook(r),
+            None => report::default_hook(r),
+        };
+        match &report {
+            OrphanReport::Failure { label, error } => emit(&Report::Failure {
+                origin: label,
+                error: &DebugText(error),
+                adopted: true,
+            }),
+            OrphanReport::Panic(panic) => emit(&Report::Panic {
+                origin: &panic.label,
+                payload: &*panic.payload,
+                adopted: true,
+            }),
+        }
+    }
+}
+
+/// What a nursery's scope node carries so that nurseries dropped inside it can find it.
+struct AdopterRef(std::sync::Weak<dyn Adopter<Origin>>);
+
+/// The nearest live enclosing nursery of `node` that accepts an adoptee, else the runtime's
+/// orphan registry (SPEC N9). A nursery closing meanwhile refuses; the handoff falls through.
+fn adopter_of(node: &Node, runtime: &Handle) -> (Arc<dyn Adopter<Origin>>, usize) {
+    let mut ancestor = node.parent();
+    while let Some(scope) = ancestor {
+        let adopter = scope
+            .attachment()
+            .and_then(|attachment| attachment.downcast::<AdopterRef>().ok())
+            .and_then(|link| link.0.upgrade());
+        if let Some(adopter) = adopter {
+            if let Ok(key) = adopter.adopt() {
+                return (adopter, key);
+            }
+        }
+        ancestor = scope.parent();
+    }
+    let orphans: Arc<dyn Adopter<Origin>> = Orphans::of(runtime);
+    let key = orphans.adopt().expect("the orphan registry always adopts");
+    (orphans, key)
 }
 
 /// A handle to spawn into a nursery, from any task or thread while it is open (SPEC N10).
@@ -239,7 +330,7 @@ impl From<Closed> for SpawnError {
 
 impl<E> NurseryHandle<E>
 where
-    E: CancelError + Send + 'static,
+    E: CancelError + fmt::Debug + Send + 'static,
 {
     /// Spawns a child on the nursery's runtime, in a scope that is a child of the nursery's
     /// (S1). Into a cancelled nursery the child starts already cancelled (N10).
@@ -353,6 +444,8 @@ pub struct NurseryFuture<B, Fut, T, E> {
     grace: Option<tokio::time::Sleep>,
     waiter: Option<usize>,
     state: State,
+    /// The wait-mode drop, monomorphised where `E`'s bounds are known.
+    orphan: fn(&Arc<Shared<E>>, Option<Duration>),
 }
 
 impl<B, Fut, T, E> Future for NurseryFuture<B, Fut, T, E>
@@ -373,7 +466,11 @@ where
                 node,
                 runtime,
                 registry: Registry::new(),
+                hook: this.config.hook.clone(),
             });
+            let adopter: Arc<dyn Adopter<Origin>> = shared.clone();
+            let link = AdopterRef(Arc::downgrade(&adopter));
+            shared.node.attach(Arc::new(link));
             let handle = NurseryHandle {
                 shared: shared.clone(),
             };
@@ -447,21 +544,18 @@ where
         let (failures, mut panics) = shared.registry.take_reports();
         if !panics.is_empty() {
             let first = panics.remove(0);
-            let hook = this.config.hook.clone();
-            let report = |r: &Report<'_>| match &hook {
-                Some(hook) => hook(r),
-                None => report::default_hook(r),
-            };
             for panic in &panics {
-                report(&Report::Panic {
+                shared.report(&Report::Panic {
                     origin: &panic.label,
                     payload: &*panic.payload,
+                    adopted: false,
                 });
             }
             for failure in &failures {
-                report(&Report::Failure {
+                shared.report(&Report::Failure {
                     origin: failure.origin(),
                     error: failure.error(),
+                    adopted: false,
                 });
             }
             node.end(false);
@@ -490,18 +584,75 @@ where
 #[pinned_drop]
 impl<B, Fut, T, E> PinnedDrop for NurseryFuture<B, Fut, T, E> {
     fn drop(self: Pin<&mut Self>) {
-        let this = self.project();
+        let mut this = self.project();
         let Some(shared) = this.shared.as_ref() else {
             return;
         };
         shared.node.remove_waiter(this.waiter);
         if shared.registry.is_open() {
-            // Dropped before it finished (N8): no new children, abort the running ones.
+            // Dropped before it finished: no new children, and every child is told.
             shared.registry.close();
-            shared.node.cancel(CancelReason::Explicit(None));
-            shared.registry.abort_all(AbortHandle::abort);
+            shared
+                .node
+                .cancel(CancelReason::Explicit(Some(crate::reason::Payload::new(
+                    "the nursery's future was dropped",
+                ))));
+            match this.config.drop_mode {
+                DropMode::Abort => {
+                    shared.registry.abort_all(AbortHandle::abort);
+                }
+                DropMode::Wait => (this.orphan)(shared, this.config.grace),
+            }
+        }
+        // The body goes before the scope ends: nurseries inside it find their adopters
+        // through this scope's ancestors.
+        if this.body.as_mut().as_pin_mut().is_some() {
+            let node = &shared.node;
+            context::enter(FrameKind::Linked(node), || this.body.set(None));
         }
         shared.node.end(false);
+    }
+}
+
+/// Wait-mode drop (SPEC N9): hands the live children and every report kept so far to the
+/// nearest live enclosing nursery (or the orphan registry). A grace period keeps running in
+/// a task of its own, which exits when the children do.
+fn orphan<E: fmt::Debug + Send + 'static>(shared: &Arc<Shared<E>>, grace: Option<Duration>) {
+    if shared.registry.live() == 0 {
+        return;
+    }
+    let (adopter, key) = adopter_of(&shared.node, &shared.runtime);
+    let (failures, panics, done) = shared.registry.orphan(adopter.clone(), key);
+    for failure in failures {
+        adopter.orphan_report(orphan_failure(failure));
+    }
+    for panic in panics {
+        adopter.orphan_report(OrphanReport::Panic(Panic {
+            label: panic.label,
+            payload: panic.payload,
+        }));
+    }
+    if done {
+        adopter.adoptee_finished(key);
+        return;
+    }
+    if let Some(grace) = grace {
+        let shared = shared.clone();
+        drop(shared.runtime.clone().spawn(async move {
+            let finished = std::future::poll_fn(|cx| {
+                if shared.registry.try_close(cx.waker()) {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            });
+            let expired = tokio::time::sleep(grace);
+            if let futures::future::Either::Right(_) =
+                futures::future::select(std::pin::pin!(finished), std::pin::pin!(expired)).await
+            {
+                shared.registry.abort_all(AbortHandle::abort);
+            }
+        }));
     }
 }
 

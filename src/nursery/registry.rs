@@ -14,13 +14,46 @@
 //! N-3. A slot holds the child's abort handle from `started` until `finished`; a child that
 //!      finishes before its spawner stored the handle leaves its slot `Finished` for the
 //!      spawner to clear.
+//! N-4. Once orphaned (wait-mode drop), a registry keeps no report: the ones it had and every
+//!      later one go to its adopter, under the lock that decides it, and the adopter learns
+//!      exactly once that the last child finished.
 
 use std::any::Any;
+use std::sync::Arc;
 use std::task::Waker;
 
 use slab::Slab;
 
 use crate::sync::{Mutex, lock};
+
+/// A nursery (or the orphan registry) that takes over the children of a nursery whose
+/// future was dropped in wait mode (SPEC N9).
+pub(crate) trait Adopter<L>: Send + Sync {
+    /// Registers an orphaned nursery's remaining children as one adoptee; `Closed` if this
+    /// adopter is closing (the handoff then falls through to the next one).
+    fn adopt(&self) -> Result<usize, Closed>;
+    /// The adoptee's last child finished.
+    fn adoptee_finished(&self, key: usize);
+    /// A failure (its `Debug` text) or panic of an adopted child: reported, never a trigger
+    /// for the adopter's fail-fast.
+    fn orphan_report(&self, report: OrphanReport<L>);
+}
+
+/// What an adopted child reports to its adopter.
+pub(crate) enum OrphanReport<L> {
+    Failure { label: L, error: String },
+    Panic(Panic<L>),
+}
+
+/// Where a failure or panic went.
+pub(crate) enum Recorded<T, L> {
+    /// Kept, and it is the first: it triggers the cancellation (fail-fast).
+    First,
+    /// Kept.
+    Later,
+    /// The nursery is orphaned: forward it to this adopter (N-4).
+    Orphaned(T, Arc<dyn Adopter<L>>),
+}
 
 /// A panic payload and who panicked.
 pub(crate) struct Panic<L> {
@@ -40,12 +73,16 @@ struct State<A, F, L> {
     panics: Vec<Panic<L>>,
     /// The nursery's task, waiting for `live` to reach zero.
     waiter: Option<Waker>,
+    /// Set when the nursery's future was dropped in wait mode (N-4).
+    adopter: Option<(Arc<dyn Adopter<L>>, usize)>,
 }
 
 enum Slot<A> {
     Starting,
     Running(A),
     Finished,
+    /// An orphaned nursery this one adopted (N-4).
+    Adoptee,
 }
 
 /// The nursery no longer accepts children.
@@ -62,6 +99,7 @@ impl<A, F, L> Registry<A, F, L> {
                 failures: Vec::new(),
                 panics: Vec::new(),
                 waiter: None,
+                adopter: None,
             }),
         }
     }
@@ -88,38 +126,86 @@ impl<A, F, L> Registry<A, F, L> {
         }
     }
 
-    /// A child's future has been dropped (N-1). Wakes the nursery when it was the last.
+    /// A child's future has been dropped (N-1), or an adoptee's last child finished. Wakes
+    /// the nursery, or tells the adopter, when it was the last.
     pub(crate) fn finished(&self, key: usize) {
         let mut state = lock(&self.state);
         match state.slots.get_mut(key) {
             Some(slot @ Slot::Starting) => *slot = Slot::Finished,
-            Some(Slot::Running(_)) => drop(state.slots.remove(key)),
+            Some(Slot::Running(_) | Slot::Adoptee) => drop(state.slots.remove(key)),
             _ => unreachable!("a child slot finishes once"),
         }
         state.live -= 1;
-        let waiter = if state.live == 0 {
-            state.waiter.take()
+        let (waiter, adopter) = if state.live == 0 {
+            (state.waiter.take(), state.adopter.take())
         } else {
-            None
+            (None, None)
         };
         drop(state);
         if let Some(waiter) = waiter {
             waiter.wake();
         }
+        if let Some((adopter, key)) = adopter {
+            adopter.adoptee_finished(key);
+        }
     }
 
-    /// Records a failure; returns true for the first one (it triggers the cancellation).
-    pub(crate) fn fail(&self, failure: F) -> bool {
+    /// Records a failure (N4), or hands it back for the adopter (N-4).
+    pub(crate) fn fail(&self, failure: F) -> Recorded<F, L> {
         let mut state = lock(&self.state);
+        if let Some((adopter, _)) = &state.adopter {
+            return Recorded::Orphaned(failure, adopter.clone());
+        }
         state.failures.push(failure);
-        state.failures.len() == 1 && state.panics.is_empty()
+        if state.failures.len() == 1 && state.panics.is_empty() {
+            Recorded::First
+        } else {
+            Recorded::Later
+        }
     }
 
-    /// Records a panic; returns true if it is the first failure of any kind.
-    pub(crate) fn panicked(&self, label: L, payload: Box<dyn Any + Send>) -> bool {
+    /// Records a panic (N6), or hands it back for the adopter (N-4).
+    pub(crate) fn panicked(&self, label: L, payload: Box<dyn Any + Send>) -> Recorded<Panic<L>, L> {
         let mut state = lock(&self.state);
-        state.panics.push(Panic { label, payload });
-        state.panics.len() == 1 && state.failures.is_empty()
+        let panic = Panic { label, payload };
+        if let Some((adopter, _)) = &state.adopter {
+            return Recorded::Orphaned(panic, adopter.clone());
+        }
+        state.panics.push(panic);
+        if state.panics.len() == 1 && state.failures.is_empty() {
+            Recorded::First
+        } else {
+            Recorded::Later
+        }
+    }
+
+    /// Registers an orphaned nursery as one adoptee of this one (N9).
+    pub(crate) fn adopt(&self) -> Result<usize, Closed> {
+        let mut state = lock(&self.state);
+        if !state.open {
+            return Err(Closed);
+        }
+        state.live += 1;
+        Ok(state.slots.insert(Slot::Adoptee))
+    }
+
+    /// Hands the live children to `adopter` (N-4). Returns the reports kept so far, for the
+    /// adopter, and whether the children had all finished already (then the adopter must be
+    /// told at once).
+    pub(crate) fn orphan(
+        &self,
+        adopter: Arc<dyn Adopter<L>>,
+        key: usize,
+    ) -> (Vec<F>, Vec<Panic<L>>, bool) {
+        let mut state = lock(&self.state);
+        state.open = false;
+        let failures = std::mem::take(&mut state.failures);
+        let panics = std::mem::take(&mut state.panics);
+        let done = state.live == 0;
+        if !done {
+            state.adopter = Some((adopter, key));
+        }
+        (failures, panics, done)
     }
 
     /// Closes the nursery if no child is alive; otherwise remembers `waker` to be woken

@@ -153,25 +153,53 @@ pub enum Report<'a> {
         origin: &'a Origin,
         /// The original payload.
         payload: &'a (dyn Any + Send),
+        /// The child was adopted from a nursery dropped in wait mode (SPEC N9).
+        adopted: bool,
     },
-    /// A failure that cannot be returned because a panic is resumed instead.
+    /// A failure that cannot be returned: a panic is resumed instead, or the child was
+    /// adopted from a nursery dropped in wait mode (its error then arrives as `Debug` text).
     Failure {
         /// Who failed.
         origin: &'a Origin,
-        /// The error, formatted with `Debug`.
+        /// The error.
         error: &'a dyn fmt::Debug,
+        /// The child was adopted from a nursery dropped in wait mode (SPEC N9).
+        adopted: bool,
     },
 }
 
 impl fmt::Display for Report<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Report::Panic { origin, payload } => match panic_message(*payload) {
-                Some(message) => write!(f, "{origin} panicked: {message}"),
-                None => write!(f, "{origin} panicked (payload is not a string)"),
-            },
-            Report::Failure { origin, error } => write!(f, "{origin} failed: {error:?}"),
+            Report::Panic {
+                origin,
+                payload,
+                adopted,
+            } => {
+                let adopted = if *adopted { "adopted " } else { "" };
+                match panic_message(*payload) {
+                    Some(message) => write!(f, "{adopted}{origin} panicked: {message}"),
+                    None => write!(f, "{adopted}{origin} panicked (payload is not a string)"),
+                }
+            }
+            Report::Failure {
+                origin,
+                error,
+                adopted,
+            } => {
+                let adopted = if *adopted { "adopted " } else { "" };
+                write!(f, "{adopted}{origin} failed: {error:?}")
+            }
         }
+    }
+}
+
+/// Text already formatted with `Debug` (an adopted child's error), shown as is.
+pub(crate) struct DebugText<'a>(pub(crate) &'a str);
+
+impl fmt::Debug for DebugText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
     }
 }
 

@@ -1,0 +1,128 @@
+//! The per-runtime registry of orphans: children of a nursery dropped in wait mode with no
+//! live enclosing nursery to adopt them (SPEC N9). Nothing is silently detached: they are
+//! counted here, can be awaited with [`orphans_finished`], and what they report goes to the
+//! default report hook with a warning.
+
+use std::future::poll_fn;
+use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
+
+use tokio::runtime::{self, Handle};
+
+use super::registry::{Adopter, Closed, OrphanReport};
+use super::report::{DebugText, Origin, Report, default_hook};
+use crate::sync::lock;
+
+/// The orphans of one runtime.
+pub(crate) struct Orphans {
+    state: Mutex<State>,
+}
+
+struct State {
+    /// Orphaned nurseries whose children are still running.
+    live: usize,
+    next_key: usize,
+    waiters: Vec<Waker>,
+}
+
+static REGISTRIES: Mutex<Vec<(runtime::Id, Arc<Orphans>)>> = Mutex::new(Vec::new());
+
+impl Orphans {
+    /// The orphan registry of `runtime`, made on first use.
+    pub(crate) fn of(runtime: &Handle) -> Arc<Orphans> {
+        let id = runtime.id();
+        let mut registries = lock(&REGISTRIES);
+        if let Some((_, orphans)) = registries.iter().find(|(key, _)| *key == id) {
+            return orphans.clone();
+        }
+        let orphans = Arc::new(Orphans {
+            state: Mutex::new(State {
+                live: 0,
+                next_key: 0,
+                waiters: Vec::new(),
+            }),
+        });
+        registries.push((id, orphans.clone()));
+        orphans
+    }
+
+    fn current() -> Option<Arc<Orphans>> {
+        let id = Handle::try_current().ok()?.id();
+        lock(&REGISTRIES)
+            .iter()
+            .find(|(key, _)| *key == id)
+            .map(|(_, orphans)| orphans.clone())
+    }
+
+    fn live(&self) -> usize {
+        lock(&self.state).live
+    }
+}
+
+impl Adopter<Origin> for Orphans {
+    fn adopt(&self) -> Result<usize, Closed> {
+        let mut state = lock(&self.state);
+        state.live += 1;
+        state.next_key += 1;
+        #[cfg(feature = "tracing")]
+        tracing::warn!(
+            orphans = state.live,
+            "a nursery dropped in wait mode has no live enclosing nursery: its children are \
+             now orphans of the runtime (await tokio_nursery::orphans_finished())"
+        );
+        Ok(state.next_key)
+    }
+
+    fn adoptee_finished(&self, _key: usize) {
+        let mut state = lock(&self.state);
+        state.live -= 1;
+        let waiters = if state.live == 0 {
+            std::mem::take(&mut state.waiters)
+        } else {
+            Vec::new()
+        };
+        drop(state);
+        waiters.into_iter().for_each(Waker::wake);
+    }
+
+    fn orphan_report(&self, report: OrphanReport<Origin>) {
+        match &report {
+            OrphanReport::Failure { label, error } => default_hook(&Report::Failure {
+                origin: label,
+                error: &DebugText(error),
+                adopted: true,
+            }),
+            OrphanReport::Panic(panic) => default_hook(&Report::Panic {
+                origin: &panic.label,
+                payload: &*panic.payload,
+                adopted: true,
+            }),
+        }
+    }
+}
+
+/// How many orphaned nurseries of the current runtime still have children running: the
+/// children of nurseries dropped in wait mode with no live enclosing nursery (SPEC N9).
+pub fn orphan_count() -> usize {
+    Orphans::current().map_or(0, |orphans| orphans.live())
+}
+
+/// Waits until the current runtime has no orphans left (see [`orphan_count`]). Not a
+/// cancellation point; cancel-safe.
+pub async fn orphans_finished() {
+    let Some(orphans) = Orphans::current() else {
+        return;
+    };
+    poll_fn(|cx| {
+        let mut state = lock(&orphans.state);
+        if state.live == 0 {
+            Poll::Ready(())
+        } else {
+            if !state.waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                state.waiters.push(cx.waker().clone());
+            }
+            Poll::Pending
+        }
+    })
+    .await
+}
