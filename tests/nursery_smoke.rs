@@ -185,3 +185,38 @@ async fn wait_drop_without_enclosing_nursery_goes_to_the_orphan_registry() {
     assert_eq!(orphan_count(), 0);
     assert_eq!(start.elapsed(), Duration::from_millis(40));
 }
+
+#[tokio::test(start_paused = true)]
+async fn supervisor_streams_failures_and_returns_the_rest() {
+    let out = Nursery::new()
+        .supervisor()
+        .run(|n| async move {
+            n.spawn_named("a", async {
+                sleep(Duration::from_millis(10)).await?;
+                Err::<(), _>(E::Boom(1))
+            });
+            let b = n.spawn(async {
+                sleep(Duration::from_millis(50)).await?;
+                Ok::<_, E>(7)
+            });
+            n.spawn(async {
+                sleep(Duration::from_millis(20)).await?;
+                Err::<(), _>(E::Boom(2))
+            });
+            match n.next_incident().await {
+                Some(Incident::Failed(f)) => {
+                    assert!(matches!(f.error(), E::Boom(1)));
+                    assert_eq!(f.origin().to_string().contains("\"a\""), true);
+                }
+                other => panic!("{other:?}"),
+            }
+            // The failure cancelled no one.
+            assert_eq!(b.await.unwrap(), 7);
+            Ok::<_, E>(())
+        })
+        .await;
+    // The second failure was not taken: it is returned.
+    let err = out.unwrap_err();
+    assert_eq!(err.failures().len(), 1);
+    assert!(matches!(err.failures()[0].error(), E::Boom(2)));
+}

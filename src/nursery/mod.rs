@@ -30,7 +30,7 @@ use tokio::task::AbortHandle;
 
 pub use child::{ChildHandle, JoinError};
 pub use orphans::{orphan_count, orphans_finished};
-pub use report::{Failure, NurseryError, Origin, Report, ReportHook, panic_message};
+pub use report::{Failure, Incident, NurseryError, Origin, Report, ReportHook, panic_message};
 
 use crate::cancelled::CancelError;
 use crate::context::{self, FrameKind};
@@ -39,7 +39,7 @@ use crate::reason::CancelReason;
 use crate::scope::{ScopeHandle, cancelled_here, enter_preset};
 use child::ChildTask;
 use orphans::Orphans;
-use registry::{Adopter, Closed, OrphanReport, Panic, Recorded, Registry};
+use registry::{Adopter, Closed, OrphanReport, Recorded, Registry};
 use report::DebugText;
 
 /// What happens to running children when a nursery's future is dropped before it finished
@@ -81,6 +81,7 @@ pub enum DropMode {
 /// ```
 #[derive(Clone)]
 pub struct Nursery {
+    supervisor: bool,
     name: Option<Arc<str>>,
     grace: Option<Duration>,
     drop_mode: DropMode,
@@ -91,10 +92,22 @@ impl Nursery {
     /// A nursery with fail-fast policy, no grace period and the wait drop mode.
     pub fn new() -> Self {
         Nursery {
+            supervisor: false,
             name: None,
             grace: None,
             drop_mode: DropMode::Wait,
             hook: None,
+        }
+    }
+
+    /// Supervisor policy (SPEC N5, Kotlin's `supervisorScope`): a child's failure or panic
+    /// cancels no one; it goes to the outlet ([`NurseryHandle::next_incident`]) as it
+    /// happens. A failure of the body still cancels every child. Incidents nobody took are
+    /// returned (failures) or resumed (the first panic) when the nursery ends.
+    pub fn supervisor(self) -> Self {
+        Nursery {
+            supervisor: true,
+            ..self
         }
     }
 
@@ -198,6 +211,7 @@ pub(crate) struct Shared<E> {
     runtime: Handle,
     registry: Registry<AbortHandle, Failure<E>, Origin>,
     hook: Option<ReportHook>,
+    supervisor: bool,
 }
 
 impl<E: fmt::Debug> Shared<E> {
@@ -206,8 +220,13 @@ impl<E: fmt::Debug> Shared<E> {
     fn fail(&self, failure: Failure<E>) {
         #[cfg(feature = "tracing")]
         tracing::debug!(origin = %failure.origin(), stray = failure.is_stray(), "failure");
+        let cancels = !self.supervisor || *failure.origin() == Origin::Body;
         match self.registry.fail(failure) {
-            Recorded::First => self.node.cancel(CancelReason::SiblingFailed),
+            Recorded::First if cancels => self.node.cancel(CancelReason::SiblingFailed),
+            Recorded::First => {}
+            Recorded::Later if cancels && self.supervisor => {
+                self.node.cancel(CancelReason::SiblingFailed)
+            }
             Recorded::Later => {}
             Recorded::Orphaned(failure, adopter) => adopter.orphan_report(orphan_failure(failure)),
         }
@@ -216,8 +235,13 @@ impl<E: fmt::Debug> Shared<E> {
     fn panicked(&self, origin: Origin, payload: Box<dyn std::any::Any + Send>) {
         #[cfg(feature = "tracing")]
         tracing::debug!(origin = %origin, "panic");
+        let cancels = !self.supervisor || origin == Origin::Body;
         match self.registry.panicked(origin, payload) {
-            Recorded::First => self.node.cancel(CancelReason::SiblingFailed),
+            Recorded::First if cancels => self.node.cancel(CancelReason::SiblingFailed),
+            Recorded::First => {}
+            Recorded::Later if cancels && self.supervisor => {
+                self.node.cancel(CancelReason::SiblingFailed)
+            }
             Recorded::Later => {}
             Recorded::Orphaned(panic, adopter) => adopter.orphan_report(OrphanReport::Panic(panic)),
         }
@@ -402,6 +426,23 @@ impl<E> NurseryHandle<E> {
         }
     }
 
+    /// The outlet (SPEC N5): the next failure or panic not yet taken, in the order they
+    /// happened; `None` once no child is alive and none is left. A taken incident is yours:
+    /// the nursery no longer returns or resumes it. Meant for supervisor nurseries; in a
+    /// fail-fast one the first failure still cancels the rest. Not a cancellation point;
+    /// cancel-safe.
+    pub async fn next_incident(&self) -> Option<Incident<E>> {
+        let incident =
+            std::future::poll_fn(|cx| self.shared.registry.poll_incident(cx.waker())).await?;
+        Some(match incident {
+            registry::Incident::Failure(failure) => Incident::Failed(failure),
+            registry::Incident::Panic(panic) => Incident::Panicked {
+                origin: panic.label,
+                payload: panic.payload,
+            },
+        })
+    }
+
     /// Whether the nursery still accepts children.
     pub fn is_open(&self) -> bool {
         self.shared.registry.is_open()
@@ -467,6 +508,7 @@ where
                 runtime,
                 registry: Registry::new(),
                 hook: this.config.hook.clone(),
+                supervisor: this.config.supervisor,
             });
             let adopter: Arc<dyn Adopter<Origin>> = shared.clone();
             let link = AdopterRef(Arc::downgrade(&adopter));
@@ -622,15 +664,12 @@ fn orphan<E: fmt::Debug + Send + 'static>(shared: &Arc<Shared<E>>, grace: Option
         return;
     }
     let (adopter, key) = adopter_of(&shared.node, &shared.runtime);
-    let (failures, panics, done) = shared.registry.orphan(adopter.clone(), key);
-    for failure in failures {
-        adopter.orphan_report(orphan_failure(failure));
-    }
-    for panic in panics {
-        adopter.orphan_report(OrphanReport::Panic(Panic {
-            label: panic.label,
-            payload: panic.payload,
-        }));
+    let (incidents, done) = shared.registry.orphan(adopter.clone(), key);
+    for incident in incidents {
+        adopter.orphan_report(match incident {
+            registry::Incident::Failure(failure) => orphan_failure(failure),
+            registry::Incident::Panic(panic) => OrphanReport::Panic(panic),
+        });
     }
     if done {
         adopter.adoptee_finished(key);

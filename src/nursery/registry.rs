@@ -19,12 +19,13 @@
 //!      exactly once that the last child finished.
 
 use std::any::Any;
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::task::Waker;
+use std::task::{Poll, Waker};
 
 use slab::Slab;
 
-use crate::sync::{Mutex, lock};
+use crate::sync::{Mutex, MutexGuard, lock};
 
 /// A nursery (or the orphan registry) that takes over the children of a nursery whose
 /// future was dropped in wait mode (SPEC N9).
@@ -55,6 +56,12 @@ pub(crate) enum Recorded<T, L> {
     Orphaned(T, Arc<dyn Adopter<L>>),
 }
 
+/// A failure or a panic, in the order they happened.
+pub(crate) enum Incident<F, L> {
+    Failure(F),
+    Panic(Panic<L>),
+}
+
 /// A panic payload and who panicked.
 pub(crate) struct Panic<L> {
     pub(crate) label: L,
@@ -69,10 +76,14 @@ struct State<A, F, L> {
     open: bool,
     live: usize,
     slots: Slab<Slot<A>>,
-    failures: Vec<F>,
-    panics: Vec<Panic<L>>,
+    /// Failures and panics not yet taken, oldest first.
+    incidents: VecDeque<Incident<F, L>>,
+    /// How many were ever reported (the first one triggers fail-fast).
+    reported: usize,
     /// The nursery's task, waiting for `live` to reach zero.
     waiter: Option<Waker>,
+    /// A task waiting on the outlet for the next incident (SPEC N5).
+    outlet: Option<Waker>,
     /// Set when the nursery's future was dropped in wait mode (N-4).
     adopter: Option<(Arc<dyn Adopter<L>>, usize)>,
 }
@@ -96,9 +107,10 @@ impl<A, F, L> Registry<A, F, L> {
                 open: true,
                 live: 0,
                 slots: Slab::new(),
-                failures: Vec::new(),
-                panics: Vec::new(),
+                incidents: VecDeque::new(),
+                reported: 0,
                 waiter: None,
+                outlet: None,
                 adopter: None,
             }),
         }
@@ -136,14 +148,18 @@ impl<A, F, L> Registry<A, F, L> {
             _ => unreachable!("a child slot finishes once"),
         }
         state.live -= 1;
-        let (waiter, adopter) = if state.live == 0 {
-            (state.waiter.take(), state.adopter.take())
+        let (waiter, outlet, adopter) = if state.live == 0 {
+            (
+                state.waiter.take(),
+                state.outlet.take(),
+                state.adopter.take(),
+            )
         } else {
-            (None, None)
+            (None, None, None)
         };
         drop(state);
-        if let Some(waiter) = waiter {
-            waiter.wake();
+        for waker in [waiter, outlet].into_iter().flatten() {
+            waker.wake();
         }
         if let Some((adopter, key)) = adopter {
             adopter.adoptee_finished(key);
@@ -152,31 +168,57 @@ impl<A, F, L> Registry<A, F, L> {
 
     /// Records a failure (N4), or hands it back for the adopter (N-4).
     pub(crate) fn fail(&self, failure: F) -> Recorded<F, L> {
-        let mut state = lock(&self.state);
+        let state = lock(&self.state);
         if let Some((adopter, _)) = &state.adopter {
             return Recorded::Orphaned(failure, adopter.clone());
         }
-        state.failures.push(failure);
-        if state.failures.len() == 1 && state.panics.is_empty() {
+        Self::record(state, Incident::Failure(failure))
+    }
+
+    /// Records a panic (N6), or hands it back for the adopter (N-4).
+    pub(crate) fn panicked(&self, label: L, payload: Box<dyn Any + Send>) -> Recorded<Panic<L>, L> {
+        let state = lock(&self.state);
+        let panic = Panic { label, payload };
+        if let Some((adopter, _)) = &state.adopter {
+            return Recorded::Orphaned(panic, adopter.clone());
+        }
+        Self::record(state, Incident::Panic(panic))
+    }
+
+    fn record<T>(
+        mut state: MutexGuard<'_, State<A, F, L>>,
+        incident: Incident<F, L>,
+    ) -> Recorded<T, L> {
+        state.incidents.push_back(incident);
+        state.reported += 1;
+        let first = state.reported == 1;
+        let outlet = state.outlet.take();
+        drop(state);
+        if let Some(outlet) = outlet {
+            outlet.wake();
+        }
+        if first {
             Recorded::First
         } else {
             Recorded::Later
         }
     }
 
-    /// Records a panic (N6), or hands it back for the adopter (N-4).
-    pub(crate) fn panicked(&self, label: L, payload: Box<dyn Any + Send>) -> Recorded<Panic<L>, L> {
+    /// The outlet (SPEC N5): the oldest incident not yet taken; `None` once no child is
+    /// alive and none is left; otherwise waits.
+    pub(crate) fn poll_incident(&self, waker: &Waker) -> Poll<Option<Incident<F, L>>> {
         let mut state = lock(&self.state);
-        let panic = Panic { label, payload };
-        if let Some((adopter, _)) = &state.adopter {
-            return Recorded::Orphaned(panic, adopter.clone());
+        if let Some(incident) = state.incidents.pop_front() {
+            return Poll::Ready(Some(incident));
         }
-        state.panics.push(panic);
-        if state.panics.len() == 1 && state.failures.is_empty() {
-            Recorded::First
-        } else {
-            Recorded::Later
+        if state.live == 0 {
+            return Poll::Ready(None);
         }
+        match &mut state.outlet {
+            Some(existing) if existing.will_wake(waker) => {}
+            slot => *slot = Some(waker.clone()),
+        }
+        Poll::Pending
     }
 
     /// Registers an orphaned nursery as one adoptee of this one (N9).
@@ -189,23 +231,22 @@ impl<A, F, L> Registry<A, F, L> {
         Ok(state.slots.insert(Slot::Adoptee))
     }
 
-    /// Hands the live children to `adopter` (N-4). Returns the reports kept so far, for the
-    /// adopter, and whether the children had all finished already (then the adopter must be
-    /// told at once).
+    /// Hands the live children to `adopter` (N-4). Returns the incidents kept so far, for
+    /// the adopter, and whether the children had all finished already (then the adopter must
+    /// be told at once).
     pub(crate) fn orphan(
         &self,
         adopter: Arc<dyn Adopter<L>>,
         key: usize,
-    ) -> (Vec<F>, Vec<Panic<L>>, bool) {
+    ) -> (Vec<Incident<F, L>>, bool) {
         let mut state = lock(&self.state);
         state.open = false;
-        let failures = std::mem::take(&mut state.failures);
-        let panics = std::mem::take(&mut state.panics);
+        let incidents = state.incidents.drain(..).collect();
         let done = state.live == 0;
         if !done {
             state.adopter = Some((adopter, key));
         }
-        (failures, panics, done)
+        (incidents, done)
     }
 
     /// Closes the nursery if no child is alive; otherwise remembers `waker` to be woken
@@ -258,12 +299,17 @@ impl<A, F, L> Registry<A, F, L> {
         handles.len()
     }
 
-    /// The failures and panics reported, in the order they happened.
+    /// The failures and the panics not taken from the outlet, each in the order they
+    /// happened.
     pub(crate) fn take_reports(&self) -> (Vec<F>, Vec<Panic<L>>) {
         let mut state = lock(&self.state);
-        (
-            std::mem::take(&mut state.failures),
-            std::mem::take(&mut state.panics),
-        )
+        let (mut failures, mut panics) = (Vec::new(), Vec::new());
+        for incident in state.incidents.drain(..) {
+            match incident {
+                Incident::Failure(failure) => failures.push(failure),
+                Incident::Panic(panic) => panics.push(panic),
+            }
+        }
+        (failures, panics)
     }
 }

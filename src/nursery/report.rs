@@ -89,6 +89,22 @@ impl<E: fmt::Display> fmt::Display for Failure<E> {
     }
 }
 
+/// A failure or panic taken from a nursery's outlet as it happened
+/// ([`NurseryHandle::next_incident`](crate::NurseryHandle::next_incident), SPEC N5).
+#[derive(Debug)]
+pub enum Incident<E> {
+    /// A child or the body failed.
+    Failed(Failure<E>),
+    /// A child or the body panicked; resume it with `std::panic::resume_unwind(payload)` to
+    /// propagate it, or report it.
+    Panicked {
+        /// Who panicked.
+        origin: Origin,
+        /// The original payload.
+        payload: Box<dyn Any + Send>,
+    },
+}
+
 /// Why a nursery did not produce its body's value.
 #[derive(Debug)]
 pub enum NurseryError<E> {
