@@ -206,7 +206,7 @@ async fn supervisor_streams_failures_and_returns_the_rest() {
             match n.next_incident().await {
                 Some(Incident::Failed(f)) => {
                     assert!(matches!(f.error(), E::Boom(1)));
-                    assert_eq!(f.origin().to_string().contains("\"a\""), true);
+                    assert!(f.origin().to_string().contains("\"a\""));
                 }
                 other => panic!("{other:?}"),
             }
