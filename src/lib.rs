@@ -101,9 +101,9 @@ pub use carry::{Carried, carry_scope};
 pub use deadline::{EffectiveDeadline, current_deadline};
 #[cfg(not(loom))]
 pub use nursery::{
-    ChildHandle, DropMode, Failure, Incident, JoinError, Nursery, NurseryError, NurseryFuture,
-    NurseryHandle, Origin, Report, ReportHook, SpawnError, nursery, orphan_count, orphans_finished,
-    panic_message,
+    ChildControl, ChildHandle, Collector, DropMode, Failure, Incident, JoinError, Nursery,
+    NurseryError, NurseryFuture, NurseryHandle, Origin, Report, ReportHook, SpawnError, nursery,
+    orphan_count, orphans_finished, panic_message,
 };
 #[cfg(not(loom))]
 pub use point::{

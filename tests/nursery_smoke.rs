@@ -220,3 +220,38 @@ async fn supervisor_streams_failures_and_returns_the_rest() {
     assert_eq!(err.failures().len(), 1);
     assert!(matches!(err.failures()[0].error(), E::Boom(2)));
 }
+
+#[tokio::test(start_paused = true)]
+async fn collector_queues_outcomes_in_completion_order() {
+    let out = nursery(|n| async move {
+        let mut set = n.collector::<u64>();
+        let slow = set.spawn(async {
+            sleep(Duration::from_millis(30)).await?;
+            Ok::<_, Cancelled>(30)
+        });
+        let fast = set.spawn_named("fast", async {
+            sleep(Duration::from_millis(10)).await?;
+            Ok(10)
+        });
+        let stuck = set.spawn(async {
+            tokio::time::sleep(Duration::from_secs(100)).await;
+            Ok(0)
+        });
+        assert_eq!(fast.name(), Some("fast"));
+        assert_eq!(set.len(), 3);
+        let (id, first) = set.join_next().await.unwrap();
+        assert_eq!((id, first.unwrap()), (fast.id(), 10));
+        let (id, second) = set.join_next().await.unwrap();
+        assert_eq!((id, second.unwrap()), (slow.id(), 30));
+        assert!(set.try_join_next().is_none());
+        set.abort_all();
+        let (id, third) = set.join_next().await.unwrap();
+        assert_eq!(id, stuck.id());
+        assert!(matches!(third, Err(JoinError::ChildAborted)));
+        assert!(set.join_next().await.is_none());
+        assert!(set.is_empty());
+        Ok::<_, Cancelled>(())
+    })
+    .await;
+    assert_eq!(out.unwrap(), Some(()));
+}

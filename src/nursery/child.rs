@@ -12,6 +12,7 @@ use pin_project::{pin_project, pinned_drop};
 use tokio::task::JoinHandle;
 
 use super::Shared;
+use super::collector::Sink;
 use super::report::{Failure, Origin};
 use crate::cancelled::{CancelError, Cancelled};
 use crate::context::{self, FrameKind};
@@ -25,26 +26,32 @@ pub(crate) enum ChildOutput<T> {
     Failed,
     Panicked,
     Cancelled,
+    Aborted,
 }
 
 /// The future tokio runs for a child: the user's future, polled in the child's scope.
+///
+/// Its output goes to the child's [`ChildHandle`] through tokio's join handle, or, for a
+/// child of a [`Collector`](crate::Collector), into the collector's queue (`sink`).
 #[pin_project(PinnedDrop)]
-pub(crate) struct ChildTask<F, E> {
+pub(crate) struct ChildTask<F, E, T> {
     #[pin]
     future: Option<F>,
     node: Arc<Node>,
     nursery: Arc<Shared<E>>,
     key: usize,
     name: Option<Arc<str>>,
+    sink: Option<Sink<T>>,
 }
 
-impl<F, E> ChildTask<F, E> {
+impl<F, E, T> ChildTask<F, E, T> {
     pub(crate) fn new(
         future: F,
         node: Arc<Node>,
         nursery: Arc<Shared<E>>,
         key: usize,
         name: Option<Arc<str>>,
+        sink: Option<Sink<T>>,
     ) -> Self {
         ChildTask {
             future: Some(future),
@@ -52,11 +59,12 @@ impl<F, E> ChildTask<F, E> {
             nursery,
             key,
             name,
+            sink,
         }
     }
 }
 
-impl<F, T, E> Future for ChildTask<F, E>
+impl<F, T, E> Future for ChildTask<F, E, T>
 where
     F: Future<Output = Result<T, E>>,
     E: CancelError + fmt::Debug,
@@ -95,7 +103,13 @@ where
         };
         // Drop the future now, in the child's task, before the nursery learns it finished.
         this.future.set(None);
-        Poll::Ready(output)
+        Poll::Ready(match this.sink.take() {
+            Some(sink) => {
+                sink.deliver(output);
+                ChildOutput::Cancelled // nobody joins a collected child's task
+            }
+            None => output,
+        })
     }
 }
 
@@ -107,13 +121,28 @@ fn origin(name: &Option<Arc<str>>) -> Origin {
 }
 
 #[pinned_drop]
-impl<F, E> PinnedDrop for ChildTask<F, E> {
+impl<F, E, T> PinnedDrop for ChildTask<F, E, T> {
     fn drop(self: Pin<&mut Self>) {
         let mut this = self.project();
         // SPEC N1: the child's future is gone before the nursery counts it finished.
         this.future.set(None);
+        if let Some(sink) = this.sink.take() {
+            // Dropped before it finished: aborted (SPEC N15 queues every outcome).
+            sink.deliver(ChildOutput::Aborted);
+        }
         this.node.end(false);
         this.nursery.registry.finished(*this.key);
+    }
+}
+
+/// How a child's outcome reads for the code that joins it (SPEC N2).
+pub(crate) fn joined<T>(output: ChildOutput<T>) -> Result<T, JoinError> {
+    match output {
+        ChildOutput::Value(value) => Ok(value),
+        ChildOutput::Failed => Err(JoinError::ChildFailed),
+        ChildOutput::Panicked => Err(JoinError::ChildPanicked),
+        ChildOutput::Cancelled => Err(JoinError::ChildCancelled),
+        ChildOutput::Aborted => Err(JoinError::ChildAborted),
     }
 }
 
@@ -180,10 +209,7 @@ impl<T> Future for ChildHandle<T> {
         let this = &mut *self;
         if let Poll::Ready(result) = Pin::new(&mut this.join).poll(cx) {
             return Poll::Ready(match result {
-                Ok(ChildOutput::Value(value)) => Ok(value),
-                Ok(ChildOutput::Failed) => Err(JoinError::ChildFailed),
-                Ok(ChildOutput::Panicked) => Err(JoinError::ChildPanicked),
-                Ok(ChildOutput::Cancelled) => Err(JoinError::ChildCancelled),
+                Ok(output) => joined(output),
                 Err(error) if error.is_cancelled() => Err(JoinError::ChildAborted),
                 Err(_) => Err(JoinError::ChildPanicked),
             });

@@ -11,6 +11,7 @@
 //! nursery reports.
 
 mod child;
+mod collector;
 mod orphans;
 mod registry;
 mod report;
@@ -26,9 +27,10 @@ use std::time::Duration;
 
 use pin_project::{pin_project, pinned_drop};
 use tokio::runtime::Handle;
-use tokio::task::AbortHandle;
+use tokio::task::{AbortHandle, JoinHandle};
 
 pub use child::{ChildHandle, JoinError};
+pub use collector::{ChildControl, Collector};
 pub use orphans::{orphan_count, orphans_finished};
 pub use report::{Failure, Incident, NurseryError, Origin, Report, ReportHook, panic_message};
 
@@ -37,7 +39,8 @@ use crate::context::{self, FrameKind};
 use crate::node::{Node, ScopeId};
 use crate::reason::CancelReason;
 use crate::scope::{ScopeHandle, cancelled_here, enter_preset};
-use child::ChildTask;
+use child::{ChildOutput, ChildTask};
+use collector::Sink;
 use orphans::Orphans;
 use registry::{Adopter, Closed, OrphanReport, Recorded, Registry};
 use report::DebugText;
@@ -400,14 +403,30 @@ where
         F: Future<Output = Result<T, E>> + Send + 'static,
         T: Send + 'static,
     {
+        let (join, node) = self.spawn_task(name.clone(), future, |_| None)?;
+        Ok(ChildHandle::new(join, node, name))
+    }
+
+    /// Registers, links and spawns a child; `sink` routes its outcome to a collector.
+    pub(crate) fn spawn_task<F, T>(
+        &self,
+        name: Option<Arc<str>>,
+        future: F,
+        sink: impl FnOnce(&Arc<Node>) -> Option<Sink<T>>,
+    ) -> Result<(JoinHandle<ChildOutput<T>>, Arc<Node>), SpawnError>
+    where
+        F: Future<Output = Result<T, E>> + Send + 'static,
+        T: Send + 'static,
+    {
         let shared = &self.shared;
         let key = shared.registry.register()?;
         let node = Arc::new(Node::new(ScopeId::next(), false, None));
         node.enter(Some(&shared.node), shared.node.timer());
-        let task = ChildTask::new(future, node.clone(), shared.clone(), key, name.clone());
+        let sink = sink(&node);
+        let task = ChildTask::new(future, node.clone(), shared.clone(), key, name, sink);
         let join = shared.runtime.spawn(task);
         shared.registry.started(key, join.abort_handle());
-        Ok(ChildHandle::new(join, node, name))
+        Ok((join, node))
     }
 }
 

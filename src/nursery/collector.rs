@@ -1,0 +1,303 @@
+//! Collecting children: [`Collector`], `JoinSet` parity on top of a nursery (SPEC N15).
+//!
+//! Children spawned through a collector belong to the nursery like any other (it waits for
+//! them, fail-fast applies), but their outcomes are queued in completion order for
+//! [`Collector::join_next`] instead of going to individual handles; spawning returns a
+//! [`ChildControl`] with an id, a name, `cancel` and `abort`, and no value.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::{Future, poll_fn};
+use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
+
+use slab::Slab;
+use tokio::task::{AbortHandle, Id};
+
+use super::child::{ChildOutput, joined};
+use super::{JoinError, NurseryHandle, SpawnError};
+use crate::cancelled::CancelError;
+use crate::node::Node;
+use crate::reason::CancelReason;
+use crate::sync::lock;
+
+/// The queue a collector's children deliver their outcomes to.
+pub(crate) struct Queue<T> {
+    state: Mutex<QueueState<T>>,
+}
+
+struct QueueState<T> {
+    /// Children spawned whose outcome was not taken yet.
+    members: Slab<Member>,
+    /// Delivered outcomes in completion order, by member key.
+    outcomes: VecDeque<(usize, Result<T, JoinError>)>,
+    waiter: Option<Waker>,
+}
+
+struct Member {
+    /// Set by the spawner right after spawning: always before `join_next` can take the
+    /// outcome, since that needs `&mut Collector` and spawning `&Collector`.
+    id: Option<Id>,
+    node: Arc<Node>,
+    abort: Option<AbortHandle>,
+    delivered: bool,
+}
+
+/// A child's way into its collector's queue.
+pub(crate) struct Sink<T> {
+    queue: Arc<Queue<T>>,
+    key: usize,
+}
+
+impl<T> Sink<T> {
+    /// Queues the child's outcome (once: the sink is consumed).
+    pub(crate) fn deliver(self, output: ChildOutput<T>) {
+        let mut state = lock(&self.queue.state);
+        if let Some(member) = state.members.get_mut(self.key) {
+            member.delivered = true;
+        }
+        state.outcomes.push_back((self.key, joined(output)));
+        let waiter = state.waiter.take();
+        drop(state);
+        if let Some(waiter) = waiter {
+            waiter.wake();
+        }
+    }
+}
+
+/// Spawns children of a nursery and collects their outcomes in completion order, like
+/// tokio's `JoinSet` (SPEC N15). Made by [`NurseryHandle::collector`].
+///
+/// ```
+/// use tokio_nursery::{nursery, Cancelled};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let sum = nursery(|n| async move {
+///     let mut set = n.collector::<u32>();
+///     for i in 1..=3 {
+///         set.spawn(async move { Ok::<_, Cancelled>(i * 10) });
+///     }
+///     let mut sum = 0;
+///     while let Some((_id, outcome)) = set.join_next().await {
+///         sum += outcome.unwrap();
+///     }
+///     Ok::<_, Cancelled>(sum)
+/// })
+/// .await;
+/// assert_eq!(sum.unwrap(), Some(60));
+/// # }
+/// ```
+pub struct Collector<T, E> {
+    nursery: NurseryHandle<E>,
+    queue: Arc<Queue<T>>,
+}
+
+/// The control of a collected child: no value (it goes to the collector), like tokio's
+/// `AbortHandle`.
+#[derive(Clone)]
+pub struct ChildControl {
+    id: Id,
+    name: Option<Arc<str>>,
+    node: Arc<Node>,
+    abort: AbortHandle,
+}
+
+impl ChildControl {
+    /// The child's tokio task id.
+    pub fn id(&self) -> Id {
+        self.id
+    }
+
+    /// The name given at spawn, if any.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// Cancels this child alone, cooperatively. Not a failure.
+    pub fn cancel(&self) {
+        self.node.cancel(CancelReason::Explicit(None));
+    }
+
+    /// Aborts this child alone. Not a failure.
+    pub fn abort(&self) {
+        self.abort.abort();
+    }
+}
+
+impl fmt::Debug for ChildControl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChildControl")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<E> NurseryHandle<E>
+where
+    E: CancelError + fmt::Debug + Send + 'static,
+{
+    /// A collector of children whose outcomes are `Result<T, JoinError>` (SPEC N15).
+    pub fn collector<T: Send + 'static>(&self) -> Collector<T, E> {
+        Collector {
+            nursery: self.clone(),
+            queue: Arc::new(Queue {
+                state: Mutex::new(QueueState {
+                    members: Slab::new(),
+                    outcomes: VecDeque::new(),
+                    waiter: None,
+                }),
+            }),
+        }
+    }
+}
+
+impl<T, E> Collector<T, E>
+where
+    T: Send + 'static,
+    E: CancelError + fmt::Debug + Send + 'static,
+{
+    /// Spawns a child whose outcome is queued here.
+    ///
+    /// # Panics
+    ///
+    /// If the nursery has closed; see [`try_spawn`](Self::try_spawn).
+    pub fn spawn<F>(&self, future: F) -> ChildControl
+    where
+        F: Future<Output = Result<T, E>> + Send + 'static,
+    {
+        self.spawn_inner(None, future)
+            .unwrap_or_else(|error| panic!("tokio-nursery: {error}"))
+    }
+
+    /// Like [`spawn`](Self::spawn), with a name for reports.
+    pub fn spawn_named<F>(&self, name: &str, future: F) -> ChildControl
+    where
+        F: Future<Output = Result<T, E>> + Send + 'static,
+    {
+        self.spawn_inner(Some(Arc::from(name)), future)
+            .unwrap_or_else(|error| panic!("tokio-nursery: {error}"))
+    }
+
+    /// Spawns a child, or returns [`SpawnError`] if the nursery has closed.
+    pub fn try_spawn<F>(&self, future: F) -> Result<ChildControl, SpawnError>
+    where
+        F: Future<Output = Result<T, E>> + Send + 'static,
+    {
+        self.spawn_inner(None, future)
+    }
+
+    fn spawn_inner<F>(&self, name: Option<Arc<str>>, future: F) -> Result<ChildControl, SpawnError>
+    where
+        F: Future<Output = Result<T, E>> + Send + 'static,
+    {
+        let queue = &self.queue;
+        let mut sink_key = None;
+        let (join, node) = self.nursery.spawn_task(name.clone(), future, |node| {
+            let key = lock(&queue.state).members.insert(Member {
+                id: None,
+                node: node.clone(),
+                abort: None,
+                delivered: false,
+            });
+            sink_key = Some(key);
+            Some(Sink {
+                queue: queue.clone(),
+                key,
+            })
+        })?;
+        let abort = join.abort_handle();
+        let id = join.id();
+        if let Some(key) = sink_key {
+            if let Some(member) = lock(&queue.state).members.get_mut(key) {
+                member.id = Some(id);
+                member.abort = Some(abort.clone());
+            }
+        }
+        Ok(ChildControl {
+            id,
+            name,
+            node,
+            abort,
+        })
+    }
+}
+
+impl<T, E> Collector<T, E> {
+    /// The next outcome in completion order; `None` when no child of this collector is
+    /// running and every outcome was taken. Not a cancellation point; cancel-safe (an
+    /// outcome stays queued until it is returned).
+    pub async fn join_next(&mut self) -> Option<(Id, Result<T, JoinError>)> {
+        poll_fn(|cx| {
+            let mut state = lock(&self.queue.state);
+            if let Some(outcome) = take(&mut state) {
+                return Poll::Ready(Some(outcome));
+            }
+            if state.members.is_empty() {
+                return Poll::Ready(None);
+            }
+            match &mut state.waiter {
+                Some(existing) if existing.will_wake(cx.waker()) => {}
+                slot => *slot = Some(cx.waker().clone()),
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// The next outcome if one is queued, without waiting.
+    pub fn try_join_next(&mut self) -> Option<(Id, Result<T, JoinError>)> {
+        take(&mut lock(&self.queue.state))
+    }
+
+    /// Children spawned here whose outcome has not been taken yet (running or queued).
+    pub fn len(&self) -> usize {
+        lock(&self.queue.state).members.len()
+    }
+
+    /// Whether [`len`](Self::len) is zero.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Cancels every running child of this collector, cooperatively.
+    pub fn cancel_all(&self) {
+        let nodes: Vec<Arc<Node>> = lock(&self.queue.state)
+            .members
+            .iter()
+            .filter(|(_, member)| !member.delivered)
+            .map(|(_, member)| member.node.clone())
+            .collect();
+        for node in nodes {
+            node.cancel(CancelReason::Explicit(None));
+        }
+    }
+
+    /// Aborts every running child of this collector; their outcomes are queued as
+    /// [`JoinError::ChildAborted`].
+    pub fn abort_all(&self) {
+        let aborts: Vec<AbortHandle> = lock(&self.queue.state)
+            .members
+            .iter()
+            .filter(|(_, member)| !member.delivered)
+            .filter_map(|(_, member)| member.abort.clone())
+            .collect();
+        aborts.iter().for_each(AbortHandle::abort);
+    }
+}
+
+/// Takes the oldest delivered outcome with its child's id.
+fn take<T>(state: &mut QueueState<T>) -> Option<(Id, Result<T, JoinError>)> {
+    let (key, outcome) = state.outcomes.pop_front()?;
+    let member = state.members.remove(key);
+    let id = member.id.expect("the spawner set the id before join_next could run");
+    Some((id, outcome))
+}
+
+impl<T, E> fmt::Debug for Collector<T, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Collector")
+            .field("len", &self.len())
+            .finish()
+    }
+}
