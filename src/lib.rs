@@ -102,8 +102,8 @@ pub use deadline::{EffectiveDeadline, current_deadline};
 #[cfg(not(loom))]
 pub use nursery::{
     ChildControl, ChildHandle, Collector, DropMode, Failure, Incident, JoinError, Nursery,
-    NurseryError, NurseryFuture, NurseryHandle, Origin, Report, ReportHook, SpawnError, nursery,
-    orphan_count, orphans_finished, panic_message,
+    NurseryError, NurseryFuture, NurseryHandle, Origin, Ready, Report, ReportHook, SpawnError,
+    Start, StartError, nursery, orphan_count, orphans_finished, panic_message,
 };
 #[cfg(not(loom))]
 pub use point::{

@@ -330,6 +330,27 @@ impl Node {
         }
     }
 
+    /// Moves an entered scope under `parent` (a started child joining its nursery, SPEC N3)
+    /// and recomputes what it inherits.
+    pub(crate) fn reparent(self: &Arc<Self>, parent: &Arc<Node>) {
+        let (old_parent, old_slot) = {
+            let mut inner = lock(&self.inner);
+            (inner.parent.take(), inner.slot.take())
+        };
+        if let (Some(old_parent), Some(slot)) = (old_parent, old_slot) {
+            let removed = lock(&old_parent.inner).children.try_remove(slot);
+            drop(removed);
+        }
+        let slot = lock(&parent.inner).children.insert(self.clone());
+        let mut inner = lock(&self.inner);
+        inner.parent = Some(parent.clone());
+        inner.slot = Some(slot);
+        // Invariant 3: recompute after the new parent lists us.
+        let fallout = self.set_bits(&mut inner, |bits| bits);
+        drop(inner);
+        fallout.finish();
+    }
+
     /// Arms the deadline alarm if the scope runs, is not cancelled and has a deadline.
     /// Returns true if the deadline has already passed. Caller holds the lock.
     fn arm(self: &Arc<Self>, inner: &mut Inner) -> bool {

@@ -255,3 +255,72 @@ async fn collector_queues_outcomes_in_completion_order() {
     .await;
     assert_eq!(out.unwrap(), Some(()));
 }
+
+#[tokio::test(start_paused = true)]
+async fn start_waits_for_readiness_then_the_child_runs_in_the_nursery() {
+    let start = Instant::now();
+    let out = nursery(|n| async move {
+        let caller_scope = current_scope().unwrap().id();
+        let nursery_scope = n.scope().id();
+        let value = n
+            .start(move |ready: Ready<&'static str>| async move {
+                // Before the signal: under the caller's scopes (the body's = the nursery's here,
+                // so check the parent chain through a deadline instead).
+                let _ = caller_scope;
+                sleep(Duration::from_millis(10)).await?;
+                ready.signal("listening");
+                sleep(Duration::from_millis(20)).await?;
+                let _ = nursery_scope;
+                Ok::<_, Cancelled>(())
+            })
+            .await
+            .unwrap();
+        assert_eq!(value, "listening");
+        assert_eq!(start.elapsed(), Duration::from_millis(10));
+        Ok::<_, Cancelled>(())
+    })
+    .await;
+    assert_eq!(out.unwrap(), Some(()));
+    assert_eq!(start.elapsed(), Duration::from_millis(30));
+}
+
+#[tokio::test(start_paused = true)]
+async fn start_failure_goes_to_the_caller_alone_and_no_signal_is_an_error() {
+    let out = nursery(|n| async move {
+        let failed = n
+            .start(|_ready: Ready<()>| async move { Err::<(), _>(E::Boom(3)) })
+            .await;
+        assert!(matches!(failed, Err(StartError::Failed(E::Boom(3)))));
+        let silent = n.start(|_ready: Ready<()>| async move { Ok::<(), E>(()) }).await;
+        assert!(matches!(silent, Err(StartError::NoSignal)));
+        Ok::<_, E>(())
+    })
+    .await;
+    assert!(matches!(out, Ok(Some(()))), "the nursery saw no failure");
+}
+
+#[tokio::test(start_paused = true)]
+async fn start_runs_under_the_callers_scope_until_the_signal() {
+    let start = Instant::now();
+    let out = nursery(|n| async move {
+        // The caller is inside a 10 ms timeout: the child sees that deadline before it signals.
+        let r = move_on_after(Duration::from_millis(10), async {
+            n.start(|ready: Ready<()>| async move {
+                sleep(Duration::from_millis(50)).await?;
+                ready.signal(());
+                Ok::<_, Cancelled>(())
+            })
+            .await
+            .map_err(|e| match e {
+                StartError::Cancelled(c) => c,
+                other => panic!("{other:?}"),
+            })
+        })
+        .await;
+        assert_eq!(r.unwrap(), None, "the timeout absorbed the child's echo via the caller");
+        assert_eq!(start.elapsed(), Duration::from_millis(10));
+        Ok::<_, Cancelled>(())
+    })
+    .await;
+    assert_eq!(out.unwrap(), Some(()));
+}

@@ -32,7 +32,8 @@ pub(crate) enum ChildOutput<T> {
 /// The future tokio runs for a child: the user's future, polled in the child's scope.
 ///
 /// Its output goes to the child's [`ChildHandle`] through tokio's join handle, or, for a
-/// child of a [`Collector`](crate::Collector), into the collector's queue (`sink`).
+/// child of a [`Collector`](crate::Collector), into the collector's queue; a started child
+/// (SPEC N3) reports to its starter until it signals readiness.
 #[pin_project(PinnedDrop)]
 pub(crate) struct ChildTask<F, E, T> {
     #[pin]
@@ -41,7 +42,34 @@ pub(crate) struct ChildTask<F, E, T> {
     nursery: Arc<Shared<E>>,
     key: usize,
     name: Option<Arc<str>>,
-    sink: Option<Sink<T>>,
+    route: Route<T, E>,
+}
+
+/// Where a child's end goes besides the nursery.
+pub(crate) enum Route<T, E> {
+    /// To its handle, as the task's output.
+    Handle,
+    /// To a collector's queue.
+    Collect(Sink<T>),
+    /// To the code awaiting `start`, while the child has not signalled readiness.
+    Start(Arc<dyn Starting<E>>),
+}
+
+/// A started child's link to its starter (SPEC N3).
+pub(crate) trait Starting<E>: Send + Sync {
+    /// If the child has not signalled yet, takes its early end for the starter; after the
+    /// signal (or once moved to the nursery) gives it back.
+    fn ended_early(&self, end: EarlyEnd<E>) -> Result<(), EarlyEnd<E>>;
+}
+
+/// How a started child ended before signalling readiness.
+pub(crate) enum EarlyEnd<E> {
+    Returned,
+    Failed(E),
+    /// An echo of a cancellation of the starter's scopes.
+    Cancelled(E),
+    Panicked(Box<dyn std::any::Any + Send>),
+    Aborted,
 }
 
 impl<F, E, T> ChildTask<F, E, T> {
@@ -51,7 +79,7 @@ impl<F, E, T> ChildTask<F, E, T> {
         nursery: Arc<Shared<E>>,
         key: usize,
         name: Option<Arc<str>>,
-        sink: Option<Sink<T>>,
+        route: Route<T, E>,
     ) -> Self {
         ChildTask {
             future: Some(future),
@@ -59,7 +87,7 @@ impl<F, E, T> ChildTask<F, E, T> {
             nursery,
             key,
             name,
-            sink,
+            route,
         }
     }
 }
@@ -82,10 +110,23 @@ where
         let polled = catch_unwind(AssertUnwindSafe(|| {
             context::enter(FrameKind::Linked(node), || future.poll(cx))
         }));
-        let output = match polled {
+        let ready = match polled {
             Ok(Poll::Pending) => return Poll::Pending,
-            Ok(Poll::Ready(Ok(value))) => ChildOutput::Value(value),
-            Ok(Poll::Ready(Err(error))) => {
+            Ok(Poll::Ready(result)) => Ok(result),
+            Err(payload) => Err(payload),
+        };
+        // Drop the future now, in the child's task, before anyone learns it finished.
+        this.future.set(None);
+        let ready = match (&*this.route, ready) {
+            (Route::Start(starting), ready) => match starting_end(starting.as_ref(), node, ready) {
+                Some(ready) => ready,
+                None => return Poll::Ready(ChildOutput::Cancelled),
+            },
+            (_, ready) => ready,
+        };
+        let output = match ready {
+            Ok(Ok(value)) => ChildOutput::Value(value),
+            Ok(Err(error)) => {
                 let cancellation = error.as_cancelled().is_some();
                 if cancellation && node.is_cancelled() {
                     // An echo of a cancellation: not a failure (SPEC S15, N4).
@@ -101,15 +142,42 @@ where
                 ChildOutput::Panicked
             }
         };
-        // Drop the future now, in the child's task, before the nursery learns it finished.
-        this.future.set(None);
-        Poll::Ready(match this.sink.take() {
-            Some(sink) => {
+        Poll::Ready(match std::mem::replace(this.route, Route::Handle) {
+            Route::Collect(sink) => {
                 sink.deliver(output);
                 ChildOutput::Cancelled // nobody joins a collected child's task
             }
-            None => output,
+            _ => output,
         })
+    }
+}
+
+type Ended<T, E> = Result<Result<T, E>, Box<dyn std::any::Any + Send>>;
+
+/// A started child that ends before signalling: its end goes to the starter alone (SPEC N3).
+/// Returns the end back if the child had signalled (it is then the nursery's).
+fn starting_end<T, E: CancelError>(
+    starting: &dyn Starting<E>,
+    node: &Node,
+    ended: Ended<T, E>,
+) -> Option<Ended<T, E>> {
+    let (early, value) = match ended {
+        Ok(Ok(value)) => (EarlyEnd::Returned, Some(value)),
+        Ok(Err(error)) if error.as_cancelled().is_some() && node.is_cancelled() => {
+            (EarlyEnd::Cancelled(error), None)
+        }
+        Ok(Err(error)) => (EarlyEnd::Failed(error), None),
+        Err(payload) => (EarlyEnd::Panicked(payload), None),
+    };
+    // Decided under the starter's lock: a signal and an early end cannot both win.
+    match starting.ended_early(early) {
+        Ok(()) => None,
+        Err(early) => Some(match early {
+            EarlyEnd::Returned => Ok(Ok(value.expect("a child that returned has its value"))),
+            EarlyEnd::Cancelled(error) | EarlyEnd::Failed(error) => Ok(Err(error)),
+            EarlyEnd::Panicked(payload) => Err(payload),
+            EarlyEnd::Aborted => unreachable!("an abort is only reported from the drop path"),
+        }),
     }
 }
 
@@ -126,9 +194,12 @@ impl<F, E, T> PinnedDrop for ChildTask<F, E, T> {
         let mut this = self.project();
         // SPEC N1: the child's future is gone before the nursery counts it finished.
         this.future.set(None);
-        if let Some(sink) = this.sink.take() {
+        match std::mem::replace(this.route, Route::Handle) {
             // Dropped before it finished: aborted (SPEC N15 queues every outcome).
-            sink.deliver(ChildOutput::Aborted);
+            Route::Collect(sink) => sink.deliver(ChildOutput::Aborted),
+            // Aborted before signalling: the starter must not wait for ever.
+            Route::Start(starting) => drop(starting.ended_early(EarlyEnd::Aborted)),
+            Route::Handle => {}
         }
         this.node.end(false);
         this.nursery.registry.finished(*this.key);

@@ -14,7 +14,7 @@ use std::task::{Poll, Waker};
 use slab::Slab;
 use tokio::task::{AbortHandle, Id};
 
-use super::child::{ChildOutput, joined};
+use super::child::{ChildOutput, Route, joined};
 use super::{JoinError, NurseryHandle, SpawnError};
 use crate::cancelled::CancelError;
 use crate::node::Node;
@@ -193,19 +193,21 @@ where
     {
         let queue = &self.queue;
         let mut sink_key = None;
-        let (join, node) = self.nursery.spawn_task(name.clone(), future, |node| {
-            let key = lock(&queue.state).members.insert(Member {
-                id: None,
-                node: node.clone(),
-                abort: None,
-                delivered: false,
-            });
-            sink_key = Some(key);
-            Some(Sink {
-                queue: queue.clone(),
-                key,
-            })
-        })?;
+        let (join, node) = self
+            .nursery
+            .spawn_task(name.clone(), None, future, |node| {
+                let key = lock(&queue.state).members.insert(Member {
+                    id: None,
+                    node: node.clone(),
+                    abort: None,
+                    delivered: false,
+                });
+                sink_key = Some(key);
+                Route::Collect(Sink {
+                    queue: queue.clone(),
+                    key,
+                })
+            })?;
         let abort = join.abort_handle();
         let id = join.id();
         if let Some(key) = sink_key {
@@ -290,7 +292,9 @@ impl<T, E> Collector<T, E> {
 fn take<T>(state: &mut QueueState<T>) -> Option<(Id, Result<T, JoinError>)> {
     let (key, outcome) = state.outcomes.pop_front()?;
     let member = state.members.remove(key);
-    let id = member.id.expect("the spawner set the id before join_next could run");
+    let id = member
+        .id
+        .expect("the spawner set the id before join_next could run");
     Some((id, outcome))
 }
 

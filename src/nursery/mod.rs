@@ -15,6 +15,7 @@ mod collector;
 mod orphans;
 mod registry;
 mod report;
+mod start;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -33,14 +34,14 @@ pub use child::{ChildHandle, JoinError};
 pub use collector::{ChildControl, Collector};
 pub use orphans::{orphan_count, orphans_finished};
 pub use report::{Failure, Incident, NurseryError, Origin, Report, ReportHook, panic_message};
+pub use start::{Ready, Start, StartError};
 
 use crate::cancelled::CancelError;
 use crate::context::{self, FrameKind};
 use crate::node::{Node, ScopeId};
 use crate::reason::CancelReason;
 use crate::scope::{ScopeHandle, cancelled_here, enter_preset};
-use child::{ChildOutput, ChildTask};
-use collector::Sink;
+use child::{ChildOutput, ChildTask, Route};
 use orphans::Orphans;
 use registry::{Adopter, Closed, OrphanReport, Recorded, Registry};
 use report::DebugText;
@@ -403,16 +404,18 @@ where
         F: Future<Output = Result<T, E>> + Send + 'static,
         T: Send + 'static,
     {
-        let (join, node) = self.spawn_task(name.clone(), future, |_| None)?;
+        let (join, node) = self.spawn_task(name.clone(), None, future, |_| Route::Handle)?;
         Ok(ChildHandle::new(join, node, name))
     }
 
-    /// Registers, links and spawns a child; `sink` routes its outcome to a collector.
+    /// Registers, links (under `parent`, else the nursery's scope) and spawns a child;
+    /// `route` says where its end goes besides the nursery.
     pub(crate) fn spawn_task<F, T>(
         &self,
         name: Option<Arc<str>>,
+        parent: Option<&Arc<Node>>,
         future: F,
-        sink: impl FnOnce(&Arc<Node>) -> Option<Sink<T>>,
+        route: impl FnOnce(&Arc<Node>) -> Route<T, E>,
     ) -> Result<(JoinHandle<ChildOutput<T>>, Arc<Node>), SpawnError>
     where
         F: Future<Output = Result<T, E>> + Send + 'static,
@@ -421,9 +424,10 @@ where
         let shared = &self.shared;
         let key = shared.registry.register()?;
         let node = Arc::new(Node::new(ScopeId::next(), false, None));
-        node.enter(Some(&shared.node), shared.node.timer());
-        let sink = sink(&node);
-        let task = ChildTask::new(future, node.clone(), shared.clone(), key, name, sink);
+        let parent = parent.unwrap_or(&shared.node);
+        node.enter(Some(parent), parent.timer());
+        let route = route(&node);
+        let task = ChildTask::new(future, node.clone(), shared.clone(), key, name, route);
         let join = shared.runtime.spawn(task);
         shared.registry.started(key, join.abort_handle());
         Ok((join, node))

@@ -1,0 +1,336 @@
+//! Starting a child with readiness, Trio's `nursery.start` (SPEC N3).
+//!
+//! [`NurseryHandle::start`] spawns a child that runs under the *caller's* scopes until it
+//! calls [`Ready::signal`]; then it moves under the nursery's scope and the caller gets the
+//! signalled value while the child keeps running. Before the signal the child is the
+//! caller's business: its failure goes to the caller alone. A pending start keeps the
+//! nursery open, since the child is registered with the nursery from the start.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll, Waker};
+
+use super::child::{EarlyEnd, Route, Starting};
+use super::{NurseryHandle, SpawnError};
+use crate::cancelled::{CancelError, Cancelled};
+use crate::context;
+use crate::node::Node;
+use crate::reason::{CancelReason, Payload};
+use crate::sync::lock;
+
+/// What a started child and its starter share.
+struct StartState<V, E> {
+    inner: Mutex<Inner<V, E>>,
+    /// The child's scope, set once spawned.
+    child: OnceLock<Arc<Node>>,
+    /// The nursery's scope, where the child moves when it signals.
+    nursery: Arc<Node>,
+}
+
+struct Inner<V, E> {
+    phase: Phase<V, E>,
+    waker: Option<Waker>,
+}
+
+enum Phase<V, E> {
+    /// Not signalled yet.
+    Waiting,
+    /// Signalled; `moved` is false when the caller's scope was cancelled at the signal (the
+    /// child then stays under the caller's scopes until it exits, as in Trio).
+    Signalled {
+        value: Option<V>,
+        moved: bool,
+        exited: bool,
+    },
+    /// Ended before signalling.
+    Early(EarlyEnd<E>),
+    /// The starter's future was dropped before the signal: the child was moved to the
+    /// nursery with its own scope cancelled.
+    Abandoned,
+    /// The starter has its outcome.
+    Taken,
+}
+
+impl<V, E> StartState<V, E> {
+    fn wake(mut inner: std::sync::MutexGuard<'_, Inner<V, E>>) {
+        let waker = inner.waker.take();
+        drop(inner);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+impl<V: Send, E: Send> Starting<E> for StartState<V, E> {
+    fn ended_early(&self, end: EarlyEnd<E>) -> Result<(), EarlyEnd<E>> {
+        let mut inner = lock(&self.inner);
+        match &mut inner.phase {
+            Phase::Waiting => {
+                inner.phase = Phase::Early(end);
+                Self::wake(inner);
+                Ok(())
+            }
+            Phase::Signalled { exited, .. } => {
+                *exited = true;
+                Self::wake(inner);
+                Err(end)
+            }
+            _ => Err(end),
+        }
+    }
+}
+
+/// The readiness signal of a started child (SPEC N3): call [`signal`](Ready::signal) once,
+/// when the child is ready. Signalling twice is impossible: `signal` consumes it. Dropping
+/// it without signalling makes the start fail with [`StartError::NoSignal`] once the child
+/// returns.
+pub struct Ready<V> {
+    state: Arc<dyn Signal<V>>,
+}
+
+trait Signal<V>: Send + Sync {
+    fn signal(&self, value: V);
+}
+
+impl<V: Send, E: Send> Signal<V> for StartState<V, E> {
+    fn signal(&self, value: V) {
+        let mut inner = lock(&self.inner);
+        if !matches!(inner.phase, Phase::Waiting) {
+            return; // the starter gave up: the child already belongs to the nursery
+        }
+        let child = self.child.get().expect("a started child has its scope");
+        // Trio: a signal while the caller's scope is cancelled does not move the child.
+        let moved = !child.is_cancelled();
+        if moved {
+            child.reparent(&self.nursery);
+        }
+        inner.phase = Phase::Signalled {
+            value: Some(value),
+            moved,
+            exited: false,
+        };
+        Self::wake(inner);
+    }
+}
+
+impl<V> Ready<V> {
+    /// Tells the starter the child is ready, with a value for it; the child moves under the
+    /// nursery's scope and keeps running.
+    pub fn signal(self, value: V) {
+        self.state.signal(value);
+    }
+}
+
+impl<V> fmt::Debug for Ready<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ready").finish_non_exhaustive()
+    }
+}
+
+/// Why a start gave no value.
+#[derive(Debug)]
+pub enum StartError<E> {
+    /// The child failed before signalling; its error is yours alone (not the nursery's).
+    Failed(E),
+    /// The child stopped before signalling because the caller's scope was cancelled; pass
+    /// the cancellation on.
+    Cancelled(Cancelled),
+    /// The child returned without signalling readiness.
+    NoSignal,
+    /// The child was aborted before signalling.
+    Aborted,
+    /// The nursery had closed: nothing was started.
+    Closed(SpawnError),
+}
+
+impl<E> From<Cancelled> for StartError<E> {
+    fn from(cancelled: Cancelled) -> Self {
+        StartError::Cancelled(cancelled)
+    }
+}
+
+impl<E> CancelError for StartError<E> {
+    fn as_cancelled(&self) -> Option<&Cancelled> {
+        match self {
+            StartError::Cancelled(cancelled) => Some(cancelled),
+            _ => None,
+        }
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for StartError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Failed(error) => {
+                write!(f, "the started child failed before it was ready: {error}")
+            }
+            StartError::Cancelled(cancelled) => write!(f, "start cancelled: {cancelled}"),
+            StartError::NoSignal => {
+                f.write_str("the started child returned without signalling readiness")
+            }
+            StartError::Aborted => f.write_str("the started child was aborted before it was ready"),
+            StartError::Closed(error) => error.fmt(f),
+        }
+    }
+}
+
+impl<E: fmt::Debug + fmt::Display> std::error::Error for StartError<E> {}
+
+/// The future of [`NurseryHandle::start`]: resolves with the signalled value.
+///
+/// Not a cancellation point: if the caller's scope is cancelled, the child sees it (it runs
+/// under those scopes) and this keeps waiting until the child signals or exits. Dropping it
+/// before the signal moves the child to the nursery with its own scope cancelled.
+#[must_use = "a start does nothing unless awaited; dropping it cancels the child"]
+pub struct Start<V, E> {
+    state: Option<Arc<StartState<V, E>>>,
+    closed: Option<SpawnError>,
+}
+
+impl<V, E> Future for Start<V, E>
+where
+    E: CancelError,
+{
+    type Output = Result<V, StartError<E>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let Some(state) = this.state.as_ref() else {
+            let closed = this.closed.take().expect("polled after completion");
+            return Poll::Ready(Err(StartError::Closed(closed)));
+        };
+        let mut inner = lock(&state.inner);
+        let outcome = match std::mem::replace(&mut inner.phase, Phase::Taken) {
+            Phase::Signalled {
+                value,
+                moved,
+                exited,
+            } if moved || exited => Ok(value.expect("the value is taken once")),
+            Phase::Early(end) => Err(match end {
+                EarlyEnd::Returned => StartError::NoSignal,
+                EarlyEnd::Failed(error) => StartError::Failed(error),
+                EarlyEnd::Cancelled(error) => match error.as_cancelled() {
+                    Some(cancelled) => StartError::Cancelled(cancelled.clone()),
+                    None => StartError::Failed(error),
+                },
+                EarlyEnd::Aborted => StartError::Aborted,
+                EarlyEnd::Panicked(payload) => {
+                    drop(inner);
+                    this.state = None;
+                    std::panic::resume_unwind(payload);
+                }
+            }),
+            Phase::Taken | Phase::Abandoned => panic!("`Start` polled after completion"),
+            waiting => {
+                inner.phase = waiting;
+                match &mut inner.waker {
+                    Some(existing) if existing.will_wake(cx.waker()) => {}
+                    slot => *slot = Some(cx.waker().clone()),
+                }
+                return Poll::Pending;
+            }
+        };
+        drop(inner);
+        this.state = None;
+        Poll::Ready(outcome)
+    }
+}
+
+impl<V, E> Drop for Start<V, E> {
+    fn drop(&mut self) {
+        let Some(state) = self.state.take() else {
+            return;
+        };
+        let mut inner = lock(&state.inner);
+        if matches!(
+            inner.phase,
+            Phase::Waiting | Phase::Signalled { moved: false, .. }
+        ) {
+            // SPEC N3: the caller gave up before the signal; the child joins the nursery
+            // with its own scope cancelled, and its end is the nursery's.
+            inner.phase = Phase::Abandoned;
+            drop(inner);
+            if let Some(child) = state.child.get() {
+                child.cancel(CancelReason::Explicit(Some(Payload::new(
+                    "the code waiting for this child to start gave up",
+                ))));
+                child.reparent(&state.nursery);
+            }
+        }
+    }
+}
+
+impl<V, E> fmt::Debug for Start<V, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Start").finish_non_exhaustive()
+    }
+}
+
+impl<E> NurseryHandle<E>
+where
+    E: CancelError + fmt::Debug + Send + 'static,
+{
+    /// Starts a child and waits until it signals readiness (SPEC N3, Trio's
+    /// `nursery.start`); the child keeps running in the nursery afterwards.
+    ///
+    /// ```
+    /// use tokio_nursery::{nursery, Cancelled, Ready};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// nursery(|n| async move {
+    ///     let port = n
+    ///         .start(|ready: Ready<u16>| async move {
+    ///             // bind a listener, then tell the caller where it is
+    ///             ready.signal(8080);
+    ///             // ... serve until cancelled
+    ///             Ok::<_, Cancelled>(())
+    ///         })
+    ///         .await
+    ///         .unwrap();
+    ///     assert_eq!(port, 8080);
+    ///     Ok::<_, Cancelled>(())
+    /// })
+    /// .await
+    /// .unwrap();
+    /// # }
+    /// ```
+    pub fn start<F, Fut, V, T>(&self, child: F) -> Start<V, E>
+    where
+        F: FnOnce(Ready<V>) -> Fut,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        V: Send + 'static,
+        T: Send + 'static,
+    {
+        let state = Arc::new(StartState {
+            inner: Mutex::new(Inner {
+                phase: Phase::Waiting,
+                waker: None,
+            }),
+            child: OnceLock::new(),
+            nursery: self.shared.node.clone(),
+        });
+        let ready = Ready {
+            state: state.clone(),
+        };
+        let future = child(ready);
+        // Until it signals, the child runs under the caller's scopes.
+        let caller = context::with_current(|frame| frame.map(|frame| frame.node().clone()));
+        let route_state = state.clone();
+        let spawned = self.spawn_task(None, caller.as_ref(), future, move |node| {
+            let _ = route_state.child.set(node.clone());
+            Route::Start(route_state)
+        });
+        match spawned {
+            Ok(_) => Start {
+                state: Some(state),
+                closed: None,
+            },
+            Err(closed) => Start {
+                state: None,
+                closed: Some(closed),
+            },
+        }
+    }
+}
