@@ -291,7 +291,9 @@ async fn start_failure_goes_to_the_caller_alone_and_no_signal_is_an_error() {
             .start(|_ready: Ready<()>| async move { Err::<(), _>(E::Boom(3)) })
             .await;
         assert!(matches!(failed, Err(StartError::Failed(E::Boom(3)))));
-        let silent = n.start(|_ready: Ready<()>| async move { Ok::<(), E>(()) }).await;
+        let silent = n
+            .start(|_ready: Ready<()>| async move { Ok::<(), E>(()) })
+            .await;
         assert!(matches!(silent, Err(StartError::NoSignal)));
         Ok::<_, E>(())
     })
@@ -317,10 +319,56 @@ async fn start_runs_under_the_callers_scope_until_the_signal() {
             })
         })
         .await;
-        assert_eq!(r.unwrap(), None, "the timeout absorbed the child's echo via the caller");
+        assert_eq!(
+            r.unwrap(),
+            None,
+            "the timeout absorbed the child's echo via the caller"
+        );
         assert_eq!(start.elapsed(), Duration::from_millis(10));
         Ok::<_, Cancelled>(())
     })
     .await;
     assert_eq!(out.unwrap(), Some(()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn limit_runs_at_most_k_children_at_once() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let start = Instant::now();
+    let running = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let out = Nursery::new()
+        .limit(2)
+        .run(|n| {
+            let (running, peak) = (running.clone(), peak.clone());
+            async move {
+                for _ in 0..5 {
+                    let (running, peak) = (running.clone(), peak.clone());
+                    n.spawn(async move {
+                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                        peak.fetch_max(now, Ordering::SeqCst);
+                        sleep(Duration::from_millis(10)).await?;
+                        running.fetch_sub(1, Ordering::SeqCst);
+                        Ok::<_, Cancelled>(())
+                    });
+                }
+                assert!(matches!(n.try_spawn(async { Ok(()) }), Err(SpawnError::Full)));
+                let inner = n.clone();
+                let child = n.spawn(async move {
+                    // A child waiting for a slot of its own full nursery would wait for itself.
+                    let r = inner.spawn_when_free(async { Ok(()) }).await;
+                    assert!(matches!(r, Err(SpawnError::Full)));
+                    Ok::<_, Cancelled>(())
+                });
+                child.await.unwrap();
+                let late = n.spawn_when_free(async { Ok::<_, Cancelled>(7) }).await.unwrap();
+                assert_eq!(late.await.unwrap(), 7);
+                Ok::<_, Cancelled>(())
+            }
+        })
+        .await;
+    assert_eq!(out.unwrap(), Some(()));
+    assert_eq!(peak.load(Ordering::SeqCst), 2);
+    assert_eq!(start.elapsed(), Duration::from_millis(40));
 }

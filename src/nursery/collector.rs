@@ -195,7 +195,7 @@ where
         let mut sink_key = None;
         let (join, node) = self
             .nursery
-            .spawn_task(name.clone(), None, future, |node| {
+            .spawn_task(name.clone(), None, None, future, |node| {
                 let key = lock(&queue.state).members.insert(Member {
                     id: None,
                     node: node.clone(),

@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use pin_project::{pin_project, pinned_drop};
 use tokio::runtime::Handle;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::{AbortHandle, JoinHandle};
 
 pub use child::{ChildHandle, JoinError};
@@ -36,7 +37,7 @@ pub use orphans::{orphan_count, orphans_finished};
 pub use report::{Failure, Incident, NurseryError, Origin, Report, ReportHook, panic_message};
 pub use start::{Ready, Start, StartError};
 
-use crate::cancelled::CancelError;
+use crate::cancelled::{CancelError, Cancelled};
 use crate::context::{self, FrameKind};
 use crate::node::{Node, ScopeId};
 use crate::reason::CancelReason;
@@ -86,6 +87,7 @@ pub enum DropMode {
 #[derive(Clone)]
 pub struct Nursery {
     supervisor: bool,
+    limit: Option<usize>,
     name: Option<Arc<str>>,
     grace: Option<Duration>,
     drop_mode: DropMode,
@@ -97,6 +99,7 @@ impl Nursery {
     pub fn new() -> Self {
         Nursery {
             supervisor: false,
+            limit: None,
             name: None,
             grace: None,
             drop_mode: DropMode::Wait,
@@ -111,6 +114,26 @@ impl Nursery {
     pub fn supervisor(self) -> Self {
         Nursery {
             supervisor: true,
+            ..self
+        }
+    }
+
+    /// At most `children` children run at once (SPEC N11). [`spawn`](NurseryHandle::spawn)
+    /// never waits: a child spawned while the nursery is full waits for a slot in its own
+    /// task before it first runs. [`spawn_when_free`](NurseryHandle::spawn_when_free) waits
+    /// for a slot before spawning (back-pressure), [`try_spawn`](NurseryHandle::try_spawn)
+    /// fails fast.
+    ///
+    /// # Panics
+    ///
+    /// If `children` is zero (nothing could ever run).
+    pub fn limit(self, children: usize) -> Self {
+        assert!(
+            children > 0,
+            "tokio-nursery: a nursery's limit must allow at least one child"
+        );
+        Nursery {
+            limit: Some(children),
             ..self
         }
     }
@@ -216,6 +239,8 @@ pub(crate) struct Shared<E> {
     registry: Registry<AbortHandle, Failure<E>, Origin>,
     hook: Option<ReportHook>,
     supervisor: bool,
+    /// At most this many children run at once (SPEC N11).
+    limit: Option<Arc<Semaphore>>,
 }
 
 impl<E: fmt::Debug> Shared<E> {
@@ -335,16 +360,30 @@ impl<E> Clone for NurseryHandle<E> {
     }
 }
 
-/// Spawning failed: the nursery has closed (its body and all its children finished, or its
-/// future was dropped). The child was not started.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SpawnError {
-    _private: (),
+/// Spawning failed; the child was not started.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum SpawnError {
+    /// The nursery has closed: its body and all its children finished, or its future was
+    /// dropped.
+    Closed,
+    /// The nursery's concurrency limit is reached ([`NurseryHandle::try_spawn`]), or a
+    /// child of the nursery asked to wait for a slot of its own full nursery, which could
+    /// deadlock ([`NurseryHandle::spawn_when_free`]).
+    Full,
+    /// The caller's scope was cancelled while it waited for a slot.
+    Cancelled(Cancelled),
 }
 
 impl fmt::Display for SpawnError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("cannot spawn into a nursery that has closed")
+        match self {
+            SpawnError::Closed => f.write_str("cannot spawn into a nursery that has closed"),
+            SpawnError::Full => f.write_str("the nursery's concurrency limit is reached"),
+            SpawnError::Cancelled(cancelled) => {
+                write!(f, "stopped waiting for a slot: {cancelled}")
+            }
+        }
     }
 }
 
@@ -352,7 +391,22 @@ impl std::error::Error for SpawnError {}
 
 impl From<Closed> for SpawnError {
     fn from(_: Closed) -> Self {
-        SpawnError { _private: () }
+        SpawnError::Closed
+    }
+}
+
+impl From<Cancelled> for SpawnError {
+    fn from(cancelled: Cancelled) -> Self {
+        SpawnError::Cancelled(cancelled)
+    }
+}
+
+impl CancelError for SpawnError {
+    fn as_cancelled(&self) -> Option<&Cancelled> {
+        match self {
+            SpawnError::Cancelled(cancelled) => Some(cancelled),
+            _ => None,
+        }
     }
 }
 
@@ -386,13 +440,77 @@ where
             .unwrap_or_else(|error| panic!("tokio-nursery: {error}"))
     }
 
-    /// Spawns a child, or returns [`SpawnError`] if the nursery has closed.
+    /// Spawns a child, or returns [`SpawnError::Closed`] if the nursery has closed, or
+    /// [`SpawnError::Full`] if its concurrency limit is reached (never waits).
     pub fn try_spawn<F, T>(&self, future: F) -> Result<ChildHandle<T>, SpawnError>
     where
         F: Future<Output = Result<T, E>> + Send + 'static,
         T: Send + 'static,
     {
-        self.spawn_inner(None, future)
+        let slot = match &self.shared.limit {
+            Some(limit) => Some(
+                limit
+                    .clone()
+                    .try_acquire_owned()
+                    .map_err(|_| SpawnError::Full)?,
+            ),
+            None => None,
+        };
+        let (join, node) = self.spawn_task(None, None, slot, future, |_| Route::Handle)?;
+        Ok(ChildHandle::new(join, node, None))
+    }
+
+    /// Waits until the nursery's concurrency limit leaves a slot, then spawns (SPEC N11).
+    /// Without a limit it spawns at once. A cancellation point: if the caller's scope is
+    /// cancelled first, returns [`SpawnError::Cancelled`]. Cancel-safe: nothing is spawned
+    /// unless it returns `Ok`.
+    ///
+    /// A child of this nursery calling it while the nursery is full gets
+    /// [`SpawnError::Full`] at once instead of waiting for itself: if every running child
+    /// waited so, none would ever finish. Children can use [`spawn`](Self::spawn), which
+    /// queues the new child without waiting.
+    pub async fn spawn_when_free<F, T>(&self, future: F) -> Result<ChildHandle<T>, SpawnError>
+    where
+        F: Future<Output = Result<T, E>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let slot = match &self.shared.limit {
+            None => None,
+            Some(limit) => match limit.clone().try_acquire_owned() {
+                Ok(slot) => Some(slot),
+                Err(_) if self.is_own_child() => return Err(SpawnError::Full),
+                Err(_) => {
+                    let acquire = std::pin::pin!(limit.clone().acquire_owned());
+                    let cancelled = std::pin::pin!(crate::point::cancelled());
+                    match futures::future::select(acquire, cancelled).await {
+                        futures::future::Either::Left((slot, _)) => {
+                            Some(slot.expect("a nursery's limit is never closed"))
+                        }
+                        futures::future::Either::Right((cancelled, _)) => {
+                            return Err(SpawnError::Cancelled(cancelled));
+                        }
+                    }
+                }
+            },
+        };
+        let (join, node) = self.spawn_task(None, None, slot, future, |_| Route::Handle)?;
+        Ok(ChildHandle::new(join, node, None))
+    }
+
+    /// Whether the code being polled runs in one of this nursery's children.
+    fn is_own_child(&self) -> bool {
+        let mut scope = context::with_current(|frame| frame.map(|frame| frame.node().clone()));
+        while let Some(node) = scope {
+            let parent = node.parent();
+            if parent
+                .as_ref()
+                .is_some_and(|p| Arc::ptr_eq(p, &self.shared.node))
+            {
+                return true;
+            }
+            scope = parent;
+        }
+        false
     }
 
     fn spawn_inner<F, T>(
@@ -404,13 +522,57 @@ where
         F: Future<Output = Result<T, E>> + Send + 'static,
         T: Send + 'static,
     {
-        let (join, node) = self.spawn_task(name.clone(), None, future, |_| Route::Handle)?;
+        let (join, node) = self.spawn_task(name.clone(), None, None, future, |_| Route::Handle)?;
         Ok(ChildHandle::new(join, node, name))
     }
 
     /// Registers, links (under `parent`, else the nursery's scope) and spawns a child;
     /// `route` says where its end goes besides the nursery.
+    ///
+    /// In a nursery with a concurrency limit, a child spawned without a `slot` waits for one
+    /// in its own task before its future first runs (SPEC N11); if it is cancelled while it
+    /// waits, it ends as cancelled without having run.
     pub(crate) fn spawn_task<F, T>(
+        &self,
+        name: Option<Arc<str>>,
+        parent: Option<&Arc<Node>>,
+        slot: Option<OwnedSemaphorePermit>,
+        future: F,
+        route: impl FnOnce(&Arc<Node>) -> Route<T, E>,
+    ) -> Result<(JoinHandle<ChildOutput<T>>, Arc<Node>), SpawnError>
+    where
+        F: Future<Output = Result<T, E>> + Send + 'static,
+        T: Send + 'static,
+    {
+        match (&self.shared.limit, slot) {
+            (None, _) => self.spawn_raw(name, parent, future, route),
+            (Some(limit), slot) => {
+                let limit = limit.clone();
+                let slot = slot.or_else(|| limit.clone().try_acquire_owned().ok());
+                let limited = async move {
+                    let _slot = match slot {
+                        Some(slot) => slot,
+                        None => {
+                            let acquire = std::pin::pin!(limit.acquire_owned());
+                            let cancelled = std::pin::pin!(crate::point::cancelled());
+                            match futures::future::select(acquire, cancelled).await {
+                                futures::future::Either::Left((slot, _)) => {
+                                    slot.expect("a nursery's limit is never closed")
+                                }
+                                futures::future::Either::Right((cancelled, _)) => {
+                                    return Err(E::from(cancelled));
+                                }
+                            }
+                        }
+                    };
+                    future.await
+                };
+                self.spawn_raw(name, parent, limited, route)
+            }
+        }
+    }
+
+    fn spawn_raw<F, T>(
         &self,
         name: Option<Arc<str>>,
         parent: Option<&Arc<Node>>,
@@ -532,6 +694,7 @@ where
                 registry: Registry::new(),
                 hook: this.config.hook.clone(),
                 supervisor: this.config.supervisor,
+                limit: this.config.limit.map(|k| Arc::new(Semaphore::new(k))),
             });
             let adopter: Arc<dyn Adopter<Origin>> = shared.clone();
             let link = AdopterRef(Arc::downgrade(&adopter));

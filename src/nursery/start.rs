@@ -318,7 +318,7 @@ where
         // Until it signals, the child runs under the caller's scopes.
         let caller = context::with_current(|frame| frame.map(|frame| frame.node().clone()));
         let route_state = state.clone();
-        let spawned = self.spawn_task(None, caller.as_ref(), future, move |node| {
+        let spawned = self.spawn_task(None, caller.as_ref(), None, future, move |node| {
             let _ = route_state.child.set(node.clone());
             Route::Start(route_state)
         });
