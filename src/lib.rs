@@ -101,9 +101,9 @@ pub use carry::{Carried, carry_scope};
 pub use deadline::{EffectiveDeadline, current_deadline};
 #[cfg(not(loom))]
 pub use nursery::{
-    ChildControl, ChildHandle, Collector, DropMode, Failure, Incident, JoinError, Nursery,
-    NurseryError, NurseryFuture, NurseryHandle, Origin, Ready, Report, ReportHook, SpawnError,
-    Start, StartError, nursery, orphan_count, orphans_finished, panic_message,
+    BlockingContext, ChildControl, ChildHandle, Collector, DropMode, Failure, Incident, JoinError,
+    Nursery, NurseryError, NurseryFuture, NurseryHandle, Origin, Ready, Report, ReportHook,
+    SpawnError, Start, StartError, nursery, orphan_count, orphans_finished, panic_message,
 };
 #[cfg(not(loom))]
 pub use point::{

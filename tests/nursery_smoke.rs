@@ -353,7 +353,10 @@ async fn limit_runs_at_most_k_children_at_once() {
                         Ok::<_, Cancelled>(())
                     });
                 }
-                assert!(matches!(n.try_spawn(async { Ok(()) }), Err(SpawnError::Full)));
+                assert!(matches!(
+                    n.try_spawn(async { Ok(()) }),
+                    Err(SpawnError::Full)
+                ));
                 let inner = n.clone();
                 let child = n.spawn(async move {
                     // A child waiting for a slot of its own full nursery would wait for itself.
@@ -362,7 +365,10 @@ async fn limit_runs_at_most_k_children_at_once() {
                     Ok::<_, Cancelled>(())
                 });
                 child.await.unwrap();
-                let late = n.spawn_when_free(async { Ok::<_, Cancelled>(7) }).await.unwrap();
+                let late = n
+                    .spawn_when_free(async { Ok::<_, Cancelled>(7) })
+                    .await
+                    .unwrap();
                 assert_eq!(late.await.unwrap(), 7);
                 Ok::<_, Cancelled>(())
             }
@@ -371,4 +377,32 @@ async fn limit_runs_at_most_k_children_at_once() {
     assert_eq!(out.unwrap(), Some(()));
     assert_eq!(peak.load(Ordering::SeqCst), 2);
     assert_eq!(start.elapsed(), Duration::from_millis(30));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_children_see_cancellation_and_are_never_aborted() {
+    let out = Nursery::new()
+        .grace(Duration::from_millis(20))
+        .run(|n: NurseryHandle<Cancelled>| async move {
+            let child = n.spawn_blocking(|ctx| {
+                while !ctx.is_cancelled() {
+                    std::hint::spin_loop();
+                }
+                // Cancelled: keep working past the grace period, then return.
+                while !ctx.grace_expired() {
+                    std::hint::spin_loop();
+                }
+                assert!(
+                    is_cancelled(),
+                    "the free functions work in the blocking thread"
+                );
+                ctx.check()?;
+                Ok(1)
+            });
+            n.cancel();
+            drop(child);
+            check_cancelled()
+        })
+        .await;
+    assert_eq!(out.unwrap(), None);
 }

@@ -124,24 +124,7 @@ where
             },
             (_, ready) => ready,
         };
-        let output = match ready {
-            Ok(Ok(value)) => ChildOutput::Value(value),
-            Ok(Err(error)) => {
-                let cancellation = error.as_cancelled().is_some();
-                if cancellation && node.is_cancelled() {
-                    // An echo of a cancellation: not a failure (SPEC S15, N4).
-                    ChildOutput::Cancelled
-                } else {
-                    let origin = origin(this.name);
-                    this.nursery.fail(Failure::new(origin, error, cancellation));
-                    ChildOutput::Failed
-                }
-            }
-            Err(payload) => {
-                this.nursery.panicked(origin(this.name), payload);
-                ChildOutput::Panicked
-            }
-        };
+        let output = settle(ready, node, this.nursery, this.name);
         Poll::Ready(match std::mem::replace(this.route, Route::Handle) {
             Route::Collect(sink) => {
                 sink.deliver(output);
@@ -152,7 +135,35 @@ where
     }
 }
 
-type Ended<T, E> = Result<Result<T, E>, Box<dyn std::any::Any + Send>>;
+/// How a child's code ended: returned (`Ok`), or panicked with this payload.
+pub(crate) type Ended<T, E> = Result<Result<T, E>, Box<dyn std::any::Any + Send>>;
+
+/// Settles a child's end with its nursery (SPEC N4, N6, S15): an echo of a cancellation is
+/// not a failure; any other error is one (stray if it holds a `Cancelled` while the child's
+/// scope is not cancelled); a panic is one too.
+pub(crate) fn settle<T, E: CancelError + fmt::Debug>(
+    ended: Ended<T, E>,
+    node: &Node,
+    nursery: &Shared<E>,
+    name: &Option<Arc<str>>,
+) -> ChildOutput<T> {
+    match ended {
+        Ok(Ok(value)) => ChildOutput::Value(value),
+        Ok(Err(error)) => {
+            let cancellation = error.as_cancelled().is_some();
+            if cancellation && node.is_cancelled() {
+                ChildOutput::Cancelled
+            } else {
+                nursery.fail(Failure::new(origin(name), error, cancellation));
+                ChildOutput::Failed
+            }
+        }
+        Err(payload) => {
+            nursery.panicked(origin(name), payload);
+            ChildOutput::Panicked
+        }
+    }
+}
 
 /// A started child that ends before signalling: its end goes to the starter alone (SPEC N3).
 /// Returns the end back if the child had signalled (it is then the nursery's).
@@ -334,7 +345,15 @@ impl fmt::Display for JoinError {
     }
 }
 
-impl std::error::Error for JoinError {}
+impl std::error::Error for JoinError {
+    /// The waiter's cancellation, so [`CancelError`] finds it inside boxed errors.
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            JoinError::Cancelled(cancelled) => Some(cancelled),
+            _ => None,
+        }
+    }
+}
 
 impl From<Cancelled> for JoinError {
     fn from(cancelled: Cancelled) -> Self {

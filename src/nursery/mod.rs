@@ -10,6 +10,7 @@
 //! task wrapper and its handle, [`registry`] the shared bookkeeping, [`report`] what a
 //! nursery reports.
 
+mod blocking;
 mod child;
 mod collector;
 mod orphans;
@@ -31,6 +32,7 @@ use tokio::runtime::Handle;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::{AbortHandle, JoinHandle};
 
+pub use blocking::BlockingContext;
 pub use child::{ChildHandle, JoinError};
 pub use collector::{ChildControl, Collector};
 pub use orphans::{orphan_count, orphans_finished};
@@ -236,7 +238,7 @@ where
 pub(crate) struct Shared<E> {
     node: Arc<Node>,
     runtime: Handle,
-    registry: Registry<AbortHandle, Failure<E>, Origin>,
+    registry: Registry<Stopper, Failure<E>, Origin>,
     hook: Option<ReportHook>,
     supervisor: bool,
     /// At most this many children run at once (SPEC N11).
@@ -346,6 +348,31 @@ fn adopter_of(node: &Node, runtime: &Handle) -> (Arc<dyn Adopter<Origin>>, usize
     (orphans, key)
 }
 
+/// How a child is stopped hard: an async child is aborted; a blocking one cannot be (tokio
+/// cannot abort it) and is told through its scope instead (SPEC N16).
+#[derive(Clone)]
+pub(crate) enum Stopper {
+    Task(AbortHandle),
+    Blocking(Arc<Node>),
+}
+
+impl Stopper {
+    fn abort(&self) {
+        match self {
+            Stopper::Task(handle) => handle.abort(),
+            Stopper::Blocking(node) => node.cancel(CancelReason::Explicit(None)),
+        }
+    }
+
+    /// The grace period ran out (SPEC N7): abort, or tell a blocking child "grace expired".
+    fn grace_expired(&self) {
+        match self {
+            Stopper::Task(handle) => handle.abort(),
+            Stopper::Blocking(node) => node.cancel(CancelReason::GraceExpired),
+        }
+    }
+}
+
 /// A handle to spawn into a nursery, from any task or thread while it is open (SPEC N10).
 /// Cheap to clone.
 pub struct NurseryHandle<E> {
@@ -387,7 +414,15 @@ impl fmt::Display for SpawnError {
     }
 }
 
-impl std::error::Error for SpawnError {}
+impl std::error::Error for SpawnError {
+    /// The cancellation, so [`CancelError`] finds it inside boxed errors.
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SpawnError::Cancelled(cancelled) => Some(cancelled),
+            _ => None,
+        }
+    }
+}
 
 impl From<Closed> for SpawnError {
     fn from(_: Closed) -> Self {
@@ -591,7 +626,9 @@ where
         let route = route(&node);
         let task = ChildTask::new(future, node.clone(), shared.clone(), key, name, route);
         let join = shared.runtime.spawn(task);
-        shared.registry.started(key, join.abort_handle());
+        shared
+            .registry
+            .started(key, Stopper::Task(join.abort_handle()));
         Ok((join, node))
     }
 }
@@ -747,7 +784,7 @@ where
             if let Some(sleep) = this.grace.as_mut().as_pin_mut() {
                 if !matches!(this.state, State::GraceExpired) && sleep.poll(cx).is_ready() {
                     *this.state = State::GraceExpired;
-                    let aborted = shared.registry.abort_all(AbortHandle::abort);
+                    let aborted = shared.registry.abort_all(Stopper::grace_expired);
                     #[cfg(feature = "tracing")]
                     if aborted > 0 {
                         tracing::warn!(scope = %node.id(), aborted, "grace period expired: children aborted");
@@ -827,7 +864,10 @@ impl<B, Fut, T, E> PinnedDrop for NurseryFuture<B, Fut, T, E> {
                 ))));
             match this.config.drop_mode {
                 DropMode::Abort => {
-                    shared.registry.abort_all(AbortHandle::abort);
+                    shared.registry.abort_all(Stopper::abort);
+                    // What is still alive (async children until tokio drops them, blocking
+                    // ones until they stop) is accounted for by an adopter, as in N9.
+                    (this.orphan)(shared, None);
                 }
                 DropMode::Wait => (this.orphan)(shared, this.config.grace),
             }
@@ -875,7 +915,7 @@ fn orphan<E: fmt::Debug + Send + 'static>(shared: &Arc<Shared<E>>, grace: Option
             if let futures::future::Either::Right(_) =
                 futures::future::select(std::pin::pin!(finished), std::pin::pin!(expired)).await
             {
-                shared.registry.abort_all(AbortHandle::abort);
+                shared.registry.abort_all(Stopper::grace_expired);
             }
         }));
     }

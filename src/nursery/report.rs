@@ -157,7 +157,15 @@ impl<E: fmt::Display> fmt::Display for NurseryError<E> {
     }
 }
 
-impl<E: fmt::Debug + fmt::Display> Error for NurseryError<E> {}
+impl<E: fmt::Debug + fmt::Display> Error for NurseryError<E> {
+    /// The propagated cancellation, so [`CancelError`] finds it inside boxed errors.
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        match self {
+            NurseryError::Cancelled(cancelled) => Some(cancelled),
+            NurseryError::Failed(_) => None,
+        }
+    }
+}
 
 /// Something the nursery hands to its report hook because no one else will see it: the
 /// panics that are not resumed and the failures left behind when a panic is (SPEC N6).

@@ -176,7 +176,15 @@ impl<E: fmt::Display> fmt::Display for StartError<E> {
     }
 }
 
-impl<E: fmt::Debug + fmt::Display> std::error::Error for StartError<E> {}
+impl<E: fmt::Debug + fmt::Display> std::error::Error for StartError<E> {
+    /// The cancellation, so [`CancelError`] finds it inside boxed errors.
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StartError::Cancelled(cancelled) => Some(cancelled),
+            _ => None,
+        }
+    }
+}
 
 /// The future of [`NurseryHandle::start`]: resolves with the signalled value.
 ///

@@ -1,0 +1,148 @@
+//! Blocking children (SPEC N16): synchronous code on tokio's blocking pool that sees its
+//! scope's cancellation and deadline through the [`BlockingContext`] it is given.
+//!
+//! tokio cannot abort a blocking task, so such a child is never aborted: a grace period
+//! running out, or its nursery dropped in abort mode, cancels it through its context and
+//! leaves it to an adopter until it returns (SPEC N7, N8, N9).
+
+use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use super::child::{ChildHandle, settle};
+use super::{NurseryHandle, Shared, SpawnError, Stopper};
+use crate::cancelled::{CancelError, Cancelled};
+use crate::context::{self, FrameKind};
+use crate::deadline::EffectiveDeadline;
+use crate::node::{Node, ScopeId};
+use crate::reason::CancelReason;
+use crate::scope::{ScopeHandle, cancelled_here};
+
+/// What a blocking child knows of its scope. The crate's free functions
+/// ([`is_cancelled`](crate::is_cancelled), [`check_cancelled`](crate::check_cancelled),
+/// [`current_deadline`](crate::current_deadline)) work in the child's thread too.
+#[derive(Clone)]
+pub struct BlockingContext {
+    node: Arc<Node>,
+}
+
+impl BlockingContext {
+    /// Whether the child's scope is cancelled (its own, its nursery's, or an ancestor's).
+    pub fn is_cancelled(&self) -> bool {
+        self.node.is_cancelled()
+    }
+
+    /// A cancellation point for blocking code: `Err(Cancelled)` once cancelled.
+    pub fn check(&self) -> Result<(), Cancelled> {
+        if self.node.is_cancelled() {
+            Err(cancelled_here(&self.node))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The effective deadline of the child's scope (SPEC S7).
+    pub fn deadline(&self) -> EffectiveDeadline {
+        if self.node.is_cancelled() {
+            return EffectiveDeadline::Passed;
+        }
+        match self.node.effective_deadline() {
+            Some(at) => EffectiveDeadline::At(Instant::from_std(at)),
+            None => EffectiveDeadline::Unbounded,
+        }
+    }
+
+    /// The nursery's grace period ran out while this child was still running: it could not
+    /// be aborted and is asked to return now (SPEC N7, S4).
+    pub fn grace_expired(&self) -> bool {
+        matches!(self.node.reason(), Some(CancelReason::GraceExpired))
+    }
+
+    /// The child's own scope.
+    pub fn scope(&self) -> ScopeHandle {
+        ScopeHandle {
+            node: self.node.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for BlockingContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BlockingContext")
+            .field("scope", &self.node.id())
+            .field("cancelled", &self.is_cancelled())
+            .finish()
+    }
+}
+
+/// Ends a blocking child's scope and tells its nursery, however the closure ends.
+struct Finished<E> {
+    nursery: Arc<Shared<E>>,
+    node: Arc<Node>,
+    key: usize,
+}
+
+impl<E> Drop for Finished<E> {
+    fn drop(&mut self) {
+        self.node.end(false);
+        self.nursery.registry.finished(self.key);
+    }
+}
+
+impl<E> NurseryHandle<E>
+where
+    E: CancelError + fmt::Debug + Send + 'static,
+{
+    /// Spawns a blocking child on tokio's blocking pool (SPEC N16). It is waited for like any
+    /// child, and never aborted: it learns of cancellation, deadlines and an expired grace
+    /// period through its [`BlockingContext`].
+    ///
+    /// Under tokio's paused clock on a current-thread runtime, time does not auto-advance
+    /// while a blocking task runs: tests move it with `tokio::time::advance`.
+    ///
+    /// # Panics
+    ///
+    /// If the nursery has closed; see [`try_spawn_blocking`](Self::try_spawn_blocking).
+    pub fn spawn_blocking<F, T>(&self, child: F) -> ChildHandle<T>
+    where
+        F: FnOnce(BlockingContext) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.try_spawn_blocking(child)
+            .unwrap_or_else(|error| panic!("tokio-nursery: {error}"))
+    }
+
+    /// Like [`spawn_blocking`](Self::spawn_blocking), or [`SpawnError::Closed`].
+    pub fn try_spawn_blocking<F, T>(&self, child: F) -> Result<ChildHandle<T>, SpawnError>
+    where
+        F: FnOnce(BlockingContext) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+    {
+        let shared = self.shared.clone();
+        let key = shared.registry.register()?;
+        let node = Arc::new(Node::new(ScopeId::next(), false, None));
+        node.enter(Some(&shared.node), shared.node.timer());
+        shared
+            .registry
+            .started(key, Stopper::Blocking(node.clone()));
+        let finished = Finished {
+            nursery: shared.clone(),
+            node: node.clone(),
+            key,
+        };
+        let join = shared.runtime.spawn_blocking(move || {
+            let finished = finished;
+            let context = BlockingContext {
+                node: finished.node.clone(),
+            };
+            let node = &finished.node;
+            let ended = catch_unwind(AssertUnwindSafe(|| {
+                context::enter(FrameKind::Linked(node), || child(context))
+            }));
+            settle(ended, node, &finished.nursery, &None)
+        });
+        Ok(ChildHandle::new(join, node, None))
+    }
+}
