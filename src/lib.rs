@@ -90,6 +90,8 @@ mod point;
 mod scope;
 #[cfg(not(loom))]
 mod timeout;
+#[cfg(not(loom))]
+mod tree;
 
 pub use cancelled::{CancelError, Cancelled};
 pub use node::ScopeId;
@@ -114,6 +116,8 @@ pub use point::{
 pub use scope::{CancelScope, ScopeHandle, Scoped, current_scope};
 #[cfg(not(loom))]
 pub use timeout::{FailScoped, TimedOut, fail_after, fail_at, move_on_after, move_on_at};
+#[cfg(not(loom))]
+pub use tree::{TaskTree, TreeEntry};
 
 /// The README's examples, compiled and run as doc tests.
 #[cfg(doctest)]

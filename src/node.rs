@@ -119,7 +119,37 @@ struct Inner {
     timer: Option<Arc<dyn DeadlineTimer>>,
     armed: Option<TimerKey>,
     /// What owns this scope besides its future, e.g. the nursery whose scope it is.
-    attachment: Option<Arc<dyn Any + Send + Sync>>,
+    attachment: Option<Arc<dyn Attachment>>,
+    /// When `cancel` was first called (on the timer's clock when there is one).
+    cancelled_at: Option<Instant>,
+}
+
+/// What owns a scope besides its future (a nursery, a child task), as the tree sees it.
+pub(crate) trait Attachment: Send + Sync {
+    /// For adoption, which looks for nurseries.
+    fn as_any(&self) -> &dyn Any;
+    /// How the task-tree snapshot shows the scope (SPEC O2).
+    fn describe(&self) -> Description;
+}
+
+/// A scope's owner, as the task-tree snapshot shows it.
+pub(crate) struct Description {
+    pub(crate) kind: &'static str,
+    pub(crate) name: Option<Arc<str>>,
+    pub(crate) detail: Option<String>,
+}
+
+/// One scope as the task-tree snapshot sees it.
+pub(crate) struct NodeView {
+    pub(crate) id: ScopeId,
+    pub(crate) cancelled: bool,
+    pub(crate) cancel_called: bool,
+    pub(crate) shielded: bool,
+    pub(crate) reason: Option<CancelReason>,
+    pub(crate) cancelled_at: Option<Instant>,
+    pub(crate) deadline: Option<Instant>,
+    pub(crate) description: Option<Description>,
+    pub(crate) children: Vec<Arc<Node>>,
 }
 
 /// What changed in one node, to be acted on once its lock is released (invariant 5).
@@ -167,6 +197,7 @@ impl Node {
                 timer: None,
                 armed: None,
                 attachment: None,
+                cancelled_at: None,
             }),
         }
     }
@@ -221,12 +252,38 @@ impl Node {
     }
 
     /// Attaches what owns this scope besides its future (a nursery).
-    pub(crate) fn attach(&self, attachment: Arc<dyn Any + Send + Sync>) {
+    pub(crate) fn attach(&self, attachment: Arc<dyn Attachment>) {
         lock(&self.inner).attachment = Some(attachment);
     }
 
-    pub(crate) fn attachment(&self) -> Option<Arc<dyn Any + Send + Sync>> {
+    pub(crate) fn attachment(&self) -> Option<Arc<dyn Attachment>> {
         lock(&self.inner).attachment.clone()
+    }
+
+    /// The scope as the task-tree snapshot sees it (SPEC O2). The owner's description is
+    /// taken after the lock is released (it may lock the owner).
+    pub(crate) fn view(&self) -> NodeView {
+        let bits = self.bits();
+        let inner = lock(&self.inner);
+        let attachment = inner.attachment.clone();
+        let mut view = NodeView {
+            id: self.id,
+            cancelled: bits & CANCELLED != 0,
+            cancel_called: bits & OWN != 0,
+            shielded: bits & SHIELD != 0,
+            reason: inner.reason.clone(),
+            cancelled_at: inner.cancelled_at,
+            deadline: inner.deadline,
+            description: None,
+            children: inner
+                .children
+                .iter()
+                .map(|(_, child)| child.clone())
+                .collect(),
+        };
+        drop(inner);
+        view.description = attachment.map(|attachment| attachment.describe());
+        view
     }
 
     /// The deadline timer this scope was entered with, for its children to share.
@@ -243,6 +300,11 @@ impl Node {
     fn cancel_locked(&self, mut inner: MutexGuard<'_, Inner>, reason: CancelReason) {
         if inner.reason.is_none() {
             inner.reason = Some(reason);
+            let now = inner
+                .timer
+                .as_ref()
+                .map_or_else(Instant::now, |timer| timer.now());
+            inner.cancelled_at = Some(now);
         }
         let fallout = self.set_bits(&mut inner, |bits| bits | OWN);
         drop(inner);

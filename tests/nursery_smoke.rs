@@ -406,3 +406,33 @@ async fn blocking_children_see_cancellation_and_are_never_aborted() {
         .await;
     assert_eq!(out.unwrap(), None);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_task_tree_shows_who_holds_up_a_shutdown() {
+    let out = Nursery::new()
+        .name("server")
+        .run(|n| async move {
+            n.spawn_named("polite", async {
+                let c = cancelled().await;
+                Err::<(), _>(c)
+            });
+            n.spawn_named("stuck", async {
+                tokio::time::sleep(Duration::from_secs(60)).await; // not a cancellation point
+                Ok::<_, Cancelled>(())
+            });
+            tokio::task::yield_now().await;
+            n.cancel();
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            let tree = TaskTree::of(&n.scope());
+            let text = tree.to_string();
+            println!("{text}");
+            assert!(text.contains("nursery \"server\""), "{text}");
+            assert!(text.contains("cancelling, waiting on 1 children"), "{text}");
+            assert!(text.contains("child \"stuck\""), "{text}");
+            assert!(!text.contains("\"polite\""), "{text}");
+            assert!(text.contains("[cancelled 2500ms ago: explicit cancel]"), "{text}");
+            Ok::<_, Cancelled>(())
+        })
+        .await;
+    assert_eq!(out.unwrap(), Some(()));
+}

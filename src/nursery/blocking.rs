@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use super::child::{ChildHandle, settle};
-use super::{NurseryHandle, Shared, SpawnError, Stopper};
+use super::{ChildLabel, NurseryHandle, Shared, SpawnError, Stopper};
 use crate::cancelled::{CancelError, Cancelled};
 use crate::context::{self, FrameKind};
 use crate::deadline::EffectiveDeadline;
@@ -132,6 +132,7 @@ where
             node: node.clone(),
             key,
         };
+        let label_node = node.clone();
         let join = shared.runtime.spawn_blocking(move || {
             let finished = finished;
             let context = BlockingContext {
@@ -143,6 +144,11 @@ where
             }));
             settle(ended, node, &finished.nursery, &None)
         });
+        label_node.attach(Arc::new(ChildLabel {
+            kind: "blocking child",
+            name: None,
+            task: join.id(),
+        }));
         Ok(ChildHandle::new(join, node, None))
     }
 }

@@ -41,7 +41,7 @@ pub use start::{Ready, Start, StartError};
 
 use crate::cancelled::{CancelError, Cancelled};
 use crate::context::{self, FrameKind};
-use crate::node::{Node, ScopeId};
+use crate::node::{Attachment, Description, Node, ScopeId};
 use crate::reason::CancelReason;
 use crate::scope::{ScopeHandle, cancelled_here, enter_preset};
 use child::{ChildOutput, ChildTask, Route};
@@ -241,6 +241,7 @@ pub(crate) struct Shared<E> {
     registry: Registry<Stopper, Failure<E>, Origin>,
     hook: Option<ReportHook>,
     supervisor: bool,
+    name: Option<Arc<str>>,
     /// At most this many children run at once (SPEC N11).
     limit: Option<Arc<Semaphore>>,
 }
@@ -303,6 +304,26 @@ impl<E: Send + 'static> Adopter<Origin> for Shared<E> {
         self.registry.finished(key);
     }
 
+    fn describe(&self) -> Description {
+        let (running, adopted, open, incidents) = self.registry.counts();
+        let mut detail = match (open, self.node.is_cancelled()) {
+            (false, _) => "closed".to_string(),
+            (true, true) => format!("cancelling, waiting on {running} children"),
+            (true, false) => format!("running, {running} children"),
+        };
+        if adopted > 0 {
+            detail.push_str(&format!(", {adopted} adopted nurseries"));
+        }
+        if incidents > 0 {
+            detail.push_str(&format!(", {incidents} failures not yet reported"));
+        }
+        Description {
+            kind: "nursery",
+            name: self.name.clone(),
+            detail: Some(detail),
+        }
+    }
+
     fn orphan_report(&self, report: OrphanReport<Origin>) {
         let (hook, report) = (&self.hook, report);
         let emit = |r: &Report<'_>| match hook {
@@ -324,18 +345,57 @@ impl<E: Send + 'static> Adopter<Origin> for Shared<E> {
     }
 }
 
-/// What a nursery's scope node carries so that nurseries dropped inside it can find it.
+/// What a child's scope node carries, for the task-tree snapshot (SPEC O2).
+pub(crate) struct ChildLabel {
+    pub(crate) kind: &'static str,
+    pub(crate) name: Option<Arc<str>>,
+    pub(crate) task: tokio::task::Id,
+}
+
+impl Attachment for ChildLabel {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn describe(&self) -> Description {
+        Description {
+            kind: self.kind,
+            name: self.name.clone(),
+            detail: Some(format!("task {}", self.task)),
+        }
+    }
+}
+
+/// What a nursery's scope node carries so that nurseries dropped inside it can find it, and
+/// the task-tree snapshot can describe it.
 struct AdopterRef(std::sync::Weak<dyn Adopter<Origin>>);
+
+impl Attachment for AdopterRef {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn describe(&self) -> Description {
+        match self.0.upgrade() {
+            Some(nursery) => nursery.describe(),
+            None => Description {
+                kind: "nursery",
+                name: None,
+                detail: Some("finished".into()),
+            },
+        }
+    }
+}
 
 /// The nearest live enclosing nursery of `node` that accepts an adoptee, else the runtime's
 /// orphan registry (SPEC N9). A nursery closing meanwhile refuses; the handoff falls through.
 fn adopter_of(node: &Node, runtime: &Handle) -> (Arc<dyn Adopter<Origin>>, usize) {
     let mut ancestor = node.parent();
     while let Some(scope) = ancestor {
-        let adopter = scope
-            .attachment()
-            .and_then(|attachment| attachment.downcast::<AdopterRef>().ok())
-            .and_then(|link| link.0.upgrade());
+        let adopter = scope.attachment().and_then(|attachment| {
+            let link = attachment.as_any().downcast_ref::<AdopterRef>()?;
+            link.0.upgrade()
+        });
         if let Some(adopter) = adopter {
             if let Ok(key) = adopter.adopt() {
                 return (adopter, key);
@@ -624,8 +684,20 @@ where
         let parent = parent.unwrap_or(&shared.node);
         node.enter(Some(parent), parent.timer());
         let route = route(&node);
-        let task = ChildTask::new(future, node.clone(), shared.clone(), key, name, route);
+        let task = ChildTask::new(
+            future,
+            node.clone(),
+            shared.clone(),
+            key,
+            name.clone(),
+            route,
+        );
         let join = shared.runtime.spawn(task);
+        node.attach(Arc::new(ChildLabel {
+            kind: "child",
+            name,
+            task: join.id(),
+        }));
         shared
             .registry
             .started(key, Stopper::Task(join.abort_handle()));
@@ -731,6 +803,7 @@ where
                 registry: Registry::new(),
                 hook: this.config.hook.clone(),
                 supervisor: this.config.supervisor,
+                name: this.config.name.clone(),
                 limit: this.config.limit.map(|k| Arc::new(Semaphore::new(k))),
             });
             let adopter: Arc<dyn Adopter<Origin>> = shared.clone();

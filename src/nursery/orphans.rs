@@ -85,6 +85,14 @@ impl Adopter<Origin> for Orphans {
         waiters.into_iter().for_each(Waker::wake);
     }
 
+    fn describe(&self) -> crate::node::Description {
+        crate::node::Description {
+            kind: "orphans",
+            name: None,
+            detail: Some(format!("{} orphaned nurseries", self.live())),
+        }
+    }
+
     fn orphan_report(&self, report: OrphanReport<Origin>) {
         match &report {
             OrphanReport::Failure { label, error } => default_hook(&Report::Failure {

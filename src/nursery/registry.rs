@@ -38,6 +38,8 @@ pub(crate) trait Adopter<L>: Send + Sync {
     /// A failure (its `Debug` text) or panic of an adopted child: reported, never a trigger
     /// for the adopter's fail-fast.
     fn orphan_report(&self, report: OrphanReport<L>);
+    /// How the task-tree snapshot shows this adopter (SPEC O2).
+    fn describe(&self) -> crate::node::Description;
 }
 
 /// What an adopted child reports to its adopter.
@@ -276,6 +278,22 @@ impl<A, F, L> Registry<A, F, L> {
 
     pub(crate) fn live(&self) -> usize {
         lock(&self.state).live
+    }
+
+    /// Running children, adopted nurseries, whether open, incidents not yet taken.
+    pub(crate) fn counts(&self) -> (usize, usize, bool, usize) {
+        let state = lock(&self.state);
+        let adopted = state
+            .slots
+            .iter()
+            .filter(|(_, slot)| matches!(slot, Slot::Adoptee))
+            .count();
+        (
+            state.live - adopted,
+            adopted,
+            state.open,
+            state.incidents.len(),
+        )
     }
 
     /// Calls `abort` on every running child's handle, outside the lock (aborting may drop a

@@ -1,0 +1,198 @@
+//! A live snapshot of the task tree (SPEC O2): scopes, nurseries and children, their state,
+//! deadlines and names, and since when a cancellation has been waiting. Printable as text
+//! to answer "why is my shutdown stuck?".
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::context;
+use crate::node::{Node, ScopeId};
+use crate::reason::CancelReason;
+use crate::scope::ScopeHandle;
+
+/// A snapshot of a subtree of scopes, taken at one moment (each node is read once, so a
+/// tree changing meanwhile may show a mix of before and after).
+///
+/// ```
+/// use tokio_nursery::{nursery, Cancelled, TaskTree};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// nursery(|n| async move {
+///     n.spawn_named("worker", async { tokio_nursery::cancelled().await; Ok::<_, Cancelled>(()) });
+///     let tree = TaskTree::of(&n.scope());
+///     assert!(tree.to_string().contains("\"worker\""));
+///     println!("{tree}");
+///     n.cancel();
+///     Ok::<_, Cancelled>(())
+/// })
+/// .await
+/// .unwrap();
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct TaskTree {
+    entries: Vec<TreeEntry>,
+    taken_at: Instant,
+}
+
+/// One scope of a [`TaskTree`], in depth-first order.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct TreeEntry {
+    /// How deep below the snapshot's root (0 for the root).
+    pub depth: usize,
+    /// The scope.
+    pub scope: ScopeId,
+    /// `"scope"`, `"nursery"`, `"child"`, `"blocking child"`, `"orphans"`.
+    pub kind: &'static str,
+    /// The name given to the nursery or child, if any.
+    pub name: Option<String>,
+    /// What its owner says: a nursery's state and children, a child's task id.
+    pub detail: Option<String>,
+    /// Effectively cancelled: by itself or an ancestor it is exposed to.
+    pub cancelled: bool,
+    /// Why, and since when, if known: the reason and time of its own cancellation, else of
+    /// the nearest cancelled ancestor's.
+    pub cancellation: Option<(CancelReason, Instant)>,
+    /// Its own deadline.
+    pub deadline: Option<Instant>,
+    /// Whether its shield is raised.
+    pub shielded: bool,
+}
+
+impl TaskTree {
+    /// The subtree of `scope`.
+    pub fn of(scope: &ScopeHandle) -> TaskTree {
+        Self::from_node(&scope.node)
+    }
+
+    /// The tree of the current code: from the outermost scope around it. Empty outside any
+    /// scope.
+    pub fn current() -> TaskTree {
+        let node = context::with_current(|frame| frame.map(|frame| frame.node().clone()));
+        match node {
+            None => TaskTree {
+                entries: Vec::new(),
+                taken_at: Instant::now(),
+            },
+            Some(mut node) => {
+                while let Some(parent) = node.parent() {
+                    node = parent;
+                }
+                Self::from_node(&node)
+            }
+        }
+    }
+
+    fn from_node(root: &Arc<Node>) -> TaskTree {
+        let mut entries = Vec::new();
+        // Depth-first, iteratively (trees can be deep, SPEC R4): (node, depth, inherited).
+        let mut stack = vec![(root.clone(), 0, None::<(CancelReason, Instant)>)];
+        while let Some((node, depth, inherited)) = stack.pop() {
+            let view = node.view();
+            let own = match (&view.reason, view.cancelled_at, view.cancel_called) {
+                (Some(reason), Some(at), true) => Some((reason.clone(), Instant::from_std(at))),
+                _ => None,
+            };
+            let cancellation = if view.cancelled {
+                own.clone().or_else(|| {
+                    if view.shielded {
+                        None
+                    } else {
+                        inherited.clone()
+                    }
+                })
+            } else {
+                None
+            };
+            let passed_down = if view.shielded {
+                own
+            } else {
+                cancellation.clone()
+            };
+            for child in view.children.iter().rev() {
+                stack.push((child.clone(), depth + 1, passed_down.clone()));
+            }
+            let (kind, name, detail) = match view.description {
+                Some(description) => (
+                    description.kind,
+                    description.name.map(|name| name.to_string()),
+                    description.detail,
+                ),
+                None => ("scope", None, None),
+            };
+            entries.push(TreeEntry {
+                depth,
+                scope: view.id,
+                kind,
+                name,
+                detail,
+                cancelled: view.cancelled,
+                cancellation,
+                deadline: view.deadline.map(Instant::from_std),
+                shielded: view.shielded,
+            });
+        }
+        TaskTree {
+            entries,
+            taken_at: Instant::now(),
+        }
+    }
+
+    /// The scopes, depth first.
+    pub fn entries(&self) -> &[TreeEntry] {
+        &self.entries
+    }
+}
+
+impl fmt::Display for TaskTree {
+    /// One line per scope, indented by depth: kind, name, scope id, state, how long a
+    /// cancellation has been waiting, deadline.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for entry in &self.entries {
+            write!(f, "{:indent$}{}", "", entry.kind, indent = entry.depth * 2)?;
+            if let Some(name) = &entry.name {
+                write!(f, " {name:?}")?;
+            }
+            write!(f, " ({})", entry.scope)?;
+            if let Some(detail) = &entry.detail {
+                write!(f, ": {detail}")?;
+            }
+            match &entry.cancellation {
+                Some((reason, since)) => {
+                    let waited = self.taken_at.saturating_duration_since(*since);
+                    write!(f, " [cancelled {} ago: {reason}]", Millis(waited))?;
+                }
+                None if entry.cancelled => write!(f, " [cancelled]")?,
+                None => {}
+            }
+            if entry.shielded {
+                write!(f, " [shielded]")?;
+            }
+            if let Some(deadline) = entry.deadline {
+                match deadline.checked_duration_since(self.taken_at) {
+                    Some(left) => write!(f, " [deadline in {}]", Millis(left))?,
+                    None => write!(f, " [deadline passed]")?,
+                }
+            }
+            writeln!(f)?;
+        }
+        Ok(())
+    }
+}
+
+struct Millis(Duration);
+
+impl fmt::Display for Millis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if ms >= 10_000 {
+            write!(f, "{}s", ms / 1000)
+        } else {
+            write!(f, "{ms}ms")
+        }
+    }
+}
