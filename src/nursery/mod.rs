@@ -242,6 +242,9 @@ pub(crate) struct Shared<E> {
     hook: Option<ReportHook>,
     supervisor: bool,
     name: Option<Arc<str>>,
+    /// The nursery's span, parent of its children's (SPEC O1).
+    #[cfg(feature = "tracing")]
+    span: tracing::Span,
     /// At most this many children run at once (SPEC N11).
     limit: Option<Arc<Semaphore>>,
 }
@@ -343,6 +346,37 @@ impl<E: Send + 'static> Adopter<Origin> for Shared<E> {
             }),
         }
     }
+}
+
+/// Spawns a child's task, under a `child` span parented to its nursery's span when a
+/// subscriber listens (SPEC O1); otherwise the task is the bare wrapper, with no span stored.
+fn spawn_traced<E, Fut>(
+    shared: &Shared<E>,
+    node: &Node,
+    name: Option<&str>,
+    task: Fut,
+) -> JoinHandle<Fut::Output>
+where
+    Fut: Future + Send + 'static,
+    Fut::Output: Send + 'static,
+{
+    #[cfg(feature = "tracing")]
+    {
+        use tracing::Instrument;
+        if !shared.span.is_disabled() {
+            let span = tracing::debug_span!(
+                parent: &shared.span,
+                "child",
+                name = name.unwrap_or(""),
+                scope = %node.id(),
+            );
+            if !span.is_disabled() {
+                return shared.runtime.spawn(task.instrument(span));
+            }
+        }
+    }
+    let _ = (node, name);
+    shared.runtime.spawn(task)
 }
 
 /// What a child's scope node carries, for the task-tree snapshot (SPEC O2).
@@ -692,7 +726,7 @@ where
             name.clone(),
             route,
         );
-        let join = shared.runtime.spawn(task);
+        let join = spawn_traced(shared, &node, name.as_deref(), task);
         node.attach(Arc::new(ChildLabel {
             kind: "child",
             name,
@@ -709,6 +743,8 @@ impl<E> NurseryHandle<E> {
     /// Cancels the nursery's scope: its body and children see it at their cancellation
     /// points, and the nursery absorbs it (`Ok(None)`) unless it failed.
     pub fn cancel(&self) {
+        #[cfg(feature = "tracing")]
+        tracing::debug!(scope = %self.shared.node.id(), "nursery cancelled");
         self.shared.node.cancel(CancelReason::Explicit(None));
     }
 
@@ -798,12 +834,18 @@ where
                 .expect("tokio-nursery: a nursery must run inside a tokio runtime");
             let node = enter_preset(&Arc::new(Node::new(ScopeId::next(), false, None)));
             let shared = Arc::new(Shared {
-                node,
+                node: node.clone(),
                 runtime,
                 registry: Registry::new(),
                 hook: this.config.hook.clone(),
                 supervisor: this.config.supervisor,
                 name: this.config.name.clone(),
+                #[cfg(feature = "tracing")]
+                span: tracing::debug_span!(
+                    "nursery",
+                    name = this.config.name.as_deref().unwrap_or(""),
+                    scope = %node.id(),
+                ),
                 limit: this.config.limit.map(|k| Arc::new(Semaphore::new(k))),
             });
             let adopter: Arc<dyn Adopter<Origin>> = shared.clone();
@@ -823,6 +865,8 @@ where
             .as_ref()
             .expect("a running nursery has shared state");
         let node = &shared.node;
+        #[cfg(feature = "tracing")]
+        let _span = shared.span.enter();
 
         // The body, in the nursery's scope.
         if let Some(body) = this.body.as_mut().as_pin_mut() {
@@ -963,6 +1007,13 @@ fn orphan<E: fmt::Debug + Send + 'static>(shared: &Arc<Shared<E>>, grace: Option
         return;
     }
     let (adopter, key) = adopter_of(&shared.node, &shared.runtime);
+    #[cfg(feature = "tracing")]
+    tracing::debug!(
+        scope = %shared.node.id(),
+        children = shared.registry.live(),
+        adopter = adopter.describe().name.as_deref().unwrap_or(""),
+        "nursery dropped in wait mode: children adopted"
+    );
     let (incidents, done) = shared.registry.orphan(adopter.clone(), key);
     for incident in incidents {
         adopter.orphan_report(match incident {
