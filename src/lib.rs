@@ -87,6 +87,8 @@ mod nursery;
 #[cfg(not(loom))]
 mod point;
 #[cfg(not(loom))]
+mod root;
+#[cfg(not(loom))]
 mod scope;
 #[cfg(not(loom))]
 mod timeout;
@@ -112,6 +114,8 @@ pub use point::{
     Cancellable, CancellableExt, Sleep, WaitCancelled, cancelled, check_cancelled, checkpoint,
     is_cancelled, sleep, sleep_until,
 };
+#[cfg(not(loom))]
+pub use root::Root;
 #[cfg(not(loom))]
 pub use scope::{CancelScope, ScopeHandle, Scoped, current_scope};
 #[cfg(not(loom))]

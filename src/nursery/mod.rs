@@ -88,6 +88,7 @@ pub enum DropMode {
 /// ```
 #[derive(Clone)]
 pub struct Nursery {
+    deadline: Option<Deadline>,
     supervisor: bool,
     limit: Option<usize>,
     name: Option<Arc<str>>,
@@ -100,6 +101,7 @@ impl Nursery {
     /// A nursery with fail-fast policy, no grace period and the wait drop mode.
     pub fn new() -> Self {
         Nursery {
+            deadline: None,
             supervisor: false,
             limit: None,
             name: None,
@@ -116,6 +118,25 @@ impl Nursery {
     pub fn supervisor(self) -> Self {
         Nursery {
             supervisor: true,
+            ..self
+        }
+    }
+
+    /// Cancels the nursery's scope at `deadline` (reason `Deadline`): body and children see
+    /// it, and the nursery absorbs it (`Ok(None)`) unless something failed. Request-scoped
+    /// fan-out in one line.
+    pub fn deadline(self, deadline: tokio::time::Instant) -> Self {
+        Nursery {
+            deadline: Some(Deadline::At(deadline)),
+            ..self
+        }
+    }
+
+    /// Cancels the nursery's scope `timeout` after it starts (its first poll). See
+    /// [`deadline`](Self::deadline).
+    pub fn timeout(self, timeout: Duration) -> Self {
+        Nursery {
+            deadline: Some(Deadline::After(timeout)),
             ..self
         }
     }
@@ -222,6 +243,12 @@ impl fmt::Debug for Nursery {
             .field("drop_mode", &self.drop_mode)
             .finish_non_exhaustive()
     }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Deadline {
+    At(tokio::time::Instant),
+    After(Duration),
 }
 
 /// Runs `body` in a new [`Nursery`] with the default configuration.
@@ -773,6 +800,12 @@ impl<E> NurseryHandle<E> {
         })
     }
 
+    /// Aborts every running child now, as an expired grace period would (blocking children
+    /// are told through their scope). Not a failure.
+    pub fn abort_all(&self) {
+        self.shared.registry.abort_all(Stopper::grace_expired);
+    }
+
     /// Whether the nursery still accepts children.
     pub fn is_open(&self) -> bool {
         self.shared.registry.is_open()
@@ -816,7 +849,7 @@ pub struct NurseryFuture<B, Fut, T, E> {
     waiter: Option<usize>,
     state: State,
     /// The wait-mode drop, monomorphised where `E`'s bounds are known.
-    orphan: fn(&Arc<Shared<E>>, Option<Duration>),
+    orphan: fn(&Arc<Shared<E>>, DropMode, Option<Duration>),
 }
 
 impl<B, Fut, T, E> Future for NurseryFuture<B, Fut, T, E>
@@ -832,7 +865,13 @@ where
         if let State::Unentered = this.state {
             let runtime = Handle::try_current()
                 .expect("tokio-nursery: a nursery must run inside a tokio runtime");
-            let node = enter_preset(&Arc::new(Node::new(ScopeId::next(), false, None)));
+            let node = Arc::new(Node::new(ScopeId::next(), false, None));
+            match this.config.deadline {
+                Some(Deadline::At(at)) => drop(node.set_deadline(Some(at.into_std()))),
+                Some(Deadline::After(timeout)) => node.set_timeout(timeout),
+                None => {}
+            }
+            let node = enter_preset(&node);
             let shared = Arc::new(Shared {
                 node: node.clone(),
                 runtime,
@@ -984,9 +1023,9 @@ impl<B, Fut, T, E> PinnedDrop for NurseryFuture<B, Fut, T, E> {
                     shared.registry.abort_all(Stopper::abort);
                     // What is still alive (async children until tokio drops them, blocking
                     // ones until they stop) is accounted for by an adopter, as in N9.
-                    (this.orphan)(shared, None);
+                    (this.orphan)(shared, DropMode::Abort, None);
                 }
-                DropMode::Wait => (this.orphan)(shared, this.config.grace),
+                DropMode::Wait => (this.orphan)(shared, DropMode::Wait, this.config.grace),
             }
         }
         // The body goes before the scope ends: nurseries inside it find their adopters
@@ -1002,18 +1041,40 @@ impl<B, Fut, T, E> PinnedDrop for NurseryFuture<B, Fut, T, E> {
 /// Wait-mode drop (SPEC N9): hands the live children and every report kept so far to the
 /// nearest live enclosing nursery (or the orphan registry). A grace period keeps running in
 /// a task of its own, which exits when the children do.
-fn orphan<E: fmt::Debug + Send + 'static>(shared: &Arc<Shared<E>>, grace: Option<Duration>) {
+fn orphan<E: fmt::Debug + Send + 'static>(
+    shared: &Arc<Shared<E>>,
+    mode: DropMode,
+    grace: Option<Duration>,
+) {
     if shared.registry.live() == 0 {
         return;
     }
     let (adopter, key) = adopter_of(&shared.node, &shared.runtime);
     #[cfg(feature = "tracing")]
-    tracing::debug!(
-        scope = %shared.node.id(),
-        children = shared.registry.live(),
-        adopter = adopter.describe().name.as_deref().unwrap_or(""),
-        "nursery dropped in wait mode: children adopted"
-    );
+    {
+        let to = adopter.describe();
+        let live = shared.registry.live();
+        match (mode, to.kind) {
+            (DropMode::Wait, "orphans") => tracing::warn!(
+                scope = %shared.node.id(),
+                children = live,
+                "a nursery dropped in wait mode has no live enclosing nursery: its children \
+                 are now orphans of the runtime (await tokio_nursery::orphans_finished())"
+            ),
+            (DropMode::Wait, _) => tracing::debug!(
+                scope = %shared.node.id(),
+                children = live,
+                adopter = to.name.as_deref().unwrap_or(""),
+                "nursery dropped in wait mode: children adopted"
+            ),
+            _ => tracing::debug!(
+                scope = %shared.node.id(),
+                children = live,
+                "nursery dropped in abort mode: aborted children accounted for until dropped"
+            ),
+        }
+    }
+    let _ = mode;
     let (incidents, done) = shared.registry.orphan(adopter.clone(), key);
     for incident in incidents {
         adopter.orphan_report(match incident {

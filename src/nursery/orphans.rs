@@ -64,12 +64,6 @@ impl Adopter<Origin> for Orphans {
         let mut state = lock(&self.state);
         state.live += 1;
         state.next_key += 1;
-        #[cfg(feature = "tracing")]
-        tracing::warn!(
-            orphans = state.live,
-            "a nursery dropped in wait mode has no live enclosing nursery: its children are \
-             now orphans of the runtime (await tokio_nursery::orphans_finished())"
-        );
         Ok(state.next_key)
     }
 

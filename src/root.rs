@@ -1,0 +1,200 @@
+//! The root of a program (SPEC N13): it owns the runtime, runs `main` (or a server) in a
+//! nursery, and on return or on Ctrl-C / SIGTERM cancels everything with reason
+//! [`Shutdown`](crate::CancelReason::Shutdown), waits up to a grace period, aborts the rest,
+//! reports, and shuts the runtime down with a bound.
+//!
+//! What it cannot protect: tasks started with a plain `tokio::spawn` (they belong to no
+//! nursery; tokio drops them at runtime shutdown), and anything `std::process::exit` or an
+//! abort ends.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::{Either, select};
+
+use crate::cancelled::CancelError;
+use crate::nursery::{Nursery, NurseryError, NurseryHandle, orphans_finished};
+use crate::reason::CancelReason;
+use crate::sync::lock;
+
+/// The root of a program: see the module docs.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use tokio_nursery::{Cancelled, Root};
+///
+/// fn main() {
+///     let outcome = Root::new()
+///         .grace(Duration::from_secs(5))
+///         .run(|n| async move {
+///             n.spawn(async {
+///                 // serve until Ctrl-C / SIGTERM cancels the root
+///                 let cancelled = tokio_nursery::cancelled().await;
+///                 Err::<(), _>(cancelled)
+///             });
+///             tokio_nursery::cancelled().await; // main waits for the shutdown too
+///             Ok::<_, Cancelled>(())
+///         });
+///     std::process::exit(if outcome.is_ok() { 0 } else { 1 });
+/// }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Root {
+    grace: Duration,
+    shutdown_bound: Duration,
+    multi_thread: bool,
+    signals: bool,
+}
+
+impl Root {
+    /// A root with a multi-thread runtime (when the `rt-multi-thread` feature is on), a
+    /// 10 s grace period, a 1 s runtime-shutdown bound, and Ctrl-C / SIGTERM handling (with
+    /// the `signal` feature).
+    pub fn new() -> Self {
+        Root {
+            grace: Duration::from_secs(10),
+            shutdown_bound: Duration::from_secs(1),
+            multi_thread: cfg!(feature = "rt-multi-thread"),
+            signals: cfg!(feature = "signal"),
+        }
+    }
+
+    /// How long children may take to stop after the shutdown began before they are aborted.
+    pub fn grace(self, grace: Duration) -> Self {
+        Root { grace, ..self }
+    }
+
+    /// How long the runtime's shutdown may block at the very end (tasks outside any nursery).
+    pub fn shutdown_bound(self, bound: Duration) -> Self {
+        Root {
+            shutdown_bound: bound,
+            ..self
+        }
+    }
+
+    /// Uses a current-thread runtime.
+    pub fn current_thread(self) -> Self {
+        Root {
+            multi_thread: false,
+            ..self
+        }
+    }
+
+    /// Whether Ctrl-C and SIGTERM start the shutdown (default: with the `signal` feature).
+    /// A second signal aborts what is still running.
+    pub fn handle_signals(self, signals: bool) -> Self {
+        Root { signals, ..self }
+    }
+
+    /// Builds the runtime and runs `body` in the root nursery until it and every child
+    /// finished, following the shutdown sequence above. Returns the nursery's outcome.
+    ///
+    /// # Panics
+    ///
+    /// If the runtime cannot be built, or the `signal` feature is on and the signal handlers
+    /// cannot be installed.
+    pub fn run<B, Fut, T, E>(self, body: B) -> Result<Option<T>, NurseryError<E>>
+    where
+        B: FnOnce(NurseryHandle<E>) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: CancelError + fmt::Debug + Send + 'static,
+    {
+        let mut builder = if self.multi_thread {
+            #[cfg(feature = "rt-multi-thread")]
+            {
+                tokio::runtime::Builder::new_multi_thread()
+            }
+            #[cfg(not(feature = "rt-multi-thread"))]
+            unreachable!("multi_thread is only set with the rt-multi-thread feature")
+        } else {
+            tokio::runtime::Builder::new_current_thread()
+        };
+        let runtime = builder
+            .enable_all()
+            .build()
+            .expect("tokio-nursery: building the root's runtime failed");
+        let outcome = runtime.block_on(self.serve(body));
+        runtime.shutdown_timeout(self.shutdown_bound);
+        outcome
+    }
+
+    /// The root nursery and its shutdown sequence, inside the runtime.
+    async fn serve<B, Fut, T, E>(&self, body: B) -> Result<Option<T>, NurseryError<E>>
+    where
+        B: FnOnce(NurseryHandle<E>) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: CancelError + fmt::Debug + Send + 'static,
+    {
+        let root: Arc<Mutex<Option<NurseryHandle<E>>>> = Arc::default();
+        let slot = root.clone();
+        let nursery =
+            Nursery::new()
+                .name("root")
+                .grace(self.grace)
+                .run(move |n: NurseryHandle<E>| {
+                    *lock(&slot) = Some(n.clone());
+                    async move {
+                        let outcome = body(n.clone()).await;
+                        // `main` returned: everything else is cancelled (SPEC N13).
+                        n.scope().cancel_because(CancelReason::Shutdown);
+                        outcome
+                    }
+                });
+        let mut nursery = pin!(nursery);
+        let mut received = 0;
+        let outcome = loop {
+            let signal = pin!(shutdown_signal(self.signals));
+            match select(nursery.as_mut(), signal).await {
+                Either::Left((outcome, _)) => break outcome,
+                Either::Right(((), _)) => {
+                    received += 1;
+                    let Some(handle) = lock(&root).clone() else {
+                        continue;
+                    };
+                    if received == 1 {
+                        #[cfg(feature = "tracing")]
+                        tracing::info!("shutdown signal: cancelling everything");
+                        handle.scope().cancel_because(CancelReason::Shutdown);
+                    } else {
+                        #[cfg(feature = "tracing")]
+                        tracing::warn!("second shutdown signal: aborting what is still running");
+                        handle.abort_all();
+                    }
+                }
+            }
+        };
+        // Children of nurseries dropped in wait mode with nowhere else to go: bounded wait.
+        let _ = tokio::time::timeout(self.grace, orphans_finished()).await;
+        outcome
+    }
+}
+
+impl Default for Root {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Completes on the next Ctrl-C or SIGTERM; never when signals are not handled.
+async fn shutdown_signal(enabled: bool) {
+    if enabled {
+        #[cfg(all(feature = "signal", unix))]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let mut terminate = signal(SignalKind::terminate())
+                .expect("tokio-nursery: installing the SIGTERM handler failed");
+            let ctrl_c = pin!(tokio::signal::ctrl_c());
+            let _ = select(ctrl_c, pin!(terminate.recv())).await;
+            return;
+        }
+        #[cfg(all(feature = "signal", not(unix)))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    }
+    std::future::pending::<()>().await
+}
