@@ -35,7 +35,7 @@ fn main() {
         .build()
         .expect("build a tokio runtime");
 
-    println!("tokio-nursery: a tour of cancel scopes");
+    println!("tokio-nursery: a tour of cancel scopes and nurseries");
     println!();
     println!("This tour runs on tokio's paused clock: sleeps are instant, so the times shown");
     println!("in [brackets] are virtual milliseconds since the start of each chapter, exact");
@@ -49,12 +49,14 @@ fn main() {
         chapter_5_move_on_or_fail().await;
         chapter_6_crossing_tasks().await;
         chapter_7_hard_delivery().await;
+        chapter_8_nurseries().await;
+        chapter_9_dropping_a_nursery().await;
+        chapter_10_the_task_tree().await;
     });
 
     println!();
-    println!("That's the tour. Coming next: nurseries, which own the tasks they spawn and wait");
-    println!("for them, so a scope's cancellation reaches every child without carrying it by");
-    println!("hand. See README.md and DESIGN.md.");
+    println!("That's the tour. More in examples/ (fanout, drop_modes, start_listener) and in");
+    println!("README.md and DESIGN.md.");
 }
 
 // --- Chapter 1 ------------------------------------------------------------------------------
@@ -404,6 +406,119 @@ async fn chapter_7_hard_delivery() {
     say!("hard 100 ms scope around a recv() loop -> {out:?}");
     let next = rx.recv().await;
     say!("after the scope: rx.recv() -> {next:?}: recv is cancel-safe, nothing was lost");
+}
+
+async fn chapter_8_nurseries() {
+    chapter(
+        8,
+        "Nurseries own their children",
+        "A nursery runs a body that spawns children and finishes only when all have finished:\n\
+         no child outlives it. Children run in a scope under the nursery's, so its deadline and\n\
+         cancellation reach them. The first failure cancels the siblings (fail-fast), and the\n\
+         nursery returns every failure, none lost.",
+    );
+    let outcome = tokio_nursery::Nursery::new()
+        .timeout(Duration::from_millis(100))
+        .run(|n| async move {
+            for (name, ms, fails) in [
+                ("fast", 20, false),
+                ("flaky", 30, true),
+                ("slow", 80, false),
+            ] {
+                n.spawn_named(name, async move {
+                    if let Err(cancelled) = tokio_nursery::sleep(Duration::from_millis(ms)).await {
+                        say!("  {name}: cancelled ({}), cleaning up", cancelled.reason());
+                        return Err(io::Error::from(cancelled));
+                    }
+                    if fails {
+                        say!("  {name}: failing");
+                        return Err(io::Error::other(format!("{name} broke")));
+                    }
+                    say!("  {name}: done");
+                    Ok(())
+                });
+            }
+            say!("body: spawned 3 children in a nursery with a 100 ms timeout");
+            Ok::<_, io::Error>(())
+        })
+        .await;
+    match outcome {
+        Err(tokio_nursery::NurseryError::Failed(failures)) => {
+            for failure in failures {
+                say!(
+                    "nursery -> failure of {}: {}",
+                    failure.origin(),
+                    failure.error()
+                );
+            }
+        }
+        other => say!("nursery -> {other:?}"),
+    }
+}
+
+async fn chapter_9_dropping_a_nursery() {
+    chapter(
+        9,
+        "Dropping a nursery never drops a child mid-await (by default)",
+        "A nursery's future can still be dropped (a lost select!, a client gone). In the\n\
+         default wait mode its children are cancelled, not dropped: the enclosing nursery\n\
+         adopts them and waits while they clean up. DropMode::Abort drops them instead.",
+    );
+    let outcome = tokio_nursery::nursery(|_outer| async move {
+        let inner = tokio_nursery::nursery(|n| async move {
+            n.spawn(async {
+                let cancelled = tokio_nursery::cancelled().await;
+                say!(
+                    "  child: told {}; finishing the write (20 ms)",
+                    cancelled.reason()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                say!("  child: write finished, state consistent");
+                Err::<(), _>(cancelled)
+            });
+            std::future::pending::<()>().await;
+            Ok::<(), Cancelled>(())
+        });
+        if tokio::time::timeout(Duration::from_millis(10), inner)
+            .await
+            .is_err()
+        {
+            say!("outer body: the inner nursery's future was dropped (timeout); moving on");
+        }
+        Ok::<_, Cancelled>(())
+    })
+    .await;
+    say!("outer nursery -> {outcome:?}: it waited for the adopted child");
+}
+
+async fn chapter_10_the_task_tree() {
+    chapter(
+        10,
+        "Why is my shutdown stuck?",
+        "TaskTree prints the live tree of nurseries and children, with how long a\n\
+         cancellation has been waiting: the child that ignores it stands out.",
+    );
+    let _ = tokio_nursery::Nursery::new()
+        .name("server")
+        .run(|n| async move {
+            n.spawn_named("well-behaved", async {
+                Err::<(), _>(tokio_nursery::cancelled().await)
+            });
+            n.spawn_named("stuck-in-legacy-io", async {
+                tokio::time::sleep(Duration::from_secs(3)).await; // not a cancellation point
+                Ok::<_, Cancelled>(())
+            });
+            tokio::task::yield_now().await;
+            n.cancel();
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            say!("the tree, 1.5 s after the cancel:");
+            for line in tokio_nursery::TaskTree::of(&n.scope()).to_string().lines() {
+                println!("      {line}");
+            }
+            Ok::<_, Cancelled>(())
+        })
+        .await;
+    say!("the nursery finished once the stuck child returned");
 }
 
 // --- Printing -------------------------------------------------------------------------------
