@@ -430,7 +430,10 @@ async fn the_task_tree_shows_who_holds_up_a_shutdown() {
             assert!(text.contains("cancelling, waiting on 1 children"), "{text}");
             assert!(text.contains("child \"stuck\""), "{text}");
             assert!(!text.contains("\"polite\""), "{text}");
-            assert!(text.contains("[cancelled 2500ms ago: explicit cancel]"), "{text}");
+            assert!(
+                text.contains("[cancelled 2500ms ago: explicit cancel]"),
+                "{text}"
+            );
             Ok::<_, Cancelled>(())
         })
         .await;

@@ -46,14 +46,21 @@ async fn ready_timeout_scopes_allocate_nothing() {
 
     let before = allocations();
     for i in 0..100 {
-        let a = move_on_after(Duration::from_secs(10), async move { Ok::<_, Cancelled>(i) }).await;
+        let a = move_on_after(
+            Duration::from_secs(10),
+            async move { Ok::<_, Cancelled>(i) },
+        )
+        .await;
         let b = move_on_at(deadline, async move { Ok::<_, Cancelled>(i) }).await;
         // Nested, still ready at once.
         let c = move_on_after(Duration::from_secs(10), async move {
             move_on_at(deadline, async move { Ok::<_, Cancelled>(i) }).await
         })
         .await;
-        assert_eq!((a.unwrap(), b.unwrap(), c.unwrap()), (Some(i), Some(i), Some(Some(i))));
+        assert_eq!(
+            (a.unwrap(), b.unwrap(), c.unwrap()),
+            (Some(i), Some(i), Some(Some(i)))
+        );
     }
     assert_eq!(allocations() - before, 0, "a ready scope allocated");
 }
@@ -69,5 +76,8 @@ async fn asking_for_the_scope_links_it() {
     })
     .await;
     assert_eq!(out.unwrap(), Some(()));
-    assert!(allocations() > before, "a scope that was asked about has a node");
+    assert!(
+        allocations() > before,
+        "a scope that was asked about has a node"
+    );
 }
