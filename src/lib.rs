@@ -39,6 +39,30 @@
 //! [`is_cancelled`] is a cheap synchronous query for loops. A scope can opt in to hard
 //! delivery ([`CancelScope::hard`]), which drops its body instead.
 //!
+//! # Nurseries
+//!
+//! A [`Nursery`] owns the tasks it spawns: it finishes only when its body and every child
+//! have finished, a child's failure cancels its siblings, and every failure and panic is
+//! reported. Dropping a nursery's future never drops a child mid-await in the default
+//! [`DropMode::Wait`]: the children are cancelled and adopted by the enclosing nursery.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tokio_nursery::{Cancelled, Nursery, sleep};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+//! let out = Nursery::new()
+//!     .timeout(Duration::from_millis(100))
+//!     .run(|n| async move {
+//!         let fast = n.spawn(async { sleep(Duration::from_millis(10)).await?; Ok::<_, Cancelled>(1) });
+//!         n.spawn(async { sleep(Duration::from_secs(10)).await?; Ok(2) }); // cut at 100 ms
+//!         Ok::<_, Cancelled>(fast.await.unwrap())
+//!     })
+//!     .await;
+//! assert_eq!(out.unwrap(), Some(1));
+//! # }
+//! ```
+//!
 //! # Crossing tasks
 //!
 //! A plain `tokio::spawn` starts outside every scope. [`carry_scope`] carries the current
@@ -59,9 +83,17 @@
 //! | [`CancelScope::run`], [`move_on_after`], [`move_on_at`] | as cancel-safe as the body | the scope ends and the body is dropped where it is parked |
 //! | [`fail_after`], [`fail_at`] | as cancel-safe as the body | the same |
 //! | [`carry_scope`] | as cancel-safe as the future it carries | that future is dropped |
+//! | [`Nursery::run`], [`nursery`] | yes, in the default [`DropMode::Wait`] | the scope is cancelled; the children are adopted by the nearest live enclosing nursery (or the orphan registry) and finish their cleanup; in [`DropMode::Abort`] they are aborted |
+//! | awaiting a [`ChildHandle`] | yes | nothing: the child keeps running in its nursery |
+//! | [`NurseryHandle::start`] | yes | the child moves to the nursery with its own scope cancelled |
+//! | [`NurseryHandle::spawn_when_free`] | yes | nothing is spawned |
+//! | [`NurseryHandle::next_incident`] | yes | nothing is taken |
+//! | [`Collector::join_next`] | yes | the outcome stays queued |
+//! | [`orphans_finished`] | yes | nothing |
 //!
-//! Scope futures are `#[must_use]`: a scope does nothing unless awaited. A future leaked with
-//! `mem::forget` never runs its drop code; no design can prevent that.
+//! Scope and nursery futures are `#[must_use]`: they do nothing unless awaited. A future
+//! leaked with `mem::forget` never runs its drop code: a leaked nursery future leaves its
+//! children running with no drop hook, and no design can prevent that (SPEC N17).
 //!
 //! See DESIGN.md in the repository for the architecture and its invariants.
 
