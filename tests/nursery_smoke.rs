@@ -439,3 +439,43 @@ async fn the_task_tree_shows_who_holds_up_a_shutdown() {
         .await;
     assert_eq!(out.unwrap(), Some(()));
 }
+
+#[tokio::test(start_paused = true)]
+async fn local_children_may_be_not_send() {
+    let local = tokio::task::LocalSet::new();
+    let out = local
+        .run_until(nursery(|n| async move {
+            let shared = std::rc::Rc::new(std::cell::Cell::new(0));
+            let seen = shared.clone();
+            let child = n.spawn_local(async move {
+                sleep(Duration::from_millis(5)).await?;
+                seen.set(seen.get() + 1);
+                Ok::<_, Cancelled>(seen.get())
+            });
+            assert_eq!(child.await.unwrap(), 1);
+            assert_eq!(shared.get(), 1);
+            Ok::<_, Cancelled>(())
+        }))
+        .await;
+    assert_eq!(out.unwrap(), Some(()));
+}
+
+#[test]
+fn spawn_local_outside_a_local_set_panics_clearly() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let payload = runtime
+        .block_on(async {
+            tokio::spawn(nursery(|n| async move {
+                n.spawn_local(async { Ok::<_, Cancelled>(()) });
+                Ok::<_, Cancelled>(())
+            }))
+            .await
+        })
+        .unwrap_err()
+        .into_panic();
+    let message = panic_message(&*payload).unwrap_or_default().to_owned();
+    assert!(message.contains("LocalSet"), "{message}");
+}

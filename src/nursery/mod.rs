@@ -739,30 +739,70 @@ where
         F: Future<Output = Result<T, E>> + Send + 'static,
         T: Send + 'static,
     {
+        let (task, node, key) = self.prepare(name.clone(), parent, future, route)?;
+        let join = spawn_traced(&self.shared, &node, name.as_deref(), task);
+        Ok(self.started(name, node, key, join))
+    }
+
+    /// Registers a child and links its scope (under `parent`, else the nursery's): the task
+    /// to spawn.
+    fn prepare<F, T>(
+        &self,
+        name: Option<Arc<str>>,
+        parent: Option<&Arc<Node>>,
+        future: F,
+        route: impl FnOnce(&Arc<Node>) -> Route<T, E>,
+    ) -> Result<(ChildTask<F, E, T>, Arc<Node>, usize), SpawnError> {
         let shared = &self.shared;
         let key = shared.registry.register()?;
         let node = Arc::new(Node::new(ScopeId::next(), false, None));
         let parent = parent.unwrap_or(&shared.node);
         node.enter(Some(parent), parent.timer());
         let route = route(&node);
-        let task = ChildTask::new(
-            future,
-            node.clone(),
-            shared.clone(),
-            key,
-            name.clone(),
-            route,
-        );
-        let join = spawn_traced(shared, &node, name.as_deref(), task);
+        let task = ChildTask::new(future, node.clone(), shared.clone(), key, name, route);
+        Ok((task, node, key))
+    }
+
+    /// Records a spawned child's task: its label for the tree, its abort handle.
+    fn started<T>(
+        &self,
+        name: Option<Arc<str>>,
+        node: Arc<Node>,
+        key: usize,
+        join: JoinHandle<ChildOutput<T>>,
+    ) -> (JoinHandle<ChildOutput<T>>, Arc<Node>) {
         node.attach(Arc::new(ChildLabel {
             kind: "child",
             name,
             task: join.id(),
         }));
-        shared
+        self.shared
             .registry
             .started(key, Stopper::Task(join.abort_handle()));
-        Ok((join, node))
+        (join, node)
+    }
+
+    /// Spawns a `!Send` child on the current [`LocalSet`](tokio::task::LocalSet) or local
+    /// runtime (SPEC N12), like [`spawn`](Self::spawn) otherwise. The nursery's concurrency
+    /// limit does not apply to local children.
+    ///
+    /// # Panics
+    ///
+    /// Outside a `LocalSet` or local runtime (tokio's message says so), or if the nursery
+    /// has closed.
+    pub fn spawn_local<F, T>(&self, future: F) -> ChildHandle<T>
+    where
+        F: Future<Output = Result<T, E>> + 'static,
+        T: 'static,
+    {
+        let (task, node, key) = self
+            .prepare(None, None, future, |_| Route::Handle)
+            .unwrap_or_else(|error| panic!("tokio-nursery: {error}"));
+        // Outside a LocalSet this panics; the task is dropped on the way out and tells the
+        // registry, so nothing is left behind.
+        let join = tokio::task::spawn_local(task);
+        let (join, node) = self.started(None, node, key, join);
+        ChildHandle::new(join, node, None)
     }
 }
 
