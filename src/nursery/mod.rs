@@ -406,6 +406,10 @@ where
     shared.runtime.spawn(task)
 }
 
+/// A child registered with its nursery and linked, not yet spawned: its task, its scope and
+/// its registry key.
+type Prepared<F, E, T> = (ChildTask<F, E, T>, Arc<Node>, usize);
+
 /// What a child's scope node carries, for the task-tree snapshot (SPEC O2).
 pub(crate) struct ChildLabel {
     pub(crate) kind: &'static str,
@@ -752,7 +756,7 @@ where
         parent: Option<&Arc<Node>>,
         future: F,
         route: impl FnOnce(&Arc<Node>) -> Route<T, E>,
-    ) -> Result<(ChildTask<F, E, T>, Arc<Node>, usize), SpawnError> {
+    ) -> Result<Prepared<F, E, T>, SpawnError> {
         let shared = &self.shared;
         let key = shared.registry.register()?;
         let node = Arc::new(Node::new(ScopeId::next(), false, None));
