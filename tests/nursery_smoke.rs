@@ -479,3 +479,37 @@ fn spawn_local_outside_a_local_set_panics_clearly() {
     let message = panic_message(&*payload).unwrap_or_default().to_owned();
     assert!(message.contains("LocalSet"), "{message}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn abort_cascades_past_an_ancestors_grace_whatever_the_drop_mode() {
+    let start = Instant::now();
+    let out = Nursery::new()
+        .grace(Duration::from_millis(50))
+        .run(|n| async move {
+            n.spawn(async {
+                // A wait-mode nursery inside a child, with a grandchild that ignores
+                // cancellation.
+                nursery(|inner: NurseryHandle<Cancelled>| async move {
+                    inner.spawn(async {
+                        tokio::time::sleep(Duration::from_secs(100)).await;
+                        Ok(())
+                    });
+                    tokio::time::sleep(Duration::from_secs(100)).await;
+                    Ok(())
+                })
+                .await
+                .map(|_| ())
+                .map_err(|e| match e {
+                    NurseryError::Cancelled(c) => c,
+                    other => panic!("{other}"),
+                })
+            });
+            tokio::task::yield_now().await;
+            n.cancel();
+            check_cancelled()
+        })
+        .await;
+    assert_eq!(out.unwrap(), None);
+    // The grandchild was aborted at the outer grace's end, not waited for 100 s.
+    assert_eq!(start.elapsed(), Duration::from_millis(50));
+}

@@ -46,7 +46,7 @@ use crate::reason::CancelReason;
 use crate::scope::{ScopeHandle, cancelled_here, enter_preset};
 use child::{ChildOutput, ChildTask, Route};
 use orphans::Orphans;
-use registry::{Adopter, Closed, OrphanReport, Recorded, Registry};
+use registry::{Adopter, Closed, OrphanReport, Recorded, Registry, StopAll};
 use report::DebugText;
 
 /// What happens to running children when a nursery's future is dropped before it finished
@@ -326,8 +326,8 @@ fn orphan_failure<E: fmt::Debug>(failure: Failure<E>) -> OrphanReport<Origin> {
 
 /// A nursery adopts the children of nurseries dropped in wait mode inside it (SPEC N9).
 impl<E: Send + 'static> Adopter<Origin> for Shared<E> {
-    fn adopt(&self) -> Result<usize, Closed> {
-        self.registry.adopt()
+    fn adopt(&self, stop: Arc<dyn StopAll>) -> Result<(usize, bool), Closed> {
+        self.registry.adopt(stop)
     }
 
     fn adoptee_finished(&self, key: usize) {
@@ -431,6 +431,13 @@ impl Attachment for ChildLabel {
     }
 }
 
+/// An orphaned nursery's children are aborted when its adopter's are (SPEC N7's cascade).
+impl<E: Send + 'static> StopAll for Shared<E> {
+    fn stop_all(&self) {
+        self.registry.abort_all(Stopper::grace_expired);
+    }
+}
+
 /// What a nursery's scope node carries so that nurseries dropped inside it can find it, and
 /// the task-tree snapshot can describe it.
 struct AdopterRef(std::sync::Weak<dyn Adopter<Origin>>);
@@ -454,7 +461,11 @@ impl Attachment for AdopterRef {
 
 /// The nearest live enclosing nursery of `node` that accepts an adoptee, else the runtime's
 /// orphan registry (SPEC N9). A nursery closing meanwhile refuses; the handoff falls through.
-fn adopter_of(node: &Node, runtime: &Handle) -> (Arc<dyn Adopter<Origin>>, usize) {
+fn adopter_of(
+    node: &Node,
+    runtime: &Handle,
+    stop: Arc<dyn StopAll>,
+) -> (Arc<dyn Adopter<Origin>>, usize, bool) {
     let mut ancestor = node.parent();
     while let Some(scope) = ancestor {
         let adopter = scope.attachment().and_then(|attachment| {
@@ -462,15 +473,17 @@ fn adopter_of(node: &Node, runtime: &Handle) -> (Arc<dyn Adopter<Origin>>, usize
             link.0.upgrade()
         });
         if let Some(adopter) = adopter {
-            if let Ok(key) = adopter.adopt() {
-                return (adopter, key);
+            if let Ok((key, aborted)) = adopter.adopt(stop.clone()) {
+                return (adopter, key, aborted);
             }
         }
         ancestor = scope.parent();
     }
     let orphans: Arc<dyn Adopter<Origin>> = Orphans::of(runtime);
-    let key = orphans.adopt().expect("the orphan registry always adopts");
-    (orphans, key)
+    let (key, aborted) = orphans
+        .adopt(stop)
+        .expect("the orphan registry always adopts");
+    (orphans, key, aborted)
 }
 
 /// How a child is stopped hard: an async child is aborted; a blocking one cannot be (tokio
@@ -1093,7 +1106,12 @@ fn orphan<E: fmt::Debug + Send + 'static>(
     if shared.registry.live() == 0 {
         return;
     }
-    let (adopter, key) = adopter_of(&shared.node, &shared.runtime);
+    let stop: Arc<dyn StopAll> = shared.clone();
+    let (adopter, key, adopter_aborted) = adopter_of(&shared.node, &shared.runtime, stop);
+    if adopter_aborted {
+        // The adopter is past its grace: abort cascades to what it adopts (SPEC N7).
+        shared.registry.abort_all(Stopper::grace_expired);
+    }
     #[cfg(feature = "tracing")]
     {
         let to = adopter.describe();

@@ -9,7 +9,7 @@ use std::task::{Poll, Waker};
 
 use tokio::runtime::{self, Handle};
 
-use super::registry::{Adopter, Closed, OrphanReport};
+use super::registry::{Adopter, Closed, OrphanReport, StopAll};
 use super::report::{DebugText, Origin, Report, default_hook};
 use crate::sync::lock;
 
@@ -60,11 +60,11 @@ impl Orphans {
 }
 
 impl Adopter<Origin> for Orphans {
-    fn adopt(&self) -> Result<usize, Closed> {
+    fn adopt(&self, _stop: Arc<dyn StopAll>) -> Result<(usize, bool), Closed> {
         let mut state = lock(&self.state);
         state.live += 1;
         state.next_key += 1;
-        Ok(state.next_key)
+        Ok((state.next_key, false))
     }
 
     fn adoptee_finished(&self, _key: usize) {

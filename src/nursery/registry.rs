@@ -30,9 +30,11 @@ use crate::sync::{Mutex, MutexGuard, lock};
 /// A nursery (or the orphan registry) that takes over the children of a nursery whose
 /// future was dropped in wait mode (SPEC N9).
 pub(crate) trait Adopter<L>: Send + Sync {
-    /// Registers an orphaned nursery's remaining children as one adoptee; `Closed` if this
-    /// adopter is closing (the handoff then falls through to the next one).
-    fn adopt(&self) -> Result<usize, Closed>;
+    /// Registers an orphaned nursery's remaining children as one adoptee, with the way to
+    /// abort them; `Closed` if this adopter is closing (the handoff then falls through to the
+    /// next one). `true` with the key when this adopter has already aborted its own children
+    /// (its grace ran out): the adoptee must abort too (SPEC N7's cascade).
+    fn adopt(&self, stop: Arc<dyn StopAll>) -> Result<(usize, bool), Closed>;
     /// The adoptee's last child finished.
     fn adoptee_finished(&self, key: usize);
     /// A failure (its `Debug` text) or panic of an adopted child: reported, never a trigger
@@ -40,6 +42,12 @@ pub(crate) trait Adopter<L>: Send + Sync {
     fn orphan_report(&self, report: OrphanReport<L>);
     /// How the task-tree snapshot shows this adopter (SPEC O2).
     fn describe(&self) -> crate::node::Description;
+}
+
+/// Aborts every child of an orphaned nursery and, in turn, of what it adopted (SPEC N7:
+/// past an ancestor's grace, abort cascades to every descendant whatever its drop mode).
+pub(crate) trait StopAll: Send + Sync {
+    fn stop_all(&self);
 }
 
 /// What an adopted child reports to its adopter.
@@ -88,14 +96,16 @@ struct State<A, F, L> {
     outlet: Option<Waker>,
     /// Set when the nursery's future was dropped in wait mode (N-4).
     adopter: Option<(Arc<dyn Adopter<L>>, usize)>,
+    /// Its children were aborted (grace expired, abort drop): so is whatever it adopts later.
+    aborted: bool,
 }
 
 enum Slot<A> {
     Starting,
     Running(A),
     Finished,
-    /// An orphaned nursery this one adopted (N-4).
-    Adoptee,
+    /// An orphaned nursery this one adopted (N-4), and how to abort its children.
+    Adoptee(Arc<dyn StopAll>),
 }
 
 /// The nursery no longer accepts children.
@@ -114,6 +124,7 @@ impl<A, F, L> Registry<A, F, L> {
                 waiter: None,
                 outlet: None,
                 adopter: None,
+                aborted: false,
             }),
         }
     }
@@ -146,7 +157,7 @@ impl<A, F, L> Registry<A, F, L> {
         let mut state = lock(&self.state);
         match state.slots.get_mut(key) {
             Some(slot @ Slot::Starting) => *slot = Slot::Finished,
-            Some(Slot::Running(_) | Slot::Adoptee) => drop(state.slots.remove(key)),
+            Some(Slot::Running(_) | Slot::Adoptee(_)) => drop(state.slots.remove(key)),
             _ => unreachable!("a child slot finishes once"),
         }
         state.live -= 1;
@@ -224,13 +235,13 @@ impl<A, F, L> Registry<A, F, L> {
     }
 
     /// Registers an orphaned nursery as one adoptee of this one (N9).
-    pub(crate) fn adopt(&self) -> Result<usize, Closed> {
+    pub(crate) fn adopt(&self, stop: Arc<dyn StopAll>) -> Result<(usize, bool), Closed> {
         let mut state = lock(&self.state);
         if !state.open {
             return Err(Closed);
         }
         state.live += 1;
-        Ok(state.slots.insert(Slot::Adoptee))
+        Ok((state.slots.insert(Slot::Adoptee(stop)), state.aborted))
     }
 
     /// Hands the live children to `adopter` (N-4). Returns the incidents kept so far, for
@@ -286,7 +297,7 @@ impl<A, F, L> Registry<A, F, L> {
         let adopted = state
             .slots
             .iter()
-            .filter(|(_, slot)| matches!(slot, Slot::Adoptee))
+            .filter(|(_, slot)| matches!(slot, Slot::Adoptee(_)))
             .count();
         (
             state.live - adopted,
@@ -296,24 +307,29 @@ impl<A, F, L> Registry<A, F, L> {
         )
     }
 
-    /// Calls `abort` on every running child's handle, outside the lock (aborting may drop a
-    /// child's future inline, which finishes it).
+    /// Calls `abort` on every running child's handle and aborts every adopted nursery's
+    /// children in turn (the cascade), outside the lock (aborting may drop a child's future
+    /// inline, which finishes it). Later adoptions are aborted at once.
     pub(crate) fn abort_all(&self, abort: impl Fn(&A)) -> usize
     where
         A: Clone,
     {
-        let handles: Vec<A> = {
-            let state = lock(&self.state);
-            state
-                .slots
-                .iter()
-                .filter_map(|(_, slot)| match slot {
-                    Slot::Running(handle) => Some(handle.clone()),
-                    _ => None,
-                })
-                .collect()
+        let (handles, adopted): (Vec<A>, Vec<Arc<dyn StopAll>>) = {
+            let mut state = lock(&self.state);
+            state.aborted = true;
+            let mut handles = Vec::new();
+            let mut adopted = Vec::new();
+            for (_, slot) in state.slots.iter() {
+                match slot {
+                    Slot::Running(handle) => handles.push(handle.clone()),
+                    Slot::Adoptee(stop) => adopted.push(stop.clone()),
+                    _ => {}
+                }
+            }
+            (handles, adopted)
         };
         handles.iter().for_each(abort);
+        adopted.iter().for_each(|stop| stop.stop_all());
         handles.len()
     }
 
