@@ -180,6 +180,19 @@ impl<'a> Frame<'a> {
         }
     }
 
+    /// Records that a cancellation point reported a cancellation here (SPEC N7), on the
+    /// nearest scope with a node (an unlinked one only asks its parent).
+    pub(crate) fn mark_observed(&self) {
+        let mut frame = self;
+        while frame.unlinked().is_some() {
+            match frame.parent {
+                Some(parent) => frame = parent,
+                None => return,
+            }
+        }
+        frame.node().mark_observed();
+    }
+
     /// The effective deadline (SPEC S7), ignoring cancellation.
     pub(crate) fn deadline(&self) -> Option<Instant> {
         let mut earliest: Option<Instant> = None;

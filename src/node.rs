@@ -96,6 +96,9 @@ const CAUGHT: u8 = 8;
 const ENTERED: u8 = 16;
 /// The scope has ended (its future completed or was dropped).
 const ENDED: u8 = 32;
+/// Code in the scope reached a cancellation point while it was cancelled (SPEC N7's
+/// unobserved-cancellation warning).
+const OBSERVED: u8 = 64;
 
 const CANCELLED: u8 = OWN | INHERITED;
 
@@ -227,6 +230,29 @@ impl Node {
 
     pub(crate) fn is_shielded(&self) -> bool {
         self.bits() & SHIELD != 0
+    }
+
+    /// Whether code in this scope (or a scope inside it) has reached a cancellation point
+    /// since it was cancelled.
+    pub(crate) fn observed(&self) -> bool {
+        self.bits() & OBSERVED != 0
+    }
+
+    /// Code reached a cancellation point here while cancelled: marks this scope and the
+    /// ancestors whose cancellation it saw, up to the one cancelled itself. Only on the
+    /// cancelled path.
+    pub(crate) fn mark_observed(self: &Arc<Self>) {
+        let mut node = self.clone();
+        loop {
+            let bits = node.state.fetch_or(OBSERVED, Ordering::AcqRel);
+            if bits & INHERITED == 0 || bits & OBSERVED != 0 {
+                return;
+            }
+            match node.parent() {
+                Some(parent) => node = parent,
+                None => return,
+            }
+        }
     }
 
     pub(crate) fn is_entered(&self) -> bool {

@@ -46,6 +46,7 @@ pub fn check_cancelled() -> Result<(), Cancelled> {
 pub(crate) fn current_cancellation() -> Option<Cancelled> {
     context::with_current(|frame| {
         let frame = frame.filter(|frame| frame.is_cancelled())?;
+        frame.mark_observed();
         Some(match frame.origin()? {
             Origin::Inline(id) => Cancelled::new(id, CancelReason::Deadline),
             Origin::Node(node) => Cancelled::new(

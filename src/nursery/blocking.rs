@@ -31,12 +31,16 @@ pub struct BlockingContext {
 impl BlockingContext {
     /// Whether the child's scope is cancelled (its own, its nursery's, or an ancestor's).
     pub fn is_cancelled(&self) -> bool {
-        self.node.is_cancelled()
+        let cancelled = self.node.is_cancelled();
+        if cancelled {
+            self.node.mark_observed();
+        }
+        cancelled
     }
 
     /// A cancellation point for blocking code: `Err(Cancelled)` once cancelled.
     pub fn check(&self) -> Result<(), Cancelled> {
-        if self.node.is_cancelled() {
+        if self.is_cancelled() {
             Err(cancelled_here(&self.node))
         } else {
             Ok(())

@@ -89,6 +89,7 @@ pub enum DropMode {
 #[derive(Clone)]
 pub struct Nursery {
     deadline: Option<Deadline>,
+    warn_unobserved: Option<Duration>,
     supervisor: bool,
     limit: Option<usize>,
     name: Option<Arc<str>>,
@@ -102,6 +103,7 @@ impl Nursery {
     pub fn new() -> Self {
         Nursery {
             deadline: None,
+            warn_unobserved: Some(Duration::from_secs(10)),
             supervisor: false,
             limit: None,
             name: None,
@@ -179,6 +181,17 @@ impl Nursery {
         }
     }
 
+    /// Warns (a `tracing` warn event, or stderr without the feature) when the nursery's
+    /// cancellation has not been observed by some children `after` it happened, naming the
+    /// children that have not reached a cancellation point since (SPEC N7). 10 s by
+    /// default; `None` turns it off.
+    pub fn warn_unobserved_after(self, after: Option<Duration>) -> Self {
+        Nursery {
+            warn_unobserved: after,
+            ..self
+        }
+    }
+
     /// What happens to running children if the nursery's future is dropped early.
     pub fn drop_mode(self, drop_mode: DropMode) -> Self {
         Nursery { drop_mode, ..self }
@@ -222,6 +235,8 @@ impl Nursery {
             shared: None,
             value: None,
             grace: None,
+            unobserved: None,
+            warned: false,
             waiter: None,
             state: State::Unentered,
             orphan: orphan::<E>,
@@ -903,6 +918,9 @@ pub struct NurseryFuture<B, Fut, T, E> {
     value: Option<T>,
     #[pin]
     grace: Option<tokio::time::Sleep>,
+    #[pin]
+    unobserved: Option<tokio::time::Sleep>,
+    warned: bool,
     waiter: Option<usize>,
     state: State,
     /// The wait-mode drop, monomorphised where `E`'s bounds are known.
@@ -989,10 +1007,23 @@ where
             }
         }
 
-        // The grace period starts when the nursery's scope is cancelled (N7).
-        if let Some(grace) = this.config.grace {
-            if this.grace.is_none() && node.is_cancelled() {
-                this.grace.set(Some(tokio::time::sleep(grace)));
+        // Two timers start when the nursery's scope is cancelled (N7): the grace period and
+        // the unobserved-cancellation warning.
+        let (grace, warn_after) = (this.config.grace, this.config.warn_unobserved);
+        if grace.is_some() || warn_after.is_some() {
+            if node.is_cancelled() {
+                if let (None, Some(grace)) = (this.grace.as_ref().as_pin_ref(), grace) {
+                    this.grace.set(Some(tokio::time::sleep(grace)));
+                }
+                if let (None, Some(after)) = (this.unobserved.as_ref().as_pin_ref(), warn_after) {
+                    this.unobserved.set(Some(tokio::time::sleep(after)));
+                }
+            } else {
+                // Be woken when the scope is cancelled, to start them.
+                node.register_waiter(this.waiter, cx.waker());
+                if node.is_cancelled() {
+                    cx.waker().wake_by_ref();
+                }
             }
             if let Some(sleep) = this.grace.as_mut().as_pin_mut() {
                 if !matches!(this.state, State::GraceExpired) && sleep.poll(cx).is_ready() {
@@ -1004,11 +1035,11 @@ where
                     }
                     let _ = aborted;
                 }
-            } else {
-                // Be woken when the scope is cancelled, to start the grace period.
-                node.register_waiter(this.waiter, cx.waker());
-                if node.is_cancelled() {
-                    cx.waker().wake_by_ref();
+            }
+            if let Some(sleep) = this.unobserved.as_mut().as_pin_mut() {
+                if !*this.warned && sleep.poll(cx).is_ready() {
+                    *this.warned = true;
+                    warn_unobserved(node, warn_after.unwrap_or_default());
                 }
             }
         }
@@ -1093,6 +1124,42 @@ impl<B, Fut, T, E> PinnedDrop for NurseryFuture<B, Fut, T, E> {
         }
         shared.node.end(false);
     }
+}
+
+/// The unobserved-cancellation warning (SPEC N7): names the children still running that
+/// have not reached a cancellation point since the cancellation.
+fn warn_unobserved(node: &Node, after: Duration) {
+    let names: Vec<String> = node
+        .view()
+        .children
+        .iter()
+        .filter(|child| child.is_cancelled() && !child.observed())
+        .map(|child| {
+            let view = child.view();
+            match view.description {
+                Some(Description {
+                    name: Some(name), ..
+                }) => format!("{name:?} ({})", view.id),
+                _ => view.id.to_string(),
+            }
+        })
+        .collect();
+    if names.is_empty() {
+        return;
+    }
+    let names = names.join(", ");
+    #[cfg(feature = "tracing")]
+    tracing::warn!(
+        scope = %node.id(),
+        children = %names,
+        "cancellation not observed after {after:?}: these children have not reached a \
+         cancellation point"
+    );
+    #[cfg(not(feature = "tracing"))]
+    eprintln!(
+        "tokio-nursery: {}: cancellation not observed after {after:?} by {names}",
+        node.id()
+    );
 }
 
 /// Wait-mode drop (SPEC N9): hands the live children and every report kept so far to the

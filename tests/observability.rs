@@ -1,0 +1,70 @@
+//! SPEC N7's unobserved-cancellation warning and O1's events, seen through a recording
+//! `tracing` layer.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_nursery::*;
+use tracing::field::{Field, Visit};
+use tracing_subscriber::layer::{Context, SubscriberExt};
+
+#[derive(Clone, Default)]
+struct Recorded(Arc<Mutex<Vec<String>>>);
+
+struct Fields(String);
+
+impl Visit for Fields {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.0.push_str(&format!(" {}={:?}", field.name(), value));
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Recorded {
+    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+        let mut fields = Fields(format!("{}:", event.metadata().level()));
+        event.record(&mut fields);
+        self.0.lock().unwrap().push(fields.0);
+    }
+}
+
+#[test]
+fn n07_a_cancellation_nobody_observed_is_reported_with_the_childrens_names() {
+    let recorded = Recorded::default();
+    let subscriber = tracing_subscriber::registry().with(recorded.clone());
+    tracing::subscriber::with_default(subscriber, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let out = Nursery::new()
+                .warn_unobserved_after(Some(Duration::from_secs(1)))
+                .run(|n| async move {
+                    n.spawn_named("polite", async { Err::<(), _>(cancelled().await) });
+                    n.spawn_named("stuck", async {
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                        Ok::<_, Cancelled>(())
+                    });
+                    tokio::task::yield_now().await;
+                    n.cancel();
+                    Ok::<_, Cancelled>(())
+                })
+                .await;
+            assert_eq!(out.unwrap(), Some(()));
+        });
+    });
+    let events = recorded.0.lock().unwrap().clone();
+    let warnings: Vec<_> = events
+        .iter()
+        .filter(|e| e.contains("not observed"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{events:#?}");
+    assert!(warnings[0].starts_with("WARN"), "{}", warnings[0]);
+    assert!(warnings[0].contains("\"stuck\""), "{}", warnings[0]);
+    assert!(!warnings[0].contains("polite"), "{}", warnings[0]);
+    assert!(
+        events.iter().any(|e| e.contains("nursery cancelled")),
+        "{events:#?}"
+    );
+}
