@@ -58,13 +58,37 @@ pub struct Cancelled {
 struct Raised {
     scope: ScopeId,
     reason: CancelReason,
+    /// Children a nursery aborted when its grace period ran out (SPEC N7).
+    aborted: Vec<String>,
 }
 
 impl Cancelled {
     pub(crate) fn new(scope: ScopeId, reason: CancelReason) -> Self {
         Cancelled {
-            inner: Arc::new(Raised { scope, reason }),
+            inner: Arc::new(Raised {
+                scope,
+                reason,
+                aborted: Vec::new(),
+            }),
         }
+    }
+
+    /// The same cancellation, naming the children a nursery aborted on its way out.
+    pub(crate) fn with_aborted(self, aborted: Vec<String>) -> Self {
+        Cancelled {
+            inner: Arc::new(Raised {
+                scope: self.inner.scope,
+                reason: self.inner.reason.clone(),
+                aborted,
+            }),
+        }
+    }
+
+    /// The children a nursery aborted because its grace period ran out before they stopped
+    /// (their names, or scope ids), when this cancellation passes out of that nursery
+    /// (SPEC N7). Empty otherwise.
+    pub fn aborted_children(&self) -> &[String] {
+        &self.inner.aborted
     }
 
     /// The scope this cancellation was raised for.

@@ -513,3 +513,32 @@ async fn abort_cascades_past_an_ancestors_grace_whatever_the_drop_mode() {
     // The grandchild was aborted at the outer grace's end, not waited for 100 s.
     assert_eq!(start.elapsed(), Duration::from_millis(50));
 }
+
+#[tokio::test(start_paused = true)]
+async fn aborted_childrens_names_travel_in_the_propagated_cancelled() {
+    let outer = CancelScope::new();
+    let handle = outer.handle();
+    let out = outer
+        .run(async move {
+            let inner = Nursery::new()
+                .grace(Duration::from_millis(20))
+                .run(|n| async move {
+                    n.spawn_named("legacy", async {
+                        tokio::time::sleep(Duration::from_secs(100)).await;
+                        Ok::<_, Cancelled>(())
+                    });
+                    handle.cancel();
+                    check_cancelled()
+                })
+                .await;
+            let cancelled = match inner {
+                Err(NurseryError::Cancelled(c)) => c,
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(cancelled.aborted_children().len(), 1);
+            assert!(cancelled.aborted_children()[0].starts_with("\"legacy\""));
+            Err::<(), _>(cancelled)
+        })
+        .await;
+    assert!(matches!(out, Ok(None)));
+}

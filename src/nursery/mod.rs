@@ -237,6 +237,7 @@ impl Nursery {
             grace: None,
             unobserved: None,
             warned: false,
+            aborted: Vec::new(),
             waiter: None,
             state: State::Unentered,
             orphan: orphan::<E>,
@@ -921,6 +922,8 @@ pub struct NurseryFuture<B, Fut, T, E> {
     #[pin]
     unobserved: Option<tokio::time::Sleep>,
     warned: bool,
+    /// The children aborted when the grace period ran out, for the `Cancelled` (N7).
+    aborted: Vec<String>,
     waiter: Option<usize>,
     state: State,
     /// The wait-mode drop, monomorphised where `E`'s bounds are known.
@@ -1028,12 +1031,16 @@ where
             if let Some(sleep) = this.grace.as_mut().as_pin_mut() {
                 if !matches!(this.state, State::GraceExpired) && sleep.poll(cx).is_ready() {
                     *this.state = State::GraceExpired;
-                    let aborted = shared.registry.abort_all(Stopper::grace_expired);
+                    *this.aborted = child_names(node, |_| true);
+                    shared.registry.abort_all(Stopper::grace_expired);
                     #[cfg(feature = "tracing")]
-                    if aborted > 0 {
-                        tracing::warn!(scope = %node.id(), aborted, "grace period expired: children aborted");
+                    if !this.aborted.is_empty() {
+                        tracing::warn!(
+                            scope = %node.id(),
+                            children = %this.aborted.join(", "),
+                            "grace period expired: children aborted"
+                        );
                     }
-                    let _ = aborted;
                 }
             }
             if let Some(sleep) = this.unobserved.as_mut().as_pin_mut() {
@@ -1083,7 +1090,7 @@ where
             node.end(true);
             Poll::Ready(Ok(None))
         } else {
-            let cancelled = cancelled_here(node);
+            let cancelled = cancelled_here(node).with_aborted(std::mem::take(this.aborted));
             node.end(false);
             Poll::Ready(Err(NurseryError::Cancelled(cancelled)))
         }
@@ -1126,14 +1133,12 @@ impl<B, Fut, T, E> PinnedDrop for NurseryFuture<B, Fut, T, E> {
     }
 }
 
-/// The unobserved-cancellation warning (SPEC N7): names the children still running that
-/// have not reached a cancellation point since the cancellation.
-fn warn_unobserved(node: &Node, after: Duration) {
-    let names: Vec<String> = node
-        .view()
+/// The names (or scope ids) of the nursery's children still running that match `filter`.
+fn child_names(node: &Node, filter: impl Fn(&Node) -> bool) -> Vec<String> {
+    node.view()
         .children
         .iter()
-        .filter(|child| child.is_cancelled() && !child.observed())
+        .filter(|child| filter(child))
         .map(|child| {
             let view = child.view();
             match view.description {
@@ -1143,7 +1148,13 @@ fn warn_unobserved(node: &Node, after: Duration) {
                 _ => view.id.to_string(),
             }
         })
-        .collect();
+        .collect()
+}
+
+/// The unobserved-cancellation warning (SPEC N7): names the children still running that
+/// have not reached a cancellation point since the cancellation.
+fn warn_unobserved(node: &Node, after: Duration) {
+    let names = child_names(node, |child| child.is_cancelled() && !child.observed());
     if names.is_empty() {
         return;
     }
