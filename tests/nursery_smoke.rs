@@ -542,3 +542,61 @@ async fn aborted_childrens_names_travel_in_the_propagated_cancelled() {
         .await;
     assert!(matches!(out, Ok(None)));
 }
+
+#[tokio::test(start_paused = true)]
+async fn cancel_and_join_stops_and_waits() {
+    let fut = nursery(|n| async move {
+        n.spawn(async {
+            let c = cancelled().await;
+            tokio::time::sleep(Duration::from_millis(5)).await; // cleanup
+            Err::<(), _>(c)
+        });
+        Err::<(), _>(cancelled().await)
+    });
+    let start = Instant::now();
+    assert_eq!(fut.cancel_and_join().await.unwrap(), None);
+    assert_eq!(start.elapsed(), Duration::from_millis(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_wait_drop_blocks_until_the_children_stopped() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let cleaned = Arc::new(AtomicBool::new(false));
+    let flag = cleaned.clone();
+    let fut = Nursery::new()
+        .drop_mode(DropMode::BlockingWait)
+        .grace(Duration::from_secs(30)) // a hang bound only
+        .run(|n| async move {
+            n.spawn(async move {
+                let c = cancelled().await;
+                tokio::task::yield_now().await; // cleanup across an await
+                flag.store(true, Ordering::SeqCst);
+                Err::<(), _>(c)
+            });
+            std::future::pending::<()>().await;
+            Ok::<_, Cancelled>(())
+        });
+    let mut fut = Box::pin(fut);
+    // Start it, then drop it: the drop returns only once the child cleaned up.
+    assert!(futures::poll!(fut.as_mut()).is_pending());
+    tokio::task::yield_now().await;
+    drop(fut);
+    assert!(cleaned.load(Ordering::SeqCst));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn blocking_wait_falls_back_to_adoption_on_current_thread() {
+    let fut = Nursery::new()
+        .drop_mode(DropMode::BlockingWait)
+        .grace(Duration::from_secs(30))
+        .run(|n: NurseryHandle<Cancelled>| async move {
+            n.spawn(async { Err::<(), _>(cancelled().await) });
+            std::future::pending::<()>().await;
+            Ok(())
+        });
+    let mut fut = Box::pin(fut);
+    assert!(futures::poll!(fut.as_mut()).is_pending());
+    drop(fut); // returns at once: no deadlock on a current-thread runtime
+    orphans_finished().await;
+}

@@ -68,6 +68,15 @@ pub enum DropMode {
     /// Abort every child at once (SPEC N8): abort is requested before the drop returns and
     /// tokio drops their futures at their next scheduling.
     Abort,
+    /// Block the dropping thread until the children have stopped (SPEC N9b), at most for the
+    /// grace period in wall-clock time, after which they are aborted; requires a finite
+    /// [`grace`](Nursery::grace). Hazards: it holds a runtime worker
+    /// (`tokio::task::block_in_place`) and works only on a multi-thread runtime. On a
+    /// current-thread runtime, during runtime shutdown, or inside a `LocalSet` it falls back
+    /// to [`Wait`](DropMode::Wait): never a deadlock or a panic in `Drop`. An explicit
+    /// [`cancel_and_join`](NurseryFuture::cancel_and_join) is the recommended way to wait
+    /// for a nursery that is being cancelled.
+    BlockingWait,
 }
 
 /// A nursery not yet running: its configuration. Run a body in it with [`Nursery::run`].
@@ -228,6 +237,10 @@ impl Nursery {
         Fut: Future<Output = Result<T, E>>,
         E: CancelError + fmt::Debug + Send + 'static,
     {
+        assert!(
+            self.drop_mode != DropMode::BlockingWait || self.grace.is_some(),
+            "tokio-nursery: DropMode::BlockingWait needs a finite grace period (Nursery::grace)"
+        );
         NurseryFuture {
             config: self,
             make_body: Some(body),
@@ -930,6 +943,37 @@ pub struct NurseryFuture<B, Fut, T, E> {
     orphan: fn(&Arc<Shared<E>>, DropMode, Option<Duration>),
 }
 
+impl<B, Fut, T, E> NurseryFuture<B, Fut, T, E>
+where
+    B: FnOnce(NurseryHandle<E>) -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    E: CancelError + fmt::Debug + Send + 'static,
+{
+    /// Cancels the nursery (starting it first if it has not run yet) and waits until its body
+    /// and every child have stopped, with the nursery's usual outcome (SPEC N9b): the
+    /// recommended way to stop a nursery and wait for it, instead of dropping its future.
+    pub async fn cancel_and_join(self) -> Result<Option<T>, NurseryError<E>> {
+        let mut nursery = std::pin::pin!(self);
+        let mut cancelled = false;
+        std::future::poll_fn(move |cx| {
+            let poll = nursery.as_mut().poll(cx);
+            if poll.is_pending() && !cancelled {
+                cancelled = true;
+                if let Some(shared) = nursery.as_mut().project().shared.as_ref() {
+                    shared
+                        .node
+                        .cancel(CancelReason::Explicit(Some(crate::reason::Payload::new(
+                            "cancel_and_join",
+                        ))));
+                }
+                cx.waker().wake_by_ref();
+            }
+            poll
+        })
+        .await
+    }
+}
+
 impl<B, Fut, T, E> Future for NurseryFuture<B, Fut, T, E>
 where
     B: FnOnce(NurseryHandle<E>) -> Fut,
@@ -1121,6 +1165,14 @@ impl<B, Fut, T, E> PinnedDrop for NurseryFuture<B, Fut, T, E> {
                     (this.orphan)(shared, DropMode::Abort, None);
                 }
                 DropMode::Wait => (this.orphan)(shared, DropMode::Wait, this.config.grace),
+                DropMode::BlockingWait => {
+                    let grace = this.config.grace.unwrap_or_default();
+                    if !blocking_wait(shared, grace) {
+                        // Past the grace period: abort; what remains is accounted for.
+                        shared.registry.abort_all(Stopper::grace_expired);
+                    }
+                    (this.orphan)(shared, DropMode::BlockingWait, None);
+                }
             }
         }
         // The body goes before the scope ends: nurseries inside it find their adopters
@@ -1130,6 +1182,59 @@ impl<B, Fut, T, E> PinnedDrop for NurseryFuture<B, Fut, T, E> {
             context::enter(FrameKind::Linked(node), || this.body.set(None));
         }
         shared.node.end(false);
+    }
+}
+
+/// SPEC N9b: blocks this thread until the children stopped or `grace` (wall clock) passed;
+/// true if they all stopped. Only where blocking is possible: on a multi-thread runtime's
+/// worker (through `block_in_place`) or on a thread outside any runtime; never during
+/// runtime shutdown (a probe task tokio finishes at once tells). Elsewhere it returns false
+/// at once and the caller falls back to adoption.
+fn blocking_wait<E>(shared: &Shared<E>, grace: Duration) -> bool {
+    use std::task::Wake;
+
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+
+    let wait = || {
+        let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+        let deadline = std::time::Instant::now() + grace;
+        loop {
+            if shared.registry.try_close(&waker) {
+                return true;
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            std::thread::park_timeout(deadline - now);
+        }
+    };
+    match Handle::try_current() {
+        // Not on a runtime thread: blocking it holds up no runtime.
+        Err(_) => wait(),
+        Ok(current) => {
+            let multi_thread = matches!(
+                current.runtime_flavor(),
+                tokio::runtime::RuntimeFlavor::MultiThread
+            );
+            // During shutdown tokio finishes new tasks at once; blocking then could deadlock.
+            let probe = shared.runtime.spawn(async {});
+            let shutting_down = probe.is_finished();
+            if !multi_thread || shutting_down {
+                return false;
+            }
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                tokio::task::block_in_place(wait)
+            })) {
+                Ok(stopped) => stopped,
+                Err(_) => false, // e.g. inside a LocalSet: blocking is impossible here
+            }
+        }
     }
 }
 
