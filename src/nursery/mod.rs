@@ -1228,12 +1228,11 @@ fn blocking_wait<E>(shared: &Shared<E>, grace: Duration) -> bool {
             if !multi_thread || shutting_down {
                 return false;
             }
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // Inside a LocalSet blocking is impossible: `block_in_place` panics; fall back.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 tokio::task::block_in_place(wait)
-            })) {
-                Ok(stopped) => stopped,
-                Err(_) => false, // e.g. inside a LocalSet: blocking is impossible here
-            }
+            }))
+            .unwrap_or_default()
         }
     }
 }
