@@ -2,8 +2,15 @@
 //! `3-abort-drop` and `6-bytes` scenarios of the performance issue, same ids).
 //!
 //! Run with `cargo bench --bench nursery` (about half a minute). A positional argument keeps
-//! only the scenarios whose id contains it (`cargo bench --bench nursery -- 3-abort`). Run
-//! without `--bench` (as `cargo test --benches` does) it is a smoke test: N = 100, one round.
+//! only the scenario groups whose id contains it (`cargo bench --bench nursery -- 3-abort`).
+//! Run without `--bench` (as `cargo test --benches` does) it is a smoke test: N = 100, one
+//! round, no verdicts. For profiling, `--only=SCENARIO/MECHANISM` (e.g.
+//! `--only=1-spawn-join/ours`), `--runtime=current_thread|multi_thread`, `--n=N`,
+//! `--rounds=R` and `--warm-up=W` narrow a run; the timed regions start in [`timed_start`]
+//! and end in [`timed_end`] (never inlined), so
+//! `valgrind --tool=callgrind --dump-before='*timed_start*' --dump-before='*timed_end*'`
+//! writes one profile part per setup and per timed region (the parts whose trigger is
+//! `timed_end` are the timed ones).
 //!
 //! # Method
 //!
@@ -14,6 +21,13 @@
 //! is a fresh batch of N children, timed with `std::time::Instant` inside a task spawned on the
 //! runtime (so on the multi-thread runtime the spawner is a worker, as in a server). The
 //! runtimes are built once: `current_thread` and `multi_thread` with 2 workers.
+//!
+//! Each line also shows the minor page faults per child of a whole run (setup included,
+//! Linux only). They are large when a run's memory exceeds what glibc's allocator keeps
+//! after the previous run freed everything (it trims the heap top back to the kernel, and
+//! the next run faults the pages in again): a time that grows faster than the peer's with N
+//! is then memory footprint, not instructions. `MALLOC_TRIM_THRESHOLD_=4000000000
+//! MALLOC_TOP_PAD_=67108864` in the environment turns that off, to see the rest.
 //!
 //! # Scenarios
 //!

@@ -165,7 +165,12 @@ struct Fallout {
 impl Fallout {
     /// Propagates first, then wakes: a panicking waker cannot leave descendants stale
     /// (invariant 2); the first panic is resumed once every waker was called.
+    #[inline]
     fn finish(self) {
+        // The common case, a change that concerns no one else, costs nothing.
+        if self.children.is_empty() && self.wake.is_empty() {
+            return;
+        }
         propagate(self.children);
         wake_all(self.wake);
     }

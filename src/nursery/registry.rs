@@ -307,30 +307,30 @@ impl<A, F, L> Registry<A, F, L> {
         )
     }
 
-    /// Calls `abort` on every running child's handle and aborts every adopted nursery's
-    /// children in turn (the cascade), outside the lock (aborting may drop a child's future
-    /// inline, which finishes it). Later adoptions are aborted at once.
-    pub(crate) fn abort_all(&self, abort: impl Fn(&A)) -> usize
-    where
-        A: Clone,
-    {
-        let (handles, adopted): (Vec<A>, Vec<Arc<dyn StopAll>>) = {
+    /// Calls `abort` on every running child's stopper, under the lock (aborting a task only
+    /// schedules it; a stopper that can run user code, such as waking a blocking child's
+    /// waiters, must defer that), then aborts every adopted nursery's children in turn (the
+    /// cascade) after the lock is released. Later adoptions are aborted at once.
+    pub(crate) fn abort_all(&self, abort: impl Fn(&A)) -> usize {
+        let (count, adopted): (usize, Vec<Arc<dyn StopAll>>) = {
             let mut state = lock(&self.state);
             state.aborted = true;
-            let mut handles = Vec::new();
+            let mut count = 0;
             let mut adopted = Vec::new();
             for (_, slot) in state.slots.iter() {
                 match slot {
-                    Slot::Running(handle) => handles.push(handle.clone()),
+                    Slot::Running(handle) => {
+                        abort(handle);
+                        count += 1;
+                    }
                     Slot::Adoptee(stop) => adopted.push(stop.clone()),
                     _ => {}
                 }
             }
-            (handles, adopted)
+            (count, adopted)
         };
-        handles.iter().for_each(abort);
         adopted.iter().for_each(|stop| stop.stop_all());
-        handles.len()
+        count
     }
 
     /// The failures and the panics not taken from the outlet, each in the order they
