@@ -1,0 +1,206 @@
+//! A mutex that poisons (SPEC C2): [`Mutex`].
+//!
+//! tokio's mutex has no poisoning: a critical section cut short (a panic, or the future
+//! running it dropped at an `.await` in the middle) leaves the data half-updated and the
+//! next locker none the wiser. This one delimits the critical section with a closure, so it
+//! can tell a section that *completed* (it returned, with a value, an error or through `?`:
+//! never poisons) from one that was *cut short* (it panicked or its future was dropped
+//! before it returned: poisons). A plain RAII guard cannot tell these apart: in `Drop`,
+//! `std::thread::panicking()` is false both for a completed section and for a dropped one.
+//! The next lock of a poisoned mutex says so and gives access to recover, as
+//! `std::sync::Mutex` does.
+
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// An async mutex whose critical sections are closures, and which is poisoned by a section
+/// that is cut short (a panic, or its future dropped mid-section).
+///
+/// ```
+/// use tokio_nursery::Mutex;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let accounts = Mutex::new((100u32, 0u32));
+/// // A section that returns has completed, even with an error: no poison.
+/// let moved = accounts
+///     .lock(async |(alice, bob)| {
+///         *alice -= 30;
+///         tokio::task::yield_now().await; // an await in the middle of the update
+///         *bob += 30;
+///         *alice + *bob
+///     })
+///     .await
+///     .unwrap();
+/// assert_eq!(moved, 100);
+/// assert!(!accounts.is_poisoned());
+/// # }
+/// ```
+pub struct Mutex<T: ?Sized> {
+    poisoned: AtomicBool,
+    inner: tokio::sync::Mutex<T>,
+}
+
+/// The mutex was poisoned by a critical section that was cut short; holds the lock, so the
+/// data can be inspected and repaired, then the poison cleared.
+///
+/// ```
+/// use std::time::Duration;
+/// use tokio_nursery::Mutex;
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+/// let pair = Mutex::new((100u32, 0u32));
+/// // The section's future is dropped at its await (a timeout): cut short.
+/// let _ = tokio::time::timeout(
+///     Duration::from_millis(10),
+///     pair.lock(async |(a, b)| {
+///         *a -= 30;
+///         tokio::time::sleep(Duration::from_secs(1)).await;
+///         *b += 30;
+///     }),
+/// )
+/// .await;
+/// let mut poisoned = pair.lock(async |_| ()).await.unwrap_err();
+/// assert_eq!(*poisoned, (70, 0)); // half-updated, and we know it
+/// poisoned.1 = 100 - poisoned.0;  // repair
+/// poisoned.clear_poison();
+/// assert!(!pair.is_poisoned());
+/// # }
+/// ```
+pub struct Poisoned<'a, T: ?Sized> {
+    mutex: &'a Mutex<T>,
+    guard: tokio::sync::MutexGuard<'a, T>,
+}
+
+impl<T> Mutex<T> {
+    /// A mutex holding `value`, not poisoned.
+    pub fn new(value: T) -> Self {
+        Mutex {
+            poisoned: AtomicBool::new(false),
+            inner: tokio::sync::Mutex::new(value),
+        }
+    }
+
+    /// The value, whether or not the mutex is poisoned.
+    pub fn into_inner(self) -> T {
+        self.inner.into_inner()
+    }
+}
+
+impl<T: ?Sized> Mutex<T> {
+    /// Waits for the lock, then runs `section` with the data. A section that returns has
+    /// completed and never poisons; if it panics or its future is dropped before it
+    /// returns, the mutex is poisoned.
+    ///
+    /// Waiting for the lock is cancel-safe (dropping this future then loses nothing); once
+    /// the section has started, dropping this future cuts the section short and poisons the
+    /// mutex. Not a cancellation point: run it inside `cancellable()` or a scope if waiting
+    /// for the lock should be.
+    ///
+    /// Returns [`Poisoned`] instead of running the section if the mutex is poisoned.
+    pub async fn lock<R>(
+        &self,
+        section: impl AsyncFnOnce(&mut T) -> R,
+    ) -> Result<R, Poisoned<'_, T>> {
+        let mut guard = self.inner.lock().await;
+        if self.is_poisoned() {
+            return Err(Poisoned { mutex: self, guard });
+        }
+        let cut_short = PoisonOnDrop(&self.poisoned);
+        let value = section(&mut *guard).await;
+        std::mem::forget(cut_short);
+        Ok(value)
+    }
+
+    /// Like [`lock`](Self::lock), but without waiting: `None` if the lock is held.
+    pub async fn try_lock<R>(
+        &self,
+        section: impl AsyncFnOnce(&mut T) -> R,
+    ) -> Option<Result<R, Poisoned<'_, T>>> {
+        let mut guard = self.inner.try_lock().ok()?;
+        if self.is_poisoned() {
+            return Some(Err(Poisoned { mutex: self, guard }));
+        }
+        let cut_short = PoisonOnDrop(&self.poisoned);
+        let value = section(&mut *guard).await;
+        std::mem::forget(cut_short);
+        Some(Ok(value))
+    }
+
+    /// Whether a critical section was cut short since the poison was last cleared.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Acquire)
+    }
+
+    /// Clears the poison, for code that knows the data is consistent again.
+    pub fn clear_poison(&self) {
+        self.poisoned.store(false, Ordering::Release);
+    }
+}
+
+/// Poisons the mutex unless forgotten: the section was cut short.
+struct PoisonOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for PoisonOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+impl<'a, T: ?Sized> Poisoned<'a, T> {
+    /// Clears the poison (the data has been repaired) and releases the lock.
+    pub fn clear_poison(self) {
+        self.mutex.clear_poison();
+    }
+
+    /// Keeps the data locked to work on it further; the mutex stays poisoned until
+    /// [`Mutex::clear_poison`].
+    pub fn into_guard(self) -> tokio::sync::MutexGuard<'a, T> {
+        self.guard
+    }
+}
+
+impl<T: ?Sized> Deref for Poisoned<'_, T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.guard
+    }
+}
+
+impl<T: ?Sized> DerefMut for Poisoned<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.guard
+    }
+}
+
+impl<T: ?Sized + fmt::Debug> fmt::Debug for Poisoned<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Poisoned")
+            .field("data", &&*self.guard)
+            .finish()
+    }
+}
+
+impl<T: ?Sized> fmt::Display for Poisoned<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the mutex is poisoned: a critical section was cut short")
+    }
+}
+
+impl<T: ?Sized + fmt::Debug> std::error::Error for Poisoned<'_, T> {}
+
+impl<T: fmt::Debug> fmt::Debug for Mutex<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Mutex")
+            .field("poisoned", &self.is_poisoned())
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+impl<T: Default> Default for Mutex<T> {
+    fn default() -> Self {
+        Mutex::new(T::default())
+    }
+}
