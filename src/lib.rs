@@ -142,8 +142,9 @@ pub use mutex::{Mutex, Poisoned};
 #[cfg(not(loom))]
 pub use nursery::{
     BlockingContext, ChildControl, ChildHandle, Collector, DropMode, Failure, Incident, JoinError,
-    Nursery, NurseryError, NurseryFuture, NurseryHandle, Origin, Ready, Report, ReportHook,
-    SpawnError, Start, StartError, nursery, orphan_count, orphans_finished, panic_message,
+    Nursery, NurseryError, NurseryFuture, NurseryHandle, Origin, Protected, Ready, Report,
+    ReportHook, SpawnError, Start, StartError, nursery, orphan_count, orphans_finished,
+    panic_message, protect,
 };
 #[cfg(not(loom))]
 pub use point::{

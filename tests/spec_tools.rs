@@ -136,3 +136,104 @@ async fn c2_a_hard_scope_dropping_a_section_poisons_it() {
     assert!(matches!(out, Ok(None)));
     assert!(m.is_poisoned());
 }
+
+// SPEC C1: protected work.
+
+#[tokio::test(start_paused = true)]
+async fn c1_protected_work_is_excluded_from_grace_aborts_and_its_nursery_waits() {
+    let start = tokio::time::Instant::now();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let out = Nursery::new()
+        .grace(Duration::from_millis(10))
+        .run(|n| async move {
+            let _work = protect(async move {
+                assert!(
+                    !is_cancelled(),
+                    "the caller's cancellation does not reach it"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                tx.send("committed").unwrap();
+            });
+            n.cancel();
+            check_cancelled()
+        })
+        .await;
+    assert_eq!(out.unwrap(), None);
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_millis(50),
+        "the nursery waited for it"
+    );
+    assert_eq!(rx.await.unwrap(), "committed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn c1_an_abort_drop_does_not_abort_protected_work() {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let fut =
+        Nursery::new()
+            .drop_mode(DropMode::Abort)
+            .run(|_n: NurseryHandle<Cancelled>| async move {
+                drop(protect(async move {
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                    tx.send(()).unwrap();
+                }));
+                std::future::pending::<()>().await;
+                Ok(())
+            });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(5), fut)
+            .await
+            .is_err()
+    );
+    orphans_finished().await;
+    rx.await.expect("the protected work ran to completion");
+}
+
+#[tokio::test(start_paused = true)]
+async fn c1_a_message_taken_from_a_channel_is_not_lost_when_the_caller_is_dropped() {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<u32>(4);
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let caller = async move {
+        loop {
+            // Taking the message and handling it is one protected unit.
+            let done_tx = done_tx.clone();
+            let handled = protect(async move {
+                let Some(message) = rx.recv().await else {
+                    return None;
+                };
+                tokio::time::sleep(Duration::from_millis(20)).await; // handling takes time
+                done_tx.send(message).unwrap();
+                Some(rx)
+            });
+            match handled.await {
+                Some(back) => rx = back,
+                None => return,
+            }
+        }
+    };
+    tx.send(7).await.unwrap();
+    // The caller is dropped while message 7 is being handled.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(5), caller)
+            .await
+            .is_err()
+    );
+    orphans_finished().await;
+    assert_eq!(done_rx.recv().await, Some(7));
+}
+
+#[tokio::test(start_paused = true)]
+async fn c1_its_own_deadline_bounds_it() {
+    let start = tokio::time::Instant::now();
+    let out = protect(async {
+        move_on_after(Duration::from_millis(15), async {
+            sleep(Duration::from_secs(10)).await?;
+            Ok::<_, Cancelled>(())
+        })
+        .await
+    })
+    .await;
+    assert_eq!(out.unwrap(), None);
+    assert_eq!(start.elapsed(), Duration::from_millis(15));
+}

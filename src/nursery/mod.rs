@@ -14,6 +14,7 @@ mod blocking;
 mod child;
 mod collector;
 mod orphans;
+mod protect;
 mod registry;
 mod report;
 mod start;
@@ -36,6 +37,7 @@ pub use blocking::BlockingContext;
 pub use child::{ChildHandle, JoinError};
 pub use collector::{ChildControl, Collector};
 pub use orphans::{orphan_count, orphans_finished};
+pub use protect::{Protected, protect};
 pub use report::{Failure, Incident, NurseryError, Origin, Report, ReportHook, panic_message};
 pub use start::{Ready, Start, StartError};
 
@@ -495,7 +497,17 @@ fn adopter_of(
     runtime: &Handle,
     stop: Arc<dyn StopAll>,
 ) -> (Arc<dyn Adopter<Origin>>, usize, bool) {
-    let mut ancestor = node.parent();
+    nearest_adopter(node.parent(), runtime, stop)
+}
+
+/// The first live nursery at or above `scope` that accepts an adoptee, else the runtime's
+/// orphan registry.
+pub(crate) fn nearest_adopter(
+    scope: Option<Arc<Node>>,
+    runtime: &Handle,
+    stop: Arc<dyn StopAll>,
+) -> (Arc<dyn Adopter<Origin>>, usize, bool) {
+    let mut ancestor = scope;
     while let Some(scope) = ancestor {
         let adopter = scope.attachment().and_then(|attachment| {
             let link = attachment.as_any().downcast_ref::<AdopterRef>()?;

@@ -1,0 +1,164 @@
+//! Protected work (SPEC C1): a future that must not be cut short runs to completion even if
+//! the code that started it is cancelled or dropped.
+//!
+//! [`protect`] runs the future as a task of its own, in a shielded scope (its caller's
+//! cancellation does not reach it), accounted for by the nearest enclosing nursery, which
+//! waits for it, or by the runtime's orphan registry. No one may abort it: it is excluded
+//! from grace-period aborts, abort-mode drops and the abort cascade (it is told "grace
+//! expired" through its scope instead, and may ignore it). Give it its own bound with a
+//! deadline inside (`fail_after`, `move_on_after`). Only the [`Root`](crate::Root) protects
+//! it from runtime shutdown: a runtime that shuts down drops every task (tokio).
+
+use std::fmt;
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
+
+use super::nearest_adopter;
+use super::registry::{Adopter, OrphanReport, Panic, StopAll};
+use super::report::Origin;
+use crate::context::{self, FrameKind};
+use crate::node::{Node, ScopeId};
+use crate::reason::CancelReason;
+
+/// The handle of protected work: await it for the value. Dropping it does not stop the
+/// work. Cancel-safe; not a cancellation point (race it with
+/// [`cancelled`](crate::cancelled) if the waiting should be).
+#[must_use = "dropping the handle is fine: the protected work keeps running"]
+pub struct Protected<T> {
+    join: JoinHandle<Option<T>>,
+}
+
+impl<T> Future for Protected<T> {
+    type Output = T;
+
+    /// The work's value. If the work panicked, this panics too (the original payload went
+    /// to the adopting nursery's report hook).
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        match Pin::new(&mut self.join).poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(Some(value))) => Poll::Ready(value),
+            Poll::Ready(Ok(None)) => panic!("tokio-nursery: the protected work panicked"),
+            Poll::Ready(Err(error)) => match error.try_into_panic() {
+                Ok(payload) => std::panic::resume_unwind(payload),
+                Err(_) => {
+                    panic!("tokio-nursery: protected work was dropped by its runtime shutting down")
+                }
+            },
+        }
+    }
+}
+
+impl<T> fmt::Debug for Protected<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Protected")
+            .field("id", &self.join.id())
+            .finish()
+    }
+}
+
+/// A protected task's scope: the abort cascade tells it, never aborts it.
+struct Shielded(Arc<Node>);
+
+impl StopAll for Shielded {
+    fn stop_all(&self) {
+        self.0.cancel(CancelReason::GraceExpired);
+    }
+}
+
+/// Runs `work` to completion whatever happens to the caller (SPEC C1): see the module docs.
+///
+/// ```
+/// use tokio_nursery::{nursery, protect, Cancelled};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(4);
+/// tx.send("order #1".into()).await.unwrap();
+/// let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+/// nursery(|n| async move {
+///     n.cancel(); // the caller is cancelled...
+///     // ...but a message taken from the channel is handled, not lost:
+///     protect(async move {
+///         let order = rx.recv().await.unwrap();
+///         done_tx.send(format!("processed {order}")).unwrap();
+///     });
+///     Ok::<_, Cancelled>(())
+/// })
+/// .await
+/// .unwrap();
+/// assert_eq!(done_rx.await.unwrap(), "processed order #1");
+/// # }
+/// ```
+///
+/// # Panics
+///
+/// Outside a tokio runtime.
+pub fn protect<F>(work: F) -> Protected<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let runtime = Handle::try_current()
+        .expect("tokio-nursery: protect must be called inside a tokio runtime");
+    let caller = context::with_current(|frame| frame.map(|frame| frame.node().clone()));
+    // A shielded scope of its own under the caller's: the caller's cancellation does not
+    // reach it, its own deadline (set inside) does.
+    let node = Arc::new(Node::new(ScopeId::next(), true, None));
+    node.enter(caller.as_ref(), crate::scope::timer_for(caller.as_ref()));
+    let stop: Arc<dyn StopAll> = Arc::new(Shielded(node.clone()));
+    let (adopter, key, _) = nearest_adopter(caller, &runtime, stop);
+    let task_node = node.clone();
+    let join = runtime.spawn(async move {
+        let done = Done {
+            adopter,
+            key,
+            node: task_node,
+        };
+        let node = &done.node;
+        let mut work = std::pin::pin!(work);
+        let outcome = std::future::poll_fn(|cx| {
+            match catch_unwind(AssertUnwindSafe(|| {
+                context::enter(FrameKind::Linked(node), || work.as_mut().poll(cx))
+            })) {
+                Ok(Poll::Pending) => Poll::Pending,
+                Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),
+                Err(payload) => Poll::Ready(Err(payload)),
+            }
+        })
+        .await;
+        match outcome {
+            Ok(value) => Some(value),
+            Err(payload) => {
+                // Reported to the adopter, which never resumes it; the handle resumes it.
+                done.adopter.orphan_report(OrphanReport::Panic(Panic {
+                    label: Origin::Child {
+                        id: tokio::task::id(),
+                        name: Some(Arc::from("protected work")),
+                    },
+                    payload,
+                }));
+                None
+            }
+        }
+    });
+    Protected { join }
+}
+
+/// Tells the adopter the protected work finished, however its task ends.
+struct Done {
+    adopter: Arc<dyn Adopter<Origin>>,
+    key: usize,
+    node: Arc<Node>,
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        self.node.end(false);
+        self.adopter.adoptee_finished(self.key);
+    }
+}
