@@ -237,3 +237,61 @@ async fn c1_its_own_deadline_bounds_it() {
     assert_eq!(out.unwrap(), None);
     assert_eq!(start.elapsed(), Duration::from_millis(15));
 }
+
+// SPEC C3: cancellation that carries data.
+
+#[tokio::test(start_paused = true)]
+async fn c3_a_child_tells_shutdown_from_deadline_from_sibling_failure() {
+    async fn why(n: &NurseryHandle<std::io::Error>) -> String {
+        let child = n.spawn(async {
+            let cancelled = cancelled().await;
+            let kind = match cancelled.reason() {
+                CancelReason::Shutdown => "shutdown",
+                CancelReason::Deadline => "deadline",
+                CancelReason::SiblingFailed => "sibling failed",
+                CancelReason::Explicit(_) => "explicit",
+                _ => "other",
+            };
+            Ok::<_, std::io::Error>(kind.to_string())
+        });
+        child.await.unwrap()
+    }
+
+    // Shutdown is the root's reason: tests/root.rs checks that children see it.
+
+    // Deadline.
+    let by_deadline = Nursery::new()
+        .timeout(Duration::from_millis(10))
+        .run(|n| async move { Ok::<_, std::io::Error>(why(&n).await) })
+        .await;
+    assert_eq!(by_deadline.unwrap().as_deref(), Some("deadline"));
+
+    // Sibling failed.
+    let by_failure = nursery(|n| async move {
+        n.spawn(async { Err::<(), _>(std::io::Error::other("boom")) });
+        let seen = why(&n).await;
+        assert_eq!(seen, "sibling failed");
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+    assert_eq!(by_failure.unwrap_err().failures().len(), 1);
+
+    // Explicit, with data the child can read.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let with_data = nursery(|n| async move {
+        n.spawn(async {
+            let cancelled = cancelled().await;
+            tx.send(cancelled.reason().data::<u32>().copied()).unwrap();
+            Err::<(), std::io::Error>(cancelled.into())
+        });
+        n.scope().cancel_with(42u32);
+        Err::<(), _>(cancelled().await.into())
+    })
+    .await;
+    assert_eq!(
+        with_data.unwrap(),
+        None,
+        "the nursery absorbed its own cancellation"
+    );
+    assert_eq!(rx.await.unwrap(), Some(42));
+}
