@@ -1,7 +1,9 @@
 //! The root of a program (SPEC N13): it owns the runtime, runs `main` (or a server) in a
 //! nursery, and on return or on Ctrl-C / SIGTERM cancels everything with reason
-//! [`Shutdown`](crate::CancelReason::Shutdown), waits up to a grace period, aborts the rest,
-//! reports, and shuts the runtime down with a bound.
+//! [`Shutdown`](crate::CancelReason::Shutdown), waits up to a grace period, aborts the rest
+//! except protected work ([`protect`](crate::protect)), which it waits for until that work
+//! ends by itself (its own deadline) or a second Ctrl-C / SIGTERM, reports, and shuts the
+//! runtime down with a bound.
 //!
 //! What it cannot protect: tasks started with a plain `tokio::spawn` (they belong to no
 //! nursery; tokio drops them at runtime shutdown), and anything `std::process::exit` or an
@@ -159,9 +161,15 @@ impl Root {
                         tracing::info!("shutdown signal: cancelling everything");
                         handle.scope().cancel_because(CancelReason::Shutdown);
                     } else {
+                        // A second signal: stop waiting, even for protected work (C1).
                         #[cfg(feature = "tracing")]
-                        tracing::warn!("second shutdown signal: aborting what is still running");
+                        tracing::warn!(
+                            "second shutdown signal: aborting what is still running and \
+                             abandoning protected work"
+                        );
                         handle.abort_all();
+                        let cancelled = crate::scope::cancelled_here(&handle.scope().node);
+                        break Err(NurseryError::Cancelled(cancelled));
                     }
                 }
             }

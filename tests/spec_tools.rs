@@ -199,9 +199,7 @@ async fn c1_a_message_taken_from_a_channel_is_not_lost_when_the_caller_is_droppe
             // Taking the message and handling it is one protected unit.
             let done_tx = done_tx.clone();
             let handled = protect(async move {
-                let Some(message) = rx.recv().await else {
-                    return None;
-                };
+                let message = rx.recv().await?;
                 tokio::time::sleep(Duration::from_millis(20)).await; // handling takes time
                 done_tx.send(message).unwrap();
                 Some(rx)
