@@ -115,6 +115,8 @@ mod deadline;
 #[cfg(not(loom))]
 mod deadline_service;
 #[cfg(not(loom))]
+mod local;
+#[cfg(not(loom))]
 mod mutex;
 #[cfg(not(loom))]
 mod nursery;
@@ -137,6 +139,8 @@ pub use reason::{CancelReason, Payload};
 pub use carry::{Carried, carry_scope};
 #[cfg(not(loom))]
 pub use deadline::{EffectiveDeadline, current_deadline};
+#[cfg(not(loom))]
+pub use local::{LocalHandle, LocalScope, local_scope};
 #[cfg(not(loom))]
 pub use mutex::{Mutex, Poisoned};
 #[cfg(not(loom))]

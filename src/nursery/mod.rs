@@ -406,6 +406,11 @@ impl<E: Send + 'static> Adopter<Origin> for Shared<E> {
     }
 }
 
+/// The default report hook, for scopes without a nursery's configuration.
+pub(crate) fn report_default(report: &Report<'_>) {
+    report::default_hook(report);
+}
+
 /// Spawns a child's task, under a `child` span parented to its nursery's span when a
 /// subscriber listens (SPEC O1); otherwise the task is the bare wrapper, with no span stored.
 fn spawn_traced<E, Fut>(

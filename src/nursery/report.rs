@@ -20,6 +20,11 @@ pub enum Origin {
         /// The name given at spawn, if any.
         name: Option<Arc<str>>,
     },
+    /// A child of a [`local_scope`](crate::local_scope), polled inside its parent's task.
+    Local {
+        /// The child's scope.
+        scope: crate::ScopeId,
+    },
 }
 
 impl fmt::Display for Origin {
@@ -31,6 +36,7 @@ impl fmt::Display for Origin {
                 name: Some(name),
             } => write!(f, "child {name:?} (task {id})"),
             Origin::Child { id, name: None } => write!(f, "child task {id}"),
+            Origin::Local { scope } => write!(f, "local child ({scope})"),
         }
     }
 }
