@@ -263,6 +263,7 @@ fn child_name(origin: &Origin) -> &str {
         } => name,
         Origin::Child { name: None, .. } => "an unnamed child",
         Origin::Body => "the request body",
+        _ => "somebody else",
     }
 }
 

@@ -236,7 +236,7 @@ fn local_origin(node: &Node) -> Origin {
 ///     Ok::<_, Cancelled>(total)
 /// })
 /// .await;
-/// assert_eq!(lengths.unwrap(), Some(18));
+/// assert_eq!(lengths.unwrap(), Some(20));
 /// # }
 /// ```
 pub async fn local_scope<'env, B, T, E>(body: B) -> Result<Option<T>, NurseryError<E>>

@@ -1246,10 +1246,18 @@ fn blocking_wait<E>(shared: &Shared<E>, grace: Duration) -> bool {
                 return false;
             }
             // Inside a LocalSet blocking is impossible: `block_in_place` panics; fall back.
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                tokio::task::block_in_place(wait)
-            }))
-            .unwrap_or_default()
+            #[cfg(feature = "rt-multi-thread")]
+            {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    tokio::task::block_in_place(wait)
+                }))
+                .unwrap_or_default()
+            }
+            #[cfg(not(feature = "rt-multi-thread"))]
+            {
+                drop(wait);
+                false
+            }
         }
     }
 }

@@ -10,6 +10,7 @@ use crate::cancelled::{CancelError, Cancelled};
 
 /// Who failed: the nursery's body or one of its children.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Origin {
     /// The body passed to [`Nursery::run`](crate::Nursery::run).
     Body,
