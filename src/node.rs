@@ -133,6 +133,11 @@ pub(crate) trait Attachment: Send + Sync {
     fn as_any(&self) -> &dyn Any;
     /// How the task-tree snapshot shows the scope (SPEC O2).
     fn describe(&self) -> Description;
+    /// Scopes that left the tree but are owned here (a nursery's adopted nurseries), shown
+    /// under this one in the snapshot.
+    fn adopted(&self) -> Vec<Arc<Node>> {
+        Vec::new()
+    }
 }
 
 /// A scope's owner, as the task-tree snapshot shows it.
@@ -153,6 +158,8 @@ pub(crate) struct NodeView {
     pub(crate) deadline: Option<Instant>,
     pub(crate) description: Option<Description>,
     pub(crate) children: Vec<Arc<Node>>,
+    /// Scopes adopted here (they left the tree when their nursery was dropped).
+    pub(crate) adopted: Vec<Arc<Node>>,
 }
 
 /// What changed in one node, to be acted on once its lock is released (invariant 5).
@@ -311,9 +318,13 @@ impl Node {
                 .iter()
                 .map(|(_, child)| child.clone())
                 .collect(),
+            adopted: Vec::new(),
         };
         drop(inner);
-        view.description = attachment.map(|attachment| attachment.describe());
+        if let Some(attachment) = attachment {
+            view.description = Some(attachment.describe());
+            view.adopted = attachment.adopted();
+        }
         view
     }
 
@@ -428,6 +439,9 @@ impl Node {
     pub(crate) fn reparent(self: &Arc<Self>, parent: &Arc<Node>) {
         let (old_parent, old_slot) = {
             let mut inner = lock(&self.inner);
+            if self.bits() & ENDED != 0 {
+                return; // an ended scope stays out of the tree (invariant 7)
+            }
             (inner.parent.take(), inner.slot.take())
         };
         if let (Some(old_parent), Some(slot)) = (old_parent, old_slot) {
@@ -436,6 +450,13 @@ impl Node {
         }
         let slot = lock(&parent.inner).children.insert(self.clone());
         let mut inner = lock(&self.inner);
+        if self.bits() & ENDED != 0 {
+            // Ended meanwhile: take ourselves out again.
+            drop(inner);
+            let removed = lock(&parent.inner).children.try_remove(slot);
+            drop(removed);
+            return;
+        }
         inner.parent = Some(parent.clone());
         inner.slot = Some(slot);
         // Invariant 3: recompute after the new parent lists us.

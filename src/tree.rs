@@ -113,7 +113,7 @@ impl TaskTree {
             } else {
                 cancellation.clone()
             };
-            for child in view.children.iter().rev() {
+            for child in view.adopted.iter().chain(view.children.iter()).rev() {
                 stack.push((child.clone(), depth + 1, passed_down.clone()));
             }
             let (kind, name, detail) = match view.description {

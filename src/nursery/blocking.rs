@@ -81,6 +81,38 @@ impl fmt::Debug for BlockingContext {
     }
 }
 
+/// A blocking child's slot under the nursery's concurrency limit.
+enum Slot {
+    Free,
+    Held(tokio::sync::OwnedSemaphorePermit),
+    Wait(Arc<tokio::sync::Semaphore>),
+}
+
+impl Slot {
+    /// The permit to hold while the child runs, waiting for one in this (blocking) thread
+    /// unless the child is cancelled first.
+    fn take(self, node: &Node) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, Cancelled> {
+        match self {
+            Slot::Free => Ok(None),
+            Slot::Held(permit) => Ok(Some(permit)),
+            Slot::Wait(limit) => {
+                let acquire = std::pin::pin!(limit.acquire_owned());
+                let cancelled = std::pin::pin!(crate::point::cancelled());
+                let runtime = tokio::runtime::Handle::current();
+                match runtime.block_on(futures::future::select(acquire, cancelled)) {
+                    futures::future::Either::Left((permit, _)) => {
+                        Ok(Some(permit.expect("a nursery's limit is never closed")))
+                    }
+                    futures::future::Either::Right((cancelled, _)) => {
+                        let _ = node;
+                        Err(cancelled)
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Ends a blocking child's scope and tells its nursery, however the closure ends.
 struct Finished<E> {
     nursery: Arc<Shared<E>>,
@@ -114,17 +146,41 @@ where
         F: FnOnce(BlockingContext) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
     {
-        self.try_spawn_blocking(child)
+        self.spawn_blocking_inner(child, true)
             .unwrap_or_else(|error| panic!("tokio-nursery: {error}"))
     }
 
-    /// Like [`spawn_blocking`](Self::spawn_blocking), or [`SpawnError::Closed`].
+    /// Like [`spawn_blocking`](Self::spawn_blocking), or [`SpawnError::Closed`], or
+    /// [`SpawnError::Full`] when the nursery's concurrency limit is reached.
     pub fn try_spawn_blocking<F, T>(&self, child: F) -> Result<ChildHandle<T>, SpawnError>
     where
         F: FnOnce(BlockingContext) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
     {
+        self.spawn_blocking_inner(child, false)
+    }
+
+    /// Blocking children count against the concurrency limit (SPEC N11): without a free
+    /// slot, `queue` makes the child wait for one in its own thread (and end as cancelled
+    /// without running if cancelled meanwhile); otherwise it is `Full`.
+    fn spawn_blocking_inner<F, T>(
+        &self,
+        child: F,
+        queue: bool,
+    ) -> Result<ChildHandle<T>, SpawnError>
+    where
+        F: FnOnce(BlockingContext) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+    {
         let shared = self.shared.clone();
+        let slot = match &shared.limit {
+            None => Slot::Free,
+            Some(limit) => match limit.clone().try_acquire_owned() {
+                Ok(permit) => Slot::Held(permit),
+                Err(_) if queue => Slot::Wait(limit.clone()),
+                Err(_) => return Err(SpawnError::Full),
+            },
+        };
         let key = shared.registry.register()?;
         let node = Arc::new(Node::new(ScopeId::next(), false, None));
         node.enter(Some(&shared.node), shared.node.timer());
@@ -144,7 +200,13 @@ where
             };
             let node = &finished.node;
             let ended = catch_unwind(AssertUnwindSafe(|| {
-                context::enter(FrameKind::Linked(node), || child(context))
+                context::enter(FrameKind::Linked(node), || {
+                    let _slot = match slot.take(node) {
+                        Ok(slot) => slot,
+                        Err(cancelled) => return Err(E::from(cancelled)),
+                    };
+                    child(context)
+                })
             }));
             settle(ended, node, &finished.nursery, &None)
         });

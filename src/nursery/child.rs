@@ -115,8 +115,15 @@ where
             Ok(Poll::Ready(result)) => Ok(result),
             Err(payload) => Err(payload),
         };
-        // Drop the future now, in the child's task, before anyone learns it finished.
-        this.future.set(None);
+        // Drop the future now, in the child's task, before anyone learns it finished. A
+        // panic in its drop is the child's panic too (SPEC N6).
+        let mut ready = ready;
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| this.future.set(None))) {
+            match ready {
+                Err(_) => this.nursery.panicked(origin(this.name, node), payload),
+                Ok(_) => ready = Err(payload),
+            }
+        }
         let ready = match (&*this.route, ready) {
             (Route::Start(starting), ready) => match starting_end(starting.as_ref(), node, ready) {
                 Some(ready) => ready,
@@ -154,12 +161,12 @@ pub(crate) fn settle<T, E: CancelError + fmt::Debug>(
             if cancellation && node.is_cancelled() {
                 ChildOutput::Cancelled
             } else {
-                nursery.fail(Failure::new(origin(name), error, cancellation));
+                nursery.fail(Failure::new(origin(name, node), error, cancellation));
                 ChildOutput::Failed
             }
         }
         Err(payload) => {
-            nursery.panicked(origin(name), payload);
+            nursery.panicked(origin(name, node), payload);
             ChildOutput::Panicked
         }
     }
@@ -192,10 +199,15 @@ fn starting_end<T, E: CancelError>(
     }
 }
 
-fn origin(name: &Option<Arc<str>>) -> Origin {
-    Origin::Child {
-        id: tokio::task::id(),
-        name: name.clone(),
+/// Who a child is, for reports: its task, or its scope where tokio gives no task id (a
+/// drop outside the task's context).
+fn origin(name: &Option<Arc<str>>, node: &Node) -> Origin {
+    match tokio::task::try_id() {
+        Some(id) => Origin::Child {
+            id,
+            name: name.clone(),
+        },
+        None => Origin::Local { scope: node.id() },
     }
 }
 
@@ -203,8 +215,12 @@ fn origin(name: &Option<Arc<str>>) -> Origin {
 impl<F, E, T> PinnedDrop for ChildTask<F, E, T> {
     fn drop(self: Pin<&mut Self>) {
         let mut this = self.project();
-        // SPEC N1: the child's future is gone before the nursery counts it finished.
-        this.future.set(None);
+        // SPEC N1: the child's future is gone before the nursery counts it finished. A panic
+        // in its drop (an aborted child) is reported, and the nursery still hears of the end.
+        let dropped = catch_unwind(AssertUnwindSafe(|| this.future.set(None)));
+        if let Err(payload) = dropped {
+            this.nursery.panicked(origin(this.name, this.node), payload);
+        }
         match std::mem::replace(this.route, Route::Handle) {
             // Dropped before it finished: aborted (SPEC N15 queues every outcome).
             Route::Collect(sink) => sink.deliver(ChildOutput::Aborted),

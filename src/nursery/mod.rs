@@ -304,7 +304,7 @@ pub(crate) struct Shared<E> {
     #[cfg(feature = "tracing")]
     span: tracing::Span,
     /// At most this many children run at once (SPEC N11).
-    limit: Option<Arc<Semaphore>>,
+    pub(crate) limit: Option<Arc<Semaphore>>,
 }
 
 impl<E: fmt::Debug> Shared<E> {
@@ -322,21 +322,6 @@ impl<E: fmt::Debug> Shared<E> {
             }
             Recorded::Later => {}
             Recorded::Orphaned(failure, adopter) => adopter.orphan_report(orphan_failure(failure)),
-        }
-    }
-
-    fn panicked(&self, origin: Origin, payload: Box<dyn std::any::Any + Send>) {
-        #[cfg(feature = "tracing")]
-        tracing::debug!(origin = %origin, "panic");
-        let cancels = !self.supervisor || origin == Origin::Body;
-        match self.registry.panicked(origin, payload) {
-            Recorded::First if cancels => self.node.cancel(CancelReason::SiblingFailed),
-            Recorded::First => {}
-            Recorded::Later if cancels && self.supervisor => {
-                self.node.cancel(CancelReason::SiblingFailed)
-            }
-            Recorded::Later => {}
-            Recorded::Orphaned(panic, adopter) => adopter.orphan_report(OrphanReport::Panic(panic)),
         }
     }
 
@@ -363,6 +348,14 @@ impl<E: Send + 'static> Adopter<Origin> for Shared<E> {
 
     fn adoptee_finished(&self, key: usize) {
         self.registry.finished(key);
+    }
+
+    fn successor(&self) -> Option<Arc<dyn Adopter<Origin>>> {
+        self.registry.successor()
+    }
+
+    fn adopted_scopes(&self) -> Vec<Arc<Node>> {
+        self.registry.adopted_scopes()
     }
 
     fn describe(&self) -> Description {
@@ -470,7 +463,11 @@ impl Attachment for ChildLabel {
 /// An orphaned nursery's children are aborted when its adopter's are (SPEC N7's cascade).
 impl<E: Send + 'static> StopAll for Shared<E> {
     fn stop_all(&self) {
-        self.registry.abort_all(Stopper::grace_expired);
+        self.abort_children(true);
+    }
+
+    fn scope(&self) -> Option<Arc<Node>> {
+        Some(self.node.clone())
     }
 }
 
@@ -481,6 +478,13 @@ struct AdopterRef(std::sync::Weak<dyn Adopter<Origin>>);
 impl Attachment for AdopterRef {
     fn as_any(&self) -> &dyn std::any::Any {
         self
+    }
+
+    fn adopted(&self) -> Vec<Arc<Node>> {
+        self.0
+            .upgrade()
+            .map(|nursery| nursery.adopted_scopes())
+            .unwrap_or_default()
     }
 
     fn describe(&self) -> Description {
@@ -518,9 +522,13 @@ pub(crate) fn nearest_adopter(
             let link = attachment.as_any().downcast_ref::<AdopterRef>()?;
             link.0.upgrade()
         });
-        if let Some(adopter) = adopter {
-            if let Ok((key, aborted)) = adopter.adopt(stop.clone()) {
-                return (adopter, key, aborted);
+        // A nursery that refuses (it is closing) may itself have been orphaned: the handoff
+        // goes on to whoever adopted it (its scope has left the tree).
+        let mut candidate = adopter;
+        while let Some(adopter) = candidate {
+            match adopter.adopt(stop.clone()) {
+                Ok((key, aborted)) => return (adopter, key, aborted),
+                Err(_) => candidate = adopter.successor(),
             }
         }
         ancestor = scope.parent();
@@ -541,19 +549,52 @@ pub(crate) enum Stopper {
 }
 
 impl Stopper {
-    fn abort(&self) {
+    /// Aborts an async child (true); a blocking one needs [`tell`](Self::tell), outside
+    /// any lock (it runs wakers).
+    fn abort(&self) -> bool {
         match self {
-            Stopper::Task(handle) => handle.abort(),
-            Stopper::Blocking(node) => node.cancel(CancelReason::Explicit(None)),
+            Stopper::Task(handle) => {
+                handle.abort();
+                true
+            }
+            Stopper::Blocking(_) => false,
         }
     }
 
-    /// The grace period ran out (SPEC N7): abort, or tell a blocking child "grace expired".
-    fn grace_expired(&self) {
-        match self {
-            Stopper::Task(handle) => handle.abort(),
-            Stopper::Blocking(node) => node.cancel(CancelReason::GraceExpired),
+    /// Tells a blocking child, which cannot be aborted, to stop (SPEC N16).
+    fn tell(&self, reason: CancelReason) {
+        if let Stopper::Blocking(node) = self {
+            node.cancel(reason);
         }
+    }
+}
+
+impl<E> Shared<E> {
+    fn panicked(&self, origin: Origin, payload: Box<dyn std::any::Any + Send>) {
+        #[cfg(feature = "tracing")]
+        tracing::debug!(origin = %origin, "panic");
+        let cancels = !self.supervisor || origin == Origin::Body;
+        match self.registry.panicked(origin, payload) {
+            Recorded::First if cancels => self.node.cancel(CancelReason::SiblingFailed),
+            Recorded::First => {}
+            Recorded::Later if cancels && self.supervisor => {
+                self.node.cancel(CancelReason::SiblingFailed)
+            }
+            Recorded::Later => {}
+            Recorded::Orphaned(panic, adopter) => adopter.orphan_report(OrphanReport::Panic(panic)),
+        }
+    }
+
+    /// Aborts every child and, in turn, what this nursery adopted (the cascade). Blocking
+    /// children are told, with `GraceExpired` when the grace period ran out (S4).
+    fn abort_children(&self, grace_expired: bool) -> usize {
+        let reason = if grace_expired {
+            CancelReason::GraceExpired
+        } else {
+            CancelReason::Explicit(None)
+        };
+        self.registry
+            .abort_all(Stopper::abort, |stopper| stopper.tell(reason.clone()))
     }
 }
 
@@ -725,7 +766,10 @@ where
                 .as_ref()
                 .is_some_and(|p| Arc::ptr_eq(p, &self.shared.node))
             {
-                return true;
+                // Under the nursery's scope: a child's scope, or one of the body's own.
+                return node
+                    .attachment()
+                    .is_some_and(|a| a.as_any().downcast_ref::<ChildLabel>().is_some());
             }
             scope = parent;
         }
@@ -839,9 +883,14 @@ where
             name,
             task: join.id(),
         }));
-        self.shared
+        if self
+            .shared
             .registry
-            .started(key, Stopper::Task(join.abort_handle()));
+            .started(key, Stopper::Task(join.abort_handle()))
+        {
+            // Spawned while the nursery aborted its children (SPEC N8, N7): this one too.
+            join.abort();
+        }
         (join, node)
     }
 
@@ -906,7 +955,7 @@ impl<E> NurseryHandle<E> {
     /// Aborts every running child now, as an expired grace period would (blocking children
     /// are told through their scope). Not a failure.
     pub fn abort_all(&self) {
-        self.shared.registry.abort_all(Stopper::grace_expired);
+        self.shared.abort_children(true);
     }
 
     /// Whether the nursery still accepts children.
@@ -1032,11 +1081,12 @@ where
             let handle = NurseryHandle {
                 shared: shared.clone(),
             };
+            // Stored first: if the closure panics, the drop still ends the nursery's scope.
+            *this.shared = Some(shared.clone());
+            *this.state = State::Running;
             let make_body = this.make_body.take().expect("body present");
             let body = context::enter(FrameKind::Linked(&shared.node), || make_body(handle));
             this.body.set(Some(body));
-            *this.shared = Some(shared);
-            *this.state = State::Running;
         }
         let shared = this
             .shared
@@ -1093,7 +1143,7 @@ where
                 if !matches!(this.state, State::GraceExpired) && sleep.poll(cx).is_ready() {
                     *this.state = State::GraceExpired;
                     *this.aborted = child_names(node, |_| true);
-                    shared.registry.abort_all(Stopper::grace_expired);
+                    shared.abort_children(true);
                     #[cfg(feature = "tracing")]
                     if !this.aborted.is_empty() {
                         tracing::warn!(
@@ -1176,7 +1226,7 @@ impl<B, Fut, T, E> PinnedDrop for NurseryFuture<B, Fut, T, E> {
                 ))));
             match this.config.drop_mode {
                 DropMode::Abort => {
-                    shared.registry.abort_all(Stopper::abort);
+                    shared.abort_children(false);
                     // What is still alive (async children until tokio drops them, blocking
                     // ones until they stop) is accounted for by an adopter, as in N9.
                     (this.orphan)(shared, DropMode::Abort, None);
@@ -1184,11 +1234,18 @@ impl<B, Fut, T, E> PinnedDrop for NurseryFuture<B, Fut, T, E> {
                 DropMode::Wait => (this.orphan)(shared, DropMode::Wait, this.config.grace),
                 DropMode::BlockingWait => {
                     let grace = this.config.grace.unwrap_or_default();
-                    if !blocking_wait(shared, grace) {
-                        // Past the grace period: abort; what remains is accounted for.
-                        shared.registry.abort_all(Stopper::grace_expired);
+                    match blocking_wait(shared, grace) {
+                        Waited::Stopped => (this.orphan)(shared, DropMode::BlockingWait, None),
+                        Waited::TimedOut => {
+                            // Past the grace period: abort; what remains is accounted for.
+                            shared.abort_children(true);
+                            (this.orphan)(shared, DropMode::BlockingWait, None);
+                        }
+                        // Blocking is impossible here: the wait mode, grace included (N9b).
+                        Waited::CannotBlock => {
+                            (this.orphan)(shared, DropMode::Wait, this.config.grace)
+                        }
                     }
-                    (this.orphan)(shared, DropMode::BlockingWait, None);
                 }
             }
         }
@@ -1202,12 +1259,18 @@ impl<B, Fut, T, E> PinnedDrop for NurseryFuture<B, Fut, T, E> {
     }
 }
 
-/// SPEC N9b: blocks this thread until the children stopped or `grace` (wall clock) passed;
-/// true if they all stopped. Only where blocking is possible: on a multi-thread runtime's
+/// How a blocking-wait drop went.
+enum Waited {
+    Stopped,
+    TimedOut,
+    CannotBlock,
+}
+
+/// SPEC N9b: blocks this thread until the children stopped or `grace` (wall clock) passed. Only where blocking is possible: on a multi-thread runtime's
 /// worker (through `block_in_place`) or on a thread outside any runtime; never during
 /// runtime shutdown (a probe task tokio finishes at once tells). Elsewhere it returns false
 /// at once and the caller falls back to adoption.
-fn blocking_wait<E>(shared: &Shared<E>, grace: Duration) -> bool {
+fn blocking_wait<E>(shared: &Shared<E>, grace: Duration) -> Waited {
     use std::task::Wake;
 
     struct Unpark(std::thread::Thread);
@@ -1222,11 +1285,11 @@ fn blocking_wait<E>(shared: &Shared<E>, grace: Duration) -> bool {
         let deadline = std::time::Instant::now() + grace;
         loop {
             if shared.registry.try_close(&waker) {
-                return true;
+                return Waited::Stopped;
             }
             let now = std::time::Instant::now();
             if now >= deadline {
-                return false;
+                return Waited::TimedOut;
             }
             std::thread::park_timeout(deadline - now);
         }
@@ -1243,7 +1306,7 @@ fn blocking_wait<E>(shared: &Shared<E>, grace: Duration) -> bool {
             let probe = shared.runtime.spawn(async {});
             let shutting_down = probe.is_finished();
             if !multi_thread || shutting_down {
-                return false;
+                return Waited::CannotBlock;
             }
             // Inside a LocalSet blocking is impossible: `block_in_place` panics; fall back.
             #[cfg(feature = "rt-multi-thread")]
@@ -1251,12 +1314,12 @@ fn blocking_wait<E>(shared: &Shared<E>, grace: Duration) -> bool {
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     tokio::task::block_in_place(wait)
                 }))
-                .unwrap_or_default()
+                .unwrap_or(Waited::CannotBlock)
             }
             #[cfg(not(feature = "rt-multi-thread"))]
             {
-                drop(wait);
-                false
+                let _ = wait;
+                Waited::CannotBlock
             }
         }
     }
@@ -1310,14 +1373,16 @@ fn orphan<E: fmt::Debug + Send + 'static>(
     mode: DropMode,
     grace: Option<Duration>,
 ) {
-    if shared.registry.live() == 0 {
+    // Nothing alive and nothing to report: nothing to hand over. Reports kept with no child
+    // alive still go to an adopter (never lost, SPEC N4, N6).
+    if shared.registry.live() == 0 && !shared.registry.has_incidents() {
         return;
     }
     let stop: Arc<dyn StopAll> = shared.clone();
     let (adopter, key, adopter_aborted) = adopter_of(&shared.node, &shared.runtime, stop);
     if adopter_aborted {
         // The adopter is past its grace: abort cascades to what it adopts (SPEC N7).
-        shared.registry.abort_all(Stopper::grace_expired);
+        shared.abort_children(true);
     }
     #[cfg(feature = "tracing")]
     {
@@ -1369,7 +1434,7 @@ fn orphan<E: fmt::Debug + Send + 'static>(
             if let futures::future::Either::Right(_) =
                 futures::future::select(std::pin::pin!(finished), std::pin::pin!(expired)).await
             {
-                shared.registry.abort_all(Stopper::grace_expired);
+                shared.abort_children(true);
             }
         }));
     }

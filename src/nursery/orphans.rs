@@ -87,6 +87,10 @@ impl Adopter<Origin> for Orphans {
         }
     }
 
+    fn successor(&self) -> Option<Arc<dyn Adopter<Origin>>> {
+        None
+    }
+
     fn orphan_report(&self, report: OrphanReport<Origin>) {
         match &report {
             OrphanReport::Failure { label, error } => default_hook(&Report::Failure {

@@ -69,6 +69,10 @@ impl StopAll for Shielded {
     fn stop_all(&self) {
         self.0.cancel(CancelReason::GraceExpired);
     }
+
+    fn scope(&self) -> Option<Arc<Node>> {
+        Some(self.0.clone())
+    }
 }
 
 /// Runs `work` to completion whatever happens to the caller (SPEC C1): see the module docs.

@@ -42,12 +42,21 @@ pub(crate) trait Adopter<L>: Send + Sync {
     fn orphan_report(&self, report: OrphanReport<L>);
     /// How the task-tree snapshot shows this adopter (SPEC O2).
     fn describe(&self) -> crate::node::Description;
+    /// The adopter this one hands its children to if it was itself orphaned: a handoff
+    /// refused by a closed nursery goes on there (SPEC N9).
+    fn successor(&self) -> Option<Arc<dyn Adopter<L>>>;
+    /// The scopes of the nurseries adopted here, for the task tree (SPEC O2).
+    fn adopted_scopes(&self) -> Vec<Arc<crate::node::Node>> {
+        Vec::new()
+    }
 }
 
 /// Aborts every child of an orphaned nursery and, in turn, of what it adopted (SPEC N7:
 /// past an ancestor's grace, abort cascades to every descendant whatever its drop mode).
 pub(crate) trait StopAll: Send + Sync {
     fn stop_all(&self);
+    /// The adopted nursery's scope, for the task tree.
+    fn scope(&self) -> Option<Arc<crate::node::Node>>;
 }
 
 /// What an adopted child reports to its adopter.
@@ -140,7 +149,9 @@ impl<A, F, L> Registry<A, F, L> {
     }
 
     /// Stores the abort handle of a spawned child (N-3).
-    pub(crate) fn started(&self, key: usize, abort: A) {
+    /// Returns true if the nursery aborted its children meanwhile (an abort drop or an
+    /// expired grace racing with this spawn): the spawner must abort this one too.
+    pub(crate) fn started(&self, key: usize, abort: A) -> bool {
         let mut state = lock(&self.state);
         match state.slots.get_mut(key) {
             Some(slot @ Slot::Starting) => *slot = Slot::Running(abort),
@@ -149,6 +160,32 @@ impl<A, F, L> Registry<A, F, L> {
             }
             _ => unreachable!("a child slot is started once"),
         }
+        state.aborted
+    }
+
+    /// Whether failures or panics are waiting to be reported.
+    pub(crate) fn has_incidents(&self) -> bool {
+        !lock(&self.state).incidents.is_empty()
+    }
+
+    /// The adopter this orphaned registry hands its children to, if it was orphaned.
+    pub(crate) fn successor(&self) -> Option<Arc<dyn Adopter<L>>> {
+        lock(&self.state)
+            .adopter
+            .as_ref()
+            .map(|(adopter, _)| adopter.clone())
+    }
+
+    /// The scopes of the orphaned nurseries adopted here (SPEC O2 shows them).
+    pub(crate) fn adopted_scopes(&self) -> Vec<Arc<crate::node::Node>> {
+        lock(&self.state)
+            .slots
+            .iter()
+            .filter_map(|(_, slot)| match slot {
+                Slot::Adoptee(stop) => stop.scope(),
+                _ => None,
+            })
+            .collect()
     }
 
     /// A child's future has been dropped (N-1), or an adoptee's last child finished. Wakes
@@ -307,28 +344,34 @@ impl<A, F, L> Registry<A, F, L> {
         )
     }
 
-    /// Calls `abort` on every running child's stopper, under the lock (aborting a task only
-    /// schedules it; a stopper that can run user code, such as waking a blocking child's
-    /// waiters, must defer that), then aborts every adopted nursery's children in turn (the
-    /// cascade) after the lock is released. Later adoptions are aborted at once.
-    pub(crate) fn abort_all(&self, abort: impl Fn(&A)) -> usize {
-        let (count, adopted): (usize, Vec<Arc<dyn StopAll>>) = {
+    /// Calls `abort` on every running child's stopper under the lock (aborting a task only
+    /// schedules it); a stopper for which `abort` returns false (it would run user code,
+    /// such as waking a blocking child's waiters) gets `later`, after the lock is released.
+    /// Then aborts every adopted nursery's children in turn (the cascade). Later adoptions
+    /// and spawns are aborted at once (`adopt`, `started`).
+    pub(crate) fn abort_all(&self, abort: impl Fn(&A) -> bool, later: impl Fn(&A)) -> usize
+    where
+        A: Clone,
+    {
+        let (count, deferred, adopted) = {
             let mut state = lock(&self.state);
             state.aborted = true;
-            let mut count = 0;
-            let mut adopted = Vec::new();
+            let (mut count, mut deferred, mut adopted) = (0, Vec::new(), Vec::new());
             for (_, slot) in state.slots.iter() {
                 match slot {
                     Slot::Running(handle) => {
-                        abort(handle);
                         count += 1;
+                        if !abort(handle) {
+                            deferred.push(handle.clone());
+                        }
                     }
                     Slot::Adoptee(stop) => adopted.push(stop.clone()),
                     _ => {}
                 }
             }
-            (count, adopted)
+            (count, deferred, adopted)
         };
+        deferred.iter().for_each(later);
         adopted.iter().for_each(|stop| stop.stop_all());
         count
     }

@@ -72,10 +72,23 @@ impl<V: Send, E: Send> Starting<E> for StartState<V, E> {
                 Self::wake(inner);
                 Ok(())
             }
-            Phase::Signalled { exited, .. } => {
-                *exited = true;
-                Self::wake(inner);
-                Err(end)
+            // Signalled while the caller's scope was cancelled, so not moved (Trio): the child
+            // is still the caller's; its value was given, but a failure, an echo of the
+            // caller's cancellation or a panic comes out of `start`.
+            Phase::Signalled {
+                moved: false,
+                exited,
+                ..
+            } => {
+                if matches!(end, EarlyEnd::Returned) {
+                    *exited = true;
+                    Self::wake(inner);
+                    Err(end)
+                } else {
+                    inner.phase = Phase::Early(end);
+                    Self::wake(inner);
+                    Ok(())
+                }
             }
             _ => Err(end),
         }
@@ -100,18 +113,39 @@ impl<V: Send, E: Send> Signal<V> for StartState<V, E> {
         if !matches!(inner.phase, Phase::Waiting) {
             return; // the starter gave up: the child already belongs to the nursery
         }
-        let child = self.child.get().expect("a started child has its scope");
-        // Trio: a signal while the caller's scope is cancelled does not move the child.
-        let moved = !child.is_cancelled();
-        if moved {
-            child.reparent(&self.nursery);
-        }
+        // Trio: a signal while the caller's scope is cancelled does not move the child. A
+        // signal given before the child was spawned (in the closure's synchronous part) is
+        // carried out when it is (`link`).
+        let moved = match self.child.get() {
+            Some(child) => {
+                let moved = !child.is_cancelled();
+                if moved {
+                    child.reparent(&self.nursery);
+                }
+                moved
+            }
+            None => true,
+        };
         inner.phase = Phase::Signalled {
             value: Some(value),
             moved,
             exited: false,
         };
         Self::wake(inner);
+    }
+}
+
+impl<V, E> StartState<V, E> {
+    /// The child's scope exists: remember it, and carry out a signal given before.
+    fn link(&self, child: &Arc<Node>) {
+        let _ = self.child.set(child.clone());
+        let mut inner = lock(&self.inner);
+        if let Phase::Signalled { moved, .. } = &mut inner.phase {
+            *moved = !child.is_cancelled();
+            if *moved {
+                child.reparent(&self.nursery);
+            }
+        }
     }
 }
 
@@ -252,10 +286,16 @@ impl<V, E> Drop for Start<V, E> {
             return;
         };
         let mut inner = lock(&state.inner);
-        if matches!(
+        let waiting = matches!(
             inner.phase,
-            Phase::Waiting | Phase::Signalled { moved: false, .. }
-        ) {
+            Phase::Waiting
+                | Phase::Signalled {
+                    moved: false,
+                    exited: false,
+                    ..
+                }
+        );
+        if waiting {
             // SPEC N3: the caller gave up before the signal; the child joins the nursery
             // with its own scope cancelled, and its end is the nursery's.
             inner.phase = Phase::Abandoned;
@@ -327,7 +367,7 @@ where
         let caller = context::with_current(|frame| frame.map(|frame| frame.node().clone()));
         let route_state = state.clone();
         let spawned = self.spawn_task(None, caller.as_ref(), None, future, move |node| {
-            let _ = route_state.child.set(node.clone());
+            route_state.link(node);
             Route::Start(route_state)
         });
         match spawned {
