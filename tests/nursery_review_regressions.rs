@@ -1,0 +1,430 @@
+//! Regression tests for the code review of the nursery (each names its finding).
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_nursery::*;
+
+fn counting_hook(count: Arc<AtomicUsize>) -> impl Fn(&Report<'_>) + Send + Sync + 'static {
+    move |r: &Report<'_>| {
+        let _ = r;
+        count.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+// 1. A failure recorded before a wait-mode drop with no live child is lost.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn r1_failure_lost_on_drop_with_no_live_child() {
+    let reports = Arc::new(AtomicUsize::new(0));
+    let out = Nursery::new()
+        .on_report(counting_hook(reports.clone()))
+        .run(|_outer| async move {
+            let inner = nursery(|n| async move {
+                n.spawn(async { Err::<(), _>(std::io::Error::other("boom")) });
+                // body ignores cancellation (a plain tokio sleep)
+                tokio::time::sleep(Duration::from_secs(100)).await;
+                Ok::<_, std::io::Error>(())
+            });
+            let r = tokio::time::timeout(Duration::from_secs(1), inner).await;
+            assert!(r.is_err(), "inner was dropped by the timeout");
+            Ok::<_, Cancelled>(())
+        })
+        .await;
+    assert!(out.is_ok());
+    assert_eq!(
+        reports.load(Ordering::SeqCst),
+        1,
+        "the child's failure must reach someone"
+    );
+}
+
+// 1b. Same with a panic: a panic is swallowed.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn r1b_panic_lost_on_drop_with_no_live_child() {
+    let reports = Arc::new(AtomicUsize::new(0));
+    let out = Nursery::new()
+        .on_report(counting_hook(reports.clone()))
+        .run(|_outer| async move {
+            let inner = nursery(|n| async move {
+                n.spawn(async {
+                    panic!("child panicked");
+                    #[allow(unreachable_code)]
+                    Ok::<(), Cancelled>(())
+                });
+                tokio::time::sleep(Duration::from_secs(100)).await;
+                Ok::<_, Cancelled>(())
+            });
+            let _ = tokio::time::timeout(Duration::from_secs(1), inner).await;
+            Ok::<_, Cancelled>(())
+        })
+        .await;
+    assert!(out.is_ok());
+    assert_eq!(
+        reports.load(Ordering::SeqCst),
+        1,
+        "the child's panic must reach someone"
+    );
+}
+
+// 1c. BlockingWait: children finish within the grace, their failures are lost.
+#[test]
+fn r1c_blocking_wait_loses_failures() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let reports = Arc::new(AtomicUsize::new(0));
+    let r2 = reports.clone();
+    rt.block_on(async move {
+        let out = Nursery::new()
+            .on_report(counting_hook(r2))
+            .run(|_outer| async move {
+                let inner = Nursery::new()
+                    .grace(Duration::from_secs(5))
+                    .drop_mode(DropMode::BlockingWait)
+                    .run(|n| async move {
+                        n.spawn(async {
+                            let _ = cancelled().await;
+                            // cleanup fails: a real failure, not an echo
+                            Err::<(), _>(std::io::Error::other("cleanup failed"))
+                        });
+                        std::future::pending::<()>().await;
+                        Ok::<_, std::io::Error>(())
+                    });
+                let _ = tokio::time::timeout(Duration::from_millis(50), inner).await;
+                Ok::<_, Cancelled>(())
+            })
+            .await;
+        assert!(out.is_ok());
+    });
+    assert_eq!(
+        reports.load(Ordering::SeqCst),
+        1,
+        "cleanup failure must be reported"
+    );
+}
+
+// 2. BlockingWait on current_thread "falls back to Wait" but aborts at once.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn r2_blocking_wait_fallback_aborts() {
+    let cleaned = Arc::new(AtomicBool::new(false));
+    let c = cleaned.clone();
+    let out = nursery(|_outer| async move {
+        let inner = Nursery::new()
+            .grace(Duration::from_secs(5))
+            .drop_mode(DropMode::BlockingWait)
+            .run(move |n| async move {
+                n.spawn(async move {
+                    let _ = cancelled().await;
+                    tokio::time::sleep(Duration::from_millis(100)).await; // cleanup
+                    c.store(true, Ordering::SeqCst);
+                    Ok::<(), Cancelled>(())
+                });
+                std::future::pending::<()>().await;
+                Ok::<_, Cancelled>(())
+            });
+        let _ = tokio::time::timeout(Duration::from_secs(1), inner).await;
+        Ok::<_, Cancelled>(())
+    })
+    .await;
+    assert!(out.is_ok());
+    assert!(
+        cleaned.load(Ordering::SeqCst),
+        "fallback to N9 must let the child finish its cleanup"
+    );
+}
+
+// 3. A child future whose Drop panics while aborted: the nursery never finishes.
+struct PanicOnDrop;
+impl Drop for PanicOnDrop {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            panic!("drop panicked");
+        }
+    }
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn r3_panicking_drop_hangs_nursery() {
+    let fut = nursery(|n| async move {
+        let h = n.spawn(async {
+            let _g = PanicOnDrop;
+            std::future::pending::<()>().await;
+            Ok::<(), Cancelled>(())
+        });
+        tokio::task::yield_now().await;
+        h.abort();
+        Ok::<_, Cancelled>(())
+    });
+    let r = tokio::time::timeout(
+        Duration::from_secs(3600),
+        std::panic::AssertUnwindSafe(fut).catch_unwind_compat(),
+    )
+    .await;
+    assert!(r.is_ok(), "nursery hung after a child's Drop panicked");
+}
+
+trait CatchCompat: std::future::Future + Sized {
+    fn catch_unwind_compat(self) -> futures::future::CatchUnwind<Self>
+    where
+        Self: std::panic::UnwindSafe,
+    {
+        futures::FutureExt::catch_unwind(self)
+    }
+}
+impl<F: std::future::Future> CatchCompat for F {}
+
+// 3b. A child future that completes but whose Drop panics: the panic is lost.
+struct ReadyThenPanicOnDrop;
+impl std::future::Future for ReadyThenPanicOnDrop {
+    type Output = Result<(), Cancelled>;
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+impl Drop for ReadyThenPanicOnDrop {
+    fn drop(&mut self) {
+        panic!("drop after completion");
+    }
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn r3b_panic_in_drop_after_completion_is_lost() {
+    let seen = Arc::new(Mutex::new(None));
+    let s = seen.clone();
+    let fut = nursery(|n| async move {
+        let h = n.spawn(ReadyThenPanicOnDrop);
+        *s.lock().unwrap() = Some(format!("{:?}", h.await));
+        Ok::<_, Cancelled>(())
+    });
+    let r = tokio::time::timeout(
+        Duration::from_secs(3600),
+        std::panic::AssertUnwindSafe(fut).catch_unwind_compat(),
+    )
+    .await;
+    eprintln!("handle saw: {:?}", seen.lock().unwrap());
+    let r = r.expect("no hang");
+    assert!(
+        r.is_err(),
+        "the child's panic should be resumed by the nursery (N6); got {:?}",
+        r.map(|x| x.is_ok())
+    );
+}
+
+// 4. Start dropped after a signalled-but-not-moved child exited: the ended child node is
+// re-linked under the nursery (stale in the tree, Arc cycle).
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn r4_start_drop_relinks_ended_child() {
+    let out = nursery(|n| async move {
+        let n2 = n.clone();
+        let start = CancelScope::new()
+            .run(async move {
+                let s = n2.start(|ready: Ready<u8>| async move {
+                    ready.signal(1);
+                    Ok::<_, Cancelled>(())
+                });
+                current_scope().unwrap().cancel(); // caller cancelled before the signal
+                tokio::time::sleep(Duration::from_millis(10)).await; // child signals (not moved) and exits
+                drop(s); // caller gives up before polling
+                Ok::<_, Cancelled>(())
+            })
+            .await;
+        let _ = start;
+        assert_eq!(n.live_children(), 0);
+        let tree = TaskTree::of(&n.scope());
+        println!("{tree}");
+        assert_eq!(
+            tree.entries().len(),
+            1,
+            "no child should be listed under the nursery:\n{tree}"
+        );
+        Ok::<_, Cancelled>(())
+    })
+    .await;
+    assert!(out.is_ok());
+}
+
+// 5. A child spawned after the grace period expired is never aborted.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn r5_spawn_after_grace_not_aborted() {
+    let t0 = tokio::time::Instant::now();
+    let out = Nursery::new()
+        .grace(Duration::from_secs(1))
+        .run(|n| async move {
+            n.cancel();
+            tokio::time::sleep(Duration::from_secs(2)).await; // grace expires meanwhile
+            n.spawn(async {
+                tokio::time::sleep(Duration::from_secs(1000)).await; // ignores cancellation
+                Ok::<(), Cancelled>(())
+            });
+            Ok::<_, Cancelled>(())
+        })
+        .await;
+    assert!(out.is_ok());
+    assert_eq!(
+        t0.elapsed(),
+        Duration::from_secs(2),
+        "the child spawned after the grace period expired was aborted at once"
+    );
+}
+
+// 6. O2: children adopted from a wait-mode drop are invisible in the adopter's tree.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn r6_adopted_children_invisible_in_tree() {
+    let out = nursery(|outer| async move {
+        let inner = nursery(|n| async move {
+            n.spawn_named("stuck-cleanup", async {
+                let _ = cancelled().await;
+                tokio::time::sleep(Duration::from_secs(100)).await;
+                Ok::<(), Cancelled>(())
+            });
+            std::future::pending::<()>().await;
+            Ok::<_, Cancelled>(())
+        });
+        let _ = tokio::time::timeout(Duration::from_secs(1), inner).await;
+        let tree = TaskTree::of(&outer.scope());
+        println!("{tree}");
+        assert!(
+            tree.to_string().contains("stuck-cleanup"),
+            "adopted child not shown:\n{tree}"
+        );
+        Ok::<_, Cancelled>(())
+    })
+    .await;
+    assert!(out.is_ok());
+}
+
+// 7. Signalling synchronously in the start closure panics with an internal message.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn r7_signal_before_spawn_panics() {
+    let out = nursery(|n| async move {
+        let v = n
+            .start(|ready: Ready<u8>| {
+                ready.signal(7);
+                async { Ok::<_, Cancelled>(()) }
+            })
+            .await;
+        println!("{v:?}");
+        Ok::<_, Cancelled>(())
+    })
+    .await;
+    assert!(out.is_ok());
+}
+
+// 8. A panic in the body closure (before the first await) leaves the nursery's node linked
+// under the enclosing scope.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn r8_make_body_panic_leaves_node_linked() {
+    let out = CancelScope::new()
+        .run(async {
+            let scope = current_scope().unwrap();
+            let r = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(nursery(
+                |_n| -> std::future::Ready<Result<(), Cancelled>> { panic!("body closure") },
+            )))
+            .await;
+            assert!(r.is_err());
+            let tree = TaskTree::of(&scope);
+            println!("{tree}");
+            assert_eq!(tree.entries().len(), 1, "stale nursery node:\n{tree}");
+            Ok::<_, Cancelled>(())
+        })
+        .await;
+    assert!(out.is_ok());
+}
+
+// 10. Abort-mode drop racing a spawn from another thread: a child registered (Starting)
+// but not yet `started` is skipped by abort_all and never aborted.
+#[test]
+fn r10_abort_drop_races_spawn() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap();
+    let live = Arc::new(AtomicUsize::new(0));
+    struct Count(Arc<AtomicUsize>);
+    impl Drop for Count {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    let mut escaped_runs = 0;
+    for _ in 0..300 {
+        let live2 = live.clone();
+        rt.block_on(async {
+            let (tx, rx) = std::sync::mpsc::channel::<NurseryHandle<Cancelled>>();
+            let live3 = live2.clone();
+            let spawner = std::thread::spawn(move || {
+                let h = rx.recv().unwrap();
+                loop {
+                    live3.fetch_add(1, Ordering::SeqCst);
+                    let c = Count(live3.clone());
+                    let r = h.try_spawn(async move {
+                        let _c = c;
+                        // ignores cancellation
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                        Ok::<(), Cancelled>(())
+                    });
+                    if r.is_err() {
+                        break;
+                    }
+                }
+            });
+            let fut = Nursery::new()
+                .drop_mode(DropMode::Abort)
+                .run(move |n| async move {
+                    tx.send(n.clone()).unwrap();
+                    std::future::pending::<()>().await;
+                    Ok::<_, Cancelled>(())
+                });
+            let _ = tokio::time::timeout(Duration::from_micros(200), fut).await;
+            spawner.join().unwrap();
+            // give tokio time to drop aborted tasks
+            let t = std::time::Instant::now();
+            // A hang bound only: aborted tasks are dropped at their next scheduling.
+            while live2.load(Ordering::SeqCst) != 0 && t.elapsed() < Duration::from_secs(10) {
+                tokio::task::yield_now().await;
+            }
+        });
+        if live.load(Ordering::SeqCst) != 0 {
+            escaped_runs += 1;
+            live.store(0, Ordering::SeqCst);
+        }
+    }
+    assert_eq!(
+        escaped_runs, 0,
+        "children escaped the abort drop in {escaped_runs} runs"
+    );
+}
+
+// 11. A child of a full nursery cannot wait for a slot of its own nursery: `try_spawn`
+// and `spawn_when_free` say `Full` (documented on `Nursery::limit`), instead of the silent
+// deadlock of spawning and then joining a child that waits for the slot it holds.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn r11_a_child_of_a_full_nursery_gets_full_instead_of_a_deadlock() {
+    let out = Nursery::new()
+        .limit(1)
+        .run(|n| async move {
+            let n2 = n.clone();
+            let child = n.spawn(async move {
+                assert!(matches!(
+                    n2.try_spawn(async { Ok::<_, Cancelled>(1) }),
+                    Err(SpawnError::Full)
+                ));
+                assert!(matches!(
+                    n2.spawn_when_free(async { Ok::<_, Cancelled>(1) }).await,
+                    Err(SpawnError::Full)
+                ));
+                Ok::<(), Cancelled>(())
+            });
+            child.await.unwrap();
+            Ok::<_, Cancelled>(())
+        })
+        .await;
+    assert_eq!(out.unwrap(), Some(()));
+}
