@@ -160,6 +160,12 @@ impl Nursery {
     /// for a slot before spawning (back-pressure), [`try_spawn`](NurseryHandle::try_spawn)
     /// fails fast.
     ///
+    /// A child that [`spawn`](NurseryHandle::spawn)s into its own full nursery and then
+    /// awaits the new child waits for a slot it holds itself: a deadlock. From children, use
+    /// [`try_spawn`](NurseryHandle::try_spawn) or
+    /// [`spawn_when_free`](NurseryHandle::spawn_when_free), which return
+    /// [`SpawnError::Full`] in that case.
+    ///
     /// # Panics
     ///
     /// If `children` is zero (nothing could ever run).
