@@ -1,0 +1,58 @@
+//! "Why is my shutdown stuck?": the live task tree names the child that holds it up, and
+//! for how long (SPEC O2), and the grace period ends the wait (SPEC N7).
+//!
+//! `cargo run --example stuck_shutdown`. Runs on tokio's paused clock: instant and
+//! deterministic.
+
+use std::time::Duration;
+
+use tokio_nursery::{Cancelled, Nursery, TaskTree, cancelled, sleep};
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .expect("build a tokio runtime");
+    runtime.block_on(async {
+        let start = tokio::time::Instant::now();
+        let at = move || start.elapsed().as_millis();
+        let outcome = Nursery::new()
+            .name("server")
+            .grace(Duration::from_secs(5))
+            .run(|server| async move {
+                for id in 1..=3 {
+                    server.spawn_named(&format!("connection-{id}"), async move {
+                        loop {
+                            // Serving requests: every await here is a cancellation point.
+                            sleep(Duration::from_millis(100)).await?;
+                        }
+                        #[allow(unreachable_code)]
+                        Ok::<(), Cancelled>(())
+                    });
+                }
+                server.spawn_named("report-uploader", async move {
+                    // A legacy client: a plain tokio await, no cancellation point, 60 s.
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    Ok::<_, Cancelled>(())
+                });
+                sleep(Duration::from_millis(250)).await?;
+                println!("[{:>5} ms] shutdown requested: cancelling the server", at());
+                server.cancel();
+                // The body waits like everyone else; the nursery waits for its children.
+                let _ = cancelled().await;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                println!("[{:>5} ms] still not down? the task tree says why:", at());
+                for line in TaskTree::of(&server.scope()).to_string().lines() {
+                    println!("           {line}");
+                }
+                Ok::<_, Cancelled>(())
+            })
+            .await;
+        println!(
+            "[{:>5} ms] the grace period (5 s) ran out: the stuck child was aborted",
+            at()
+        );
+        println!("[{:>5} ms] server -> {outcome:?}", at());
+    });
+}
