@@ -87,10 +87,25 @@ impl TaskTree {
         }
     }
 
+    /// The orphans of the current runtime (SPEC N9): the nurseries dropped in wait mode with
+    /// no live enclosing nursery, and protected work with none, each with its children.
+    pub fn orphans() -> TaskTree {
+        let roots = crate::nursery::orphan_scopes();
+        Self::from_nodes(roots)
+    }
+
     fn from_node(root: &Arc<Node>) -> TaskTree {
+        Self::from_nodes(vec![root.clone()])
+    }
+
+    fn from_nodes(roots: Vec<Arc<Node>>) -> TaskTree {
         let mut entries = Vec::new();
         // Depth-first, iteratively (trees can be deep, SPEC R4): (node, depth, inherited).
-        let mut stack = vec![(root.clone(), 0, None::<(CancelReason, Instant)>)];
+        let mut stack: Vec<_> = roots
+            .into_iter()
+            .rev()
+            .map(|root| (root, 0, None::<(CancelReason, Instant)>))
+            .collect();
         while let Some((node, depth, inherited)) = stack.pop() {
             let view = node.view();
             let own = match (&view.reason, view.cancelled_at, view.cancel_called) {

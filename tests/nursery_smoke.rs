@@ -600,3 +600,28 @@ async fn blocking_wait_falls_back_to_adoption_on_current_thread() {
     drop(fut); // returns at once: no deadlock on a current-thread runtime
     orphans_finished().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn orphans_are_visible_in_the_task_tree() {
+    let inner = Nursery::new()
+        .name("dropped")
+        .run(|n: NurseryHandle<Cancelled>| async move {
+            n.spawn_named("cleaning-up", async {
+                let c = cancelled().await;
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                Err::<(), _>(c)
+            });
+            std::future::pending::<()>().await;
+            Ok(())
+        });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(10), inner)
+            .await
+            .is_err()
+    );
+    let text = TaskTree::orphans().to_string();
+    assert!(text.contains("nursery \"dropped\""), "{text}");
+    assert!(text.contains("child \"cleaning-up\""), "{text}");
+    orphans_finished().await;
+    assert_eq!(TaskTree::orphans().entries().len(), 0);
+}

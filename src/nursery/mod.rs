@@ -405,6 +405,13 @@ impl<E: Send + 'static> Adopter<Origin> for Shared<E> {
     }
 }
 
+/// The scopes held by the current runtime's orphan registry (for `TaskTree::orphans`).
+pub(crate) fn orphan_scopes() -> Vec<Arc<Node>> {
+    Orphans::of_current()
+        .map(|orphans| orphans.scopes())
+        .unwrap_or_default()
+}
+
 /// The default report hook, for scopes without a nursery's configuration.
 pub(crate) fn report_default(report: &Report<'_>) {
     report::default_hook(report);

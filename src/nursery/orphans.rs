@@ -19,9 +19,8 @@ pub(crate) struct Orphans {
 }
 
 struct State {
-    /// Orphaned nurseries whose children are still running.
-    live: usize,
-    next_key: usize,
+    /// Orphaned nurseries (or protected work) still running, with how to stop them.
+    adoptees: slab::Slab<Arc<dyn StopAll>>,
     waiters: Vec<Waker>,
 }
 
@@ -37,8 +36,7 @@ impl Orphans {
         }
         let orphans = Arc::new(Orphans {
             state: Mutex::new(State {
-                live: 0,
-                next_key: 0,
+                adoptees: slab::Slab::new(),
                 waiters: Vec::new(),
             }),
         });
@@ -55,27 +53,40 @@ impl Orphans {
     }
 
     fn live(&self) -> usize {
-        lock(&self.state).live
+        lock(&self.state).adoptees.len()
+    }
+
+    /// The scopes of what this registry holds, for the task tree (SPEC O2).
+    pub(crate) fn scopes(&self) -> Vec<Arc<crate::node::Node>> {
+        lock(&self.state)
+            .adoptees
+            .iter()
+            .filter_map(|(_, stop)| stop.scope())
+            .collect()
+    }
+
+    /// The orphan registry of the current runtime, if it ever held anything.
+    pub(crate) fn of_current() -> Option<Arc<Orphans>> {
+        Self::current()
     }
 }
 
 impl Adopter<Origin> for Orphans {
-    fn adopt(&self, _stop: Arc<dyn StopAll>) -> Result<(usize, bool), Closed> {
-        let mut state = lock(&self.state);
-        state.live += 1;
-        state.next_key += 1;
-        Ok((state.next_key, false))
+    fn adopt(&self, stop: Arc<dyn StopAll>) -> Result<(usize, bool), Closed> {
+        let key = lock(&self.state).adoptees.insert(stop);
+        Ok((key, false))
     }
 
-    fn adoptee_finished(&self, _key: usize) {
+    fn adoptee_finished(&self, key: usize) {
         let mut state = lock(&self.state);
-        state.live -= 1;
-        let waiters = if state.live == 0 {
+        let removed = state.adoptees.try_remove(key);
+        let waiters = if state.adoptees.is_empty() {
             std::mem::take(&mut state.waiters)
         } else {
             Vec::new()
         };
         drop(state);
+        drop(removed);
         waiters.into_iter().for_each(Waker::wake);
     }
 
@@ -121,7 +132,7 @@ pub async fn orphans_finished() {
     };
     poll_fn(|cx| {
         let mut state = lock(&orphans.state);
-        if state.live == 0 {
+        if state.adoptees.is_empty() {
             Poll::Ready(())
         } else {
             if !state.waiters.iter().any(|w| w.will_wake(cx.waker())) {
