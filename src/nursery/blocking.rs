@@ -91,7 +91,7 @@ enum Slot {
 impl Slot {
     /// The permit to hold while the child runs, waiting for one in this (blocking) thread
     /// unless the child is cancelled first.
-    fn take(self, node: &Node) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, Cancelled> {
+    fn take(self) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, Cancelled> {
         match self {
             Slot::Free => Ok(None),
             Slot::Held(permit) => Ok(Some(permit)),
@@ -103,10 +103,7 @@ impl Slot {
                     futures::future::Either::Left((permit, _)) => {
                         Ok(Some(permit.expect("a nursery's limit is never closed")))
                     }
-                    futures::future::Either::Right((cancelled, _)) => {
-                        let _ = node;
-                        Err(cancelled)
-                    }
+                    futures::future::Either::Right((cancelled, _)) => Err(cancelled),
                 }
             }
         }
@@ -201,7 +198,7 @@ where
             let node = &finished.node;
             let ended = catch_unwind(AssertUnwindSafe(|| {
                 context::enter(FrameKind::Linked(node), || {
-                    let _slot = match slot.take(node) {
+                    let _slot = match slot.take() {
                         Ok(slot) => slot,
                         Err(cancelled) => return Err(E::from(cancelled)),
                     };
