@@ -55,184 +55,30 @@
 
 mod common;
 
-use std::any::Any;
 use std::collections::BTreeSet;
 use std::error::Error;
 use std::fmt;
-use std::future::{Future, pending};
+use std::future::pending;
 use std::io;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{HANG_BOUND, LiveFutures, settle_tasks, wait_until};
-use futures::FutureExt;
+use common::nursery::*;
+use common::{LiveFutures, settle_tasks, wait_until};
 use tokio::sync::{Notify, oneshot};
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_nursery::{
-    CancelError, CancelReason, CancelScope, Cancelled, ChildHandle, DropMode, EffectiveDeadline,
-    Failure, JoinError, Nursery, NurseryError, NurseryHandle, Origin, Report, ScopeHandle,
-    SpawnError, cancelled, check_cancelled, checkpoint, current_deadline, current_scope,
-    is_cancelled, move_on_after, nursery, panic_message, sleep,
+    CancelError, CancelReason, CancelScope, Cancelled, DropMode, EffectiveDeadline, JoinError,
+    Nursery, NurseryError, NurseryHandle, Origin, Report, SpawnError, cancelled, check_cancelled,
+    checkpoint, current_deadline, current_scope, is_cancelled, move_on_after, nursery,
+    panic_message, sleep,
 };
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-type BoxError = Box<dyn Error + Send + Sync>;
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-const HOUR: Duration = Duration::from_secs(3600);
-
-/// Trio's `sleep_forever`: returns only when the current scope is cancelled, with that
-/// cancellation.
-async fn sleep_forever<E: From<Cancelled>>() -> Result<(), E> {
-    Err(cancelled().await.into())
-}
-
-/// Work that is not a cancellation point and never ends by itself (only an abort stops it).
-async fn stuck<E>() -> Result<(), E> {
-    tokio::time::sleep(HOUR).await;
-    unreachable!("an hour passed in a stuck child")
-}
-
-/// Trio's `wait_all_tasks_blocked`, for current_thread: lets every other ready task run.
-async fn settle() {
-    for _ in 0..16 {
-        tokio::task::yield_now().await;
-    }
-}
-
-/// Runs `test` with a real-time hang bound (multi-thread tests).
-async fn bounded<F: Future>(test: F) -> F::Output {
-    tokio::time::timeout(HANG_BOUND, test)
-        .await
-        .expect("hang: the test did not finish within the hang bound")
-}
-
-/// Spawns a plain task that calls `action` at `at` (tokio's clock).
-fn at(at: Instant, action: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        tokio::time::sleep_until(at).await;
-        action();
-    })
-}
-
-/// Catches a panic resumed by a nursery.
-async fn catch<F: Future>(future: F) -> Result<F::Output, Box<dyn Any + Send>> {
-    AssertUnwindSafe(future).catch_unwind().await
-}
-
-/// Panics with `payload` (any type, not only strings).
-fn explode<T>(payload: impl Any + Send + 'static) -> T {
-    std::panic::panic_any(payload)
-}
-
-/// A non-string panic payload, to check payloads travel intact.
-#[derive(Debug, PartialEq)]
-struct Code(u32);
-
-/// Milliseconds since `start` on tokio's clock.
-fn since(start: Instant) -> u128 {
-    (Instant::now() - start).as_millis()
-}
-
-/// A shared log of events.
-#[derive(Clone, Default)]
-struct Log(Arc<Mutex<Vec<String>>>);
-
-impl Log {
-    fn push(&self, event: impl Into<String>) {
-        self.0.lock().unwrap().push(event.into());
-    }
-
-    fn events(&self) -> Vec<String> {
-        self.0.lock().unwrap().clone()
-    }
-
-    fn set(&self) -> BTreeSet<String> {
-        self.events().into_iter().collect()
-    }
-}
-
-fn set(events: &[&str]) -> BTreeSet<String> {
-    events.iter().map(|e| e.to_string()).collect()
-}
-
-/// An application error type implementing `CancelError` (SPEC S15), able to carry a join
-/// error (so a body can `?` a child's handle).
-#[derive(Debug)]
-enum AppError {
-    Cancelled(Cancelled),
-    Boom(u32),
-    Join(JoinError),
-}
-
-impl From<Cancelled> for AppError {
-    fn from(c: Cancelled) -> Self {
-        AppError::Cancelled(c)
-    }
-}
-
-impl From<JoinError> for AppError {
-    fn from(e: JoinError) -> Self {
-        AppError::Join(e)
-    }
-}
-
-impl CancelError for AppError {
-    fn as_cancelled(&self) -> Option<&Cancelled> {
-        match self {
-            AppError::Cancelled(c) => Some(c),
-            AppError::Join(e) => e.as_cancelled(),
-            AppError::Boom(_) => None,
-        }
-    }
-}
-
-impl fmt::Display for AppError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            AppError::Cancelled(c) => write!(f, "{c}"),
-            AppError::Boom(n) => write!(f, "boom {n}"),
-            AppError::Join(e) => write!(f, "{e}"),
-        }
-    }
-}
-
-/// The failures of a nursery that failed (panics with the outcome otherwise).
-fn failed<T: fmt::Debug, E: fmt::Debug>(
-    out: Result<Option<T>, NurseryError<E>>,
-) -> Vec<Failure<E>> {
-    match out {
-        Err(NurseryError::Failed(failures)) => failures,
-        other => panic!("expected the nursery to fail, got {other:?}"),
-    }
-}
-
-/// The `Boom` numbers of failures, in order.
-fn booms(failures: &[Failure<AppError>]) -> Vec<u32> {
-    failures
-        .iter()
-        .map(|f| match f.error() {
-            AppError::Boom(n) => *n,
-            other => panic!("expected a Boom failure, got {other:?}"),
-        })
-        .collect()
-}
-
-fn child_origin<T>(handle: &ChildHandle<T>) -> Origin {
-    Origin::Child {
-        id: handle.id(),
-        name: handle.name().map(Arc::from),
-    }
-}
 
 /// What the report hook received, with payloads inspected while they were intact.
 #[derive(Debug, Clone, PartialEq)]
@@ -266,7 +112,7 @@ impl Reports {
                     Seen::Panic {
                         origin: (*origin).clone(),
                         message: panic_message(*payload).map(str::to_owned),
-                        code: (**payload).downcast_ref::<Code>().map(|c| c.0),
+                        code: code(*payload),
                     }
                 }
                 Report::Failure {
@@ -290,27 +136,6 @@ impl Reports {
     fn seen(&self) -> Vec<Seen> {
         self.0.lock().unwrap().clone()
     }
-}
-
-/// A `Cancelled` obtained from a scope that then ended normally: a stray once it leaves.
-async fn stray_cancelled() -> (Cancelled, ScopeHandle) {
-    let scope = CancelScope::new();
-    let handle = scope.handle();
-    handle.cancel_with("long ago");
-    let kept = scope
-        .run(async { Ok::<_, Cancelled>(check_cancelled().unwrap_err()) })
-        .await
-        .unwrap()
-        .unwrap();
-    (kept, handle)
-}
-
-fn is_explicit(reason: &CancelReason) -> bool {
-    matches!(reason, CancelReason::Explicit(_))
-}
-
-fn is_sibling_failed(reason: &CancelReason) -> bool {
-    matches!(reason, CancelReason::SiblingFailed)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -34,247 +34,28 @@
 
 mod common;
 
-use std::any::Any;
-use std::collections::{BTreeSet, HashSet};
-use std::fmt;
-use std::future::Future;
+use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{HANG_BOUND, LiveFutures, settle_tasks, wait_until};
-use futures::FutureExt;
+use common::nursery::*;
+use common::{LiveFutures, settle_tasks, wait_until};
 use tokio::sync::{oneshot, watch};
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
+#[cfg(all(unix, feature = "signal"))]
+use tokio_nursery::NurseryError;
 use tokio_nursery::{
-    CancelError, CancelReason, CancelScope, Cancelled, ChildHandle, DropMode, EffectiveDeadline,
-    Incident, JoinError, Nursery, NurseryError, NurseryHandle, Origin, Ready, Report, Root,
-    SpawnError, StartError, TaskTree, cancelled, carry_scope, check_cancelled, checkpoint,
-    current_deadline, current_scope, is_cancelled, move_on_after, nursery, orphan_count,
-    orphans_finished, panic_message, sleep,
+    CancelReason, CancelScope, Cancelled, DropMode, EffectiveDeadline, Incident, JoinError,
+    Nursery, NurseryHandle, Origin, Ready, Report, Root, SpawnError, StartError, TaskTree,
+    cancelled, carry_scope, check_cancelled, checkpoint, current_deadline, current_scope,
+    is_cancelled, move_on_after, nursery, orphan_count, orphans_finished, panic_message, sleep,
 };
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
-
-const HOUR: Duration = Duration::from_secs(3600);
-
-/// Trio's `sleep_forever`: returns only when the current scope is cancelled, with that
-/// cancellation.
-async fn sleep_forever<E: From<Cancelled>>() -> Result<(), E> {
-    Err(cancelled().await.into())
-}
-
-/// Work that is not a cancellation point and never ends by itself (only an abort stops it).
-async fn stuck<E>() -> Result<(), E> {
-    tokio::time::sleep(HOUR).await;
-    unreachable!("an hour passed in a stuck child")
-}
-
-/// Trio's `wait_all_tasks_blocked`, for current_thread: lets every other ready task run.
-async fn settle() {
-    for _ in 0..16 {
-        tokio::task::yield_now().await;
-    }
-}
-
-/// Runs `test` with a real-time hang bound (multi-thread tests).
-async fn bounded<F: Future>(test: F) -> F::Output {
-    tokio::time::timeout(HANG_BOUND, test)
-        .await
-        .expect("hang: the test did not finish within the hang bound")
-}
-
-/// Under the paused clock a test that hangs would auto-advance to this timeout and fail.
-async fn no_hang<F: Future>(test: F) -> F::Output {
-    tokio::time::timeout(24 * HOUR, test)
-        .await
-        .expect("hang: everything waited with nothing left to wake it")
-}
-
-/// Runs `test` on a thread of its own and waits for it with a real-time hang bound (the root's
-/// tests, which block on a runtime of their own).
-fn within_hang_bound<R: Send + 'static>(test: impl FnOnce() -> R + Send + 'static) -> R {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(std::panic::catch_unwind(AssertUnwindSafe(test)));
-    });
-    match rx.recv_timeout(HANG_BOUND) {
-        Ok(Ok(value)) => value,
-        Ok(Err(panic)) => std::panic::resume_unwind(panic),
-        Err(_) => panic!("hang: the test did not finish within {HANG_BOUND:?}"),
-    }
-}
-
-/// Spawns a plain task that calls `action` at `at` (tokio's clock).
-fn at(at: Instant, action: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        tokio::time::sleep_until(at).await;
-        action();
-    })
-}
-
-/// Catches a panic resumed by a nursery or a start.
-async fn catch<F: Future>(future: F) -> Result<F::Output, Box<dyn Any + Send>> {
-    AssertUnwindSafe(future).catch_unwind().await
-}
-
-/// Panics with `payload` (any type, not only strings).
-fn explode<T>(payload: impl Any + Send + 'static) -> T {
-    std::panic::panic_any(payload)
-}
-
-/// A non-string panic payload, to check payloads travel intact.
-#[derive(Debug, PartialEq)]
-struct Code(u32);
-
-fn code(payload: &(dyn Any + Send)) -> Option<u32> {
-    payload.downcast_ref::<Code>().map(|c| c.0)
-}
-
-/// Milliseconds since `start` on tokio's clock.
-fn since(start: Instant) -> u128 {
-    (Instant::now() - start).as_millis()
-}
-
-/// Runs a closure when dropped (to see when tokio drops a child's future).
-struct OnDrop<F: FnOnce()>(Option<F>);
-
-impl<F: FnOnce()> Drop for OnDrop<F> {
-    fn drop(&mut self) {
-        if let Some(action) = self.0.take() {
-            action();
-        }
-    }
-}
-
-/// A shared log of events.
-#[derive(Clone, Default)]
-struct Log(Arc<Mutex<Vec<String>>>);
-
-impl Log {
-    fn push(&self, event: impl Into<String>) {
-        self.0.lock().unwrap().push(event.into());
-    }
-
-    fn events(&self) -> Vec<String> {
-        self.0.lock().unwrap().clone()
-    }
-
-    fn set(&self) -> BTreeSet<String> {
-        self.events().into_iter().collect()
-    }
-}
-
-fn set(events: &[&str]) -> BTreeSet<String> {
-    events.iter().map(|e| e.to_string()).collect()
-}
-
-/// An application error type implementing `CancelError` (SPEC S15).
-#[derive(Debug)]
-enum AppError {
-    Cancelled(Cancelled),
-    Boom(u32),
-}
-
-impl From<Cancelled> for AppError {
-    fn from(c: Cancelled) -> Self {
-        AppError::Cancelled(c)
-    }
-}
-
-impl CancelError for AppError {
-    fn as_cancelled(&self) -> Option<&Cancelled> {
-        match self {
-            AppError::Cancelled(c) => Some(c),
-            AppError::Boom(_) => None,
-        }
-    }
-}
-
-impl fmt::Display for AppError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            AppError::Cancelled(c) => write!(f, "{c}"),
-            AppError::Boom(n) => write!(f, "boom {n}"),
-        }
-    }
-}
-
-/// The failures of a nursery that failed (panics with the outcome otherwise).
-fn failed<T: fmt::Debug, E: fmt::Debug>(
-    out: Result<Option<T>, NurseryError<E>>,
-) -> Vec<tokio_nursery::Failure<E>> {
-    match out {
-        Err(NurseryError::Failed(failures)) => failures,
-        other => panic!("expected the nursery to fail, got {other:?}"),
-    }
-}
-
-/// The `Boom` numbers of failures, in order.
-fn booms(failures: &[tokio_nursery::Failure<AppError>]) -> Vec<u32> {
-    failures
-        .iter()
-        .map(|f| match f.error() {
-            AppError::Boom(n) => *n,
-            other => panic!("expected a Boom failure, got {other:?}"),
-        })
-        .collect()
-}
-
-fn child_origin<T>(handle: &ChildHandle<T>) -> Origin {
-    Origin::Child {
-        id: handle.id(),
-        name: handle.name().map(Arc::from),
-    }
-}
-
-/// "body", a child's name, or "?" for an unnamed child.
-fn origin_name(origin: &Origin) -> String {
-    match origin {
-        Origin::Body => "body".to_string(),
-        Origin::Child {
-            name: Some(name), ..
-        } => name.to_string(),
-        Origin::Child { name: None, .. } => "?".to_string(),
-        other => other.to_string(),
-    }
-}
-
-/// A start's outcome with the cancellation passed on (the other errors are unexpected).
-fn started<V, E: fmt::Debug>(outcome: Result<V, StartError<E>>) -> Result<V, Cancelled> {
-    match outcome {
-        Ok(value) => Ok(value),
-        Err(StartError::Cancelled(c)) => Err(c),
-        Err(other) => panic!("unexpected start error: {other:?}"),
-    }
-}
-
-/// A nested nursery's outcome with its cancellation passed on (failures are unexpected).
-fn flat<T: fmt::Debug>(
-    outcome: Result<Option<T>, NurseryError<Cancelled>>,
-) -> Result<Option<T>, Cancelled> {
-    match outcome {
-        Ok(value) => Ok(value),
-        Err(NurseryError::Cancelled(c)) => Err(c),
-        Err(other) => panic!("unexpected nursery failure: {other:?}"),
-    }
-}
-
-fn is_explicit(reason: &CancelReason) -> bool {
-    matches!(reason, CancelReason::Explicit(_))
-}
 
 /// What the report hook received, with payloads inspected while they were intact.
 #[derive(Debug, Clone, PartialEq)]

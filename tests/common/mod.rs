@@ -7,6 +7,8 @@
 //!   value, so a test can prove that the tasks the crate runs for itself (the deadline
 //!   service) exist only while they have work (SPEC R3).
 //! - [`wait_until`] spins on a condition with a hang bound.
+//! - [`nursery`] holds the helpers of the nursery test crates (tests/spec_nursery.rs,
+//!   tests/spec_nursery_more.rs).
 //!
 //! Waiting helpers never count yields and never use timing thresholds: they spin (yielding to
 //! the scheduler) until the condition holds and fail only past [`HANG_BOUND`] of real time,
@@ -23,6 +25,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
+
+pub mod nursery;
 
 /// How long a waiting helper waits before declaring a hang (real time).
 pub const HANG_BOUND: Duration = Duration::from_secs(10);
