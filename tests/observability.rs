@@ -1,3 +1,4 @@
+#![cfg(feature = "tracing")]
 //! SPEC N7's unobserved-cancellation warning and O1's events, seen through a recording
 //! `tracing` layer.
 
