@@ -103,6 +103,7 @@
 mod cancelled;
 mod node;
 mod reason;
+mod registry;
 mod sync;
 
 // The tokio-facing layer. Under `cfg(loom)` only the core above is built, for model checking.

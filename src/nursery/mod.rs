@@ -7,15 +7,14 @@
 //! failure is returned and the earliest panic is resumed once all have stopped (N6).
 //!
 //! This module owns the builder, the nursery future and its handle; [`child`] owns the child
-//! task wrapper and its handle, [`registry`] the shared bookkeeping, [`report`] what a
-//! nursery reports.
+//! task wrapper and its handle, [`report`] what a nursery reports; the shared bookkeeping is
+//! [`crate::registry`], kept apart (and free of tokio) so that loom can check it.
 
 mod blocking;
 mod child;
 mod collector;
 mod orphans;
 mod protect;
-mod registry;
 mod report;
 mod start;
 
@@ -45,10 +44,10 @@ use crate::cancelled::{CancelError, Cancelled};
 use crate::context::{self, FrameKind};
 use crate::node::{Attachment, Description, Node, ScopeId};
 use crate::reason::CancelReason;
+use crate::registry::{self, Adopter, Closed, OrphanReport, Recorded, Registry, StopAll};
 use crate::scope::{ScopeHandle, cancelled_here, enter_preset};
 use child::{ChildOutput, ChildTask, Route};
 use orphans::Orphans;
-use registry::{Adopter, Closed, OrphanReport, Recorded, Registry, StopAll};
 use report::DebugText;
 
 /// What happens to running children when a nursery's future is dropped before it finished

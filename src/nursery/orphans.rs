@@ -9,8 +9,8 @@ use std::task::{Poll, Waker};
 
 use tokio::runtime::{self, Handle};
 
-use super::registry::{Adopter, Closed, OrphanReport, StopAll};
 use super::report::{DebugText, Origin, Report, default_hook};
+use crate::registry::{Adopter, Closed, OrphanReport, StopAll};
 use crate::sync::lock;
 
 /// The orphans of one runtime.

@@ -20,11 +20,11 @@ use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
 use super::nearest_adopter;
-use super::registry::{Adopter, OrphanReport, Panic, StopAll};
 use super::report::Origin;
 use crate::context::{self, FrameKind};
 use crate::node::{Node, ScopeId};
 use crate::reason::CancelReason;
+use crate::registry::{Adopter, OrphanReport, Panic, StopAll};
 
 /// The handle of protected work: await it for the value. Dropping it does not stop the
 /// work. Cancel-safe; not a cancellation point (race it with

@@ -1,5 +1,5 @@
 //! A nursery's child registry: which children are alive, whether the nursery still accepts
-//! children, and the failures and panics they reported.
+//! children, the failures and panics they reported, and the adoption handoff (SPEC N9).
 //!
 //! Written against [`crate::sync`] and generic over the abort handle, so the close/spawn
 //! handoff can be model-checked with loom like the scope tree.
@@ -388,5 +388,90 @@ impl<A, F, L> Registry<A, F, L> {
             }
         }
         (failures, panics)
+    }
+}
+
+/// Model checks of the registry's handoffs (SPEC R1):
+/// `RUSTFLAGS="--cfg loom" cargo test --lib --release loom_`.
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use crate::sync::{AtomicU64, Ordering};
+    use loom::thread;
+
+    type Plain = Registry<(), (), ()>;
+
+    /// N-2: a spawn registering while the nursery closes either lands before the close (and
+    /// is waited for) or is refused; never a child alive in a closed nursery.
+    #[test]
+    fn loom_registering_races_with_closing() {
+        loom::model(|| {
+            let registry = Arc::new(Plain::new());
+            let spawner = {
+                let registry = registry.clone();
+                thread::spawn(move || match registry.register() {
+                    Ok(key) => {
+                        registry.started(key, ());
+                        registry.finished(key);
+                        true
+                    }
+                    Err(Closed) => false,
+                })
+            };
+            let closed = registry.try_close(futures::task::noop_waker_ref());
+            let registered = spawner.join().unwrap();
+            if closed {
+                assert_eq!(registry.live(), 0);
+            }
+            assert!(
+                registered || closed,
+                "a refusal means the nursery had closed"
+            );
+            assert_eq!(registry.live(), 0);
+        });
+    }
+
+    struct Counting(AtomicU64);
+
+    impl Adopter<()> for Counting {
+        fn adopt(&self, _: Arc<dyn StopAll>) -> Result<(usize, bool), Closed> {
+            Ok((0, false))
+        }
+        fn adoptee_finished(&self, _: usize) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+        fn orphan_report(&self, _: OrphanReport<()>) {}
+        fn describe(&self) -> crate::node::Description {
+            crate::node::Description {
+                kind: "test",
+                name: None,
+                detail: None,
+            }
+        }
+        fn successor(&self) -> Option<Arc<dyn Adopter<()>>> {
+            None
+        }
+    }
+
+    /// N-4: the last child finishing races with the orphaning; the adopter hears exactly
+    /// once that the adoptee is done.
+    #[test]
+    fn loom_last_child_finishing_races_with_orphaning() {
+        loom::model(|| {
+            let registry = Arc::new(Plain::new());
+            let key = registry.register().unwrap();
+            registry.started(key, ());
+            let child = {
+                let registry = registry.clone();
+                thread::spawn(move || registry.finished(key))
+            };
+            let adopter = Arc::new(Counting(AtomicU64::new(0)));
+            let (_, done) = registry.orphan(adopter.clone(), 7);
+            if done {
+                adopter.adoptee_finished(7);
+            }
+            child.join().unwrap();
+            assert_eq!(adopter.0.load(Ordering::SeqCst), 1);
+        });
     }
 }
