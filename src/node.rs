@@ -115,16 +115,45 @@ struct Inner {
     slot: Option<usize>,
     children: Slab<Arc<Node>>,
     waiters: Slab<Waker>,
+    timer: Option<Arc<dyn DeadlineTimer>>,
+    /// What owns this scope besides its future, e.g. the nursery whose scope it is.
+    attachment: Option<Arc<dyn Attachment>>,
+    /// What few scopes need, out of line so that a child's scope stays small: made the
+    /// first time the scope is cancelled itself or given a deadline.
+    cold: Option<Box<Cold>>,
+}
+
+#[derive(Default)]
+struct Cold {
     reason: Option<CancelReason>,
+    /// When `cancel` was first called (on the timer's clock when there is one).
+    cancelled_at: Option<Instant>,
     deadline: Option<Instant>,
     /// A relative deadline, turned absolute at entry (SPEC S5).
     timeout: Option<Duration>,
-    timer: Option<Arc<dyn DeadlineTimer>>,
     armed: Option<TimerKey>,
-    /// What owns this scope besides its future, e.g. the nursery whose scope it is.
-    attachment: Option<Arc<dyn Attachment>>,
-    /// When `cancel` was first called (on the timer's clock when there is one).
-    cancelled_at: Option<Instant>,
+}
+
+impl Inner {
+    fn cold(&mut self) -> &mut Cold {
+        self.cold.get_or_insert_with(Box::default)
+    }
+
+    fn reason(&self) -> Option<&CancelReason> {
+        self.cold.as_ref()?.reason.as_ref()
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.cold.as_ref()?.deadline
+    }
+
+    fn armed(&self) -> Option<TimerKey> {
+        self.cold.as_ref()?.armed
+    }
+
+    fn take_armed(&mut self) -> Option<TimerKey> {
+        self.cold.as_mut()?.armed.take()
+    }
 }
 
 /// What owns a scope besides its future (a nursery, a child task), as the tree sees it.
@@ -206,13 +235,14 @@ impl Node {
                 slot: None,
                 children: Slab::new(),
                 waiters: Slab::new(),
-                reason: None,
-                deadline,
-                timeout: None,
                 timer: None,
-                armed: None,
                 attachment: None,
-                cancelled_at: None,
+                cold: deadline.map(|deadline| {
+                    Box::new(Cold {
+                        deadline: Some(deadline),
+                        ..Cold::default()
+                    })
+                }),
             }),
         }
     }
@@ -282,11 +312,11 @@ impl Node {
     }
 
     pub(crate) fn reason(&self) -> Option<CancelReason> {
-        lock(&self.inner).reason.clone()
+        lock(&self.inner).reason().cloned()
     }
 
     pub(crate) fn deadline(&self) -> Option<Instant> {
-        lock(&self.inner).deadline
+        lock(&self.inner).deadline()
     }
 
     /// Attaches what owns this scope besides its future (a nursery).
@@ -309,9 +339,9 @@ impl Node {
             cancelled: bits & CANCELLED != 0,
             cancel_called: bits & OWN != 0,
             shielded: bits & SHIELD != 0,
-            reason: inner.reason.clone(),
-            cancelled_at: inner.cancelled_at,
-            deadline: inner.deadline,
+            reason: inner.reason().cloned(),
+            cancelled_at: inner.cold.as_ref().and_then(|cold| cold.cancelled_at),
+            deadline: inner.deadline(),
             description: None,
             children: inner
                 .children
@@ -340,13 +370,14 @@ impl Node {
     }
 
     fn cancel_locked(&self, mut inner: MutexGuard<'_, Inner>, reason: CancelReason) {
-        if inner.reason.is_none() {
-            inner.reason = Some(reason);
+        if inner.reason().is_none() {
             let now = inner
                 .timer
                 .as_ref()
                 .map_or_else(Instant::now, |timer| timer.now());
-            inner.cancelled_at = Some(now);
+            let cold = inner.cold();
+            cold.reason = Some(reason);
+            cold.cancelled_at = Some(now);
         }
         let fallout = self.set_bits(&mut inner, |bits| bits | OWN);
         drop(inner);
@@ -407,11 +438,11 @@ impl Node {
         let mut inner = lock(&self.inner);
         debug_assert!(inner.parent.is_none() && !self.is_entered());
         inner.parent = parent.cloned();
-        if let Some(timeout) = inner.timeout.take() {
+        if let Some(timeout) = inner.cold.as_mut().and_then(|cold| cold.timeout.take()) {
             let now = timer
                 .as_ref()
                 .map_or_else(Instant::now, |timer| timer.now());
-            inner.deadline = Some(later(now, timeout));
+            inner.cold().deadline = Some(later(now, timeout));
         }
         inner.timer = timer;
         let fallout = self.set_bits(&mut inner, |bits| bits | ENTERED);
@@ -468,7 +499,7 @@ impl Node {
     /// Arms the deadline alarm if the scope runs, is not cancelled and has a deadline.
     /// Returns true if the deadline has already passed. Caller holds the lock.
     fn arm(self: &Arc<Self>, inner: &mut Inner) -> bool {
-        if let Some(key) = inner.armed.take() {
+        if let Some(key) = inner.take_armed() {
             if let Some(timer) = &inner.timer {
                 timer.disarm(key);
             }
@@ -477,28 +508,29 @@ impl Node {
         if bits & ENTERED == 0 || bits & (ENDED | OWN) != 0 {
             return false;
         }
-        match (&inner.timer, inner.deadline) {
-            (Some(timer), Some(at)) => {
-                if at <= timer.now() {
-                    return true;
-                }
-                inner.armed = Some(timer.arm(self, at));
-                false
-            }
-            (None, Some(_)) => panic!(
+        let Some(at) = inner.deadline() else {
+            return false;
+        };
+        let Some(timer) = inner.timer.clone() else {
+            panic!(
                 "tokio-nursery: a cancel scope with a deadline must run inside a tokio runtime \
                  (nothing could fire its deadline otherwise)"
-            ),
-            (_, None) => false,
+            )
+        };
+        if at <= timer.now() {
+            return true;
         }
+        inner.cold().armed = Some(timer.arm(self, at));
+        false
     }
 
     /// Sets a deadline `timeout` after entry; before entry only (a later `set_deadline`
     /// replaces it, as in Trio).
     pub(crate) fn set_timeout(&self, timeout: Duration) {
         let mut inner = lock(&self.inner);
-        inner.deadline = None;
-        inner.timeout = Some(timeout);
+        let cold = inner.cold();
+        cold.deadline = None;
+        cold.timeout = Some(timeout);
     }
 
     /// Moves the deadline (SPEC S6): earlier may cancel at once; later postpones unless the
@@ -506,8 +538,9 @@ impl Node {
     /// pending relative timeout.
     pub(crate) fn set_deadline(self: &Arc<Self>, deadline: Option<Instant>) -> Option<Instant> {
         let mut inner = lock(&self.inner);
-        inner.timeout = None;
-        let previous = std::mem::replace(&mut inner.deadline, deadline);
+        let cold = inner.cold();
+        cold.timeout = None;
+        let previous = std::mem::replace(&mut cold.deadline, deadline);
         let expired = self.arm(&mut inner);
         drop(inner);
         if expired {
@@ -519,10 +552,10 @@ impl Node {
     /// Called by the timer when the alarm `key` goes off; stale keys are ignored.
     pub(crate) fn fire_deadline(self: &Arc<Self>, key: TimerKey) {
         let mut inner = lock(&self.inner);
-        if inner.armed != Some(key) || self.bits() & ENDED != 0 {
+        if inner.armed() != Some(key) || self.bits() & ENDED != 0 {
             return;
         }
-        inner.armed = None;
+        inner.take_armed();
         // Under the same lock as the check: a scope that ended meanwhile stays uncancelled.
         self.cancel_locked(inner, CancelReason::Deadline);
     }
@@ -536,7 +569,7 @@ impl Node {
         }
         let extra = if caught { ENDED | CAUGHT } else { ENDED };
         self.state.fetch_or(extra, Ordering::AcqRel);
-        let armed = inner.armed.take();
+        let armed = inner.take_armed();
         if let (Some(timer), Some(key)) = (inner.timer.take(), armed) {
             timer.disarm(key);
         }
@@ -604,7 +637,7 @@ impl Node {
         loop {
             let (deadline, parent) = {
                 let inner = lock(&node.inner);
-                (inner.deadline, inner.parent.clone())
+                (inner.deadline(), inner.parent.clone())
             };
             earliest = match (earliest, deadline) {
                 (Some(a), Some(b)) => Some(a.min(b)),
