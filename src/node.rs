@@ -167,6 +167,12 @@ pub(crate) trait Attachment: Send + Sync {
     fn adopted(&self) -> Vec<Arc<Node>> {
         Vec::new()
     }
+    /// How the snapshot shows a child scope that has no attachment of its own (a nursery
+    /// knows its children's names and tasks without a per-child allocation).
+    fn describe_child(&self, child: ScopeId) -> Option<Description> {
+        let _ = child;
+        None
+    }
 }
 
 /// A scope's owner, as the task-tree snapshot shows it.
@@ -189,6 +195,8 @@ pub(crate) struct NodeView {
     pub(crate) children: Vec<Arc<Node>>,
     /// Scopes adopted here (they left the tree when their nursery was dropped).
     pub(crate) adopted: Vec<Arc<Node>>,
+    /// The owner, to describe children without an attachment of their own.
+    pub(crate) attachment: Option<Arc<dyn Attachment>>,
 }
 
 /// What changed in one node, to be acted on once its lock is released (invariant 5).
@@ -349,11 +357,13 @@ impl Node {
                 .map(|(_, child)| child.clone())
                 .collect(),
             adopted: Vec::new(),
+            attachment: None,
         };
         drop(inner);
         if let Some(attachment) = attachment {
             view.description = Some(attachment.describe());
             view.adopted = attachment.adopted();
+            view.attachment = Some(attachment);
         }
         view
     }

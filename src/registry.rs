@@ -49,6 +49,11 @@ pub(crate) trait Adopter<L>: Send + Sync {
     fn adopted_scopes(&self) -> Vec<Arc<crate::node::Node>> {
         Vec::new()
     }
+    /// How the task tree shows one of this nursery's children (SPEC O2).
+    fn describe_child(&self, child: crate::node::ScopeId) -> Option<crate::node::Description> {
+        let _ = child;
+        None
+    }
 }
 
 /// Aborts every child of an orphaned nursery and, in turn, of what it adopted (SPEC N7:
@@ -161,6 +166,29 @@ impl<A, F, L> Registry<A, F, L> {
             _ => unreachable!("a child slot is started once"),
         }
         state.aborted
+    }
+
+    /// The first running child's stopper for which `f` says something.
+    pub(crate) fn find<R>(&self, f: impl Fn(&A) -> Option<R>) -> Option<R> {
+        lock(&self.state)
+            .slots
+            .iter()
+            .find_map(|(_, slot)| match slot {
+                Slot::Running(stopper) => f(stopper),
+                _ => None,
+            })
+    }
+
+    /// What `f` says of each running child.
+    pub(crate) fn collect<R>(&self, f: impl Fn(&A) -> Option<R>) -> Vec<R> {
+        lock(&self.state)
+            .slots
+            .iter()
+            .filter_map(|(_, slot)| match slot {
+                Slot::Running(stopper) => f(stopper),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Whether failures or panics are waiting to be reported.

@@ -101,13 +101,18 @@ impl TaskTree {
     fn from_nodes(roots: Vec<Arc<Node>>) -> TaskTree {
         let mut entries = Vec::new();
         // Depth-first, iteratively (trees can be deep, SPEC R4): (node, depth, inherited).
+        // (node, depth, inherited cancellation, the parent's owner)
+        type Parent = Option<Arc<dyn crate::node::Attachment>>;
         let mut stack: Vec<_> = roots
             .into_iter()
             .rev()
-            .map(|root| (root, 0, None::<(CancelReason, Instant)>))
+            .map(|root| (root, 0, None::<(CancelReason, Instant)>, None as Parent))
             .collect();
-        while let Some((node, depth, inherited)) = stack.pop() {
-            let view = node.view();
+        while let Some((node, depth, inherited, parent)) = stack.pop() {
+            let mut view = node.view();
+            if view.description.is_none() {
+                view.description = parent.and_then(|parent| parent.describe_child(view.id));
+            }
             let own = match (&view.reason, view.cancelled_at, view.cancel_called) {
                 (Some(reason), Some(at), true) => Some((reason.clone(), Instant::from_std(at))),
                 _ => None,
@@ -129,7 +134,12 @@ impl TaskTree {
                 cancellation.clone()
             };
             for child in view.adopted.iter().chain(view.children.iter()).rev() {
-                stack.push((child.clone(), depth + 1, passed_down.clone()));
+                stack.push((
+                    child.clone(),
+                    depth + 1,
+                    passed_down.clone(),
+                    view.attachment.clone(),
+                ));
             }
             let (kind, name, detail) = match view.description {
                 Some(description) => (

@@ -363,6 +363,17 @@ impl<E: Send + 'static> Adopter<Origin> for Shared<E> {
         self.registry.adopted_scopes()
     }
 
+    fn describe_child(&self, child: ScopeId) -> Option<Description> {
+        self.registry.find(|stopper| match stopper {
+            Stopper::Task { abort, name, scope } if *scope == child => Some(Description {
+                kind: "child",
+                name: name.clone(),
+                detail: Some(format!("task {}", abort.id())),
+            }),
+            _ => None,
+        })
+    }
+
     fn describe(&self) -> Description {
         let (running, adopted, open, incidents) = self.registry.counts();
         let mut detail = match (open, self.node.is_cancelled()) {
@@ -499,6 +510,10 @@ impl Attachment for AdopterRef {
             .unwrap_or_default()
     }
 
+    fn describe_child(&self, child: ScopeId) -> Option<Description> {
+        self.0.upgrade()?.describe_child(child)
+    }
+
     fn describe(&self) -> Description {
         match self.0.upgrade() {
             Some(nursery) => nursery.describe(),
@@ -556,7 +571,13 @@ pub(crate) fn nearest_adopter(
 /// cannot abort it) and is told through its scope instead (SPEC N16).
 #[derive(Clone)]
 pub(crate) enum Stopper {
-    Task(AbortHandle),
+    /// An async child: its abort handle (which knows its task id), its name and its scope,
+    /// kept here rather than in a per-child allocation (the task tree reads them).
+    Task {
+        abort: AbortHandle,
+        name: Option<Arc<str>>,
+        scope: ScopeId,
+    },
     Blocking(Arc<Node>),
 }
 
@@ -565,8 +586,8 @@ impl Stopper {
     /// any lock (it runs wakers).
     fn abort(&self) -> bool {
         match self {
-            Stopper::Task(handle) => {
-                handle.abort();
+            Stopper::Task { abort, .. } => {
+                abort.abort();
                 true
             }
             Stopper::Blocking(_) => false,
@@ -779,9 +800,12 @@ where
                 .is_some_and(|p| Arc::ptr_eq(p, &self.shared.node))
             {
                 // Under the nursery's scope: a child's scope, or one of the body's own.
-                return node
-                    .attachment()
-                    .is_some_and(|a| a.as_any().downcast_ref::<ChildLabel>().is_some());
+                let id = node.id();
+                return self.shared.registry.find(|stopper| match stopper {
+                    Stopper::Task { scope, .. } if *scope == id => Some(()),
+                    Stopper::Blocking(child) if child.id() == id => Some(()),
+                    _ => None,
+                }) == Some(());
             }
             scope = parent;
         }
@@ -890,16 +914,12 @@ where
         key: usize,
         join: JoinHandle<ChildOutput<T>>,
     ) -> (JoinHandle<ChildOutput<T>>, Arc<Node>) {
-        node.attach(Arc::new(ChildLabel {
-            kind: "child",
+        let stopper = Stopper::Task {
+            abort: join.abort_handle(),
             name,
-            task: join.id(),
-        }));
-        if self
-            .shared
-            .registry
-            .started(key, Stopper::Task(join.abort_handle()))
-        {
+            scope: node.id(),
+        };
+        if self.shared.registry.started(key, stopper) {
             // Spawned while the nursery aborted its children (SPEC N8, N7): this one too.
             join.abort();
         }
@@ -1154,7 +1174,7 @@ where
             if let Some(sleep) = this.grace.as_mut().as_pin_mut() {
                 if !matches!(this.state, State::GraceExpired) && sleep.poll(cx).is_ready() {
                     *this.state = State::GraceExpired;
-                    *this.aborted = child_names(node, |_| true);
+                    *this.aborted = child_names(shared, |_| true);
                     shared.abort_children(true);
                     #[cfg(feature = "tracing")]
                     if !this.aborted.is_empty() {
@@ -1169,7 +1189,7 @@ where
             if let Some(sleep) = this.unobserved.as_mut().as_pin_mut() {
                 if !*this.warned && sleep.poll(cx).is_ready() {
                     *this.warned = true;
-                    warn_unobserved(node, warn_after.unwrap_or_default());
+                    warn_unobserved(shared, warn_after.unwrap_or_default());
                 }
             }
         }
@@ -1338,27 +1358,37 @@ fn blocking_wait<E>(shared: &Shared<E>, grace: Duration) -> Waited {
 }
 
 /// The names (or scope ids) of the nursery's children still running that match `filter`.
-fn child_names(node: &Node, filter: impl Fn(&Node) -> bool) -> Vec<String> {
-    node.view()
+fn child_names<E>(shared: &Shared<E>, filter: impl Fn(&Node) -> bool) -> Vec<String> {
+    let names: std::collections::HashMap<ScopeId, Arc<str>> = shared
+        .registry
+        .collect(|stopper| match stopper {
+            Stopper::Task {
+                name: Some(name),
+                scope,
+                ..
+            } => Some((*scope, name.clone())),
+            _ => None,
+        })
+        .into_iter()
+        .collect();
+    shared
+        .node
+        .view()
         .children
         .iter()
         .filter(|child| filter(child))
-        .map(|child| {
-            let view = child.view();
-            match view.description {
-                Some(Description {
-                    name: Some(name), ..
-                }) => format!("{name:?} ({})", view.id),
-                _ => view.id.to_string(),
-            }
+        .map(|child| match names.get(&child.id()) {
+            Some(name) => format!("{name:?} ({})", child.id()),
+            None => child.id().to_string(),
         })
         .collect()
 }
 
 /// The unobserved-cancellation warning (SPEC N7): names the children still running that
 /// have not reached a cancellation point since the cancellation.
-fn warn_unobserved(node: &Node, after: Duration) {
-    let names = child_names(node, |child| child.is_cancelled() && !child.observed());
+fn warn_unobserved<E>(shared: &Shared<E>, after: Duration) {
+    let node = &shared.node;
+    let names = child_names(shared, |child| child.is_cancelled() && !child.observed());
     if names.is_empty() {
         return;
     }
