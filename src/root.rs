@@ -147,8 +147,10 @@ impl Root {
                 });
         let mut nursery = pin!(nursery);
         let mut received = 0;
+        // Installed once: a signal arriving while the loop goes round is not missed.
+        let mut signals = Signals::install(self.signals);
         let outcome = loop {
-            let signal = pin!(shutdown_signal(self.signals));
+            let signal = pin!(signals.next());
             match select(nursery.as_mut(), signal).await {
                 Either::Left((outcome, _)) => break outcome,
                 Either::Right(((), _)) => {
@@ -186,23 +188,49 @@ impl Default for Root {
     }
 }
 
-/// Completes on the next Ctrl-C or SIGTERM; never when signals are not handled.
-async fn shutdown_signal(enabled: bool) {
-    if enabled {
+/// Ctrl-C and SIGTERM, listened to from when the root starts.
+struct Signals {
+    #[cfg(all(feature = "signal", unix))]
+    unix: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+    #[cfg(not(all(feature = "signal", unix)))]
+    enabled: bool,
+}
+
+impl Signals {
+    fn install(enabled: bool) -> Signals {
         #[cfg(all(feature = "signal", unix))]
         {
             use tokio::signal::unix::{SignalKind, signal};
-            let mut terminate = signal(SignalKind::terminate())
-                .expect("tokio-nursery: installing the SIGTERM handler failed");
-            let ctrl_c = pin!(tokio::signal::ctrl_c());
-            let _ = select(ctrl_c, pin!(terminate.recv())).await;
+            let install = |kind: SignalKind| {
+                signal(kind).expect("tokio-nursery: installing a signal handler failed")
+            };
+            Signals {
+                unix: enabled.then(|| {
+                    (
+                        install(SignalKind::interrupt()),
+                        install(SignalKind::terminate()),
+                    )
+                }),
+            }
+        }
+        #[cfg(not(all(feature = "signal", unix)))]
+        Signals { enabled }
+    }
+
+    /// Completes on the next Ctrl-C or SIGTERM; never when signals are not handled.
+    async fn next(&mut self) {
+        #[cfg(all(feature = "signal", unix))]
+        if let Some((interrupt, terminate)) = &mut self.unix {
+            let _ = select(pin!(interrupt.recv()), pin!(terminate.recv())).await;
             return;
         }
         #[cfg(all(feature = "signal", not(unix)))]
-        {
+        if self.enabled {
             let _ = tokio::signal::ctrl_c().await;
             return;
         }
+        #[cfg(not(feature = "signal"))]
+        let _ = self.enabled;
+        std::future::pending::<()>().await
     }
-    std::future::pending::<()>().await
 }
