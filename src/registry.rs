@@ -372,36 +372,35 @@ impl<A, F, L> Registry<A, F, L> {
         )
     }
 
-    /// Calls `abort` on every running child's stopper under the lock (aborting a task only
-    /// schedules it); a stopper for which `abort` returns false (it would run user code,
-    /// such as waking a blocking child's waiters) gets `later`, after the lock is released.
-    /// Then aborts every adopted nursery's children in turn (the cascade). Later adoptions
-    /// and spawns are aborted at once (`adopt`, `started`).
+    /// Calls `abort` on every running child's stopper, and `later` on those it declines (a
+    /// blocking child is told rather than aborted), all after the lock is released: on a
+    /// runtime that is shutting down, tokio may drop an aborted task's future inline, and
+    /// the child's end takes this lock. Then aborts every adopted nursery's children in turn
+    /// (the cascade). Later adoptions and spawns are aborted at once (`adopt`, `started`).
     pub(crate) fn abort_all(&self, abort: impl Fn(&A) -> bool, later: impl Fn(&A)) -> usize
     where
         A: Clone,
     {
-        let (count, deferred, adopted) = {
+        let (stoppers, adopted) = {
             let mut state = lock(&self.state);
             state.aborted = true;
-            let (mut count, mut deferred, mut adopted) = (0, Vec::new(), Vec::new());
+            let (mut stoppers, mut adopted) = (Vec::new(), Vec::new());
             for (_, slot) in state.slots.iter() {
                 match slot {
-                    Slot::Running(handle) => {
-                        count += 1;
-                        if !abort(handle) {
-                            deferred.push(handle.clone());
-                        }
-                    }
+                    Slot::Running(stopper) => stoppers.push(stopper.clone()),
                     Slot::Adoptee(stop) => adopted.push(stop.clone()),
                     _ => {}
                 }
             }
-            (count, deferred, adopted)
+            (stoppers, adopted)
         };
-        deferred.iter().for_each(later);
+        for stopper in &stoppers {
+            if !abort(stopper) {
+                later(stopper);
+            }
+        }
         adopted.iter().for_each(|stop| stop.stop_all());
-        count
+        stoppers.len()
     }
 
     /// The failures and the panics not taken from the outlet, each in the order they

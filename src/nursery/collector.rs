@@ -40,6 +40,8 @@ struct Member {
     id: Option<Id>,
     node: Arc<Node>,
     abort: Option<AbortHandle>,
+    /// `abort_all` ran before the spawner stored the abort handle: it aborts on storing.
+    abort_requested: bool,
     delivered: bool,
 }
 
@@ -200,6 +202,7 @@ where
                     id: None,
                     node: node.clone(),
                     abort: None,
+                    abort_requested: false,
                     delivered: false,
                 });
                 sink_key = Some(key);
@@ -210,11 +213,19 @@ where
             })?;
         let abort = join.abort_handle();
         let id = join.id();
-        if let Some(key) = sink_key {
+        let requested = if let Some(key) = sink_key {
             if let Some(member) = lock(&queue.state).members.get_mut(key) {
                 member.id = Some(id);
                 member.abort = Some(abort.clone());
+                member.abort_requested
+            } else {
+                false
             }
+        } else {
+            false
+        };
+        if requested {
+            abort.abort(); // outside the lock, as in `abort_all`
         }
         Ok(ChildControl {
             id,
@@ -278,12 +289,20 @@ impl<T, E> Collector<T, E> {
     /// Aborts every running child of this collector; their outcomes are queued as
     /// [`JoinError::ChildAborted`].
     pub fn abort_all(&self) {
-        let aborts: Vec<AbortHandle> = lock(&self.queue.state)
-            .members
-            .iter()
-            .filter(|(_, member)| !member.delivered)
-            .filter_map(|(_, member)| member.abort.clone())
-            .collect();
+        let aborts: Vec<AbortHandle> = {
+            let mut state = lock(&self.queue.state);
+            let mut aborts = Vec::new();
+            for (_, member) in state.members.iter_mut() {
+                match (&member.abort, member.delivered) {
+                    (_, true) => {}
+                    (Some(abort), false) => aborts.push(abort.clone()),
+                    // Being spawned on another thread: its spawner aborts it on storing.
+                    (None, false) => member.abort_requested = true,
+                }
+            }
+            aborts
+        };
+        // Outside the lock: tokio may drop an aborted child inline, which delivers here.
         aborts.iter().for_each(AbortHandle::abort);
     }
 }
