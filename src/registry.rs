@@ -17,6 +17,9 @@
 //! N-4. Once orphaned (wait-mode drop), a registry keeps no report: the ones it had and every
 //!      later one go to its adopter, under the lock that decides it, and the adopter learns
 //!      exactly once that the last child finished.
+//! N-5. Nothing that may run a child's drop (aborting a task, which tokio may carry out
+//!      inline during runtime shutdown) or user code (waking) happens under the lock: a
+//!      child's end takes this lock.
 
 use std::any::Any;
 use std::collections::VecDeque;
