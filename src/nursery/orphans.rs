@@ -34,6 +34,9 @@ impl Orphans {
         if let Some((_, orphans)) = registries.iter().find(|(key, _)| *key == id) {
             return orphans.clone();
         }
+        // Registries that hold nothing and that no one is using are forgotten (those of
+        // runtimes gone among them); a new one is made when needed.
+        registries.retain(|(_, orphans)| Arc::strong_count(orphans) > 1 || orphans.live() > 0);
         let orphans = Arc::new(Orphans {
             state: Mutex::new(State {
                 adoptees: slab::Slab::new(),
