@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use super::child::{ChildHandle, settle};
-use super::{ChildLabel, NurseryHandle, Shared, SpawnError, Stopper};
+use super::{ChildLabel, NurseryHandle, Shared, SpawnError, Stopper, acquire_slot};
 use crate::cancelled::{CancelError, Cancelled};
 use crate::context::{self, FrameKind};
 use crate::deadline::EffectiveDeadline;
@@ -96,15 +96,8 @@ impl Slot {
             Slot::Free => Ok(None),
             Slot::Held(permit) => Ok(Some(permit)),
             Slot::Wait(limit) => {
-                let acquire = std::pin::pin!(limit.acquire_owned());
-                let cancelled = std::pin::pin!(crate::point::cancelled());
                 let runtime = tokio::runtime::Handle::current();
-                match runtime.block_on(futures::future::select(acquire, cancelled)) {
-                    futures::future::Either::Left((permit, _)) => {
-                        Ok(Some(permit.expect("a nursery's limit is never closed")))
-                    }
-                    futures::future::Either::Right((cancelled, _)) => Err(cancelled),
-                }
+                runtime.block_on(acquire_slot(limit)).map(Some)
             }
         }
     }

@@ -567,6 +567,19 @@ pub(crate) fn nearest_adopter(
     (orphans, key, aborted)
 }
 
+/// Waits for a slot of a nursery's concurrency limit (SPEC N11), unless the current scope
+/// is cancelled first.
+pub(crate) async fn acquire_slot(limit: Arc<Semaphore>) -> Result<OwnedSemaphorePermit, Cancelled> {
+    let acquire = std::pin::pin!(limit.acquire_owned());
+    let cancelled = std::pin::pin!(crate::point::cancelled());
+    match futures::future::select(acquire, cancelled).await {
+        futures::future::Either::Left((slot, _)) => {
+            Ok(slot.expect("a nursery's limit is never closed"))
+        }
+        futures::future::Either::Right((cancelled, _)) => Err(cancelled),
+    }
+}
+
 /// How a child is stopped hard: an async child is aborted; a blocking one cannot be (tokio
 /// cannot abort it) and is told through its scope instead (SPEC N16).
 #[derive(Clone)]
@@ -772,18 +785,7 @@ where
             Some(limit) => match limit.clone().try_acquire_owned() {
                 Ok(slot) => Some(slot),
                 Err(_) if self.is_own_child() => return Err(SpawnError::Full),
-                Err(_) => {
-                    let acquire = std::pin::pin!(limit.clone().acquire_owned());
-                    let cancelled = std::pin::pin!(crate::point::cancelled());
-                    match futures::future::select(acquire, cancelled).await {
-                        futures::future::Either::Left((slot, _)) => {
-                            Some(slot.expect("a nursery's limit is never closed"))
-                        }
-                        futures::future::Either::Right((cancelled, _)) => {
-                            return Err(SpawnError::Cancelled(cancelled));
-                        }
-                    }
-                }
+                Err(_) => Some(acquire_slot(limit.clone()).await?),
             },
         };
         let (join, node) = self.spawn_task(None, None, slot, future, |_| Route::Handle)?;
@@ -851,18 +853,7 @@ where
                 let limited = async move {
                     let _slot = match slot {
                         Some(slot) => slot,
-                        None => {
-                            let acquire = std::pin::pin!(limit.acquire_owned());
-                            let cancelled = std::pin::pin!(crate::point::cancelled());
-                            match futures::future::select(acquire, cancelled).await {
-                                futures::future::Either::Left((slot, _)) => {
-                                    slot.expect("a nursery's limit is never closed")
-                                }
-                                futures::future::Either::Right((cancelled, _)) => {
-                                    return Err(E::from(cancelled));
-                                }
-                            }
-                        }
+                        None => acquire_slot(limit).await.map_err(E::from)?,
                     };
                     future.await
                 };
