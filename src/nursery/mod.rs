@@ -48,7 +48,6 @@ use crate::registry::{self, Adopter, Closed, OrphanReport, Recorded, Registry, S
 use crate::scope::{ScopeHandle, cancelled_here, enter_preset};
 use child::{ChildOutput, ChildTask, Route};
 use orphans::Orphans;
-use report::DebugText;
 
 /// What happens to running children when a nursery's future is dropped before it finished
 /// (a `select!` lost, a timeout, a request future dropped because its client went away).
@@ -395,23 +394,10 @@ impl<E: Send + 'static> Adopter<Origin> for Shared<E> {
     }
 
     fn orphan_report(&self, report: OrphanReport<Origin>) {
-        let (hook, report) = (&self.hook, report);
-        let emit = |r: &Report<'_>| match hook {
+        report::adopted(&report, |r| match &self.hook {
             Some(hook) => hook(r),
             None => report::default_hook(r),
-        };
-        match &report {
-            OrphanReport::Failure { label, error } => emit(&Report::Failure {
-                origin: label,
-                error: &DebugText(error),
-                adopted: true,
-            }),
-            OrphanReport::Panic(panic) => emit(&Report::Panic {
-                origin: &panic.label,
-                payload: &*panic.payload,
-                adopted: true,
-            }),
-        }
+        });
     }
 }
 

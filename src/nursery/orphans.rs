@@ -9,7 +9,7 @@ use std::task::{Poll, Waker};
 
 use tokio::runtime::{self, Handle};
 
-use super::report::{DebugText, Origin, Report, default_hook};
+use super::report::{Origin, default_hook};
 use crate::registry::{Adopter, Closed, OrphanReport, StopAll};
 use crate::sync::lock;
 
@@ -106,18 +106,7 @@ impl Adopter<Origin> for Orphans {
     }
 
     fn orphan_report(&self, report: OrphanReport<Origin>) {
-        match &report {
-            OrphanReport::Failure { label, error } => default_hook(&Report::Failure {
-                origin: label,
-                error: &DebugText(error),
-                adopted: true,
-            }),
-            OrphanReport::Panic(panic) => default_hook(&Report::Panic {
-                origin: &panic.label,
-                payload: &*panic.payload,
-                adopted: true,
-            }),
-        }
+        super::report::adopted(&report, default_hook);
     }
 }
 

@@ -225,6 +225,23 @@ impl fmt::Display for Report<'_> {
     }
 }
 
+/// Hands what an adopted child reported to `emit`, as a [`Report`] marked adopted.
+pub(crate) fn adopted(report: &crate::registry::OrphanReport<Origin>, emit: impl Fn(&Report<'_>)) {
+    use crate::registry::OrphanReport;
+    match report {
+        OrphanReport::Failure { label, error } => emit(&Report::Failure {
+            origin: label,
+            error: &DebugText(error),
+            adopted: true,
+        }),
+        OrphanReport::Panic(panic) => emit(&Report::Panic {
+            origin: &panic.label,
+            payload: &*panic.payload,
+            adopted: true,
+        }),
+    }
+}
+
 /// Text already formatted with `Debug` (an adopted child's error), shown as is.
 pub(crate) struct DebugText<'a>(pub(crate) &'a str);
 
