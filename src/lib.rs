@@ -122,6 +122,8 @@ mod mutex;
 #[cfg(not(loom))]
 mod nursery;
 #[cfg(not(loom))]
+mod parallel;
+#[cfg(not(loom))]
 mod point;
 #[cfg(not(loom))]
 mod root;
@@ -156,6 +158,9 @@ pub use point::{
     Cancellable, CancellableExt, Sleep, WaitCancelled, cancelled, check_cancelled, checkpoint,
     is_cancelled, sleep, sleep_until,
 };
+#[cfg(not(loom))]
+#[allow(unused_imports)] // filled in by the B2 work (parallel borrowing)
+pub use parallel::*;
 #[cfg(not(loom))]
 pub use root::Root;
 #[cfg(not(loom))]
