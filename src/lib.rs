@@ -116,6 +116,14 @@ mod deadline;
 #[cfg(not(loom))]
 mod deadline_service;
 #[cfg(not(loom))]
+mod executor;
+#[cfg(not(loom))]
+pub mod guide;
+#[cfg(all(not(loom), feature = "http"))]
+mod headers;
+#[cfg(all(not(loom), feature = "tower"))]
+mod layers;
+#[cfg(not(loom))]
 mod local;
 #[cfg(not(loom))]
 mod mutex;
@@ -130,7 +138,11 @@ mod root;
 #[cfg(not(loom))]
 mod scope;
 #[cfg(not(loom))]
+mod shutdown;
+#[cfg(not(loom))]
 mod timeout;
+#[cfg(all(not(loom), feature = "tokio-util"))]
+mod token;
 #[cfg(not(loom))]
 mod tree;
 
@@ -143,6 +155,19 @@ pub use carry::{Carried, carry_scope};
 #[cfg(not(loom))]
 pub use deadline::{EffectiveDeadline, current_deadline};
 #[cfg(not(loom))]
+pub use executor::{ExecutorError, NurseryExecutor};
+#[cfg(all(not(loom), feature = "http"))]
+pub use headers::{
+    DEFAULT_CAP, DeadlineHeaders, DeadlinePassed, DeadlineSource, GRPC_TIMEOUT, GrpcTimeout,
+    HeaderError, IncomingDeadline, MalformedTimeout, REQUEST_TIMEOUT_MS, TimeUnit,
+    format_timeout_ms, parse_timeout_ms, propagate_deadline,
+};
+#[cfg(all(not(loom), feature = "tower"))]
+pub use layers::{
+    BoxError, DeadlineFuture, DeadlineLayer, DeadlineService, PropagateDeadline,
+    PropagateDeadlineLayer, PropagateFuture,
+};
+#[cfg(not(loom))]
 pub use local::{LocalHandle, LocalScope, local_scope};
 #[cfg(not(loom))]
 pub use mutex::{Mutex, Poisoned};
@@ -153,20 +178,25 @@ pub use nursery::{
     ReportHook, SpawnError, Start, StartError, nursery, orphan_count, orphans_finished,
     panic_message, protect,
 };
+#[cfg(all(not(loom), feature = "rt-multi-thread"))]
+pub use parallel::parallel_scope;
+#[cfg(not(loom))]
+pub use parallel::{ParallelHandle, ParallelScope, ParallelUnavailable, parallel_scope_async};
 #[cfg(not(loom))]
 pub use point::{
     Cancellable, CancellableExt, Sleep, WaitCancelled, cancelled, check_cancelled, checkpoint,
     is_cancelled, sleep, sleep_until,
 };
 #[cfg(not(loom))]
-#[allow(unused_imports)] // filled in by the B2 work (parallel borrowing)
-pub use parallel::*;
-#[cfg(not(loom))]
 pub use root::Root;
 #[cfg(not(loom))]
 pub use scope::{CancelScope, ScopeHandle, Scoped, current_scope};
 #[cfg(not(loom))]
+pub use shutdown::{OwnedCancelled, ShutdownSignal, cancelled_owned, shutdown_signal};
+#[cfg(not(loom))]
 pub use timeout::{FailScoped, TimedOut, fail_after, fail_at, move_on_after, move_on_at};
+#[cfg(all(not(loom), feature = "tokio-util"))]
+pub use token::{TOKEN_REASON, TokenLink, TokenScoped, cancellation_token, cancelled_by};
 #[cfg(not(loom))]
 pub use tree::{TaskTree, TreeEntry};
 

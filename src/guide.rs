@@ -1,0 +1,1 @@
+//! A guide to cancellation with tokio-nursery.
