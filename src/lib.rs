@@ -154,13 +154,13 @@ pub use nursery::{
     panic_message, protect,
 };
 #[cfg(not(loom))]
+#[allow(unused_imports)] // filled in by the B2 work (parallel borrowing)
+pub use parallel::*;
+#[cfg(not(loom))]
 pub use point::{
     Cancellable, CancellableExt, Sleep, WaitCancelled, cancelled, check_cancelled, checkpoint,
     is_cancelled, sleep, sleep_until,
 };
-#[cfg(not(loom))]
-#[allow(unused_imports)] // filled in by the B2 work (parallel borrowing)
-pub use parallel::*;
 #[cfg(not(loom))]
 pub use root::Root;
 #[cfg(not(loom))]
