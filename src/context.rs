@@ -20,6 +20,7 @@ use std::ptr;
 use std::time::Instant;
 
 use crate::node::{Node, ScopeId};
+use crate::nursery::ChildScope;
 use crate::sync::Arc;
 
 /// One entry of the current-scope stack, alive for one `poll` of a scope's body.
@@ -34,6 +35,12 @@ pub(crate) enum FrameKind<'a> {
     Linked(&'a Arc<Node>),
     /// The first poll of a lazily linked scope.
     Unlinked(&'a Unlinked),
+    /// A nursery child: it runs in the nursery's scope (`parent`) until something needs a
+    /// scope of its own (see [`ChildScope`]).
+    Child {
+        parent: &'a Arc<Node>,
+        scope: &'a ChildScope,
+    },
 }
 
 /// The inline state of a scope during its first poll (see the module docs).
@@ -121,6 +128,7 @@ impl<'a> Frame<'a> {
         match self.kind {
             FrameKind::Linked(node) => node.is_cancelled(),
             FrameKind::Unlinked(inline) => self.is_cancelled_unlinked(inline),
+            FrameKind::Child { parent, scope } => scope.settled(parent).is_cancelled(),
         }
     }
 
@@ -149,6 +157,7 @@ impl<'a> Frame<'a> {
                 let parent = self.parent.map(Frame::node);
                 crate::scope::materialize(inline, parent)
             }),
+            FrameKind::Child { parent, scope } => scope.node(parent),
         }
     }
 
@@ -204,7 +213,12 @@ impl<'a> Frame<'a> {
                 _ => return earliest,
             }
         }
-        min_deadline(earliest, frame.node().effective_deadline())
+        let node = match frame.kind {
+            // No need to give a child a scope of its own to answer this.
+            FrameKind::Child { parent, scope } => scope.settled(parent),
+            _ => frame.node(),
+        };
+        min_deadline(earliest, node.effective_deadline())
     }
 }
 

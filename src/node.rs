@@ -173,6 +173,12 @@ pub(crate) trait Attachment: Send + Sync {
         let _ = child;
         None
     }
+    /// Children that run in this scope without one of their own (a nursery's children
+    /// until they need one), shown under it in the snapshot with the id their scope will
+    /// have.
+    fn children_without_scope(&self) -> Vec<(ScopeId, Description)> {
+        Vec::new()
+    }
 }
 
 /// A scope's owner, as the task-tree snapshot shows it.

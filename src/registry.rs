@@ -57,6 +57,11 @@ pub(crate) trait Adopter<L>: Send + Sync {
         let _ = child;
         None
     }
+    /// The children running without a scope of their own (in this nursery's), for the
+    /// task tree (SPEC O2).
+    fn children_without_scope(&self) -> Vec<(crate::node::ScopeId, crate::node::Description)> {
+        Vec::new()
+    }
 }
 
 /// Aborts every child of an orphaned nursery and, in turn, of what it adopted (SPEC N7:

@@ -100,15 +100,27 @@ impl TaskTree {
 
     fn from_nodes(roots: Vec<Arc<Node>>) -> TaskTree {
         let mut entries = Vec::new();
-        // Depth-first, iteratively (trees can be deep, SPEC R4): (node, depth, inherited).
-        // (node, depth, inherited cancellation, the parent's owner)
+        // Depth-first, iteratively (trees can be deep, SPEC R4): a scope with its depth, the
+        // cancellation it inherits and its parent's owner; or a child without a scope.
         type Parent = Option<Arc<dyn crate::node::Attachment>>;
+        enum Item {
+            Scope(Arc<Node>, usize, Option<(CancelReason, Instant)>, Parent),
+            /// A child running in its parent's scope, without one of its own.
+            Leaf(TreeEntry),
+        }
         let mut stack: Vec<_> = roots
             .into_iter()
             .rev()
-            .map(|root| (root, 0, None::<(CancelReason, Instant)>, None as Parent))
+            .map(|root| Item::Scope(root, 0, None, None))
             .collect();
-        while let Some((node, depth, inherited, parent)) = stack.pop() {
+        while let Some(item) = stack.pop() {
+            let (node, depth, inherited, parent) = match item {
+                Item::Scope(node, depth, inherited, parent) => (node, depth, inherited, parent),
+                Item::Leaf(entry) => {
+                    entries.push(entry);
+                    continue;
+                }
+            };
             let mut view = node.view();
             if view.description.is_none() {
                 view.description = parent.and_then(|parent| parent.describe_child(view.id));
@@ -133,9 +145,43 @@ impl TaskTree {
             } else {
                 cancellation.clone()
             };
-            for child in view.adopted.iter().chain(view.children.iter()).rev() {
-                stack.push((
+            // Siblings in the order their scopes were made (children: in spawn order), those
+            // without a scope of their own among them.
+            let mut below: Vec<(ScopeId, Item)> = view
+                .attachment
+                .as_ref()
+                .map(|owner| owner.children_without_scope())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(scope, description)| {
+                    let leaf = TreeEntry {
+                        depth: depth + 1,
+                        scope,
+                        kind: description.kind,
+                        name: description.name.map(|name| name.to_string()),
+                        detail: description.detail,
+                        cancelled: view.cancelled,
+                        cancellation: passed_down.clone(),
+                        deadline: None,
+                        shielded: false,
+                    };
+                    (scope, Item::Leaf(leaf))
+                })
+                .collect();
+            below.extend(view.children.iter().map(|child| {
+                let scope = Item::Scope(
                     child.clone(),
+                    depth + 1,
+                    passed_down.clone(),
+                    view.attachment.clone(),
+                );
+                (child.id(), scope)
+            }));
+            below.sort_by_key(|(id, _)| *id);
+            stack.extend(below.into_iter().rev().map(|(_, item)| item));
+            for adopted in view.adopted.iter().rev() {
+                stack.push(Item::Scope(
+                    adopted.clone(),
                     depth + 1,
                     passed_down.clone(),
                     view.attachment.clone(),

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use super::child::{ChildHandle, settle};
+use super::child::{ChildHandle, origin_of, settle};
 use super::{ChildLabel, NurseryHandle, Shared, SpawnError, Stopper, acquire_slot};
 use crate::cancelled::{CancelError, Cancelled};
 use crate::context::{self, FrameKind};
@@ -198,13 +198,14 @@ where
                     child(context)
                 })
             }));
-            settle(ended, node, &finished.nursery, &None)
+            let origin = || origin_of(None, node.id());
+            settle(ended, node.is_cancelled(), &finished.nursery, origin)
         });
         label_node.attach(Arc::new(ChildLabel {
             kind: "blocking child",
             name: None,
             task: join.id(),
         }));
-        Ok(ChildHandle::new(join, node, None))
+        Ok(ChildHandle::new(join, Arc::new(node)))
     }
 }

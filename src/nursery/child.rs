@@ -5,18 +5,17 @@ use std::fmt;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use pin_project::{pin_project, pinned_drop};
 use tokio::task::JoinHandle;
 
 use super::Shared;
-use super::collector::Sink;
 use super::report::{Failure, Origin};
 use crate::cancelled::{CancelError, Cancelled};
 use crate::context::{self, FrameKind};
-use crate::node::Node;
+use crate::node::{Node, ScopeId};
 use crate::point::Waiter;
 use crate::reason::CancelReason;
 
@@ -29,30 +28,222 @@ pub(crate) enum ChildOutput<T> {
     Aborted,
 }
 
-/// The future tokio runs for a child: the user's future, polled in the child's scope.
-///
-/// Its output goes to the child's [`ChildHandle`] through tokio's join handle, or, for a
-/// child of a [`Collector`](crate::Collector), into the collector's queue; a started child
-/// (SPEC N3) reports to its starter until it signals readiness.
-#[pin_project(PinnedDrop)]
-pub(crate) struct ChildTask<F, E, T> {
-    #[pin]
-    future: Option<F>,
-    node: Arc<Node>,
-    nursery: Arc<Shared<E>>,
+/// What a child shares with its task, its handle and its nursery's registry: one
+/// allocation per child, next to tokio's task cell (which then holds the user's future and
+/// one pointer: tokio's smallest cell for small futures).
+pub(crate) struct ChildCell<E> {
+    pub(crate) nursery: Arc<Shared<E>>,
+    /// The child's slot in its nursery's registry.
     key: usize,
     name: Option<Arc<str>>,
-    route: Route<T, E>,
+    pub(crate) scope: ChildScope,
+}
+
+impl<E> ChildCell<E> {
+    /// A child whose scope is made under its nursery's when needed, or at once under
+    /// `parent` (a started child runs under its starter's scopes, SPEC N3).
+    pub(crate) fn new(
+        nursery: Arc<Shared<E>>,
+        key: usize,
+        name: Option<Arc<str>>,
+        parent: Option<&Arc<Node>>,
+    ) -> Self {
+        let scope = ChildScope::new();
+        if let Some(parent) = parent {
+            scope.node(parent);
+        }
+        ChildCell {
+            nursery,
+            key,
+            name,
+            scope,
+        }
+    }
+
+    /// The child's own scope, made now if it had none (under its nursery's); `None` once
+    /// the child ended without one.
+    pub(crate) fn node(&self) -> Option<&Arc<Node>> {
+        self.scope.node_unless_ended(&self.nursery.node)
+    }
+
+    pub(crate) fn key(&self) -> usize {
+        self.key
+    }
+
+    /// The scope the child runs in now: its own, else its nursery's.
+    fn settled(&self) -> &Arc<Node> {
+        self.scope.settled(&self.nursery.node)
+    }
+}
+
+/// A child's scope (SPEC S1), made the first time something needs one: a handle's
+/// `cancel`, a scope or a waiter inside the child, a query of its scope. Until then the
+/// child runs in its nursery's scope, which is all a child that never meets a cancellation
+/// point needs (its cancellation is its nursery's), and costs no node.
+pub(crate) struct ChildScope {
+    id: ScopeId,
+    /// `Some(None)` once the child ended without ever needing a scope: none is made after.
+    node: OnceLock<Option<Arc<Node>>>,
+}
+
+impl ChildScope {
+    fn new() -> Self {
+        ChildScope {
+            id: ScopeId::next(),
+            node: OnceLock::new(),
+        }
+    }
+
+    pub(crate) fn id(&self) -> ScopeId {
+        self.id
+    }
+
+    /// Its own scope, if it was made.
+    pub(crate) fn own(&self) -> Option<&Arc<Node>> {
+        self.node.get().and_then(Option::as_ref)
+    }
+
+    /// The scope the child runs in now: its own, else `parent`'s.
+    #[inline]
+    pub(crate) fn settled<'a>(&'a self, parent: &'a Arc<Node>) -> &'a Arc<Node> {
+        self.own().unwrap_or(parent)
+    }
+
+    /// Its own scope, made now under `parent` if needed. Only while the child runs.
+    pub(crate) fn node(&self, parent: &Arc<Node>) -> &Arc<Node> {
+        self.node_unless_ended(parent)
+            .expect("a child's scope is only asked for while the child runs")
+    }
+
+    /// Its own scope, made now under `parent` if needed, unless the child has ended.
+    fn node_unless_ended(&self, parent: &Arc<Node>) -> Option<&Arc<Node>> {
+        self.node
+            .get_or_init(|| {
+                let node = Arc::new(Node::new(self.id, false, None));
+                node.enter(Some(parent), parent.timer());
+                Some(node)
+            })
+            .as_ref()
+    }
+
+    /// The child ended: its scope ends, or none will ever be made.
+    fn end(&self) {
+        if let Some(node) = self.node.get_or_init(|| None) {
+            node.end(false);
+        }
+    }
+}
+
+/// A child as its handle, its nursery's registry and the task tree see it (SPEC N2, O2).
+pub(crate) trait ChildInfo: Send + Sync {
+    fn name(&self) -> Option<&Arc<str>>;
+    /// Cancels this child alone (a no-op once it ended).
+    fn cancel(&self, reason: CancelReason);
+    /// Its scope's id (the scope may not exist yet).
+    fn scope_id(&self) -> ScopeId;
+    /// Its scope, if it was made.
+    fn own_node(&self) -> Option<&Arc<Node>>;
+}
+
+impl<E: Send + 'static> ChildInfo for ChildCell<E> {
+    fn name(&self) -> Option<&Arc<str>> {
+        self.name.as_ref()
+    }
+
+    fn cancel(&self, reason: CancelReason) {
+        if let Some(node) = self.node() {
+            node.cancel(reason);
+        }
+    }
+
+    fn scope_id(&self) -> ScopeId {
+        self.scope.id()
+    }
+
+    fn own_node(&self) -> Option<&Arc<Node>> {
+        self.scope.own()
+    }
+}
+
+/// A blocking child (SPEC N16) always has its scope.
+impl ChildInfo for Arc<Node> {
+    fn name(&self) -> Option<&Arc<str>> {
+        None
+    }
+
+    fn cancel(&self, reason: CancelReason) {
+        Node::cancel(self, reason);
+    }
+
+    fn scope_id(&self) -> ScopeId {
+        self.id()
+    }
+
+    fn own_node(&self) -> Option<&Arc<Node>> {
+        Some(self)
+    }
+}
+
+/// The future tokio runs for a child: the user's future, polled in the child's scope.
+///
+/// Its output goes where its [`Route`] says: to the child's [`ChildHandle`] through tokio's
+/// join handle, or into a collector's queue; a started child (SPEC N3) reports to its
+/// starter until it signals readiness.
+#[pin_project(PinnedDrop)]
+pub(crate) struct ChildTask<F, E, R: OnAbort> {
+    #[pin]
+    future: Option<F>,
+    cell: Arc<ChildCell<E>>,
+    route: R,
+}
+
+/// What a route does when the child's task is dropped.
+pub(crate) trait OnAbort: Send + 'static {
+    /// The task was dropped: news only if it had not finished (aborted).
+    fn aborted(&mut self) {}
 }
 
 /// Where a child's end goes besides the nursery.
-pub(crate) enum Route<T, E> {
-    /// To its handle, as the task's output.
-    Handle,
-    /// To a collector's queue.
-    Collect(Sink<T>),
-    /// To the code awaiting `start`, while the child has not signalled readiness.
-    Start(Arc<dyn Starting<E>>),
+pub(crate) trait Route<T, E>: OnAbort {
+    /// A started child ending before its signal: the end goes to the starter alone and
+    /// this returns `None` (SPEC N3); otherwise it returns the end, for the nursery.
+    fn early_end(&mut self, node: &Node, ended: Ended<T, E>) -> Option<Ended<T, E>> {
+        let _ = node;
+        Some(ended)
+    }
+
+    /// The task's output for this outcome.
+    fn deliver(&mut self, output: ChildOutput<T>) -> ChildOutput<T> {
+        output
+    }
+}
+
+/// To the child's handle, as the task's output.
+pub(crate) struct ToHandle;
+
+impl OnAbort for ToHandle {}
+
+impl<T, E> Route<T, E> for ToHandle {}
+
+/// To the code awaiting `start`, while the child has not signalled readiness (SPEC N3).
+pub(crate) struct ToStarter<E>(pub(crate) Option<Arc<dyn Starting<E>>>);
+
+impl<T, E: CancelError + Send + 'static> Route<T, E> for ToStarter<E> {
+    fn early_end(&mut self, node: &Node, ended: Ended<T, E>) -> Option<Ended<T, E>> {
+        match self.0.take() {
+            Some(starting) => starting_end(starting.as_ref(), node, ended),
+            None => Some(ended),
+        }
+    }
+}
+
+impl<E: Send + 'static> OnAbort for ToStarter<E> {
+    fn aborted(&mut self) {
+        // Aborted before signalling: the starter must not wait for ever.
+        if let Some(starting) = self.0.take() {
+            drop(starting.ended_early(EarlyEnd::Aborted));
+        }
+    }
 }
 
 /// A started child's link to its starter (SPEC N3).
@@ -72,30 +263,21 @@ pub(crate) enum EarlyEnd<E> {
     Aborted,
 }
 
-impl<F, E, T> ChildTask<F, E, T> {
-    pub(crate) fn new(
-        future: F,
-        node: Arc<Node>,
-        nursery: Arc<Shared<E>>,
-        key: usize,
-        name: Option<Arc<str>>,
-        route: Route<T, E>,
-    ) -> Self {
+impl<F, E, R: OnAbort> ChildTask<F, E, R> {
+    pub(crate) fn new(future: F, cell: Arc<ChildCell<E>>, route: R) -> Self {
         ChildTask {
             future: Some(future),
-            node,
-            nursery,
-            key,
-            name,
+            cell,
             route,
         }
     }
 }
 
-impl<F, T, E> Future for ChildTask<F, E, T>
+impl<F, T, E, R> Future for ChildTask<F, E, R>
 where
     F: Future<Output = Result<T, E>>,
     E: CancelError + fmt::Debug,
+    R: Route<T, E>,
 {
     type Output = ChildOutput<T>;
 
@@ -106,9 +288,13 @@ where
             .as_mut()
             .as_pin_mut()
             .expect("polled after completion");
-        let node = &*this.node;
+        let cell = &**this.cell;
+        let frame = FrameKind::Child {
+            parent: &cell.nursery.node,
+            scope: &cell.scope,
+        };
         let polled = catch_unwind(AssertUnwindSafe(|| {
-            context::enter(FrameKind::Linked(node), || future.poll(cx))
+            context::enter(frame, || future.poll(cx))
         }));
         let ready = match polled {
             Ok(Poll::Pending) => return Poll::Pending,
@@ -120,25 +306,16 @@ where
         let mut ready = ready;
         if let Err(payload) = catch_unwind(AssertUnwindSafe(|| this.future.set(None))) {
             match ready {
-                Err(_) => this.nursery.panicked(origin(this.name, node), payload),
+                Err(_) => cell.nursery.panicked(origin(cell), payload),
                 Ok(_) => ready = Err(payload),
             }
         }
-        let ready = match (&*this.route, ready) {
-            (Route::Start(starting), ready) => match starting_end(starting.as_ref(), node, ready) {
-                Some(ready) => ready,
-                None => return Poll::Ready(ChildOutput::Cancelled),
-            },
-            (_, ready) => ready,
+        let Some(ready) = this.route.early_end(cell.settled(), ready) else {
+            return Poll::Ready(ChildOutput::Cancelled);
         };
-        let output = settle(ready, node, this.nursery, this.name);
-        Poll::Ready(match std::mem::replace(this.route, Route::Handle) {
-            Route::Collect(sink) => {
-                sink.deliver(output);
-                ChildOutput::Cancelled // nobody joins a collected child's task
-            }
-            _ => output,
-        })
+        let cancelled = cell.settled().is_cancelled();
+        let output = settle(ready, cancelled, &cell.nursery, || origin(cell));
+        Poll::Ready(this.route.deliver(output))
     }
 }
 
@@ -147,26 +324,26 @@ pub(crate) type Ended<T, E> = Result<Result<T, E>, Box<dyn std::any::Any + Send>
 
 /// Settles a child's end with its nursery (SPEC N4, N6, S15): an echo of a cancellation is
 /// not a failure; any other error is one (stray if it holds a `Cancelled` while the child's
-/// scope is not cancelled); a panic is one too.
+/// scope is not `cancelled`); a panic is one too.
 pub(crate) fn settle<T, E: CancelError + fmt::Debug>(
     ended: Ended<T, E>,
-    node: &Node,
+    cancelled: bool,
     nursery: &Shared<E>,
-    name: &Option<Arc<str>>,
+    origin: impl FnOnce() -> Origin,
 ) -> ChildOutput<T> {
     match ended {
         Ok(Ok(value)) => ChildOutput::Value(value),
         Ok(Err(error)) => {
             let cancellation = error.as_cancelled().is_some();
-            if cancellation && node.is_cancelled() {
+            if cancellation && cancelled {
                 ChildOutput::Cancelled
             } else {
-                nursery.fail(Failure::new(origin(name, node), error, cancellation));
+                nursery.fail(Failure::new(origin(), error, cancellation));
                 ChildOutput::Failed
             }
         }
         Err(payload) => {
-            nursery.panicked(origin(name, node), payload);
+            nursery.panicked(origin(), payload);
             ChildOutput::Panicked
         }
     }
@@ -199,37 +376,35 @@ fn starting_end<T, E: CancelError>(
     }
 }
 
-/// Who a child is, for reports: its task, or its scope where tokio gives no task id (a
-/// drop outside the task's context).
-fn origin(name: &Option<Arc<str>>, node: &Node) -> Origin {
+/// Who a child is, for reports.
+fn origin<E>(cell: &ChildCell<E>) -> Origin {
+    origin_of(cell.name.clone(), cell.scope.id())
+}
+
+/// Who a child is, for reports: its task with `name`, or its `scope` where tokio gives no
+/// task id (a drop outside the task's context).
+pub(crate) fn origin_of(name: Option<Arc<str>>, scope: ScopeId) -> Origin {
     match tokio::task::try_id() {
-        Some(id) => Origin::Child {
-            id,
-            name: name.clone(),
-        },
-        None => Origin::Local { scope: node.id() },
+        Some(id) => Origin::Child { id, name },
+        None => Origin::Local { scope },
     }
 }
 
 #[pinned_drop]
-impl<F, E, T> PinnedDrop for ChildTask<F, E, T> {
+impl<F, E, R: OnAbort> PinnedDrop for ChildTask<F, E, R> {
     fn drop(self: Pin<&mut Self>) {
         let mut this = self.project();
+        let cell = &**this.cell;
         // SPEC N1: the child's future is gone before the nursery counts it finished. A panic
         // in its drop (an aborted child) is reported, and the nursery still hears of the end.
         let dropped = catch_unwind(AssertUnwindSafe(|| this.future.set(None)));
         if let Err(payload) = dropped {
-            this.nursery.panicked(origin(this.name, this.node), payload);
+            cell.nursery.panicked(origin(cell), payload);
         }
-        match std::mem::replace(this.route, Route::Handle) {
-            // Dropped before it finished: aborted (SPEC N15 queues every outcome).
-            Route::Collect(sink) => sink.deliver(ChildOutput::Aborted),
-            // Aborted before signalling: the starter must not wait for ever.
-            Route::Start(starting) => drop(starting.ended_early(EarlyEnd::Aborted)),
-            Route::Handle => {}
-        }
-        this.node.end(false);
-        this.nursery.registry.finished(*this.key);
+        // Once finished, the route has nothing left to send: only an abort is news here.
+        this.route.aborted();
+        cell.scope.end();
+        cell.nursery.registry.finished(cell.key);
     }
 }
 
@@ -252,21 +427,15 @@ pub(crate) fn joined<T>(output: ChildOutput<T>) -> Result<T, JoinError> {
 /// nursery. Dropping the handle detaches nothing: the child still belongs to its nursery.
 pub struct ChildHandle<T> {
     join: JoinHandle<ChildOutput<T>>,
-    node: Arc<Node>,
-    name: Option<Arc<str>>,
+    child: Arc<dyn ChildInfo>,
     waiter: Waiter,
 }
 
 impl<T> ChildHandle<T> {
-    pub(crate) fn new(
-        join: JoinHandle<ChildOutput<T>>,
-        node: Arc<Node>,
-        name: Option<Arc<str>>,
-    ) -> Self {
+    pub(crate) fn new(join: JoinHandle<ChildOutput<T>>, child: Arc<dyn ChildInfo>) -> Self {
         ChildHandle {
             join,
-            node,
-            name,
+            child,
             waiter: Waiter::default(),
         }
     }
@@ -278,14 +447,14 @@ impl<T> ChildHandle<T> {
 
     /// The name given at spawn, if any.
     pub fn name(&self) -> Option<&str> {
-        self.name.as_deref()
+        self.child.name().map(|name| &**name)
     }
 
     /// Cancels this child alone, cooperatively: its cancellation points report it. Not a
     /// failure; the handle then yields [`JoinError::ChildCancelled`] unless the child
     /// finishes with a value anyway.
     pub fn cancel(&self) {
-        self.node.cancel(CancelReason::Explicit(None));
+        self.child.cancel(CancelReason::Explicit(None));
     }
 
     /// Aborts this child alone: tokio drops its future at its next scheduling. Not a failure;
@@ -322,7 +491,7 @@ impl<T> fmt::Debug for ChildHandle<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ChildHandle")
             .field("id", &self.id())
-            .field("name", &self.name)
+            .field("name", &self.name())
             .finish_non_exhaustive()
     }
 }

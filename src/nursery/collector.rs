@@ -14,10 +14,9 @@ use std::task::{Poll, Waker};
 use slab::Slab;
 use tokio::task::{AbortHandle, Id};
 
-use super::child::{ChildOutput, Route, joined};
+use super::child::{ChildInfo, ChildOutput, OnAbort, Route, joined};
 use super::{JoinError, NurseryHandle, SpawnError};
 use crate::cancelled::CancelError;
-use crate::node::Node;
 use crate::reason::CancelReason;
 use crate::sync::lock;
 
@@ -38,22 +37,43 @@ struct Member {
     /// Set by the spawner right after spawning: always before `join_next` can take the
     /// outcome, since that needs `&mut Collector` and spawning `&Collector`.
     id: Option<Id>,
-    node: Arc<Node>,
+    child: Arc<dyn ChildInfo>,
     abort: Option<AbortHandle>,
     /// `abort_all` ran before the spawner stored the abort handle: it aborts on storing.
     abort_requested: bool,
     delivered: bool,
 }
 
-/// A child's way into its collector's queue.
-pub(crate) struct Sink<T> {
+/// A child's way into its collector's queue: its outcome goes there, once.
+struct Sink<T> {
     queue: Arc<Queue<T>>,
     key: usize,
 }
 
+/// The route of a collected child: the sink until the outcome was delivered.
+struct ToCollector<T>(Option<Sink<T>>);
+
+impl<T: Send + 'static, E> Route<T, E> for ToCollector<T> {
+    fn deliver(&mut self, output: ChildOutput<T>) -> ChildOutput<T> {
+        if let Some(sink) = self.0.take() {
+            sink.deliver(output);
+        }
+        ChildOutput::Cancelled // nobody joins a collected child's task
+    }
+}
+
+impl<T: Send + 'static> OnAbort for ToCollector<T> {
+    fn aborted(&mut self) {
+        // Dropped before it finished: aborted (SPEC N15 queues every outcome).
+        if let Some(sink) = self.0.take() {
+            sink.deliver(ChildOutput::Aborted);
+        }
+    }
+}
+
 impl<T> Sink<T> {
-    /// Queues the child's outcome (once: the sink is consumed).
-    pub(crate) fn deliver(self, output: ChildOutput<T>) {
+    /// Queues the child's outcome.
+    fn deliver(self, output: ChildOutput<T>) {
         let mut state = lock(&self.queue.state);
         if let Some(member) = state.members.get_mut(self.key) {
             member.delivered = true;
@@ -99,8 +119,7 @@ pub struct Collector<T, E> {
 #[derive(Clone)]
 pub struct ChildControl {
     id: Id,
-    name: Option<Arc<str>>,
-    node: Arc<Node>,
+    child: Arc<dyn ChildInfo>,
     abort: AbortHandle,
 }
 
@@ -112,12 +131,12 @@ impl ChildControl {
 
     /// The name given at spawn, if any.
     pub fn name(&self) -> Option<&str> {
-        self.name.as_deref()
+        self.child.name().map(|name| &**name)
     }
 
     /// Cancels this child alone, cooperatively. Not a failure.
     pub fn cancel(&self) {
-        self.node.cancel(CancelReason::Explicit(None));
+        self.child.cancel(CancelReason::Explicit(None));
     }
 
     /// Aborts this child alone. Not a failure.
@@ -130,7 +149,7 @@ impl fmt::Debug for ChildControl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ChildControl")
             .field("id", &self.id)
-            .field("name", &self.name)
+            .field("name", &self.name())
             .finish_non_exhaustive()
     }
 }
@@ -195,22 +214,20 @@ where
     {
         let queue = &self.queue;
         let mut sink_key = None;
-        let (join, node) = self
-            .nursery
-            .spawn_task(name.clone(), None, None, future, |node| {
-                let key = lock(&queue.state).members.insert(Member {
-                    id: None,
-                    node: node.clone(),
-                    abort: None,
-                    abort_requested: false,
-                    delivered: false,
-                });
-                sink_key = Some(key);
-                Route::Collect(Sink {
-                    queue: queue.clone(),
-                    key,
-                })
-            })?;
+        let (join, child) = self.nursery.spawn_task(name, None, None, future, |child| {
+            let key = lock(&queue.state).members.insert(Member {
+                id: None,
+                child: child.clone(),
+                abort: None,
+                abort_requested: false,
+                delivered: false,
+            });
+            sink_key = Some(key);
+            ToCollector(Some(Sink {
+                queue: queue.clone(),
+                key,
+            }))
+        })?;
         let abort = join.abort_handle();
         let id = join.id();
         let requested = if let Some(key) = sink_key {
@@ -227,12 +244,7 @@ where
         if requested {
             abort.abort(); // outside the lock, as in `abort_all`
         }
-        Ok(ChildControl {
-            id,
-            name,
-            node,
-            abort,
-        })
+        Ok(ChildControl { id, child, abort })
     }
 }
 
@@ -275,14 +287,14 @@ impl<T, E> Collector<T, E> {
 
     /// Cancels every running child of this collector, cooperatively.
     pub fn cancel_all(&self) {
-        let nodes: Vec<Arc<Node>> = lock(&self.queue.state)
+        let children: Vec<Arc<dyn ChildInfo>> = lock(&self.queue.state)
             .members
             .iter()
             .filter(|(_, member)| !member.delivered)
-            .map(|(_, member)| member.node.clone())
+            .map(|(_, member)| member.child.clone())
             .collect();
-        for node in nodes {
-            node.cancel(CancelReason::Explicit(None));
+        for child in children {
+            child.cancel(CancelReason::Explicit(None));
         }
     }
 

@@ -46,7 +46,8 @@ use crate::node::{Attachment, Description, Node, ScopeId};
 use crate::reason::CancelReason;
 use crate::registry::{self, Adopter, Closed, OrphanReport, Recorded, Registry, StopAll};
 use crate::scope::{ScopeHandle, cancelled_here, enter_preset};
-use child::{ChildOutput, ChildTask, Route};
+pub(crate) use child::ChildScope;
+use child::{ChildCell, ChildInfo, ChildOutput, ChildTask, Route, ToHandle};
 use orphans::Orphans;
 
 /// What happens to running children when a nursery's future is dropped before it finished
@@ -364,11 +365,18 @@ impl<E: Send + 'static> Adopter<Origin> for Shared<E> {
 
     fn describe_child(&self, child: ScopeId) -> Option<Description> {
         self.registry.find(|stopper| match stopper {
-            Stopper::Task { abort, name, scope } if *scope == child => Some(Description {
-                kind: "child",
-                name: name.clone(),
-                detail: Some(format!("task {}", abort.id())),
-            }),
+            Stopper::Task { abort, child: info } if info.scope_id() == child => {
+                Some(child_description(abort, info.as_ref()))
+            }
+            _ => None,
+        })
+    }
+
+    fn children_without_scope(&self) -> Vec<(ScopeId, Description)> {
+        self.registry.collect(|stopper| match stopper {
+            Stopper::Task { abort, child } if child.own_node().is_none() => {
+                Some((child.scope_id(), child_description(abort, child.as_ref())))
+            }
             _ => None,
         })
     }
@@ -417,7 +425,7 @@ pub(crate) fn report_default(report: &Report<'_>) {
 /// subscriber listens (SPEC O1); otherwise the task is the bare wrapper, with no span stored.
 fn spawn_traced<E, Fut>(
     shared: &Shared<E>,
-    node: &Node,
+    scope: ScopeId,
     name: Option<&str>,
     task: Fut,
 ) -> JoinHandle<Fut::Output>
@@ -433,20 +441,28 @@ where
                 parent: &shared.span,
                 "child",
                 name = name.unwrap_or(""),
-                scope = %node.id(),
+                scope = %scope,
             );
             if !span.is_disabled() {
                 return shared.runtime.spawn(task.instrument(span));
             }
         }
     }
-    let _ = (node, name);
+    let _ = (scope, name);
     shared.runtime.spawn(task)
 }
 
-/// A child registered with its nursery and linked, not yet spawned: its task, its scope and
-/// its registry key.
-type Prepared<F, E, T> = (ChildTask<F, E, T>, Arc<Node>, usize);
+/// A spawned child's task and what its handle needs.
+pub(crate) type Spawned<T> = (JoinHandle<ChildOutput<T>>, Arc<dyn ChildInfo>);
+
+/// How the task tree shows a child (SPEC O2).
+fn child_description(abort: &AbortHandle, child: &dyn ChildInfo) -> Description {
+    Description {
+        kind: "child",
+        name: child.name().cloned(),
+        detail: Some(format!("task {}", abort.id())),
+    }
+}
 
 /// What a child's scope node carries, for the task-tree snapshot (SPEC O2).
 pub(crate) struct ChildLabel {
@@ -498,6 +514,13 @@ impl Attachment for AdopterRef {
 
     fn describe_child(&self, child: ScopeId) -> Option<Description> {
         self.0.upgrade()?.describe_child(child)
+    }
+
+    fn children_without_scope(&self) -> Vec<(ScopeId, Description)> {
+        self.0
+            .upgrade()
+            .map(|nursery| nursery.children_without_scope())
+            .unwrap_or_default()
     }
 
     fn describe(&self) -> Description {
@@ -570,12 +593,11 @@ pub(crate) async fn acquire_slot(limit: Arc<Semaphore>) -> Result<OwnedSemaphore
 /// cannot abort it) and is told through its scope instead (SPEC N16).
 #[derive(Clone)]
 pub(crate) enum Stopper {
-    /// An async child: its abort handle (which knows its task id), its name and its scope,
-    /// kept here rather than in a per-child allocation (the task tree reads them).
+    /// An async child: its abort handle (which knows its task id) and what the task tree
+    /// and the warnings need to know of it.
     Task {
         abort: AbortHandle,
-        name: Option<Arc<str>>,
-        scope: ScopeId,
+        child: Arc<dyn ChildInfo>,
     },
     Blocking(Arc<Node>),
 }
@@ -748,8 +770,8 @@ where
             ),
             None => None,
         };
-        let (join, node) = self.spawn_task(None, None, slot, future, |_| Route::Handle)?;
-        Ok(ChildHandle::new(join, node, None))
+        let (join, child) = self.spawn_task(None, None, slot, future, |_| ToHandle)?;
+        Ok(ChildHandle::new(join, child))
     }
 
     /// Waits until the nursery's concurrency limit leaves a slot, then spawns (SPEC N11).
@@ -774,8 +796,8 @@ where
                 Err(_) => Some(acquire_slot(limit.clone()).await?),
             },
         };
-        let (join, node) = self.spawn_task(None, None, slot, future, |_| Route::Handle)?;
-        Ok(ChildHandle::new(join, node, None))
+        let (join, child) = self.spawn_task(None, None, slot, future, |_| ToHandle)?;
+        Ok(ChildHandle::new(join, child))
     }
 
     /// Whether the code being polled runs in one of this nursery's children.
@@ -790,7 +812,7 @@ where
                 // Under the nursery's scope: a child's scope, or one of the body's own.
                 let id = node.id();
                 return self.shared.registry.find(|stopper| match stopper {
-                    Stopper::Task { scope, .. } if *scope == id => Some(()),
+                    Stopper::Task { child, .. } if child.scope_id() == id => Some(()),
                     Stopper::Blocking(child) if child.id() == id => Some(()),
                     _ => None,
                 }) == Some(());
@@ -809,27 +831,28 @@ where
         F: Future<Output = Result<T, E>> + Send + 'static,
         T: Send + 'static,
     {
-        let (join, node) = self.spawn_task(name.clone(), None, None, future, |_| Route::Handle)?;
-        Ok(ChildHandle::new(join, node, name))
+        let (join, child) = self.spawn_task(name, None, None, future, |_| ToHandle)?;
+        Ok(ChildHandle::new(join, child))
     }
 
-    /// Registers, links (under `parent`, else the nursery's scope) and spawns a child;
-    /// `route` says where its end goes besides the nursery.
+    /// Registers and spawns a child, in a scope made when needed under the nursery's, or
+    /// at once under `parent`; `route` says where its end goes besides the nursery.
     ///
     /// In a nursery with a concurrency limit, a child spawned without a `slot` waits for one
     /// in its own task before its future first runs (SPEC N11); if it is cancelled while it
     /// waits, it ends as cancelled without having run.
-    pub(crate) fn spawn_task<F, T>(
+    pub(crate) fn spawn_task<F, T, R>(
         &self,
         name: Option<Arc<str>>,
         parent: Option<&Arc<Node>>,
         slot: Option<OwnedSemaphorePermit>,
         future: F,
-        route: impl FnOnce(&Arc<Node>) -> Route<T, E>,
-    ) -> Result<(JoinHandle<ChildOutput<T>>, Arc<Node>), SpawnError>
+        route: impl FnOnce(&Arc<ChildCell<E>>) -> R,
+    ) -> Result<Spawned<T>, SpawnError>
     where
         F: Future<Output = Result<T, E>> + Send + 'static,
         T: Send + 'static,
+        R: Route<T, E>,
     {
         match (&self.shared.limit, slot) {
             (None, _) => self.spawn_raw(name, parent, future, route),
@@ -848,59 +871,54 @@ where
         }
     }
 
-    fn spawn_raw<F, T>(
+    fn spawn_raw<F, T, R>(
         &self,
         name: Option<Arc<str>>,
         parent: Option<&Arc<Node>>,
         future: F,
-        route: impl FnOnce(&Arc<Node>) -> Route<T, E>,
-    ) -> Result<(JoinHandle<ChildOutput<T>>, Arc<Node>), SpawnError>
+        route: impl FnOnce(&Arc<ChildCell<E>>) -> R,
+    ) -> Result<Spawned<T>, SpawnError>
     where
         F: Future<Output = Result<T, E>> + Send + 'static,
         T: Send + 'static,
+        R: Route<T, E>,
     {
-        let (task, node, key) = self.prepare(name.clone(), parent, future, route)?;
-        let join = spawn_traced(&self.shared, &node, name.as_deref(), task);
-        Ok(self.started(name, node, key, join))
+        let cell = self.prepare(name, parent)?;
+        let route = route(&cell);
+        let name = cell.name().cloned();
+        let task = ChildTask::new(future, cell.clone(), route);
+        let join = spawn_traced(&self.shared, cell.scope.id(), name.as_deref(), task);
+        Ok(self.started(cell, join))
     }
 
-    /// Registers a child and links its scope (under `parent`, else the nursery's): the task
-    /// to spawn.
-    fn prepare<F, T>(
+    /// Registers a child with its nursery: what it shares with its task.
+    fn prepare(
         &self,
         name: Option<Arc<str>>,
         parent: Option<&Arc<Node>>,
-        future: F,
-        route: impl FnOnce(&Arc<Node>) -> Route<T, E>,
-    ) -> Result<Prepared<F, E, T>, SpawnError> {
+    ) -> Result<Arc<ChildCell<E>>, SpawnError> {
         let shared = &self.shared;
         let key = shared.registry.register()?;
-        let node = Arc::new(Node::new(ScopeId::next(), false, None));
-        let parent = parent.unwrap_or(&shared.node);
-        node.enter(Some(parent), parent.timer());
-        let route = route(&node);
-        let task = ChildTask::new(future, node.clone(), shared.clone(), key, name, route);
-        Ok((task, node, key))
+        Ok(Arc::new(ChildCell::new(shared.clone(), key, name, parent)))
     }
 
-    /// Records a spawned child's task: its label for the tree, its abort handle.
+    /// Records a spawned child's task: its abort handle, for the nursery to abort it.
     fn started<T>(
         &self,
-        name: Option<Arc<str>>,
-        node: Arc<Node>,
-        key: usize,
+        cell: Arc<ChildCell<E>>,
         join: JoinHandle<ChildOutput<T>>,
-    ) -> (JoinHandle<ChildOutput<T>>, Arc<Node>) {
+    ) -> Spawned<T> {
+        let key = cell.key();
+        let child: Arc<dyn ChildInfo> = cell;
         let stopper = Stopper::Task {
             abort: join.abort_handle(),
-            name,
-            scope: node.id(),
+            child: child.clone(),
         };
         if self.shared.registry.started(key, stopper) {
             // Spawned while the nursery aborted its children (SPEC N8, N7): this one too.
             join.abort();
         }
-        (join, node)
+        (join, child)
     }
 
     /// Spawns a `!Send` child on the current [`LocalSet`](tokio::task::LocalSet) or local
@@ -916,14 +934,14 @@ where
         F: Future<Output = Result<T, E>> + 'static,
         T: 'static,
     {
-        let (task, node, key) = self
-            .prepare(None, None, future, |_| Route::Handle)
+        let cell = self
+            .prepare(None, None)
             .unwrap_or_else(|error| panic!("tokio-nursery: {error}"));
         // Outside a LocalSet this panics; the task is dropped on the way out and tells the
         // registry, so nothing is left behind.
-        let join = tokio::task::spawn_local(task);
-        let (join, node) = self.started(None, node, key, join);
-        ChildHandle::new(join, node, None)
+        let join = tokio::task::spawn_local(ChildTask::new(future, cell.clone(), ToHandle));
+        let (join, child) = self.started(cell, join);
+        ChildHandle::new(join, child)
     }
 }
 
@@ -1335,37 +1353,33 @@ fn blocking_wait<E>(shared: &Shared<E>, grace: Duration) -> Waited {
 }
 
 /// The names (or scope ids) of the nursery's children still running that match `filter`.
-fn child_names<E>(shared: &Shared<E>, filter: impl Fn(&Node) -> bool) -> Vec<String> {
-    let names: std::collections::HashMap<ScopeId, Arc<str>> = shared
-        .registry
-        .collect(|stopper| match stopper {
-            Stopper::Task {
-                name: Some(name),
-                scope,
-                ..
-            } => Some((*scope, name.clone())),
-            _ => None,
+fn child_names<E>(shared: &Shared<E>, filter: impl Fn(Option<&Node>) -> bool) -> Vec<String> {
+    shared.registry.collect(|stopper| {
+        let (scope, name) = match stopper {
+            Stopper::Task { child, .. } if filter(child.own_node().map(|node| &**node)) => {
+                (child.scope_id(), child.name())
+            }
+            Stopper::Blocking(node) if filter(Some(node)) => (node.id(), None),
+            _ => return None,
+        };
+        Some(match name {
+            Some(name) => format!("{name:?} ({scope})"),
+            None => scope.to_string(),
         })
-        .into_iter()
-        .collect();
-    shared
-        .node
-        .view()
-        .children
-        .iter()
-        .filter(|child| filter(child))
-        .map(|child| match names.get(&child.id()) {
-            Some(name) => format!("{name:?} ({})", child.id()),
-            None => child.id().to_string(),
-        })
-        .collect()
+    })
 }
 
 /// The unobserved-cancellation warning (SPEC N7): names the children still running that
 /// have not reached a cancellation point since the cancellation.
 fn warn_unobserved<E>(shared: &Shared<E>, after: Duration) {
     let node = &shared.node;
-    let names = child_names(shared, |child| child.is_cancelled() && !child.observed());
+    // A child without a scope of its own is cancelled with the nursery, and has observed
+    // nothing: observing a cancellation gives it a scope.
+    let cancelled = node.is_cancelled();
+    let names = child_names(shared, |child| match child {
+        Some(child) => child.is_cancelled() && !child.observed(),
+        None => cancelled,
+    });
     if names.is_empty() {
         return;
     }

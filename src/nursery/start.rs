@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
 
-use super::child::{EarlyEnd, Route, Starting};
+use super::child::{EarlyEnd, Starting, ToStarter};
 use super::{NurseryHandle, SpawnError};
 use crate::cancelled::{CancelError, Cancelled};
 use crate::context;
@@ -365,10 +365,16 @@ where
         let future = child(ready);
         // Until it signals, the child runs under the caller's scopes.
         let caller = context::with_current(|frame| frame.map(|frame| frame.node().clone()));
+        let parent = caller.as_ref().unwrap_or(&self.shared.node);
         let route_state = state.clone();
-        let spawned = self.spawn_task(None, caller.as_ref(), None, future, move |node| {
-            route_state.link(node);
-            Route::Start(route_state)
+        let spawned = self.spawn_task(None, Some(parent), None, future, move |child| {
+            route_state.link(
+                child
+                    .scope
+                    .own()
+                    .expect("a started child's scope is made at once"),
+            );
+            ToStarter(Some(route_state))
         });
         match spawned {
             Ok(_) => Start {
