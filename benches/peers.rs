@@ -107,9 +107,10 @@
 //! 7. `7-local`: `local_scope` spawning N children that borrow two locals of the caller
 //!    (handles dropped), until it returned, vs `futures-unordered` (the same children in
 //!    an inline `FuturesUnordered`, drained). current_thread only: a local scope's future
-//!    is not `Send`, so it runs in `block_on`. `7-parallel` (parallel borrowing scope vs
-//!    `async-scoped`) is not run yet: SPEC B2 does not exist; its peer is ready
-//!    (`parallel_peer`).
+//!    is not `Send`, so it runs in `block_on`. `7-parallel`: `parallel_scope_async`
+//!    spawning N children that borrow a local of the caller (handles dropped), vs
+//!    `async-scoped` (`TokioScope::scope_and_collect`, capped like the other
+//!    `FuturesOrdered`-based peer); multi_thread only.
 
 #[path = "peers/harness.rs"]
 mod harness;

@@ -12,7 +12,8 @@
 //! node the moment something needs one (a handle, a waiter, a cancellation query, the body
 //! going pending).
 //!
-//! This module holds the crate's only `unsafe`: the thread-local points at a frame on the
+//! This module holds one of the crate's two `unsafe` blocks (the other erases the lifetime of
+//! parallel borrowing children, in `parallel`): the thread-local points at a frame on the
 //! stack of an enclosing `poll` call.
 
 use std::cell::{Cell, OnceCell};

@@ -31,6 +31,7 @@ impl Flavor {
 
 pub const BOTH: &[Flavor] = &[Flavor::CurrentThread, Flavor::MultiThread];
 pub const CURRENT_THREAD: &[Flavor] = &[Flavor::CurrentThread];
+pub const MULTI_THREAD: &[Flavor] = &[Flavor::MultiThread];
 
 pub fn multi_thread_runtime() -> Runtime {
     tokio::runtime::Builder::new_multi_thread()

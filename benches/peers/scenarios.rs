@@ -24,7 +24,9 @@ use tokio_nursery::{
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::harness::{BOTH, CURRENT_THREAD, LocalTimed, Run, Scenario, Timed, capped_peer, peer};
+use crate::harness::{
+    BOTH, CURRENT_THREAD, LocalTimed, MULTI_THREAD, Run, Scenario, Timed, capped_peer, peer,
+};
 use crate::settings::Sizes;
 
 /// What `measure` runs, in order.
@@ -115,7 +117,13 @@ pub fn run_list() -> Vec<Step> {
             Run::Local(local_ours),
             vec![peer("futures-unordered", Run::Local(local_peer))],
         ),
-        // 7-parallel (ours vs `async-scoped`: `parallel_peer`) joins when SPEC B2 lands.
+        scenario(
+            "7-parallel",
+            Sizes::Children,
+            MULTI_THREAD,
+            Run::Task(parallel_ours),
+            vec![capped_peer("async-scoped", Run::Task(parallel_peer))],
+        ),
     ]
 }
 
@@ -593,12 +601,37 @@ fn local_peer(n: usize) -> LocalTimed {
     }))
 }
 
-/// `7-parallel`'s peer: N children borrowing a local of the caller, run on the runtime's
-/// workers by async-scoped. Ours (SPEC B2's parallel borrowing scope) does not exist yet.
-#[expect(
-    dead_code,
-    reason = "7-parallel joins the run list when SPEC B2 (ours) lands"
-)]
+/// `7-parallel`: N children borrowing a local of the caller, run on the runtime's workers
+/// by our parallel scope's non-blocking entry (the same contract as async-scoped's
+/// `scope_and_collect`).
+fn parallel_ours(n: usize) -> Timed {
+    Box::pin(timed(async move {
+        let work = 1u64;
+        let work = &work;
+        let sum = AtomicU64::new(0);
+        let sum = &sum;
+        // SAFETY: the scope's future is awaited to completion right here, never forgotten,
+        // and the benchmark's runtime outlives it.
+        let outcome = unsafe {
+            tokio_nursery::parallel_scope_async(|scope| async move {
+                for _ in 0..n {
+                    drop(scope.spawn(async move {
+                        sum.fetch_add(black_box(*work), Ordering::Relaxed);
+                        Ok::<_, Cancelled>(())
+                    }));
+                }
+                Ok::<_, Cancelled>(())
+            })
+        }
+        .await;
+        outcome
+            .expect("a multi-thread runtime")
+            .expect("no failure");
+        assert_eq!(sum.load(Ordering::Relaxed), n as u64);
+    }))
+}
+
+/// `7-parallel`'s peer: the same children, run by async-scoped.
 fn parallel_peer(n: usize) -> Timed {
     Box::pin(timed(async move {
         let work = 1u64;
