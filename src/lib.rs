@@ -181,10 +181,10 @@ pub use nursery::{
 #[cfg(all(not(loom), feature = "rt-multi-thread"))]
 pub use parallel::parallel_scope;
 #[cfg(not(loom))]
-pub use parallel::{ParallelHandle, ParallelScope, ParallelUnavailable, parallel_scope_async};
-#[cfg(not(loom))]
 #[allow(unused_imports)] // filled in by the B2 work (parallel borrowing)
 pub use parallel::*;
+#[cfg(not(loom))]
+pub use parallel::{ParallelHandle, ParallelScope, ParallelUnavailable, parallel_scope_async};
 #[cfg(not(loom))]
 pub use point::{
     Cancellable, CancellableExt, Sleep, WaitCancelled, cancelled, check_cancelled, checkpoint,
