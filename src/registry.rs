@@ -11,9 +11,11 @@
 //!      is alive (SPEC N1).
 //! N-2. The nursery closes only when `live == 0`, under the same lock a spawn registers
 //!      under: no child can be added to a closed nursery, none is lost by a close.
-//! N-3. A slot holds the child's abort handle from `started` until `finished`; a child that
-//!      finishes before its spawner stored the handle leaves its slot `Finished` for the
-//!      spawner to clear.
+//! N-3. A slot holds the child's stopper from registration until `finished`. The stopper is
+//!      made before the task is spawned; its abort handle is stored after, without this
+//!      lock: the spawner stores it, then reads `aborted` (a `SeqCst` fence between), and
+//!      `abort_all` sets `aborted`, then reads the handles (a `SeqCst` fence between), so a
+//!      child spawned while its nursery aborts is aborted by one of the two.
 //! N-4. Once orphaned (wait-mode drop), a registry keeps no report: the ones it had and every
 //!      later one go to its adopter, under the lock that decides it, and the adopter learns
 //!      exactly once that the last child finished.
@@ -28,7 +30,7 @@ use std::task::{Poll, Waker};
 
 use slab::Slab;
 
-use crate::sync::{Mutex, MutexGuard, lock};
+use crate::sync::{AtomicBool, Mutex, MutexGuard, Ordering, fence, lock};
 
 /// A nursery (or the orphan registry) that takes over the children of a nursery whose
 /// future was dropped in wait mode (SPEC N9).
@@ -102,6 +104,8 @@ pub(crate) struct Panic<L> {
 
 pub(crate) struct Registry<A, F, L> {
     state: Mutex<State<A, F, L>>,
+    /// `State::aborted`, readable without the lock (N-3).
+    aborted: AtomicBool,
 }
 
 struct State<A, F, L> {
@@ -123,9 +127,7 @@ struct State<A, F, L> {
 }
 
 enum Slot<A> {
-    Starting,
     Running(A),
-    Finished,
     /// An orphaned nursery this one adopted (N-4), and how to abort its children.
     Adoptee(Arc<dyn StopAll>),
 }
@@ -148,32 +150,29 @@ impl<A, F, L> Registry<A, F, L> {
                 adopter: None,
                 aborted: false,
             }),
+            aborted: AtomicBool::new(false),
         }
     }
 
-    /// Registers a child about to be spawned (N-2).
-    pub(crate) fn register(&self) -> Result<usize, Closed> {
+    /// Registers a child about to be spawned, with the stopper `make` returns for its key
+    /// (N-2, N-3).
+    pub(crate) fn register(&self, make: impl FnOnce(usize) -> A) -> Result<usize, Closed> {
         let mut state = lock(&self.state);
         if !state.open {
             return Err(Closed);
         }
         state.live += 1;
-        Ok(state.slots.insert(Slot::Starting))
+        let slot = state.slots.vacant_entry();
+        let key = slot.key();
+        slot.insert(Slot::Running(make(key)));
+        Ok(key)
     }
 
-    /// Stores the abort handle of a spawned child (N-3).
-    /// Returns true if the nursery aborted its children meanwhile (an abort drop or an
-    /// expired grace racing with this spawn): the spawner must abort this one too.
-    pub(crate) fn started(&self, key: usize, abort: A) -> bool {
-        let mut state = lock(&self.state);
-        match state.slots.get_mut(key) {
-            Some(slot @ Slot::Starting) => *slot = Slot::Running(abort),
-            Some(Slot::Finished) => {
-                state.slots.remove(key);
-            }
-            _ => unreachable!("a child slot is started once"),
-        }
-        state.aborted
+    /// Whether the nursery aborted its children, for a spawner that just stored a child's
+    /// abort handle (N-3): then it aborts that child itself.
+    pub(crate) fn aborted_after_storing(&self) -> bool {
+        fence(Ordering::SeqCst);
+        self.aborted.load(Ordering::SeqCst)
     }
 
     /// The first running child's stopper for which `f` says something.
@@ -228,11 +227,10 @@ impl<A, F, L> Registry<A, F, L> {
     /// the nursery, or tells the adopter, when it was the last.
     pub(crate) fn finished(&self, key: usize) {
         let mut state = lock(&self.state);
-        match state.slots.get_mut(key) {
-            Some(slot @ Slot::Starting) => *slot = Slot::Finished,
-            Some(Slot::Running(_) | Slot::Adoptee(_)) => drop(state.slots.remove(key)),
-            _ => unreachable!("a child slot finishes once"),
-        }
+        assert!(state.slots.contains(key), "a child slot finishes once");
+        // Dropped once the lock is released: a stopper may hold the last reference to
+        // anything (N-5).
+        let _removed = state.slots.remove(key);
         state.live -= 1;
         let (waiter, outlet, adopter) = if state.live == 0 {
             (
@@ -384,7 +382,7 @@ impl<A, F, L> Registry<A, F, L> {
     /// blocking child is told rather than aborted), all after the lock is released: on a
     /// runtime that is shutting down, tokio may drop an aborted task's future inline, and
     /// the child's end takes this lock. Then aborts every adopted nursery's children in turn
-    /// (the cascade). Later adoptions and spawns are aborted at once (`adopt`, `started`).
+    /// (the cascade). Later adoptions and spawns are aborted at once (`adopt`, N-3).
     pub(crate) fn abort_all(&self, abort: impl Fn(&A) -> bool, later: impl Fn(&A)) -> usize
     where
         A: Clone,
@@ -392,12 +390,13 @@ impl<A, F, L> Registry<A, F, L> {
         let (stoppers, adopted) = {
             let mut state = lock(&self.state);
             state.aborted = true;
+            self.aborted.store(true, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
             let (mut stoppers, mut adopted) = (Vec::new(), Vec::new());
             for (_, slot) in state.slots.iter() {
                 match slot {
                     Slot::Running(stopper) => stoppers.push(stopper.clone()),
                     Slot::Adoptee(stop) => adopted.push(stop.clone()),
-                    _ => {}
                 }
             }
             (stoppers, adopted)
@@ -444,9 +443,8 @@ mod loom_tests {
             let registry = Arc::new(Plain::new());
             let spawner = {
                 let registry = registry.clone();
-                thread::spawn(move || match registry.register() {
+                thread::spawn(move || match registry.register(|_| ()) {
                     Ok(key) => {
-                        registry.started(key, ());
                         registry.finished(key);
                         true
                     }
@@ -494,8 +492,7 @@ mod loom_tests {
     fn loom_last_child_finishing_races_with_orphaning() {
         loom::model(|| {
             let registry = Arc::new(Plain::new());
-            let key = registry.register().unwrap();
-            registry.started(key, ());
+            let key = registry.register(|_| ()).unwrap();
             let child = {
                 let registry = registry.clone();
                 thread::spawn(move || registry.finished(key))

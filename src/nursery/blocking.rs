@@ -171,12 +171,11 @@ where
                 Err(_) => return Err(SpawnError::Full),
             },
         };
-        let key = shared.registry.register()?;
         let node = Arc::new(Node::new(ScopeId::next(), false, None));
-        node.enter(Some(&shared.node), shared.node.timer());
-        shared
+        let key = shared
             .registry
-            .started(key, Stopper::Blocking(node.clone()));
+            .register(|_| Stopper::Blocking(node.clone()))?;
+        node.enter(Some(&shared.node), shared.node.timer());
         let finished = Finished {
             nursery: shared.clone(),
             node: node.clone(),

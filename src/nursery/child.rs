@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use pin_project::{pin_project, pinned_drop};
-use tokio::task::JoinHandle;
+use tokio::task::{AbortHandle, JoinHandle};
 
 use super::Shared;
 use super::report::{Failure, Origin};
@@ -37,37 +37,42 @@ pub(crate) struct ChildCell<E> {
     key: usize,
     name: Option<Arc<str>>,
     pub(crate) scope: ChildScope,
+    /// Stored right after the spawn (registry invariant N-3).
+    abort: OnceLock<AbortHandle>,
 }
 
 impl<E> ChildCell<E> {
-    /// A child whose scope is made under its nursery's when needed, or at once under
-    /// `parent` (a started child runs under its starter's scopes, SPEC N3).
-    pub(crate) fn new(
-        nursery: Arc<Shared<E>>,
-        key: usize,
-        name: Option<Arc<str>>,
-        parent: Option<&Arc<Node>>,
-    ) -> Self {
-        let scope = ChildScope::new();
-        if let Some(parent) = parent {
-            scope.node(parent);
-        }
+    /// A child whose scope is made under its nursery's when needed.
+    pub(crate) fn new(nursery: Arc<Shared<E>>, key: usize, name: Option<Arc<str>>) -> Self {
         ChildCell {
             nursery,
             key,
             name,
-            scope,
+            scope: ChildScope::new(),
+            abort: OnceLock::new(),
         }
+    }
+
+    /// The child's abort handle, once its task was spawned.
+    pub(crate) fn abort_handle(&self) -> Option<&AbortHandle> {
+        self.abort.get()
+    }
+
+    /// Stores the abort handle of the spawned task; returns true if the nursery aborted its
+    /// children meanwhile (the caller then aborts this one).
+    pub(crate) fn spawned(&self, abort: AbortHandle) -> bool {
+        let _ = self.abort.set(abort);
+        self.nursery.registry.aborted_after_storing()
+    }
+
+    pub(crate) fn name(&self) -> Option<&Arc<str>> {
+        self.name.as_ref()
     }
 
     /// The child's own scope, made now if it had none (under its nursery's); `None` once
     /// the child ended without one.
     pub(crate) fn node(&self) -> Option<&Arc<Node>> {
         self.scope.node_unless_ended(&self.nursery.node)
-    }
-
-    pub(crate) fn key(&self) -> usize {
-        self.key
     }
 
     /// The scope the child runs in now: its own, else its nursery's.
@@ -139,10 +144,6 @@ pub(crate) trait ChildInfo: Send + Sync {
     fn name(&self) -> Option<&Arc<str>>;
     /// Cancels this child alone (a no-op once it ended).
     fn cancel(&self, reason: CancelReason);
-    /// Its scope's id (the scope may not exist yet).
-    fn scope_id(&self) -> ScopeId;
-    /// Its scope, if it was made.
-    fn own_node(&self) -> Option<&Arc<Node>>;
 }
 
 impl<E: Send + 'static> ChildInfo for ChildCell<E> {
@@ -155,14 +156,6 @@ impl<E: Send + 'static> ChildInfo for ChildCell<E> {
             node.cancel(reason);
         }
     }
-
-    fn scope_id(&self) -> ScopeId {
-        self.scope.id()
-    }
-
-    fn own_node(&self) -> Option<&Arc<Node>> {
-        self.scope.own()
-    }
 }
 
 /// A blocking child (SPEC N16) always has its scope.
@@ -173,14 +166,6 @@ impl ChildInfo for Arc<Node> {
 
     fn cancel(&self, reason: CancelReason) {
         Node::cancel(self, reason);
-    }
-
-    fn scope_id(&self) -> ScopeId {
-        self.id()
-    }
-
-    fn own_node(&self) -> Option<&Arc<Node>> {
-        Some(self)
     }
 }
 

@@ -30,7 +30,7 @@ use std::time::Duration;
 use pin_project::{pin_project, pinned_drop};
 use tokio::runtime::Handle;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::task::{AbortHandle, JoinHandle};
+use tokio::task::JoinHandle;
 
 pub use blocking::BlockingContext;
 pub use child::{ChildHandle, JoinError};
@@ -301,7 +301,7 @@ where
 pub(crate) struct Shared<E> {
     node: Arc<Node>,
     runtime: Handle,
-    registry: Registry<Stopper, Failure<E>, Origin>,
+    registry: Registry<Stopper<E>, Failure<E>, Origin>,
     hook: Option<ReportHook>,
     supervisor: bool,
     name: Option<Arc<str>>,
@@ -365,17 +365,15 @@ impl<E: Send + 'static> Adopter<Origin> for Shared<E> {
 
     fn describe_child(&self, child: ScopeId) -> Option<Description> {
         self.registry.find(|stopper| match stopper {
-            Stopper::Task { abort, child: info } if info.scope_id() == child => {
-                Some(child_description(abort, info.as_ref()))
-            }
+            Stopper::Task(cell) if cell.scope.id() == child => Some(child_description(cell)),
             _ => None,
         })
     }
 
     fn children_without_scope(&self) -> Vec<(ScopeId, Description)> {
         self.registry.collect(|stopper| match stopper {
-            Stopper::Task { abort, child } if child.own_node().is_none() => {
-                Some((child.scope_id(), child_description(abort, child.as_ref())))
+            Stopper::Task(cell) if cell.scope.own().is_none() => {
+                Some((cell.scope.id(), child_description(cell)))
             }
             _ => None,
         })
@@ -456,11 +454,14 @@ where
 pub(crate) type Spawned<T> = (JoinHandle<ChildOutput<T>>, Arc<dyn ChildInfo>);
 
 /// How the task tree shows a child (SPEC O2).
-fn child_description(abort: &AbortHandle, child: &dyn ChildInfo) -> Description {
+fn child_description<E>(cell: &ChildCell<E>) -> Description {
     Description {
         kind: "child",
-        name: child.name().cloned(),
-        detail: Some(format!("task {}", abort.id())),
+        name: cell.name().cloned(),
+        detail: Some(match cell.abort_handle() {
+            Some(abort) => format!("task {}", abort.id()),
+            None => "being spawned".to_string(),
+        }),
     }
 }
 
@@ -591,24 +592,32 @@ pub(crate) async fn acquire_slot(limit: Arc<Semaphore>) -> Result<OwnedSemaphore
 
 /// How a child is stopped hard: an async child is aborted; a blocking one cannot be (tokio
 /// cannot abort it) and is told through its scope instead (SPEC N16).
-#[derive(Clone)]
-pub(crate) enum Stopper {
-    /// An async child: its abort handle (which knows its task id) and what the task tree
-    /// and the warnings need to know of it.
-    Task {
-        abort: AbortHandle,
-        child: Arc<dyn ChildInfo>,
-    },
+pub(crate) enum Stopper<E> {
+    /// An async child: its cell holds its abort handle (which knows its task id), its name
+    /// and its scope, for the task tree and the warnings.
+    Task(Arc<ChildCell<E>>),
     Blocking(Arc<Node>),
 }
 
-impl Stopper {
-    /// Aborts an async child (true); a blocking one needs [`tell`](Self::tell), outside
-    /// any lock (it runs wakers).
+impl<E> Clone for Stopper<E> {
+    fn clone(&self) -> Self {
+        match self {
+            Stopper::Task(cell) => Stopper::Task(cell.clone()),
+            Stopper::Blocking(node) => Stopper::Blocking(node.clone()),
+        }
+    }
+}
+
+impl<E> Stopper<E> {
+    /// Aborts an async child (true; one still being spawned is aborted by its spawner,
+    /// registry invariant N-3); a blocking one needs [`tell`](Self::tell), outside any
+    /// lock (it runs wakers).
     fn abort(&self) -> bool {
         match self {
-            Stopper::Task { abort, .. } => {
-                abort.abort();
+            Stopper::Task(cell) => {
+                if let Some(abort) = cell.abort_handle() {
+                    abort.abort();
+                }
                 true
             }
             Stopper::Blocking(_) => false,
@@ -812,7 +821,7 @@ where
                 // Under the nursery's scope: a child's scope, or one of the body's own.
                 let id = node.id();
                 return self.shared.registry.find(|stopper| match stopper {
-                    Stopper::Task { child, .. } if child.scope_id() == id => Some(()),
+                    Stopper::Task(cell) if cell.scope.id() == id => Some(()),
                     Stopper::Blocking(child) if child.id() == id => Some(()),
                     _ => None,
                 }) == Some(());
@@ -898,27 +907,27 @@ where
         parent: Option<&Arc<Node>>,
     ) -> Result<Arc<ChildCell<E>>, SpawnError> {
         let shared = &self.shared;
-        let key = shared.registry.register()?;
-        Ok(Arc::new(ChildCell::new(shared.clone(), key, name, parent)))
+        let mut made = None;
+        shared.registry.register(|key| {
+            let cell = Arc::new(ChildCell::new(shared.clone(), key, name));
+            made = Some(cell.clone());
+            Stopper::Task(cell)
+        })?;
+        let cell = made.expect("a registered child has its cell");
+        if let Some(parent) = parent {
+            // A started child runs under its starter's scopes from the start (SPEC N3).
+            cell.scope.node(parent);
+        }
+        Ok(cell)
     }
 
     /// Records a spawned child's task: its abort handle, for the nursery to abort it.
-    fn started<T>(
-        &self,
-        cell: Arc<ChildCell<E>>,
-        join: JoinHandle<ChildOutput<T>>,
-    ) -> Spawned<T> {
-        let key = cell.key();
-        let child: Arc<dyn ChildInfo> = cell;
-        let stopper = Stopper::Task {
-            abort: join.abort_handle(),
-            child: child.clone(),
-        };
-        if self.shared.registry.started(key, stopper) {
+    fn started<T>(&self, cell: Arc<ChildCell<E>>, join: JoinHandle<ChildOutput<T>>) -> Spawned<T> {
+        if cell.spawned(join.abort_handle()) {
             // Spawned while the nursery aborted its children (SPEC N8, N7): this one too.
             join.abort();
         }
-        (join, child)
+        (join, cell)
     }
 
     /// Spawns a `!Send` child on the current [`LocalSet`](tokio::task::LocalSet) or local
@@ -1356,8 +1365,8 @@ fn blocking_wait<E>(shared: &Shared<E>, grace: Duration) -> Waited {
 fn child_names<E>(shared: &Shared<E>, filter: impl Fn(Option<&Node>) -> bool) -> Vec<String> {
     shared.registry.collect(|stopper| {
         let (scope, name) = match stopper {
-            Stopper::Task { child, .. } if filter(child.own_node().map(|node| &**node)) => {
-                (child.scope_id(), child.name())
+            Stopper::Task(cell) if filter(cell.scope.own().map(|node| &**node)) => {
+                (cell.scope.id(), cell.name())
             }
             Stopper::Blocking(node) if filter(Some(node)) => (node.id(), None),
             _ => return None,
