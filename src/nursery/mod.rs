@@ -1253,8 +1253,13 @@ impl<B, Fut, T, E> PinnedDrop for NurseryFuture<B, Fut, T, E> {
         };
         shared.node.remove_waiter(this.waiter);
         if shared.registry.is_open() {
-            // Dropped before it finished: no new children, and every child is told.
+            // Dropped before it finished: no new children, and every child is told (in
+            // abort mode, after the aborts were requested: an aborted child is dropped
+            // without first seeing the cancellation, as far as tokio allows).
             shared.registry.close();
+            if this.config.drop_mode == DropMode::Abort {
+                shared.abort_children(false);
+            }
             shared
                 .node
                 .cancel(CancelReason::Explicit(Some(crate::reason::Payload::new(
@@ -1262,7 +1267,6 @@ impl<B, Fut, T, E> PinnedDrop for NurseryFuture<B, Fut, T, E> {
                 ))));
             match this.config.drop_mode {
                 DropMode::Abort => {
-                    shared.abort_children(false);
                     // What is still alive (async children until tokio drops them, blocking
                     // ones until they stop) is accounted for by an adopter, as in N9.
                     (this.orphan)(shared, DropMode::Abort, None);
