@@ -427,3 +427,43 @@ async fn r11_a_child_of_a_full_nursery_gets_full_instead_of_a_deadlock() {
         .await;
     assert_eq!(out.unwrap(), Some(()));
 }
+
+// 12. `cancel_and_join` takes the future by value, so a nursery already polled (pinned,
+// raced in a `select!`) could not be stopped and joined: `NurseryFuture::cancel` works on
+// the pinned future, and before the first poll the nursery starts cancelled.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn r12_a_pinned_running_nursery_can_be_cancelled_and_joined() {
+    let stopped = Arc::new(AtomicUsize::new(0));
+    let seen = stopped.clone();
+    let mut server = std::pin::pin!(nursery(move |n| async move {
+        for _ in 0..3 {
+            let seen = seen.clone();
+            n.spawn(async move {
+                let cancelled = cancelled().await;
+                seen.fetch_add(1, Ordering::SeqCst);
+                Err::<(), _>(cancelled)
+            });
+        }
+        Err::<(), _>(cancelled().await)
+    }));
+    tokio::select! {
+        _ = server.as_mut() => unreachable!("it runs until cancelled"),
+        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+    }
+    server.as_mut().cancel();
+    assert!(matches!(server.await, Ok(None)));
+    assert_eq!(stopped.load(Ordering::SeqCst), 3, "every child saw the cancellation");
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn r12_a_nursery_cancelled_before_its_first_poll_starts_cancelled() {
+    let mut fut = std::pin::pin!(nursery(|n| async move {
+        assert!(is_cancelled(), "the body starts cancelled");
+        // Joining is a cancellation point of the (cancelled) body: it says so at once.
+        let child = n.spawn(async { check_cancelled() });
+        assert!(matches!(child.await, Err(JoinError::Cancelled(_))));
+        check_cancelled()
+    }));
+    fut.as_mut().cancel();
+    assert!(matches!(fut.await, Ok(None)));
+}

@@ -3268,7 +3268,7 @@ async fn o02_entries_and_text_show_kinds_names_states_cancellations_deadlines_an
             assert_eq!(e.len(), 4, "{tree}");
             assert_eq!(
                 e[0].detail.as_deref(),
-                Some("cancelling, waiting on 1 children")
+                Some("cancelling, waiting on 1 child")
             );
             for entry in &e[..3] {
                 assert!(entry.cancelled, "{tree}");
@@ -3281,7 +3281,7 @@ async fn o02_entries_and_text_show_kinds_names_states_cancellations_deadlines_an
             let lines: Vec<&str> = text.lines().collect();
             assert!(
                 lines[0].ends_with(
-                    "cancelling, waiting on 1 children \
+                    "cancelling, waiting on 1 child \
                      [cancelled 2500ms ago: explicit cancel: maintenance]"
                 ),
                 "{text}"

@@ -259,6 +259,7 @@ impl Nursery {
             warned: false,
             aborted: Vec::new(),
             waiter: None,
+            cancel_requested: false,
             state: State::Unentered,
             orphan: orphan::<E>,
         }
@@ -383,8 +384,8 @@ impl<E: Send + 'static> Adopter<Origin> for Shared<E> {
         let (running, adopted, open, incidents) = self.registry.counts();
         let mut detail = match (open, self.node.is_cancelled()) {
             (false, _) => "closed".to_string(),
-            (true, true) => format!("cancelling, waiting on {running} children"),
-            (true, false) => format!("running, {running} children"),
+            (true, true) => format!("cancelling, waiting on {}", children(running)),
+            (true, false) => format!("running, {}", children(running)),
         };
         if adopted > 0 {
             detail.push_str(&format!(", {adopted} adopted nurseries"));
@@ -448,6 +449,14 @@ where
     }
     let _ = (scope, name);
     shared.runtime.spawn(task)
+}
+
+/// "1 child", "2 children".
+fn children(count: usize) -> String {
+    match count {
+        1 => "1 child".to_string(),
+        n => format!("{n} children"),
+    }
 }
 
 /// A spawned child's task and what its handle needs.
@@ -1040,6 +1049,8 @@ pub struct NurseryFuture<B, Fut, T, E> {
     /// The children aborted when the grace period ran out, for the `Cancelled` (N7).
     aborted: Vec<String>,
     waiter: Option<usize>,
+    /// `cancel` was called before the first poll: the scope starts cancelled.
+    cancel_requested: bool,
     state: State,
     /// The wait-mode drop, monomorphised where `E`'s bounds are known.
     orphan: fn(&Arc<Shared<E>>, DropMode, Option<Duration>),
@@ -1054,6 +1065,10 @@ where
     /// Cancels the nursery (starting it first if it has not run yet) and waits until its body
     /// and every child have stopped, with the nursery's usual outcome (SPEC N9b): the
     /// recommended way to stop a nursery and wait for it, instead of dropping its future.
+    ///
+    /// It takes the future by value, so it suits a nursery that was not polled yet; for one
+    /// that is pinned and may be running (raced in a `select!`, say), call
+    /// [`cancel`](Self::cancel) and keep awaiting it.
     pub async fn cancel_and_join(self) -> Result<Option<T>, NurseryError<E>> {
         let mut nursery = std::pin::pin!(self);
         let mut cancelled = false;
@@ -1061,19 +1076,52 @@ where
             let poll = nursery.as_mut().poll(cx);
             if poll.is_pending() && !cancelled {
                 cancelled = true;
-                if let Some(shared) = nursery.as_mut().project().shared.as_ref() {
-                    shared
-                        .node
-                        .cancel(CancelReason::Explicit(Some(crate::reason::Payload::new(
-                            "cancel_and_join",
-                        ))));
-                }
+                nursery.as_mut().cancel();
                 cx.waker().wake_by_ref();
             }
             poll
         })
         .await
     }
+
+    /// Cancels the nursery (SPEC N7): its body and children see the cancellation at their
+    /// next cancellation points; keep awaiting the future to join them. Works on a pinned
+    /// nursery that is already running; before the first poll, the nursery starts
+    /// cancelled. Its own cancellation is absorbed: the outcome is `Ok(None)` unless
+    /// something failed or the body returned a value anyway.
+    ///
+    /// ```
+    /// use std::pin::pin;
+    /// use std::time::Duration;
+    /// use tokio_nursery::{nursery, cancelled, Cancelled};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// let mut server = pin!(nursery(|n| async move {
+    ///     n.spawn(async { Err::<(), _>(cancelled().await) });
+    ///     Err::<(), _>(cancelled().await)
+    /// }));
+    /// tokio::select! {
+    ///     _ = server.as_mut() => unreachable!("it serves until cancelled"),
+    ///     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+    /// }
+    /// server.as_mut().cancel();
+    /// assert!(matches!(server.await, Ok(None)));
+    /// # }
+    /// ```
+    pub fn cancel(self: Pin<&mut Self>) {
+        let this = self.project();
+        match this.shared.as_ref() {
+            Some(shared) => shared.node.cancel(cancel_reason()),
+            None => *this.cancel_requested = true,
+        }
+    }
+}
+
+/// Why [`NurseryFuture::cancel`] cancels.
+fn cancel_reason() -> CancelReason {
+    CancelReason::Explicit(Some(crate::reason::Payload::new(
+        "the nursery was cancelled through its future",
+    )))
 }
 
 impl<B, Fut, T, E> Future for NurseryFuture<B, Fut, T, E>
@@ -1120,6 +1168,9 @@ where
             // Stored first: if the closure panics, the drop still ends the nursery's scope.
             *this.shared = Some(shared.clone());
             *this.state = State::Running;
+            if *this.cancel_requested {
+                shared.node.cancel(cancel_reason());
+            }
             let make_body = this.make_body.take().expect("body present");
             let body = context::enter(FrameKind::Linked(&shared.node), || make_body(handle));
             this.body.set(Some(body));
@@ -1342,9 +1393,12 @@ fn blocking_wait<E>(shared: &Shared<E>, grace: Duration) -> Waited {
                 current.runtime_flavor(),
                 tokio::runtime::RuntimeFlavor::MultiThread
             );
-            // During shutdown tokio finishes new tasks at once; blocking then could deadlock.
-            let probe = shared.runtime.spawn(async {});
+            // During shutdown tokio cancels new tasks at once; blocking then could deadlock.
+            // The probe never finishes by itself (an idle worker could otherwise run it to
+            // completion before the check), so only a shutting-down runtime finishes it.
+            let probe = shared.runtime.spawn(std::future::pending::<()>());
             let shutting_down = probe.is_finished();
+            probe.abort();
             if !multi_thread || shutting_down {
                 return Waited::CannotBlock;
             }
