@@ -1,0 +1,253 @@
+//! Chapter 3: nurseries.
+//!
+//! A [`Nursery`](crate::Nursery) is a cancel scope that owns tasks. Its body gets a
+//! [`NurseryHandle`](crate::NurseryHandle) to spawn *children*: real tokio tasks, running in
+//! parallel on a multi-thread runtime. The rule that fixes the third program of
+//! [chapter 1](super::ch01_dropping_futures): **a nursery finishes only when its body and
+//! every child have finished.** No child outlives the code that started it; `.await` on a
+//! nursery means "all of this work is over".
+//!
+//! Every child runs in a scope under the nursery's, so the nursery's deadline and
+//! cancellation, and those of every scope around the nursery, reach the children, in their
+//! own tasks. Children return `Result<T, E>` like scope bodies, with the nursery's error type
+//! `E`.
+//!
+//! # Spawning and handles
+//!
+//! [`spawn`](crate::NurseryHandle::spawn) returns a [`ChildHandle`](crate::ChildHandle):
+//! await it for the child's value. A request-scoped fan-out with a deadline:
+//!
+//! ```
+//! use std::time::Duration;
+//! use tokio::time::Instant;
+//! use tokio_nursery::{sleep, Cancelled, Nursery};
+//!
+//! async fn fetch(backend: &'static str, ms: u64) -> Result<&'static str, Cancelled> {
+//!     sleep(Duration::from_millis(ms)).await?;
+//!     Ok(backend)
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+//! let start = Instant::now();
+//! let answers = Nursery::new()
+//!     .timeout(Duration::from_millis(100))
+//!     .run(|n| async move {
+//!         let a = n.spawn(fetch("a", 10));
+//!         let b = n.spawn(fetch("b", 20));
+//!         n.spawn(fetch("c", 10_000)); // too slow: cut by the deadline
+//!         Ok::<_, Cancelled>(vec![a.await.unwrap(), b.await.unwrap()])
+//!     })
+//!     .await;
+//! assert_eq!(answers.unwrap(), Some(vec!["a", "b"]));
+//! // The body was done at 20 ms; the nursery waited for "c" to stop at the deadline.
+//! assert_eq!(start.elapsed(), Duration::from_millis(100));
+//! # }
+//! ```
+//!
+//! The handle also [`cancel`](crate::ChildHandle::cancel)s (cooperatively) or
+//! [`abort`](crate::ChildHandle::abort)s that child alone; neither is a failure, and the handle
+//! then yields [`JoinError::ChildCancelled`](crate::JoinError::ChildCancelled) or
+//! [`ChildAborted`](crate::JoinError::ChildAborted). Dropping a handle detaches nothing: the
+//! child still belongs to the nursery. Awaiting a handle is a cancellation point of the
+//! *awaiting* code: if its scope is cancelled it returns
+//! [`JoinError::Cancelled`](crate::JoinError::Cancelled) and the child keeps running.
+//!
+//! The handle is `Clone + Send`: pass it to children so they can spawn siblings, from any
+//! task or thread, while the nursery is open.
+//!
+//! # Fail fast, and every failure reported
+//!
+//! When a child (or the body) fails, that is, returns an error that is not its cancellation,
+//! the nursery cancels everything else in it (reason
+//! [`SiblingFailed`](crate::CancelReason::SiblingFailed)), waits for it all to stop, and
+//! returns [`NurseryError::Failed`](crate::NurseryError::Failed) with every failure, the one
+//! that triggered the cancellation first. The siblings' `Cancelled` echoes are recognised
+//! as such and are not failures.
+//!
+//! ```
+//! use std::io;
+//! use std::time::Duration;
+//! use tokio::time::Instant;
+//! use tokio_nursery::{nursery, sleep, Origin};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+//! let start = Instant::now();
+//! let outcome = nursery(|n| async move {
+//!     n.spawn_named("flaky", async {
+//!         sleep(Duration::from_millis(10)).await?;
+//!         Err::<(), _>(io::Error::other("disk full"))
+//!     });
+//!     n.spawn_named("slow", async {
+//!         sleep(Duration::from_secs(10)).await?; // cancelled at 10 ms
+//!         Ok(())
+//!     });
+//!     Ok::<_, io::Error>(())
+//! })
+//! .await;
+//! let error = outcome.unwrap_err();
+//! let failures = error.failures();
+//! assert_eq!(failures.len(), 1); // "slow" was cancelled: not a failure
+//! assert_eq!(failures[0].error().to_string(), "disk full");
+//! let Origin::Child { name: Some(name), .. } = failures[0].origin() else { panic!() };
+//! assert_eq!(&**name, "flaky");
+//! assert_eq!(start.elapsed(), Duration::from_millis(10)); // nobody waited 10 s
+//! # }
+//! ```
+//!
+//! A [`supervisor`](crate::Nursery::supervisor) nursery is the other policy, for servers: a
+//! child's failure cancels no one and is streamed to
+//! [`next_incident`](crate::NurseryHandle::next_incident) as it happens.
+//!
+//! # Panics
+//!
+//! A child's panic is a failure too: the siblings are cancelled, and once everything has
+//! stopped the nursery resumes the earliest panic in its caller, with its original payload.
+//! A panic is never swallowed or turned into a string. (Other panics and failures left over
+//! go to the [report hook](crate::Nursery::on_report).)
+//!
+//! ```
+//! use std::time::Duration;
+//! use tokio::time::Instant;
+//! use tokio_nursery::{nursery, panic_message, sleep, Cancelled};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+//! let start = Instant::now();
+//! let task = tokio::spawn(nursery(|n| async move {
+//!     n.spawn(async {
+//!         sleep(Duration::from_millis(10)).await?;
+//!         let port: u16 = "http".parse().expect("a port number"); // panics
+//!         Ok::<_, Cancelled>(port)
+//!     });
+//!     n.spawn(async { sleep(Duration::from_secs(10)).await }); // cancelled at 10 ms
+//!     Ok::<_, Cancelled>(())
+//! }));
+//! let payload = task.await.unwrap_err().into_panic(); // the nursery's caller panicked
+//! assert!(panic_message(&*payload).unwrap().starts_with("a port number"));
+//! assert_eq!(start.elapsed(), Duration::from_millis(10));
+//! # }
+//! ```
+//!
+//! # Collecting outcomes in completion order
+//!
+//! For "spawn many, handle each result as it comes" (tokio's `JoinSet`), a
+//! [`Collector`](crate::Collector) spawns children whose outcomes are queued for
+//! [`join_next`](crate::Collector::join_next) in completion order. They still belong to the
+//! nursery.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tokio_nursery::{nursery, sleep, Cancelled};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+//! let order = nursery(|n| async move {
+//!     let mut set = n.collector::<u64>();
+//!     for ms in [30, 10, 20] {
+//!         set.spawn(async move {
+//!             sleep(Duration::from_millis(ms)).await?;
+//!             Ok::<_, Cancelled>(ms)
+//!         });
+//!     }
+//!     let mut order = Vec::new();
+//!     while let Some((_id, outcome)) = set.join_next().await {
+//!         order.push(outcome.unwrap());
+//!     }
+//!     Ok::<_, Cancelled>(order)
+//! })
+//! .await;
+//! assert_eq!(order.unwrap(), Some(vec![10, 20, 30]));
+//! # }
+//! ```
+//!
+//! # At most K at once
+//!
+//! [`Nursery::limit`](crate::Nursery::limit) bounds how many children run at once.
+//! [`spawn_when_free`](crate::NurseryHandle::spawn_when_free) waits for a slot
+//! (back-pressure, and a cancellation point), [`try_spawn`](crate::NurseryHandle::try_spawn)
+//! fails at once when full, and plain `spawn` never waits (the child waits for its slot in
+//! its own task).
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+//! use std::time::Duration;
+//! use tokio::time::Instant;
+//! use tokio_nursery::{sleep, Cancelled, Nursery};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+//! let (running, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+//! let start = Instant::now();
+//! let (r, p) = (running.clone(), peak.clone());
+//! let outcome = Nursery::new()
+//!     .limit(2)
+//!     .run(|n| async move {
+//!         for _ in 0..6 {
+//!             let (running, peak) = (r.clone(), p.clone());
+//!             let job = async move {
+//!                 peak.fetch_max(running.fetch_add(1, SeqCst) + 1, SeqCst);
+//!                 sleep(Duration::from_millis(10)).await?;
+//!                 running.fetch_sub(1, SeqCst);
+//!                 Ok::<_, Cancelled>(())
+//!             };
+//!             n.spawn_when_free(job).await.expect("a slot");
+//!         }
+//!         Ok::<_, Cancelled>(())
+//!     })
+//!     .await;
+//! assert!(outcome.is_ok());
+//! assert_eq!(peak.load(SeqCst), 2);
+//! assert_eq!(start.elapsed(), Duration::from_millis(30)); // three rounds of two
+//! # }
+//! ```
+//!
+//! # Starting a service: `start`
+//!
+//! Often the caller must wait until a child is *ready*, say listening on a socket, before
+//! going on, while the child keeps running. [`start`](crate::NurseryHandle::start) (Trio's
+//! `nursery.start`) spawns the child with a [`Ready`](crate::Ready) signal and resolves with
+//! the value the child signals. A failure before the signal goes to the caller alone, as a
+//! [`StartError`](crate::StartError).
+//!
+//! ```
+//! use std::io;
+//! use std::net::SocketAddr;
+//! use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//! use tokio::net::{TcpListener, TcpStream};
+//! use tokio_nursery::{nursery, CancellableExt, Ready};
+//!
+//! async fn greeter(ready: Ready<SocketAddr>) -> io::Result<()> {
+//!     let listener = TcpListener::bind("127.0.0.1:0").await?;
+//!     ready.signal(listener.local_addr()?); // callers may connect from now on
+//!     loop {
+//!         let (mut socket, _) = listener.accept().cancellable().await??;
+//!         socket.write_all(b"hello").await?;
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let outcome = nursery(|n| async move {
+//!     let addr = n.start(greeter).await.unwrap();
+//!     let mut reply = String::new();
+//!     TcpStream::connect(addr).await?.read_to_string(&mut reply).await?;
+//!     assert_eq!(reply, "hello");
+//!     n.cancel(); // stop the server: its `accept` is a cancellation point
+//!     Ok::<_, io::Error>("done")
+//! })
+//! .await;
+//! assert_eq!(outcome.unwrap(), Some("done"));
+//! # }
+//! ```
+//!
+//! # Cancelling a nursery
+//!
+//! Cancel the nursery's scope ([`NurseryHandle::cancel`](crate::NurseryHandle::cancel), a
+//! deadline, or any scope around it) and every child is told at its next cancellation point.
+//! Waiting for a nursery is *not* a cancellation point: a cancelled nursery keeps waiting
+//! until its children have returned, so they get to clean up (Trio's rule). A child that
+//! never reaches a cancellation point holds the nursery up: give the nursery a
+//! [`grace`](crate::Nursery::grace) period, after which such children are aborted
+//! ([chapter 8](super::ch08_task_tree)).
+//!
+//! What if the nursery's own *future* is dropped before it finished? That is the next
+//! chapter.
+//!
+//! Next: [chapter 4, dropping a nursery](super::ch04_drop_modes).
