@@ -5,6 +5,8 @@
 //! delivered cooperatively at explicit cancellation points, so code is told it was cancelled
 //! (an `Err(Cancelled)` it can `?`) instead of vanishing mid-await.
 //!
+//! New here? The [`guide`] teaches cancellation chapter by chapter, with examples.
+//!
 //! # Cancel scopes
 //!
 //! A scope is entered by running a future in it ([`CancelScope::run`], [`move_on_after`],
@@ -63,11 +65,15 @@
 //! # }
 //! ```
 //!
-//! # Crossing tasks
+//! # Crossing tasks and services
 //!
 //! A plain `tokio::spawn` starts outside every scope. [`carry_scope`] carries the current
 //! scope into such a future; deadlines are fired by a per-runtime service, so they reach
-//! other tasks while the scope's own task is parked or busy.
+//! other tasks while the scope's own task is parked or busy. [`shutdown_signal`] hands a
+//! scope's cancellation to graceful-shutdown hooks, [`NurseryExecutor`] makes hyper's tasks
+//! a nursery's children, and with the `http`, `tower` and `tokio-util` features deadlines
+//! travel in request headers and scopes link with `CancellationToken`s (chapter 10 of the
+//! [`guide`]).
 //!
 //! # Cancel safety
 //!
@@ -90,6 +96,9 @@
 //! | [`NurseryHandle::next_incident`] | yes | nothing is taken |
 //! | [`Collector::join_next`] | yes | the outcome stays queued |
 //! | [`orphans_finished`] | yes | nothing |
+//! | [`parallel_scope_async`] | **no**: dropping it before it completes breaks its `unsafe` contract | its children are dropped and waited for (the backstop) |
+//! | awaiting a [`ParallelHandle`] | yes | nothing: the child keeps running in its scope |
+//! | [`shutdown_signal`], [`cancelled_owned`] | yes | nothing |
 //!
 //! Scope and nursery futures are `#[must_use]`: they do nothing unless awaited. A future
 //! leaked with `mem::forget` never runs its drop code: a leaked nursery future leaves its
