@@ -94,22 +94,48 @@ impl<T: ?Sized> Mutex<T> {
     ///
     /// Waiting for the lock is cancel-safe (dropping this future then loses nothing); once
     /// the section has started, dropping this future cuts the section short and poisons the
-    /// mutex. Not a cancellation point: run it inside `cancellable()` or a scope if waiting
-    /// for the lock should be.
+    /// mutex. Not a cancellation point; [`lock_cancellable`](Self::lock_cancellable) makes
+    /// the wait one (and only the wait). Wrapping `lock` in `.cancellable()` would also cut
+    /// the section itself when a cancellation arrives while it runs, which poisons.
     ///
     /// Returns [`Poisoned`] instead of running the section if the mutex is poisoned.
     pub async fn lock<R>(
         &self,
         section: impl AsyncFnOnce(&mut T) -> R,
     ) -> Result<R, Poisoned<'_, T>> {
-        let mut guard = self.inner.lock().await;
-        if self.is_poisoned() {
-            return Err(Poisoned { mutex: self, guard });
-        }
-        let cut_short = PoisonOnDrop(&self.poisoned);
-        let value = section(&mut *guard).await;
-        std::mem::forget(cut_short);
-        Ok(value)
+        let guard = self.inner.lock().await;
+        self.section(guard, section).await
+    }
+
+    /// Like [`lock`](Self::lock), but waiting for the lock is a cancellation point: if the
+    /// current scope is cancelled before the lock is acquired, returns the `Cancelled` and
+    /// runs nothing. Once the section has started it runs to its end like `lock`'s (its own
+    /// awaits decide whether it notices the cancellation).
+    ///
+    /// ```
+    /// use tokio_nursery::{CancelScope, Mutex};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let mutex = Mutex::new(0);
+    /// let scope = CancelScope::new();
+    /// scope.handle().cancel();
+    /// let out = scope
+    ///     .run(async {
+    ///         let ran = mutex.lock_cancellable(async |n: &mut i32| *n += 1).await?;
+    ///         Ok::<_, tokio_nursery::Cancelled>(ran.is_ok())
+    ///     })
+    ///     .await;
+    /// assert!(matches!(out, Ok(None)), "cancelled while waiting: nothing ran");
+    /// assert_eq!(mutex.lock(async |n: &mut i32| *n).await.unwrap(), 0);
+    /// # }
+    /// ```
+    pub async fn lock_cancellable<R>(
+        &self,
+        section: impl AsyncFnOnce(&mut T) -> R,
+    ) -> Result<Result<R, Poisoned<'_, T>>, crate::Cancelled> {
+        use crate::CancellableExt;
+        let guard = self.inner.lock().cancellable().await?;
+        Ok(self.section(guard, section).await)
     }
 
     /// Like [`lock`](Self::lock), but without waiting: `None` if the lock is held.
@@ -117,14 +143,24 @@ impl<T: ?Sized> Mutex<T> {
         &self,
         section: impl AsyncFnOnce(&mut T) -> R,
     ) -> Option<Result<R, Poisoned<'_, T>>> {
-        let mut guard = self.inner.try_lock().ok()?;
+        let guard = self.inner.try_lock().ok()?;
+        Some(self.section(guard, section).await)
+    }
+
+    /// Runs `section` under `guard`, poisoning the mutex if it is cut short; or reports the
+    /// poison left by an earlier section.
+    async fn section<'a, R>(
+        &'a self,
+        mut guard: tokio::sync::MutexGuard<'a, T>,
+        section: impl AsyncFnOnce(&mut T) -> R,
+    ) -> Result<R, Poisoned<'a, T>> {
         if self.is_poisoned() {
-            return Some(Err(Poisoned { mutex: self, guard }));
+            return Err(Poisoned { mutex: self, guard });
         }
         let cut_short = PoisonOnDrop(&self.poisoned);
         let value = section(&mut *guard).await;
         std::mem::forget(cut_short);
-        Some(Ok(value))
+        Ok(value)
     }
 
     /// Whether a critical section was cut short since the poison was last cleared.

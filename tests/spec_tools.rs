@@ -293,3 +293,66 @@ async fn c3_a_child_tells_shutdown_from_deadline_from_sibling_failure() {
     );
     assert_eq!(rx.await.unwrap(), Some(42));
 }
+
+/// C2: waiting for the lock can be a cancellation point without the section becoming one:
+/// a scope cancelled while its code waits gets `Cancelled` and nothing runs; a cancellation
+/// that arrives during the section does not cut it short (no poison).
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn c2_lock_cancellable_cancels_the_wait_only() {
+    let mutex = std::sync::Arc::new(tokio_nursery::Mutex::new(Vec::<String>::new()));
+    let scope = tokio_nursery::CancelScope::new();
+    let handle = scope.handle();
+    let (holding_tx, holding_rx) = tokio::sync::oneshot::channel();
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let holder = {
+        let mutex = mutex.clone();
+        tokio::spawn(async move {
+            mutex
+                .lock(async |log: &mut Vec<String>| {
+                    holding_tx.send(()).unwrap();
+                    release_rx.await.unwrap();
+                    log.push("holder".into());
+                })
+                .await
+                .unwrap();
+        })
+    };
+    holding_rx.await.unwrap();
+    let waiter = {
+        let mutex = mutex.clone();
+        tokio::spawn(scope.run(async move {
+            let ran = mutex
+                .lock_cancellable(async |log: &mut Vec<String>| log.push("waiter".into()))
+                .await?;
+            Ok::<_, tokio_nursery::Cancelled>(ran.is_ok())
+        }))
+    };
+    tokio::task::yield_now().await;
+    handle.cancel();
+    assert!(
+        matches!(waiter.await.unwrap(), Ok(None)),
+        "cancelled while waiting"
+    );
+    release_tx.send(()).unwrap();
+    holder.await.unwrap();
+
+    // A cancellation during the section: the section completes, nothing is poisoned.
+    let scope = tokio_nursery::CancelScope::new();
+    let handle = scope.handle();
+    let out = scope
+        .run(async {
+            let ran = mutex
+                .lock_cancellable(async |log: &mut Vec<String>| {
+                    handle.cancel();
+                    tokio::task::yield_now().await; // not a cancellation point
+                    log.push("section".into());
+                })
+                .await?;
+            assert!(ran.is_ok());
+            tokio_nursery::check_cancelled()
+        })
+        .await;
+    assert!(matches!(out, Ok(None)));
+    let log = mutex.lock(async |log: &mut Vec<String>| log.clone()).await;
+    assert_eq!(log.unwrap(), ["holder", "section"]);
+}
