@@ -452,7 +452,11 @@ async fn r12_a_pinned_running_nursery_can_be_cancelled_and_joined() {
     }
     server.as_mut().cancel();
     assert!(matches!(server.await, Ok(None)));
-    assert_eq!(stopped.load(Ordering::SeqCst), 3, "every child saw the cancellation");
+    assert_eq!(
+        stopped.load(Ordering::SeqCst),
+        3,
+        "every child saw the cancellation"
+    );
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
