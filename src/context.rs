@@ -150,6 +150,19 @@ impl<'a> Frame<'a> {
         }
     }
 
+    /// The enclosing frame, if any (all of them belong to the task being polled).
+    pub(crate) fn parent(&self) -> Option<&'a Frame<'a>> {
+        self.parent
+    }
+
+    /// The scope of a nursery child's frame (its task's outermost).
+    pub(crate) fn child_scope(&self) -> Option<&'a ChildScope> {
+        match self.kind {
+            FrameKind::Child { scope, .. } => Some(scope),
+            _ => None,
+        }
+    }
+
     /// The node of this frame, linking it into the tree first if it was unlinked.
     pub(crate) fn node(&self) -> &Arc<Node> {
         match self.kind {

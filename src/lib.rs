@@ -127,6 +127,8 @@ mod deadline_service;
 #[cfg(not(loom))]
 mod executor;
 #[cfg(not(loom))]
+mod exemption;
+#[cfg(not(loom))]
 pub mod guide;
 #[cfg(all(not(loom), feature = "http"))]
 mod headers;

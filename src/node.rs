@@ -132,6 +132,11 @@ struct Cold {
     /// A relative deadline, turned absolute at entry (SPEC S5).
     timeout: Option<Duration>,
     armed: Option<TimerKey>,
+    /// Parallel borrowing scopes running under this scope in its task (SPEC B2): while
+    /// non-zero, the crate neither aborts the task nor lets a hard scope drop its body.
+    exempt: usize,
+    /// An abort or a hard drop was put off while exempt.
+    deferred: bool,
 }
 
 impl Inner {
@@ -613,6 +618,33 @@ impl Node {
         drop(inner);
         // Invariant 5: a waker's drop may run arbitrary code; never under our lock.
         drop(replaced);
+    }
+
+    /// A parallel borrowing scope starts running under this scope (SPEC B2).
+    pub(crate) fn exempt(&self) {
+        lock(&self.inner).cold().exempt += 1;
+    }
+
+    /// A parallel borrowing scope under this scope ended; true if it was the last and an
+    /// abort or a hard drop was put off meanwhile (the caller carries it out now).
+    pub(crate) fn unexempt(&self) -> bool {
+        let mut inner = lock(&self.inner);
+        let cold = inner.cold();
+        cold.exempt -= 1;
+        cold.exempt == 0 && std::mem::take(&mut cold.deferred)
+    }
+
+    /// Puts off an abort or a hard drop if a parallel borrowing scope runs under this scope
+    /// (true: the caller must not carry it out now).
+    pub(crate) fn defer_if_exempt(&self) -> bool {
+        let mut inner = lock(&self.inner);
+        match inner.cold.as_mut() {
+            Some(cold) if cold.exempt > 0 => {
+                cold.deferred = true;
+                true
+            }
+            _ => false,
+        }
     }
 
     pub(crate) fn remove_waiter(&self, key: &mut Option<usize>) {

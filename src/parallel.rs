@@ -87,6 +87,7 @@ use slab::Slab;
 use tokio::runtime::{Handle, RuntimeFlavor};
 
 use crate::cancelled::CancelError;
+use crate::exemption::{Exemption, exempt_current};
 use crate::node::ScopeId;
 use crate::nursery::{
     ChildHandle, DropMode, JoinError, Nursery, NurseryError, NurseryHandle, Origin, Report,
@@ -434,12 +435,14 @@ where
 /// reference cycle, a task that is never polled to its end and never dropped) **nor dropped
 /// before it completed**, and **its runtime must not be shut down** while it runs.
 ///
-/// Dropped before completion includes: losing a `select!`, a timeout around it, a hard
-/// scope ([`CancelScope::hard`](crate::CancelScope::hard)) cancelled around it, and its task
-/// being aborted: `JoinHandle::abort`, [`ChildHandle::abort`],
-/// [`DropMode::Abort`](crate::DropMode::Abort), a grace period running out (a nursery's, or
-/// the [`Root`](crate::Root)'s before it shuts its runtime down). Await it to the end, in a
-/// task none of these reach.
+/// Dropped before completion includes losing a `select!`, a timeout around it, and its task
+/// being aborted by `JoinHandle::abort` or by tokio at runtime shutdown. The crate itself
+/// never drops it early: while it runs, the task awaiting it is exempt from the crate's
+/// aborts ([`ChildHandle::abort`], [`DropMode::Abort`](crate::DropMode::Abort), a grace
+/// period running out, the abort cascade): the task is told "grace expired" through its
+/// scope and aborted once the scope ended; and a hard scope
+/// ([`CancelScope::hard`](crate::CancelScope::hard)) around it puts off dropping its body
+/// until then. Await it to the end.
 ///
 /// What breaking the contract costs: a leak is undefined behaviour (the children go on
 /// using the borrowed stack after it is gone). An early drop, or a runtime shutdown dropping
@@ -500,6 +503,7 @@ where
         children,
         multi_thread_only,
         started: false,
+        exemption: None,
         _env: PhantomData,
     }
 }
@@ -514,6 +518,9 @@ struct Running<'env, F, E> {
     children: Arc<Children<Result<(), E>>>,
     multi_thread_only: bool,
     started: bool,
+    /// While it runs, the crate neither aborts the task awaiting it nor lets a hard scope
+    /// around it drop it (SPEC B2); dropped after the backstop.
+    exemption: Option<Exemption>,
     _env: PhantomData<&'env ()>,
 }
 
@@ -534,6 +541,7 @@ where
                 }
             }
             *this.started = true;
+            *this.exemption = Some(exempt_current(cx.waker()));
         }
         let Some(nursery) = this.nursery.as_mut().as_pin_mut() else {
             panic!("tokio-nursery: a parallel scope was polled after it completed");
@@ -549,6 +557,7 @@ where
         let backstop = Backstop(&**this.children);
         this.nursery.set(None);
         drop(backstop);
+        *this.exemption = None;
         match outcome {
             Ok(outcome) => Poll::Ready(Ok(outcome)),
             Err(payload) => resume_unwind(payload),

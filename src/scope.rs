@@ -382,6 +382,12 @@ where
                 *this.phase = Phase::Done;
                 Poll::Ready(finish_linked(out, node, this.waiter))
             }
+            // A parallel borrowing scope runs in the body (SPEC B2): the drop is put off
+            // until it ends, which wakes this task.
+            Poll::Pending if last_poll && node.defer_if_exempt() => {
+                wait_hard(node, this.waiter, cx);
+                Poll::Pending
+            }
             Poll::Pending if last_poll => match dropped_exit(node) {
                 // SPEC S12: polled once more after the cancellation; now drop the body, in
                 // its scope (its drop code may ask), before the scope ends.

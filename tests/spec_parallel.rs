@@ -610,3 +610,169 @@ async fn b2_handles_report_their_child() {
     .unwrap();
     assert_eq!(out.unwrap().unwrap().1, 1);
 }
+
+/// What happened, for the exemption tests: the parallel child saw a cancellation (the task
+/// running the parallel scope is told rather than aborted), was released and ran to its end
+/// (a task aborted under it would have had it dropped by the backstop); the code after the
+/// scope did not run (the put-off abort came then).
+struct Seen {
+    told: AtomicBool,
+    release: tokio::sync::Notify,
+    completed: AtomicBool,
+    after_scope: AtomicBool,
+    child_dropped: AtomicBool,
+}
+
+impl Seen {
+    fn new() -> Arc<Self> {
+        Arc::new(Seen {
+            told: AtomicBool::new(false),
+            release: tokio::sync::Notify::new(),
+            completed: AtomicBool::new(false),
+            after_scope: AtomicBool::new(false),
+            child_dropped: AtomicBool::new(false),
+        })
+    }
+}
+
+/// Sets `child_dropped` when the nursery child running the parallel scope is dropped.
+struct DropFlag(Arc<Seen>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.child_dropped.store(true, SeqCst);
+    }
+}
+
+/// A nursery child that runs a parallel scope whose one child waits for a cancellation,
+/// then for the test's release; then yields and records that the code after the scope ran.
+async fn runs_a_parallel_scope(seen: Arc<Seen>, started: tokio::sync::oneshot::Sender<()>) {
+    let _flag = DropFlag(seen.clone());
+    let local = 7u64;
+    let borrowed = &local;
+    let seen_inner = seen.clone();
+    // SAFETY: awaited to completion here; the runtime outlives the test.
+    let _ = unsafe {
+        parallel_scope_async(|s| async move {
+            s.spawn(async move {
+                let _ = started.send(());
+                let cancelled = cancelled().await;
+                seen_inner.told.store(true, SeqCst);
+                seen_inner.release.notified().await;
+                assert_eq!(*borrowed, 7, "the borrow is still valid");
+                seen_inner.completed.store(true, SeqCst);
+                Err::<(), _>(cancelled)
+            });
+            Ok::<_, Cancelled>(())
+        })
+    }
+    .await;
+    tokio::task::yield_now().await;
+    seen.after_scope.store(true, SeqCst);
+}
+
+/// SPEC B2: the task running a parallel scope is exempt from its nursery's abort drop (N8):
+/// it is told "grace expired" through its scope, and aborted once the scope ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b2_a_task_running_a_parallel_scope_is_told_not_aborted_by_an_abort_drop() {
+    let seen = Seen::new();
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let child_seen = seen.clone();
+    let outer = tokio::spawn(
+        Nursery::new()
+            .drop_mode(DropMode::Abort)
+            .run(move |n| async move {
+                n.spawn(async move {
+                    runs_a_parallel_scope(child_seen, started_tx).await;
+                    Ok::<_, Cancelled>(())
+                });
+                std::future::pending::<Result<(), Cancelled>>().await
+            }),
+    );
+    started_rx.await.unwrap();
+    outer.abort();
+    assert!(outer.await.unwrap_err().is_cancelled());
+    wait_until("the parallel child is told", || seen.told.load(SeqCst)).await;
+    seen.release.notify_one();
+    wait_until("the child running the scope is dropped", || {
+        seen.child_dropped.load(SeqCst)
+    })
+    .await;
+    assert!(
+        seen.completed.load(SeqCst),
+        "the parallel child ran to its end"
+    );
+    assert!(
+        !seen.after_scope.load(SeqCst),
+        "aborted once the scope ended"
+    );
+    settle_tasks(0).await;
+}
+
+/// SPEC B2: a handle's `abort` is put off the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b2_a_handles_abort_is_put_off_until_the_parallel_scope_ends() {
+    let seen = Seen::new();
+    let (child_seen, seen_body) = (seen.clone(), seen.clone());
+    let out = nursery(move |n| async move {
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        let child = n.spawn(async move {
+            runs_a_parallel_scope(child_seen, started_tx).await;
+            Ok::<_, Cancelled>(())
+        });
+        started_rx.await.unwrap();
+        child.abort();
+        wait_until("the parallel child is told", || seen_body.told.load(SeqCst)).await;
+        seen_body.release.notify_one();
+        assert!(matches!(child.await, Err(JoinError::ChildAborted)));
+        Ok::<_, Cancelled>(())
+    })
+    .await;
+    assert!(out.is_ok());
+    assert!(
+        seen.completed.load(SeqCst),
+        "the parallel child ran to its end"
+    );
+    assert!(!seen.after_scope.load(SeqCst));
+    assert!(seen.child_dropped.load(SeqCst));
+}
+
+/// SPEC B2 and S12: a hard scope around a parallel scope does not drop it when cancelled;
+/// it drops its body once the parallel scope ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b2_a_hard_scope_puts_off_dropping_a_running_parallel_scope() {
+    let release = Arc::new(tokio::sync::Notify::new());
+    let finished = Arc::new(AtomicBool::new(false));
+    let after_scope = Arc::new(AtomicBool::new(false));
+    let scope = CancelScope::new().hard();
+    let handle = scope.handle();
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let (release2, finished2, after2) = (release.clone(), finished.clone(), after_scope.clone());
+    let task = tokio::spawn(scope.run(async move {
+        let local = 3u64;
+        let borrowed = &local;
+        // SAFETY: awaited to completion here (the hard scope puts off its drop).
+        let _ = unsafe {
+            parallel_scope_async(|s| async move {
+                s.spawn(async move {
+                    let _ = started_tx.send(());
+                    release2.notified().await; // not a cancellation point
+                    assert_eq!(*borrowed, 3);
+                    finished2.store(true, SeqCst);
+                    Ok::<_, Cancelled>(())
+                });
+                Ok::<_, Cancelled>(())
+            })
+        }
+        .await;
+        std::future::pending::<()>().await; // dropped here by the hard scope
+        after2.store(true, SeqCst);
+        Ok::<_, Cancelled>(())
+    }));
+    started_rx.await.unwrap();
+    handle.cancel();
+    release.notify_one();
+    assert!(matches!(task.await.unwrap(), Ok(None)), "absorbed");
+    assert!(finished.load(SeqCst), "the parallel child ran to its end");
+    assert!(!after_scope.load(SeqCst));
+}

@@ -37,8 +37,6 @@ pub(crate) struct ChildCell<E> {
     key: usize,
     name: Option<Arc<str>>,
     pub(crate) scope: ChildScope,
-    /// Stored right after the spawn (registry invariant N-3).
-    abort: OnceLock<AbortHandle>,
 }
 
 impl<E> ChildCell<E> {
@@ -49,20 +47,31 @@ impl<E> ChildCell<E> {
             key,
             name,
             scope: ChildScope::new(),
-            abort: OnceLock::new(),
         }
     }
 
     /// The child's abort handle, once its task was spawned.
     pub(crate) fn abort_handle(&self) -> Option<&AbortHandle> {
-        self.abort.get()
+        self.scope.abort_handle()
     }
 
     /// Stores the abort handle of the spawned task; returns true if the nursery aborted its
     /// children meanwhile (the caller then aborts this one).
     pub(crate) fn spawned(&self, abort: AbortHandle) -> bool {
-        let _ = self.abort.set(abort);
+        let _ = self.scope.abort.set(abort);
         self.nursery.registry.aborted_after_storing()
+    }
+
+    /// If a parallel borrowing scope runs in this child (SPEC B2), tells it "grace expired"
+    /// instead of aborting it, and returns true: the abort happens when the scope ends.
+    pub(crate) fn abort_put_off(&self) -> bool {
+        match self.scope.own() {
+            Some(node) if node.defer_if_exempt() => {
+                node.cancel(CancelReason::GraceExpired);
+                true
+            }
+            _ => false,
+        }
     }
 
     pub(crate) fn name(&self) -> Option<&Arc<str>> {
@@ -89,6 +98,8 @@ pub(crate) struct ChildScope {
     id: ScopeId,
     /// `Some(None)` once the child ended without ever needing a scope: none is made after.
     node: OnceLock<Option<Arc<Node>>>,
+    /// The task's abort handle, stored right after the spawn (registry invariant N-3).
+    abort: OnceLock<AbortHandle>,
 }
 
 impl ChildScope {
@@ -96,7 +107,13 @@ impl ChildScope {
         ChildScope {
             id: ScopeId::next(),
             node: OnceLock::new(),
+            abort: OnceLock::new(),
         }
+    }
+
+    /// The task's abort handle, once it was spawned.
+    pub(crate) fn abort_handle(&self) -> Option<&AbortHandle> {
+        self.abort.get()
     }
 
     pub(crate) fn id(&self) -> ScopeId {
@@ -144,6 +161,10 @@ pub(crate) trait ChildInfo: Send + Sync {
     fn name(&self) -> Option<&Arc<str>>;
     /// Cancels this child alone (a no-op once it ended).
     fn cancel(&self, reason: CancelReason);
+    /// True if an abort of this child is put off (see [`ChildCell::abort_put_off`]).
+    fn abort_put_off(&self) -> bool {
+        false
+    }
 }
 
 impl<E: Send + 'static> ChildInfo for ChildCell<E> {
@@ -155,6 +176,10 @@ impl<E: Send + 'static> ChildInfo for ChildCell<E> {
         if let Some(node) = self.node() {
             node.cancel(reason);
         }
+    }
+
+    fn abort_put_off(&self) -> bool {
+        ChildCell::abort_put_off(self)
     }
 }
 
@@ -444,8 +469,13 @@ impl<T> ChildHandle<T> {
 
     /// Aborts this child alone: tokio drops its future at its next scheduling. Not a failure;
     /// the handle then yields [`JoinError::ChildAborted`] unless the child already finished.
+    ///
+    /// While the child runs a parallel borrowing scope (SPEC B2), the abort is put off until
+    /// that scope ends, and the child is told "grace expired" meanwhile.
     pub fn abort(&self) {
-        self.join.abort();
+        if !self.child.abort_put_off() {
+            self.join.abort();
+        }
     }
 
     /// Whether the child has finished.

@@ -139,9 +139,12 @@ impl ChildControl {
         self.child.cancel(CancelReason::Explicit(None));
     }
 
-    /// Aborts this child alone. Not a failure.
+    /// Aborts this child alone. Not a failure. Put off while the child runs a parallel
+    /// borrowing scope, as [`ChildHandle::abort`](crate::ChildHandle::abort) says.
     pub fn abort(&self) {
-        self.abort.abort();
+        if !self.child.abort_put_off() {
+            self.abort.abort();
+        }
     }
 }
 
@@ -301,21 +304,26 @@ impl<T, E> Collector<T, E> {
     /// Aborts every running child of this collector; their outcomes are queued as
     /// [`JoinError::ChildAborted`].
     pub fn abort_all(&self) {
-        let aborts: Vec<AbortHandle> = {
+        let aborts: Vec<(AbortHandle, Arc<dyn ChildInfo>)> = {
             let mut state = lock(&self.queue.state);
             let mut aborts = Vec::new();
             for (_, member) in state.members.iter_mut() {
                 match (&member.abort, member.delivered) {
                     (_, true) => {}
-                    (Some(abort), false) => aborts.push(abort.clone()),
+                    (Some(abort), false) => aborts.push((abort.clone(), member.child.clone())),
                     // Being spawned on another thread: its spawner aborts it on storing.
                     (None, false) => member.abort_requested = true,
                 }
             }
             aborts
         };
-        // Outside the lock: tokio may drop an aborted child inline, which delivers here.
-        aborts.iter().for_each(AbortHandle::abort);
+        // Outside the lock: tokio may drop an aborted child inline, which delivers here. A
+        // child running a parallel borrowing scope is told instead (SPEC B2).
+        for (abort, child) in aborts {
+            if !child.abort_put_off() {
+                abort.abort();
+            }
+        }
     }
 }
 

@@ -623,6 +623,8 @@ impl<E> Stopper<E> {
     /// lock (it runs wakers).
     fn abort(&self) -> bool {
         match self {
+            // A child running a parallel borrowing scope is told instead (SPEC B2).
+            Stopper::Task(cell) if cell.abort_put_off() => false,
             Stopper::Task(cell) => {
                 if let Some(abort) = cell.abort_handle() {
                     abort.abort();
@@ -635,8 +637,10 @@ impl<E> Stopper<E> {
 
     /// Tells a blocking child, which cannot be aborted, to stop (SPEC N16).
     fn tell(&self, reason: CancelReason) {
-        if let Stopper::Blocking(node) = self {
-            node.cancel(reason);
+        match self {
+            Stopper::Blocking(node) => node.cancel(reason),
+            // Already told "grace expired" when its abort was put off.
+            Stopper::Task(_) => {}
         }
     }
 }

@@ -1,0 +1,75 @@
+//! Exemption from the crate's own aborts and hard drops while a parallel borrowing scope
+//! runs (SPEC B2).
+//!
+//! A parallel scope's children borrow from the stack of the task that awaits it; the crate
+//! must never drop that task's future before the scope completed. An [`Exemption`] marks
+//! every scope of the task, from the current one outwards: a nursery aborting that task (a
+//! grace period running out, N7's cascade, N8's abort drop, a handle's `abort`) tells it
+//! "grace expired" through its scope instead, and a hard scope (S12) keeps polling its body
+//! rather than dropping it. When the last exemption of a scope ends, what was put off
+//! happens: the task is aborted, the hard scope is woken to drop its body.
+
+use std::sync::Arc;
+use std::task::Waker;
+
+use tokio::task::AbortHandle;
+
+use crate::context;
+use crate::node::Node;
+
+/// Held while a parallel borrowing scope runs; ending it carries out what was put off.
+pub(crate) struct Exemption {
+    /// Every scope of the task around the parallel scope, innermost first.
+    scopes: Vec<Arc<Node>>,
+    /// The task, if it is a nursery child: its scope and how to abort it.
+    task: Option<(Arc<Node>, Option<AbortHandle>)>,
+    waker: Waker,
+}
+
+/// Exempts the task being polled, whose scopes are the current frame and its enclosing
+/// ones, until the returned guard is dropped. `waker` is the task's: it wakes a hard scope
+/// whose drop was put off.
+pub(crate) fn exempt_current(waker: &Waker) -> Exemption {
+    let (scopes, task) = context::with_current(|frame| {
+        let (mut scopes, mut task) = (Vec::new(), None);
+        let mut frame = frame;
+        while let Some(current) = frame {
+            let node = current.node().clone();
+            node.exempt();
+            if let Some(child) = current.child_scope() {
+                task = Some((node.clone(), child.abort_handle().cloned()));
+            }
+            scopes.push(node);
+            frame = current.parent();
+        }
+        (scopes, task)
+    });
+    Exemption {
+        scopes,
+        task,
+        waker: waker.clone(),
+    }
+}
+
+impl Drop for Exemption {
+    fn drop(&mut self) {
+        let mut wake = false;
+        for scope in &self.scopes {
+            if !scope.unexempt() {
+                continue;
+            }
+            match &self.task {
+                // The task's abort was put off: now.
+                Some((node, Some(abort))) if Arc::ptr_eq(node, scope) => abort.abort(),
+                // Its abort handle was not stored yet when the exemption began (a first poll
+                // racing with its spawner): it was told instead, which stands.
+                Some((node, None)) if Arc::ptr_eq(node, scope) => {}
+                // A hard scope's drop was put off: it drops its body when polled again.
+                _ => wake = true,
+            }
+        }
+        if wake {
+            self.waker.wake_by_ref();
+        }
+    }
+}
