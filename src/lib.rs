@@ -110,7 +110,9 @@
 #![cfg_attr(loom, allow(dead_code))]
 
 mod cancelled;
+mod handoff;
 mod node;
+mod poison;
 mod reason;
 mod registry;
 mod sync;

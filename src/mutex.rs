@@ -12,7 +12,8 @@
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::poison::Poison;
 
 /// An async mutex whose critical sections are closures, and which is poisoned by a section
 /// that is cut short (a panic, or its future dropped mid-section).
@@ -37,7 +38,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// # }
 /// ```
 pub struct Mutex<T: ?Sized> {
-    poisoned: AtomicBool,
+    /// The flag and the cut-short guard (`poison.rs`, model-checked with loom).
+    poison: Poison,
     inner: tokio::sync::Mutex<T>,
 }
 
@@ -76,7 +78,7 @@ impl<T> Mutex<T> {
     /// A mutex holding `value`, not poisoned.
     pub fn new(value: T) -> Self {
         Mutex {
-            poisoned: AtomicBool::new(false),
+            poison: Poison::new(),
             inner: tokio::sync::Mutex::new(value),
         }
     }
@@ -151,35 +153,24 @@ impl<T: ?Sized> Mutex<T> {
     /// poison left by an earlier section.
     async fn section<'a, R>(
         &'a self,
-        mut guard: tokio::sync::MutexGuard<'a, T>,
+        guard: tokio::sync::MutexGuard<'a, T>,
         section: impl AsyncFnOnce(&mut T) -> R,
     ) -> Result<R, Poisoned<'a, T>> {
-        if self.is_poisoned() {
-            return Err(Poisoned { mutex: self, guard });
-        }
-        let cut_short = PoisonOnDrop(&self.poisoned);
-        let value = section(&mut *guard).await;
-        std::mem::forget(cut_short);
-        Ok(value)
+        // A section cut short poisons before the lock is released (poison.rs, P-2).
+        self.poison
+            .run(guard, section)
+            .await
+            .map_err(|guard| Poisoned { mutex: self, guard })
     }
 
     /// Whether a critical section was cut short since the poison was last cleared.
     pub fn is_poisoned(&self) -> bool {
-        self.poisoned.load(Ordering::Acquire)
+        self.poison.is_poisoned()
     }
 
     /// Clears the poison, for code that knows the data is consistent again.
     pub fn clear_poison(&self) {
-        self.poisoned.store(false, Ordering::Release);
-    }
-}
-
-/// Poisons the mutex unless forgotten: the section was cut short.
-struct PoisonOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for PoisonOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Release);
+        self.poison.clear();
     }
 }
 

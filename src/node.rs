@@ -810,4 +810,353 @@ mod loom_tests {
             middle.end(false);
         });
     }
+
+    /// S3/S8: raising a shield races with an ancestor's cancel. Whichever runs last, the
+    /// shielded scope and the leaf below it end up not cancelled (invariant 2), and a
+    /// waiter on the leaf is woken at most once (it may see a transient cancellation).
+    #[test]
+    fn loom_raising_a_shield_races_with_ancestor_cancel() {
+        loom::model(|| {
+            let root = node(false);
+            root.enter(None, None);
+            let middle = node(false);
+            middle.enter(Some(&root), None);
+            let leaf = node(false);
+            leaf.enter(Some(&middle), None);
+            let wakes = waiter_on(&leaf);
+            let raising = {
+                let middle = middle.clone();
+                thread::spawn(move || middle.set_shield(true))
+            };
+            root.cancel(CancelReason::Explicit(None));
+            raising.join().unwrap();
+            assert!(root.is_cancelled());
+            assert!(!middle.is_cancelled() && !leaf.is_cancelled());
+            assert!(leaf.origin().is_none());
+            assert!(wakes.0.load(Ordering::SeqCst) <= 1);
+            leaf.end(false);
+            middle.end(false);
+        });
+    }
+
+    /// Invariants 3 and 7: a started child's scope is moved under its nursery's
+    /// (`reparent`, SPEC N3) while the child ends. Afterwards the scope is in no one's
+    /// children (an ended scope has left the tree), whichever ran first.
+    #[test]
+    fn loom_reparenting_races_with_the_scope_ending() {
+        loom::model(|| {
+            let nursery = node(false);
+            nursery.enter(None, None);
+            let caller = node(false);
+            caller.enter(None, None);
+            let child = node(false);
+            child.enter(Some(&caller), None);
+            let ending = {
+                let child = child.clone();
+                thread::spawn(move || child.end(false))
+            };
+            child.reparent(&nursery);
+            ending.join().unwrap();
+            assert_eq!(lock(&caller.inner).children.len(), 0);
+            assert_eq!(
+                lock(&nursery.inner).children.len(),
+                0,
+                "no ended scope stays linked"
+            );
+            let inner = lock(&child.inner);
+            assert!(inner.slot.is_none());
+        });
+    }
+
+    /// Invariant 7: a deadline alarm goes off while its scope ends. Either the alarm came
+    /// first (the scope ended cancelled by its deadline) or the end did (the alarm is
+    /// ignored: the scope stays uncancelled); no alarm is left armed either way.
+    #[test]
+    fn loom_a_deadline_alarm_races_with_the_scope_ending() {
+        loom::model(|| {
+            let timer = Timer::new();
+            let scope = Arc::new(Node::new(ScopeId::next(), false, Some(timer.at(10))));
+            scope.enter(None, timer_of(&timer));
+            let key = timer.armed()[0];
+            let firing = {
+                let (scope, timer) = (scope.clone(), timer.clone());
+                thread::spawn(move || {
+                    timer.disarm(key);
+                    scope.fire_deadline(key);
+                })
+            };
+            scope.end(false);
+            firing.join().unwrap();
+            if scope.is_cancelled() {
+                assert!(scope.cancel_called());
+                assert!(scope.reason().is_some_and(|r| r.is_deadline()));
+            } else {
+                assert!(scope.reason().is_none());
+            }
+            assert!(timer.armed().is_empty());
+        });
+    }
+
+    /// A deadline timer for the models: a fixed "now" and the set of armed alarms.
+    struct Timer {
+        now: Instant,
+        armed: Mutex<Vec<TimerKey>>,
+        seq: AtomicU64,
+    }
+
+    impl Timer {
+        fn new() -> Arc<Timer> {
+            Arc::new(Timer {
+                now: Instant::now(),
+                armed: Mutex::new(Vec::new()),
+                seq: AtomicU64::new(0),
+            })
+        }
+
+        fn at(&self, secs: i64) -> Instant {
+            if secs >= 0 {
+                self.now + Duration::from_secs(secs as u64)
+            } else {
+                self.now - Duration::from_secs(secs.unsigned_abs())
+            }
+        }
+
+        fn armed(&self) -> Vec<TimerKey> {
+            lock(&self.armed).clone()
+        }
+    }
+
+    impl DeadlineTimer for Timer {
+        fn now(&self) -> Instant {
+            self.now
+        }
+        fn arm(&self, _: &Arc<Node>, at: Instant) -> TimerKey {
+            let key = TimerKey {
+                at,
+                seq: self.seq.fetch_add(1, Ordering::Relaxed),
+            };
+            lock(&self.armed).push(key);
+            key
+        }
+        fn disarm(&self, key: TimerKey) {
+            lock(&self.armed).retain(|armed| *armed != key);
+        }
+    }
+
+    fn timer_of(timer: &Arc<Timer>) -> Option<Arc<dyn DeadlineTimer>> {
+        Some(timer.clone() as Arc<dyn DeadlineTimer>)
+    }
+
+    /// Counts the wakes of a waiter registered on a node.
+    struct Wakes(AtomicU64);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn waiter_on(node: &Node) -> Arc<Wakes> {
+        let wakes = Arc::new(Wakes(AtomicU64::new(0)));
+        let waker = Waker::from(wakes.clone());
+        node.register_waiter(&mut None, &waker);
+        wakes
+    }
+
+    fn same(a: &Arc<Node>, b: &Arc<Node>) -> bool {
+        Arc::ptr_eq(a, b)
+    }
+
+    /// S6 and invariant 7's alarm rule: moving a deadline later races with the old alarm
+    /// going off. Either the alarm won (the scope is cancelled by its deadline and no alarm
+    /// is left armed) or the move won (not cancelled, the stale alarm was ignored, exactly
+    /// one alarm armed, for the new deadline).
+    #[test]
+    fn loom_extending_a_deadline_races_with_its_alarm() {
+        loom::model(|| {
+            let timer = Timer::new();
+            let scope = Arc::new(Node::new(ScopeId::next(), false, Some(timer.at(10))));
+            scope.enter(None, timer_of(&timer));
+            let old = timer.armed();
+            assert_eq!(old.len(), 1);
+            let firing = {
+                let scope = scope.clone();
+                let timer = timer.clone();
+                // The service takes a due alarm out of its map, then fires it.
+                thread::spawn(move || {
+                    timer.disarm(old[0]);
+                    scope.fire_deadline(old[0]);
+                })
+            };
+            let previous = scope.set_deadline(Some(timer.at(20)));
+            firing.join().unwrap();
+            assert_eq!(previous, Some(timer.at(10)));
+            assert_eq!(scope.deadline(), Some(timer.at(20)));
+            if scope.cancel_called() {
+                assert!(scope.reason().is_some_and(|r| r.is_deadline()));
+                assert!(timer.armed().is_empty(), "a cancelled scope keeps no alarm");
+            } else {
+                assert!(!scope.is_cancelled());
+                let armed = timer.armed();
+                assert_eq!(armed.len(), 1, "exactly the new alarm is armed");
+                assert_eq!(armed[0].at, timer.at(20));
+            }
+            scope.end(false);
+            assert!(timer.armed().is_empty(), "ending disarms");
+        });
+    }
+
+    /// S6 racing with S2: a scope's deadline is moved into the past while an ancestor is
+    /// cancelled. The scope ends up cancelled itself with reason `Deadline`, the ancestor keeps
+    /// its explicit reason, a grandchild sees the cancellation, the outermost cancelled scope
+    /// (S4) is the ancestor, and no alarm is left armed.
+    #[test]
+    fn loom_shortening_a_deadline_races_with_an_ancestor_cancel() {
+        loom::model(|| {
+            let timer = Timer::new();
+            let root = node(false);
+            root.enter(None, timer_of(&timer));
+            let scope = Arc::new(Node::new(ScopeId::next(), false, Some(timer.at(10))));
+            scope.enter(Some(&root), timer_of(&timer));
+            let leaf = node(false);
+            leaf.enter(Some(&scope), timer_of(&timer));
+            let cancelling = {
+                let root = root.clone();
+                thread::spawn(move || root.cancel(CancelReason::Explicit(None)))
+            };
+            scope.set_deadline(Some(timer.at(-1)));
+            cancelling.join().unwrap();
+            assert!(scope.cancel_called() && scope.is_cancelled() && leaf.is_cancelled());
+            assert!(!leaf.cancel_called());
+            assert!(scope.reason().is_some_and(|r| r.is_deadline()));
+            assert!(root.reason().is_some_and(|r| !r.is_deadline()));
+            assert!(leaf.origin().is_some_and(|o| same(&o, &root)));
+            assert!(!scope.absorbs(), "an ancestor's cancellation is visible");
+            assert!(timer.armed().is_empty());
+            leaf.end(false);
+            scope.end(false);
+        });
+    }
+
+    /// S6 racing with S2: a scope's deadline is moved later while an ancestor is cancelled.
+    /// The scope is cancelled by inheritance only (not `cancel_called`), keeps the new
+    /// deadline with exactly one alarm armed for it (a later shield would expose it), and
+    /// its effective deadline is the new one.
+    #[test]
+    fn loom_extending_a_deadline_races_with_an_ancestor_cancel() {
+        loom::model(|| {
+            let timer = Timer::new();
+            let root = node(false);
+            root.enter(None, timer_of(&timer));
+            let scope = Arc::new(Node::new(ScopeId::next(), false, Some(timer.at(10))));
+            scope.enter(Some(&root), timer_of(&timer));
+            let cancelling = {
+                let root = root.clone();
+                thread::spawn(move || root.cancel(CancelReason::Explicit(None)))
+            };
+            scope.set_deadline(Some(timer.at(20)));
+            cancelling.join().unwrap();
+            assert!(scope.is_cancelled() && !scope.cancel_called());
+            assert_eq!(scope.deadline(), Some(timer.at(20)));
+            assert_eq!(scope.effective_deadline(), Some(timer.at(20)));
+            let armed = timer.armed();
+            assert_eq!(armed.len(), 1);
+            assert_eq!(armed[0].at, timer.at(20));
+            assert!(scope.origin().is_some_and(|o| same(&o, &root)));
+            scope.end(false);
+            assert!(timer.armed().is_empty());
+        });
+    }
+
+    /// S6 racing with entering (invariant 3): a parent's deadline is moved into the past
+    /// while a child enters under it. The child sees the cancellation (inherited), names the
+    /// parent as the origin with reason `Deadline`, and its effective deadline is the
+    /// parent's new one.
+    #[test]
+    fn loom_a_deadline_moved_into_the_past_races_with_entering_a_child() {
+        loom::model(|| {
+            let timer = Timer::new();
+            let parent = Arc::new(Node::new(ScopeId::next(), false, Some(timer.at(10))));
+            parent.enter(None, timer_of(&timer));
+            let child = node(false);
+            let entering = {
+                let (parent, child, timer) = (parent.clone(), child.clone(), timer.clone());
+                thread::spawn(move || child.enter(Some(&parent), timer_of(&timer)))
+            };
+            parent.set_deadline(Some(timer.at(-1)));
+            entering.join().unwrap();
+            assert!(child.is_cancelled() && !child.cancel_called());
+            let origin = child
+                .origin()
+                .expect("the child is cancelled by its parent");
+            assert!(same(&origin, &parent));
+            assert!(origin.reason().is_some_and(|r| r.is_deadline()));
+            assert_eq!(child.effective_deadline(), Some(timer.at(-1)));
+            assert!(timer.armed().is_empty());
+            child.end(false);
+        });
+    }
+
+    /// S2/S4: two cancels of the same scope with different reasons race. Exactly one reason
+    /// wins: both cancellers read the same one afterwards, every descendant names the scope
+    /// as the origin, and a waiter on a descendant is woken exactly once.
+    #[test]
+    fn loom_cancel_races_with_cancel() {
+        loom::model(|| {
+            let scope = node(false);
+            scope.enter(None, None);
+            let child = node(false);
+            child.enter(Some(&scope), None);
+            let leaf = node(false);
+            leaf.enter(Some(&child), None);
+            let wakes = waiter_on(&leaf);
+            let other = {
+                let scope = scope.clone();
+                thread::spawn(move || {
+                    scope.cancel(CancelReason::SiblingFailed);
+                    format!("{:?}", scope.reason().expect("cancelled"))
+                })
+            };
+            scope.cancel(CancelReason::Deadline);
+            let mine = format!("{:?}", scope.reason().expect("cancelled"));
+            let theirs = other.join().unwrap();
+            assert_eq!(mine, theirs, "one reason wins and stays");
+            for descendant in [&child, &leaf] {
+                assert!(descendant.is_cancelled() && !descendant.cancel_called());
+                assert!(descendant.origin().is_some_and(|o| same(&o, &scope)));
+            }
+            assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "woken exactly once");
+            leaf.end(false);
+            child.end(false);
+        });
+    }
+
+    /// S2/S4: an ancestor and a descendant scope are cancelled at once with different
+    /// reasons. Each keeps its own reason, the leaf below both names the outermost one, and
+    /// its waiter is woken exactly once.
+    #[test]
+    fn loom_nested_cancels_race() {
+        loom::model(|| {
+            let root = node(false);
+            root.enter(None, None);
+            let middle = node(false);
+            middle.enter(Some(&root), None);
+            let leaf = node(false);
+            leaf.enter(Some(&middle), None);
+            let wakes = waiter_on(&leaf);
+            let inner = {
+                let middle = middle.clone();
+                thread::spawn(move || middle.cancel(CancelReason::SiblingFailed))
+            };
+            root.cancel(CancelReason::Deadline);
+            inner.join().unwrap();
+            assert!(root.reason().is_some_and(|r| r.is_deadline()));
+            assert!(middle.reason().is_some_and(|r| !r.is_deadline()));
+            assert!(middle.cancel_called() && !middle.absorbs());
+            assert!(leaf.origin().is_some_and(|o| same(&o, &root)));
+            assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "woken exactly once");
+            leaf.end(false);
+            middle.end(false);
+        });
+    }
 }

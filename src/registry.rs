@@ -506,4 +506,299 @@ mod loom_tests {
             assert_eq!(adopter.0.load(Ordering::SeqCst), 1);
         });
     }
+    /// A child as its stopper sees it: whether its task's abort handle has been stored (the
+    /// `OnceLock` in `ChildScope`: a release store, an acquire load) and how often it was
+    /// aborted.
+    #[derive(Default)]
+    struct Task {
+        handle: AtomicBool,
+        aborts: AtomicU64,
+    }
+
+    impl Task {
+        fn abort(&self) {
+            self.aborts.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// N-3, the abort drop path: a spawn registers its child, stores the abort handle
+    /// outside the lock and checks `aborted_after_storing`, while the nursery aborts all its
+    /// children (`abort_all` reads each stopper's handle after the lock). The child is
+    /// aborted by one of the two (possibly both), never missed.
+    #[test]
+    fn loom_abort_all_races_with_a_spawn_storing_its_abort_handle() {
+        loom::model(|| {
+            let registry = Arc::new(Registry::<Arc<Task>, (), ()>::new());
+            let spawner = {
+                let registry = registry.clone();
+                thread::spawn(move || {
+                    let task = Arc::new(Task::default());
+                    registry
+                        .register(|_| task.clone())
+                        .expect("abort_all does not close");
+                    // `ChildCell::spawned`: store the handle, then the handshake.
+                    task.handle.store(true, Ordering::Release);
+                    if registry.aborted_after_storing() {
+                        task.abort();
+                    }
+                    task
+                })
+            };
+            registry.abort_all(
+                |task| {
+                    // `Stopper::abort`: a child still being spawned is its spawner's job.
+                    if task.handle.load(Ordering::Acquire) {
+                        task.abort();
+                    }
+                    true
+                },
+                |_| unreachable!("async children are aborted, not told"),
+            );
+            let task = spawner.join().unwrap();
+            assert!(
+                task.aborts.load(Ordering::SeqCst) >= 1,
+                "N-3: a child spawned while its nursery aborts is aborted"
+            );
+        });
+    }
+
+    /// The abort drop path as a whole (SPEC N8, N9): the nursery's future is dropped in
+    /// abort mode (`abort_all`, then the handoff of what is still alive to an adopter, as
+    /// `nursery::orphan` does) while a running child ends once aborted and a spawn races
+    /// with both. Every registered child is aborted (N-3), a spawn after the handoff is
+    /// refused, the adopter hears exactly once that the adoptee is done, and nothing is
+    /// left alive.
+    #[test]
+    fn loom_abort_drop_races_with_a_child_ending_and_a_spawn() {
+        loom::model(|| {
+            let registry = Arc::new(Registry::<Arc<Task>, (), ()>::new());
+            let running = Arc::new(Task::default());
+            running.handle.store(true, Ordering::Release);
+            let key = registry.register(|_| running.clone()).unwrap();
+            let ending = {
+                let registry = registry.clone();
+                // The running child ends (it returned, or tokio dropped it once aborted).
+                thread::spawn(move || registry.finished(key))
+            };
+            let spawner = {
+                let registry = registry.clone();
+                thread::spawn(move || {
+                    let task = Arc::new(Task::default());
+                    let key = registry.register(|_| task.clone()).ok()?;
+                    task.handle.store(true, Ordering::Release);
+                    if registry.aborted_after_storing() {
+                        task.abort();
+                    }
+                    // Its end (once tokio dropped it) is reported after the joins.
+                    Some((task, key))
+                })
+            };
+            registry.abort_all(
+                |task| {
+                    if task.handle.load(Ordering::Acquire) {
+                        task.abort();
+                    }
+                    true
+                },
+                |_| unreachable!(),
+            );
+            let adopter = Arc::new(Recording::default());
+            let (_, done) = registry.orphan(adopter.clone(), 7);
+            if done {
+                adopter.adoptee_finished(7);
+            }
+            ending.join().unwrap();
+            if let Some((task, key)) = spawner.join().unwrap() {
+                assert!(task.aborts.load(Ordering::SeqCst) >= 1, "N-3");
+                registry.finished(key);
+            }
+            assert!(registry.register(|_| Arc::new(Task::default())).is_err());
+            assert_eq!(registry.live(), 0);
+            assert_eq!(
+                adopter.finished.load(Ordering::SeqCst),
+                1,
+                "told exactly once"
+            );
+        });
+    }
+
+    /// An adopter that counts what it hears.
+    #[derive(Default)]
+    struct Recording {
+        reports: AtomicU64,
+        finished: AtomicU64,
+    }
+
+    impl Adopter<()> for Recording {
+        fn adopt(&self, _: Arc<dyn StopAll>) -> Result<(usize, bool), Closed> {
+            Ok((0, false))
+        }
+        fn adoptee_finished(&self, _: usize) {
+            self.finished.fetch_add(1, Ordering::SeqCst);
+        }
+        fn orphan_report(&self, _: OrphanReport<()>) {
+            self.reports.fetch_add(1, Ordering::SeqCst);
+        }
+        fn describe(&self) -> crate::node::Description {
+            crate::node::Description {
+                kind: "test",
+                name: None,
+                detail: None,
+            }
+        }
+        fn successor(&self) -> Option<Arc<dyn Adopter<()>>> {
+            None
+        }
+    }
+
+    fn report(incident: Incident<(), ()>) -> OrphanReport<()> {
+        match incident {
+            Incident::Failure(()) => OrphanReport::Failure {
+                label: (),
+                error: String::new(),
+            },
+            Incident::Panic(panic) => OrphanReport::Panic(panic),
+        }
+    }
+
+    /// N-4, the wait drop path: one child fails and another panics while the nursery is
+    /// orphaned (its future dropped in wait mode; `orphan` forwards what was kept, as
+    /// `nursery::orphan` does). Each report reaches the adopter exactly once (kept then
+    /// forwarded, or handed back as `Orphaned` and forwarded by the child), nothing stays
+    /// behind in the orphaned registry, and the adopter hears once that its adoptee is done.
+    #[test]
+    fn loom_failures_racing_with_orphaning_are_reported_once() {
+        loom::model(|| {
+            let registry = Arc::new(Registry::<(), (), ()>::new());
+            let failing = registry.register(|_| ()).unwrap();
+            let panicking = registry.register(|_| ()).unwrap();
+            let failer = {
+                let registry = registry.clone();
+                thread::spawn(move || {
+                    match registry.fail(()) {
+                        Recorded::Orphaned((), adopter) => {
+                            adopter.orphan_report(report(Incident::Failure(())))
+                        }
+                        Recorded::First | Recorded::Later => {}
+                    }
+                    registry.finished(failing);
+                })
+            };
+            let panicker = {
+                let registry = registry.clone();
+                thread::spawn(move || {
+                    match registry.panicked((), Box::new("boom")) {
+                        Recorded::Orphaned(panic, adopter) => {
+                            adopter.orphan_report(OrphanReport::Panic(panic))
+                        }
+                        Recorded::First | Recorded::Later => {}
+                    }
+                    registry.finished(panicking);
+                })
+            };
+            let adopter = Arc::new(Recording::default());
+            let (kept, done) = registry.orphan(adopter.clone(), 7);
+            for incident in kept {
+                adopter.orphan_report(report(incident));
+            }
+            if done {
+                adopter.adoptee_finished(7);
+            }
+            failer.join().unwrap();
+            panicker.join().unwrap();
+            assert_eq!(
+                adopter.reports.load(Ordering::SeqCst),
+                2,
+                "each report once"
+            );
+            let (failures, panics) = registry.take_reports();
+            assert!(
+                failures.is_empty() && panics.is_empty(),
+                "nothing stays behind"
+            );
+            assert_eq!(adopter.finished.load(Ordering::SeqCst), 1);
+            assert_eq!(registry.live(), 0);
+        });
+    }
+
+    /// How to abort an adopted nursery's children: counts the calls.
+    #[derive(Default)]
+    struct Stop(AtomicU64);
+
+    impl StopAll for Stop {
+        fn stop_all(&self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+        fn scope(&self) -> Option<Arc<crate::node::Node>> {
+            None
+        }
+    }
+
+    /// N9: a nursery dropped in wait mode hands its children to an enclosing nursery that is
+    /// closing at the same moment (its end: `try_close` until no child is alive). Either the
+    /// adopter took the adoptee before closing, and then its close waited until the
+    /// adoptee's children finished; or it refused (`Closed`) and the handoff fell through to
+    /// the next adopter. Never lost, never adopted by a closed nursery.
+    #[test]
+    fn loom_adoption_races_with_the_adopters_close() {
+        loom::model(|| {
+            let adopter = Arc::new(Registry::<(), (), ()>::new());
+            let work_done = Arc::new(AtomicBool::new(false));
+            let orphaned = {
+                let (adopter, work_done) = (adopter.clone(), work_done.clone());
+                thread::spawn(move || match adopter.adopt(Arc::new(Stop::default())) {
+                    Ok((key, aborted)) => {
+                        assert!(!aborted);
+                        // The adoptee's children run to their end, then the last one tells.
+                        work_done.store(true, Ordering::SeqCst);
+                        adopter.finished(key);
+                        true
+                    }
+                    // Falls through to the next adopter (the orphan registry).
+                    Err(Closed) => false,
+                })
+            };
+            crate::sync::block_on(std::future::poll_fn(|cx| {
+                if adopter.try_close(cx.waker()) {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            }));
+            let done_at_close = work_done.load(Ordering::SeqCst);
+            assert!(!adopter.is_open());
+            let adopted = orphaned.join().unwrap();
+            if adopted {
+                assert!(done_at_close, "the adopter waited for its adoptee");
+            } else {
+                assert!(!done_at_close);
+            }
+            assert_eq!(adopter.live(), 0);
+        });
+    }
+
+    /// N7's cascade: a nursery adopts an orphaned one while its grace runs out
+    /// (`abort_all`). The adoptee's children are aborted by one of the two: `abort_all`
+    /// found the adoptee slot and called `stop_all`, or `adopt` returned `aborted` and the
+    /// adoptee aborts itself.
+    #[test]
+    fn loom_adoption_races_with_the_adopters_abort() {
+        loom::model(|| {
+            let adopter = Arc::new(Registry::<(), (), ()>::new());
+            let stop = Arc::new(Stop::default());
+            let orphaned = {
+                let (adopter, stop) = (adopter.clone(), stop.clone());
+                thread::spawn(move || {
+                    let (key, aborted) = adopter.adopt(stop.clone()).expect("open");
+                    if aborted {
+                        stop.stop_all();
+                    }
+                    key
+                })
+            };
+            adopter.abort_all(|_| true, |_| {});
+            orphaned.join().unwrap();
+            assert_eq!(stop.0.load(Ordering::SeqCst), 1, "stopped exactly once");
+        });
+    }
 }

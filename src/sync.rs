@@ -29,3 +29,31 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         Err(poisoned) => poisoned.into_inner(),
     }
 }
+
+/// Runs `future` to completion on the current loom thread, parking on a loom `Notify` while
+/// it is pending, so a wake-up from another thread is part of the model (a lost one
+/// deadlocks, which loom reports). For the models; loom's own `block_on` needs its
+/// `futures` feature.
+#[cfg(all(test, loom))]
+pub(crate) fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    use std::task::{Context, Poll, Wake, Waker};
+
+    struct Unpark(loom::sync::Notify);
+
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.notify();
+        }
+    }
+
+    let unpark = Arc::new(Unpark(loom::sync::Notify::new()));
+    let waker = Waker::from(unpark.clone());
+    let mut cx = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return output;
+        }
+        unpark.0.wait();
+    }
+}

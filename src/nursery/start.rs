@@ -9,89 +9,23 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, OnceLock};
-use std::task::{Context, Poll, Waker};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use super::child::{EarlyEnd, Starting, ToStarter};
 use super::{NurseryHandle, SpawnError};
 use crate::cancelled::{CancelError, Cancelled};
 use crate::context;
-use crate::node::Node;
-use crate::reason::{CancelReason, Payload};
-use crate::sync::lock;
+use crate::handoff::{Handoff, Outcome};
 
-/// What a started child and its starter share.
-struct StartState<V, E> {
-    inner: Mutex<Inner<V, E>>,
-    /// The child's scope, set once spawned.
-    child: OnceLock<Arc<Node>>,
-    /// The nursery's scope, where the child moves when it signals.
-    nursery: Arc<Node>,
-}
-
-struct Inner<V, E> {
-    phase: Phase<V, E>,
-    waker: Option<Waker>,
-}
-
-enum Phase<V, E> {
-    /// Not signalled yet.
-    Waiting,
-    /// Signalled; `moved` is false when the caller's scope was cancelled at the signal (the
-    /// child then stays under the caller's scopes until it exits, as in Trio).
-    Signalled {
-        value: Option<V>,
-        moved: bool,
-        exited: bool,
-    },
-    /// Ended before signalling.
-    Early(EarlyEnd<E>),
-    /// The starter's future was dropped before the signal: the child was moved to the
-    /// nursery with its own scope cancelled.
-    Abandoned,
-    /// The starter has its outcome.
-    Taken,
-}
-
-impl<V, E> StartState<V, E> {
-    fn wake(mut inner: std::sync::MutexGuard<'_, Inner<V, E>>) {
-        let waker = inner.waker.take();
-        drop(inner);
-        if let Some(waker) = waker {
-            waker.wake();
-        }
-    }
-}
+/// What a started child and its starter share: the handoff's state machine (`handoff.rs`,
+/// model-checked with loom), with the child's early end as the nursery knows it.
+type StartState<V, E> = Handoff<V, EarlyEnd<E>>;
 
 impl<V: Send, E: Send> Starting<E> for StartState<V, E> {
     fn ended_early(&self, end: EarlyEnd<E>) -> Result<(), EarlyEnd<E>> {
-        let mut inner = lock(&self.inner);
-        match &mut inner.phase {
-            Phase::Waiting => {
-                inner.phase = Phase::Early(end);
-                Self::wake(inner);
-                Ok(())
-            }
-            // Signalled while the caller's scope was cancelled, so not moved (Trio): the child
-            // is still the caller's; its value was given, but a failure, an echo of the
-            // caller's cancellation or a panic comes out of `start`.
-            Phase::Signalled {
-                moved: false,
-                exited,
-                ..
-            } => {
-                if matches!(end, EarlyEnd::Returned) {
-                    *exited = true;
-                    Self::wake(inner);
-                    Err(end)
-                } else {
-                    inner.phase = Phase::Early(end);
-                    Self::wake(inner);
-                    Ok(())
-                }
-            }
-            _ => Err(end),
-        }
+        let returned = matches!(end, EarlyEnd::Returned);
+        Handoff::ended_early(self, end, returned)
     }
 }
 
@@ -109,43 +43,7 @@ trait Signal<V>: Send + Sync {
 
 impl<V: Send, E: Send> Signal<V> for StartState<V, E> {
     fn signal(&self, value: V) {
-        let mut inner = lock(&self.inner);
-        if !matches!(inner.phase, Phase::Waiting) {
-            return; // the starter gave up: the child already belongs to the nursery
-        }
-        // Trio: a signal while the caller's scope is cancelled does not move the child. A
-        // signal given before the child was spawned (in the closure's synchronous part) is
-        // carried out when it is (`link`).
-        let moved = match self.child.get() {
-            Some(child) => {
-                let moved = !child.is_cancelled();
-                if moved {
-                    child.reparent(&self.nursery);
-                }
-                moved
-            }
-            None => true,
-        };
-        inner.phase = Phase::Signalled {
-            value: Some(value),
-            moved,
-            exited: false,
-        };
-        Self::wake(inner);
-    }
-}
-
-impl<V, E> StartState<V, E> {
-    /// The child's scope exists: remember it, and carry out a signal given before.
-    fn link(&self, child: &Arc<Node>) {
-        let _ = self.child.set(child.clone());
-        let mut inner = lock(&self.inner);
-        if let Phase::Signalled { moved, .. } = &mut inner.phase {
-            *moved = !child.is_cancelled();
-            if *moved {
-                child.reparent(&self.nursery);
-            }
-        }
+        Handoff::signal(self, value);
     }
 }
 
@@ -243,14 +141,10 @@ where
             let closed = this.closed.take().expect("polled after completion");
             return Poll::Ready(Err(StartError::Closed(closed)));
         };
-        let mut inner = lock(&state.inner);
-        let outcome = match std::mem::replace(&mut inner.phase, Phase::Taken) {
-            Phase::Signalled {
-                value,
-                moved,
-                exited,
-            } if moved || exited => Ok(value.expect("the value is taken once")),
-            Phase::Early(end) => Err(match end {
+        let outcome = match state.poll(cx.waker()) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Outcome::Value(value)) => Ok(value),
+            Poll::Ready(Outcome::Early(end)) => Err(match end {
                 EarlyEnd::Returned => StartError::NoSignal,
                 EarlyEnd::Failed(error) => StartError::Failed(error),
                 EarlyEnd::Cancelled(error) => match error.as_cancelled() {
@@ -259,22 +153,11 @@ where
                 },
                 EarlyEnd::Aborted => StartError::Aborted,
                 EarlyEnd::Panicked(payload) => {
-                    drop(inner);
                     this.state = None;
                     std::panic::resume_unwind(payload);
                 }
             }),
-            Phase::Taken | Phase::Abandoned => panic!("`Start` polled after completion"),
-            waiting => {
-                inner.phase = waiting;
-                match &mut inner.waker {
-                    Some(existing) if existing.will_wake(cx.waker()) => {}
-                    slot => *slot = Some(cx.waker().clone()),
-                }
-                return Poll::Pending;
-            }
         };
-        drop(inner);
         this.state = None;
         Poll::Ready(outcome)
     }
@@ -285,28 +168,12 @@ impl<V, E> Drop for Start<V, E> {
         let Some(state) = self.state.take() else {
             return;
         };
-        let mut inner = lock(&state.inner);
-        let waiting = matches!(
-            inner.phase,
-            Phase::Waiting
-                | Phase::Signalled {
-                    moved: false,
-                    exited: false,
-                    ..
-                }
-        );
-        if waiting {
-            // SPEC N3: the caller gave up before the signal; the child joins the nursery
-            // with its own scope cancelled, and its end is the nursery's.
-            inner.phase = Phase::Abandoned;
-            drop(inner);
-            if let Some(child) = state.child.get() {
-                child.cancel(CancelReason::Explicit(Some(Payload::new(
-                    "the code waiting for this child to start gave up",
-                ))));
-                child.reparent(&state.nursery);
-            }
-        }
+        // SPEC N3: the caller gave up before the signal; the child joins the nursery with
+        // its own scope cancelled, and its end is the nursery's. An early end the caller
+        // never took (the child ended before the signal, the caller gave up before polling
+        // again) is dropped here, as it always was: a failure or panic lost this way
+        // reaches no report (a known gap: reporting it needs the child's origin).
+        drop(state.abandon());
     }
 }
 
@@ -351,14 +218,7 @@ where
         V: Send + 'static,
         T: Send + 'static,
     {
-        let state = Arc::new(StartState {
-            inner: Mutex::new(Inner {
-                phase: Phase::Waiting,
-                waker: None,
-            }),
-            child: OnceLock::new(),
-            nursery: self.shared.node.clone(),
-        });
+        let state = Arc::new(StartState::new(self.shared.node.clone()));
         let ready = Ready {
             state: state.clone(),
         };
