@@ -665,3 +665,91 @@ async fn r3_deadline_service_exits_when_no_alarm_is_left() {
     })
     .await
 }
+
+// 14. A started child that fails before its signal while its caller, having given up, never
+// polls the start again: the failure is the nursery's (found by the loom models of the
+// start handoff; before, it reached no report at all).
+#[derive(Debug)]
+enum StartFailure {
+    Boom,
+    Cancelled(Cancelled),
+}
+
+impl From<Cancelled> for StartFailure {
+    fn from(cancelled: Cancelled) -> Self {
+        StartFailure::Cancelled(cancelled)
+    }
+}
+
+impl CancelError for StartFailure {
+    fn as_cancelled(&self) -> Option<&Cancelled> {
+        match self {
+            StartFailure::Cancelled(cancelled) => Some(cancelled),
+            StartFailure::Boom => None,
+        }
+    }
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn r14_a_failure_before_the_signal_of_an_abandoned_start_is_the_nurserys() {
+    common::leak_checked(async move {
+        let out = Nursery::new()
+            .run(|n: NurseryHandle<StartFailure>| async move {
+                let start =
+                    n.start(|_ready: Ready<u32>| async move { Err::<(), _>(StartFailure::Boom) });
+                // The child fails now; the caller gives up without polling again.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                drop(start);
+                Ok(())
+            })
+            .await;
+        let error = out.expect_err("the failure is reported");
+        let failures = error.failures();
+        assert_eq!(failures.len(), 1, "{error:?}");
+        assert!(matches!(failures[0].error(), StartFailure::Boom));
+        assert!(!failures[0].is_stray());
+        assert!(matches!(failures[0].origin(), Origin::Child { .. }));
+    })
+    .await
+}
+
+#[cfg(panic = "unwind")]
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn r14_a_panic_before_the_signal_of_an_abandoned_start_is_resumed_by_the_nursery() {
+    common::leak_checked(async move {
+        let out = tokio::spawn(async {
+            Nursery::new()
+                .run(|n: NurseryHandle<Cancelled>| async move {
+                    let start = n.start(|_ready: Ready<u32>| async move {
+                        panic!("before the signal");
+                        #[allow(unreachable_code)]
+                        Ok::<(), Cancelled>(())
+                    });
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    drop(start);
+                    Ok(())
+                })
+                .await
+        })
+        .await;
+        let payload = out.expect_err("the panic is resumed").into_panic();
+        assert_eq!(panic_message(&*payload), Some("before the signal"));
+    })
+    .await
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn r14_an_abandoned_start_whose_child_returned_without_signalling_fails_nothing() {
+    common::leak_checked(async move {
+        let out = Nursery::new()
+            .run(|n: NurseryHandle<StartFailure>| async move {
+                let start = n.start(|_ready: Ready<u32>| async move { Ok::<(), StartFailure>(()) });
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                drop(start);
+                Ok(())
+            })
+            .await;
+        assert_eq!(out.expect("nothing failed"), Some(()));
+    })
+    .await
+}

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use super::child::{EarlyEnd, Starting, ToStarter};
+use super::report::{Failure, Origin};
 use super::{NurseryHandle, SpawnError};
 use crate::cancelled::{CancelError, Cancelled};
 use crate::context;
@@ -127,7 +128,13 @@ impl<E: fmt::Debug + fmt::Display> std::error::Error for StartError<E> {
 pub struct Start<V, E> {
     state: Option<Arc<StartState<V, E>>>,
     closed: Option<SpawnError>,
+    /// Reports to the nursery an early end the caller never took (see `Drop`).
+    orphaned_end: Option<OrphanedEnd<E>>,
 }
+
+/// Hands a failure or panic that ended a started child before its signal, and that its
+/// caller never took, to the nursery (SPEC N3, N4, N6: never a lost failure).
+type OrphanedEnd<E> = Box<dyn FnOnce(EarlyEnd<E>) + Send + Sync>;
 
 impl<V, E> Future for Start<V, E>
 where
@@ -171,9 +178,11 @@ impl<V, E> Drop for Start<V, E> {
         // SPEC N3: the caller gave up before the signal; the child joins the nursery with
         // its own scope cancelled, and its end is the nursery's. An early end the caller
         // never took (the child ended before the signal, the caller gave up before polling
-        // again) is dropped here, as it always was: a failure or panic lost this way
-        // reaches no report (a known gap: reporting it needs the child's origin).
-        drop(state.abandon());
+        // again) goes to the nursery too when it is a failure or a panic: nobody else will
+        // ever see it.
+        if let (Some(end), Some(report)) = (state.abandon(), self.orphaned_end.take()) {
+            report(end);
+        }
     }
 }
 
@@ -237,13 +246,32 @@ where
             ToStarter(Some(route_state))
         });
         match spawned {
-            Ok(_) => Start {
-                state: Some(state),
-                closed: None,
-            },
+            Ok((join, _)) => {
+                let shared = self.shared.clone();
+                let origin = Origin::Child {
+                    id: join.id(),
+                    name: None,
+                };
+                let orphaned_end: OrphanedEnd<E> = Box::new(move |end| match end {
+                    EarlyEnd::Failed(error) => {
+                        let stray = error.as_cancelled().is_some();
+                        shared.fail(Failure::new(origin, error, stray));
+                    }
+                    EarlyEnd::Panicked(payload) => shared.panicked(origin, payload),
+                    // An echo of the caller's cancellation, a return without a signal or
+                    // an abort: no failure of anyone's.
+                    EarlyEnd::Cancelled(_) | EarlyEnd::Returned | EarlyEnd::Aborted => {}
+                });
+                Start {
+                    state: Some(state),
+                    closed: None,
+                    orphaned_end: Some(orphaned_end),
+                }
+            }
             Err(closed) => Start {
                 state: None,
                 closed: Some(closed),
+                orphaned_end: None,
             },
         }
     }
