@@ -111,6 +111,7 @@
 
 mod cancelled;
 mod node;
+mod pages;
 mod reason;
 mod registry;
 mod sync;
