@@ -399,13 +399,16 @@ impl<A, F, L> Registry<A, F, L> {
             }
             (stoppers, adopted)
         };
-        for stopper in &stoppers {
-            if !abort(stopper) {
-                later(stopper);
+        let count = stoppers.len();
+        // Each stopper is dropped right after its use, while its cell is still in cache: a
+        // separate pass to drop them costs a cache miss per child in a large nursery.
+        for stopper in stoppers {
+            if !abort(&stopper) {
+                later(&stopper);
             }
         }
         adopted.iter().for_each(|stop| stop.stop_all());
-        stoppers.len()
+        count
     }
 
     /// The failures and the panics not taken from the outlet, each in the order they
