@@ -79,23 +79,22 @@ impl<T> Pages<T> {
     /// Stores `value`; returns its key.
     pub(crate) fn insert(&mut self, value: T) -> usize {
         let key = self.next_key();
+        let (page, index) = Self::locate(key);
+        if page == self.pages.len() {
+            let len = Self::page_len(page);
+            self.pages
+                .push((0..len).map(|_| Entry::Vacant(usize::MAX)).collect());
+        }
+        let entry = &mut self.pages[page][index];
         if key == self.used {
-            let (page, _) = Self::locate(key);
-            if page == self.pages.len() {
-                let len = Self::page_len(page);
-                self.pages
-                    .push((0..len).map(|_| Entry::Vacant(usize::MAX)).collect());
-            }
             self.used += 1;
-            *self.entry_mut(key).expect("the page was just added") = Entry::Occupied(value);
         } else {
-            let entry = self.entry_mut(key).expect("a free key has a slot");
             let Entry::Vacant(next) = *entry else {
                 unreachable!("the free list holds vacant slots")
             };
-            *entry = Entry::Occupied(value);
             self.free = next;
         }
+        *entry = Entry::Occupied(value);
         self.len += 1;
         key
     }

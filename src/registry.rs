@@ -241,8 +241,11 @@ impl<A, F, L> Registry<A, F, L> {
             (None, None, None)
         };
         drop(state);
-        for waker in [waiter, outlet].into_iter().flatten() {
-            waker.wake();
+        if let Some(waiter) = waiter {
+            waiter.wake();
+        }
+        if let Some(outlet) = outlet {
+            outlet.wake();
         }
         if let Some((adopter, key)) = adopter {
             adopter.adoptee_finished(key);
