@@ -10,6 +10,8 @@
 #[allow(dead_code)]
 mod fanout_server;
 
+mod common;
+
 use std::time::Duration;
 
 use axum::http::StatusCode;
@@ -72,6 +74,7 @@ const HUNG_UP: &str = "the caller hung up: the request was dropped";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fo01_every_backend_answers_within_the_callers_budget() {
+    common::leak_checked(async move {
     let outcome = request(ANSWERS).await;
     assert_eq!(
         answered(&outcome),
@@ -107,74 +110,82 @@ async fn fo01_every_backend_answers_within_the_callers_budget() {
         frontend[2..],
         ["profile: profile results", "search: search results"]
     );
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fo02_a_failing_backend_cancels_the_other_calls() {
-    let outcome = request(ONE_FAILS).await;
-    assert_eq!(
-        answered(&outcome),
-        (
-            StatusCode::BAD_GATEWAY,
-            "ads answered 503 Service Unavailable"
-        )
-    );
-    assert_eq!(
-        said(&outcome, "ads"),
-        [
-            received(&outcome, "ads").as_str(),
-            "answers 503 Service Unavailable"
-        ]
-    );
-    let failed = index_of(&outcome, "ads: answers 503 Service Unavailable");
-    for backend in ["reviews", "recommendations"] {
-        // Each backend had the request, and saw the frontend drop it, never answering.
+    common::leak_checked(async move {
+        let outcome = request(ONE_FAILS).await;
         assert_eq!(
-            said(&outcome, backend),
-            [received(&outcome, backend).as_str(), HUNG_UP]
+            answered(&outcome),
+            (
+                StatusCode::BAD_GATEWAY,
+                "ads answered 503 Service Unavailable"
+            )
         );
-        let cancelled =
-            format!("frontend: the call to {backend} was cancelled (a sibling task failed)");
-        assert!(failed < index_of(&outcome, &cancelled));
-        assert!(failed < index_of(&outcome, &format!("{backend}: {HUNG_UP}")));
-    }
-    let frontend = said(&outcome, "frontend");
-    assert_eq!(frontend.len(), 5, "nothing else: {frontend:#?}");
-    assert_eq!(frontend.last(), Some(&"answers 502 Bad Gateway"));
+        assert_eq!(
+            said(&outcome, "ads"),
+            [
+                received(&outcome, "ads").as_str(),
+                "answers 503 Service Unavailable"
+            ]
+        );
+        let failed = index_of(&outcome, "ads: answers 503 Service Unavailable");
+        for backend in ["reviews", "recommendations"] {
+            // Each backend had the request, and saw the frontend drop it, never answering.
+            assert_eq!(
+                said(&outcome, backend),
+                [received(&outcome, backend).as_str(), HUNG_UP]
+            );
+            let cancelled =
+                format!("frontend: the call to {backend} was cancelled (a sibling task failed)");
+            assert!(failed < index_of(&outcome, &cancelled));
+            assert!(failed < index_of(&outcome, &format!("{backend}: {HUNG_UP}")));
+        }
+        let frontend = said(&outcome, "frontend");
+        assert_eq!(frontend.len(), 5, "nothing else: {frontend:#?}");
+        assert_eq!(frontend.last(), Some(&"answers 502 Bad Gateway"));
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fo03_the_callers_deadline_cuts_a_slow_backend() {
-    let outcome = request(DEADLINE).await;
-    assert_eq!(
-        answered(&outcome),
-        (
-            StatusCode::OK,
-            "search: search results; reviews: out of time"
-        )
-    );
-    let frontend = budget(&outcome, "frontend");
-    assert!(frontend <= 1000, "{frontend}");
-    assert!(budget(&outcome, "reviews") + RESERVE.as_millis() <= frontend);
-    assert_eq!(
-        said(&outcome, "search"),
-        [received(&outcome, "search").as_str(), "answers 200 OK"]
-    );
-    // Both ends hold the same deadline: whichever fires first stops the backend's work.
-    let reviews = said(&outcome, "reviews");
-    assert_eq!(reviews[0], received(&outcome, "reviews"));
-    let by_backend = ["stopped (deadline passed)", "answers 504 Gateway Timeout"];
-    assert!(
-        reviews[1..] == by_backend || reviews[1..] == [HUNG_UP],
-        "reviews is stopped by its deadline or by the frontend dropping the call: {reviews:#?}"
-    );
-    let frontend = said(&outcome, "frontend");
-    assert!(
-        frontend.contains(&"reviews: out of time")
-            ^ frontend.contains(&"the call to reviews was cancelled (deadline passed)"),
-        "{frontend:#?}"
-    );
-    assert_eq!(frontend.last(), Some(&"answers 200 OK"));
+    common::leak_checked(async move {
+        let outcome = request(DEADLINE).await;
+        assert_eq!(
+            answered(&outcome),
+            (
+                StatusCode::OK,
+                "search: search results; reviews: out of time"
+            )
+        );
+        let frontend = budget(&outcome, "frontend");
+        assert!(frontend <= 1000, "{frontend}");
+        assert!(budget(&outcome, "reviews") + RESERVE.as_millis() <= frontend);
+        assert_eq!(
+            said(&outcome, "search"),
+            [received(&outcome, "search").as_str(), "answers 200 OK"]
+        );
+        // Both ends hold the same deadline: whichever fires first stops the backend's work.
+        let reviews = said(&outcome, "reviews");
+        assert_eq!(reviews[0], received(&outcome, "reviews"));
+        let by_backend = ["stopped (deadline passed)", "answers 504 Gateway Timeout"];
+        assert!(
+            reviews[1..] == by_backend || reviews[1..] == [HUNG_UP],
+            "reviews is stopped by its deadline or by the frontend dropping the call: {reviews:#?}"
+        );
+        let frontend = said(&outcome, "frontend");
+        assert!(
+            frontend.contains(&"reviews: out of time")
+                ^ frontend.contains(&"the call to reviews was cancelled (deadline passed)"),
+            "{frontend:#?}"
+        );
+        assert_eq!(frontend.last(), Some(&"answers 200 OK"));
+    })
+    .await
 }
 
 /// A client that hangs up: the frontend's request and both backends' requests are dropped
@@ -216,17 +227,26 @@ const DROPPED: &str = "was dropped mid-flight";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fo04_a_client_hanging_up_stops_the_fan_out_and_wait_mode_tells_the_calls() {
-    assert_hung_up(&request(HANG_UP_WAIT).await, &[TOLD]);
+    common::leak_checked(async move {
+        assert_hung_up(&request(HANG_UP_WAIT).await, &[TOLD]);
+    })
+    .await
 }
 
 #[tokio::test(flavor = "current_thread")]
 async fn fo05_a_client_hanging_up_and_abort_mode_drops_the_calls() {
-    // One thread: no child is polled between the drop's cancel and its abort.
-    assert_hung_up(&request(HANG_UP_ABORT).await, &[DROPPED]);
+    common::leak_checked(async move {
+        // One thread: no child is polled between the drop's cancel and its abort.
+        assert_hung_up(&request(HANG_UP_ABORT).await, &[DROPPED]);
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fo06_abort_mode_on_a_multi_thread_runtime_drops_or_tells_each_call() {
-    // A child that another worker polls between the drop's cancel and its abort is told.
-    assert_hung_up(&request(HANG_UP_ABORT).await, &[DROPPED, TOLD]);
+    common::leak_checked(async move {
+        // A child that another worker polls between the drop's cancel and its abort is told.
+        assert_hung_up(&request(HANG_UP_ABORT).await, &[DROPPED, TOLD]);
+    })
+    .await
 }

@@ -35,6 +35,7 @@ const SIGNAL_RECEIVED: &str = "[tokio-nursery] INFO shutdown signal: cancelling 
 
 #[test]
 fn n13_sigterm_stops_the_server_gracefully_and_the_process_exits_0() {
+    // No leak check (SPEC R3): the example runs in a child process, with no runtime here.
     let journal = TempFile::new("journal");
     let mut example = Example::start(&["--until-signal", "--journal", journal.path_str()]);
     let addr = example.wait_for("listening on", |line| line.starts_with("listening on "));
@@ -175,6 +176,7 @@ fn n13_sigterm_stops_the_server_gracefully_and_the_process_exits_0() {
 
 #[test]
 fn n13_a_child_stuck_past_the_grace_period_is_aborted_and_reported() {
+    // No leak check (SPEC R3): the example runs in a child process, with no runtime here.
     let journal = TempFile::new("journal");
     let mut example = Example::start(&[
         "--until-signal",
@@ -223,6 +225,7 @@ fn n13_a_child_stuck_past_the_grace_period_is_aborted_and_reported() {
 
 #[test]
 fn n13_without_a_signal_the_example_ends_by_itself() {
+    // No leak check (SPEC R3): the example runs in a child process, with no runtime here.
     let journal = TempFile::new("journal");
     let example = Example::start(&["--serve-for", "0.3", "--journal", journal.path_str()]);
     let run = example.finish();

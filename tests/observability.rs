@@ -2,6 +2,8 @@
 //! SPEC N7's unobserved-cancellation warning and O1's events, seen through a recording
 //! `tracing` layer.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,7 +40,7 @@ fn n07_a_cancellation_nobody_observed_is_reported_with_the_childrens_names() {
             .start_paused(true)
             .build()
             .unwrap();
-        runtime.block_on(async {
+        runtime.block_on(common::leak_checked(async {
             let out = Nursery::new()
                 .warn_unobserved_after(Some(Duration::from_secs(1)))
                 .run(|n| async move {
@@ -53,7 +55,7 @@ fn n07_a_cancellation_nobody_observed_is_reported_with_the_childrens_names() {
                 })
                 .await;
             assert_eq!(out.unwrap(), Some(()));
-        });
+        }));
     });
     let events = recorded.0.lock().unwrap().clone();
     let warnings: Vec<_> = events

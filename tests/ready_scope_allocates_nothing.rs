@@ -3,6 +3,8 @@
 //!
 //! A counting global allocator counts this thread's allocations around the awaited scope.
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::time::Duration;
@@ -40,44 +42,50 @@ fn allocations() -> usize {
 
 #[tokio::test(flavor = "current_thread")]
 async fn ready_timeout_scopes_allocate_nothing() {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    // Warm up anything lazily initialised (thread-locals, the clock).
-    let _ = move_on_after(Duration::from_secs(10), async { Ok::<_, Cancelled>(0) }).await;
+    common::leak_checked(async move {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // Warm up anything lazily initialised (thread-locals, the clock).
+        let _ = move_on_after(Duration::from_secs(10), async { Ok::<_, Cancelled>(0) }).await;
 
-    let before = allocations();
-    for i in 0..100 {
-        let a = move_on_after(
-            Duration::from_secs(10),
-            async move { Ok::<_, Cancelled>(i) },
-        )
-        .await;
-        let b = move_on_at(deadline, async move { Ok::<_, Cancelled>(i) }).await;
-        // Nested, still ready at once.
-        let c = move_on_after(Duration::from_secs(10), async move {
-            move_on_at(deadline, async move { Ok::<_, Cancelled>(i) }).await
-        })
-        .await;
-        assert_eq!(
-            (a.unwrap(), b.unwrap(), c.unwrap()),
-            (Some(i), Some(i), Some(Some(i)))
-        );
-    }
-    assert_eq!(allocations() - before, 0, "a ready scope allocated");
+        let before = allocations();
+        for i in 0..100 {
+            let a = move_on_after(
+                Duration::from_secs(10),
+                async move { Ok::<_, Cancelled>(i) },
+            )
+            .await;
+            let b = move_on_at(deadline, async move { Ok::<_, Cancelled>(i) }).await;
+            // Nested, still ready at once.
+            let c = move_on_after(Duration::from_secs(10), async move {
+                move_on_at(deadline, async move { Ok::<_, Cancelled>(i) }).await
+            })
+            .await;
+            assert_eq!(
+                (a.unwrap(), b.unwrap(), c.unwrap()),
+                (Some(i), Some(i), Some(Some(i)))
+            );
+        }
+        assert_eq!(allocations() - before, 0, "a ready scope allocated");
+    })
+    .await
 }
 
 #[tokio::test(flavor = "current_thread")]
 async fn asking_for_the_scope_links_it() {
-    // The zero-cost path is "ready at once and never asks": asking materialises a node.
-    let before = allocations();
-    let out = move_on_after(Duration::from_secs(10), async {
-        assert!(!is_cancelled());
-        assert!(current_scope().is_some());
-        Ok::<_, Cancelled>(())
+    common::leak_checked(async move {
+        // The zero-cost path is "ready at once and never asks": asking materialises a node.
+        let before = allocations();
+        let out = move_on_after(Duration::from_secs(10), async {
+            assert!(!is_cancelled());
+            assert!(current_scope().is_some());
+            Ok::<_, Cancelled>(())
+        })
+        .await;
+        assert_eq!(out.unwrap(), Some(()));
+        assert!(
+            allocations() > before,
+            "a scope that was asked about has a node"
+        );
     })
-    .await;
-    assert_eq!(out.unwrap(), Some(()));
-    assert!(
-        allocations() > before,
-        "a scope that was asked about has a node"
-    );
+    .await
 }

@@ -11,103 +11,115 @@ use tokio_nursery::*;
 
 #[tokio::test(start_paused = true)]
 async fn b1_children_borrow_from_the_stack_and_run_concurrently() {
-    let start = Instant::now();
-    let counter = Cell::new(0); // not Sync, not 'static: borrowed by every child
-    let out = local_scope(async |s| {
-        for _ in 0..10 {
-            s.spawn(async {
-                sleep(Duration::from_millis(10)).await?;
-                counter.set(counter.get() + 1);
-                Ok::<_, Cancelled>(())
-            });
-        }
-        Ok::<_, Cancelled>(())
+    common::leak_checked(async move {
+        let start = Instant::now();
+        let counter = Cell::new(0); // not Sync, not 'static: borrowed by every child
+        let out = local_scope(async |s| {
+            for _ in 0..10 {
+                s.spawn(async {
+                    sleep(Duration::from_millis(10)).await?;
+                    counter.set(counter.get() + 1);
+                    Ok::<_, Cancelled>(())
+                });
+            }
+            Ok::<_, Cancelled>(())
+        })
+        .await;
+        assert_eq!(out.unwrap(), Some(()));
+        assert_eq!(counter.get(), 10);
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_millis(10),
+            "concurrent, not one after another"
+        );
     })
-    .await;
-    assert_eq!(out.unwrap(), Some(()));
-    assert_eq!(counter.get(), 10);
-    assert_eq!(
-        start.elapsed(),
-        Duration::from_millis(10),
-        "concurrent, not one after another"
-    );
+    .await
 }
 
 #[tokio::test(start_paused = true)]
 async fn b1_the_first_failure_cancels_the_rest_and_every_failure_is_returned() {
-    let cleaned = Cell::new(0);
-    let out = local_scope(async |s| {
-        s.spawn(async {
-            sleep(Duration::from_millis(5)).await?;
-            Err::<(), _>(std::io::Error::other("first"))
-        });
-        for _ in 0..3 {
+    common::leak_checked(async move {
+        let cleaned = Cell::new(0);
+        let out = local_scope(async |s| {
             s.spawn(async {
-                let cancelled = cancelled().await;
-                assert!(matches!(cancelled.reason(), CancelReason::SiblingFailed));
-                cleaned.set(cleaned.get() + 1);
-                Err::<(), _>(cancelled.into())
+                sleep(Duration::from_millis(5)).await?;
+                Err::<(), _>(std::io::Error::other("first"))
             });
-        }
-        Ok::<_, std::io::Error>(())
+            for _ in 0..3 {
+                s.spawn(async {
+                    let cancelled = cancelled().await;
+                    assert!(matches!(cancelled.reason(), CancelReason::SiblingFailed));
+                    cleaned.set(cleaned.get() + 1);
+                    Err::<(), _>(cancelled.into())
+                });
+            }
+            Ok::<_, std::io::Error>(())
+        })
+        .await;
+        let error = out.unwrap_err();
+        assert_eq!(error.failures().len(), 1);
+        assert_eq!(error.failures()[0].error().to_string(), "first");
+        assert_eq!(cleaned.get(), 3);
     })
-    .await;
-    let error = out.unwrap_err();
-    assert_eq!(error.failures().len(), 1);
-    assert_eq!(error.failures()[0].error().to_string(), "first");
-    assert_eq!(cleaned.get(), 3);
+    .await
 }
 
 #[tokio::test(start_paused = true)]
 async fn b1_a_child_panic_is_resumed_after_the_others_stopped() {
-    use futures::FutureExt;
-    let stopped = Cell::new(false);
-    let result = std::panic::AssertUnwindSafe(local_scope(async |s| {
-        s.spawn(async {
-            panic!("local boom");
-            #[allow(unreachable_code)]
-            Ok::<(), Cancelled>(())
-        });
-        s.spawn(async {
-            let c = cancelled().await;
-            stopped.set(true);
-            Err::<(), _>(c)
-        });
-        Ok::<_, Cancelled>(())
-    }))
-    .catch_unwind()
-    .await;
-    let payload = result.unwrap_err();
-    assert_eq!(panic_message(&*payload), Some("local boom"));
-    assert!(stopped.get());
+    common::leak_checked(async move {
+        use futures::FutureExt;
+        let stopped = Cell::new(false);
+        let result = std::panic::AssertUnwindSafe(local_scope(async |s| {
+            s.spawn(async {
+                panic!("local boom");
+                #[allow(unreachable_code)]
+                Ok::<(), Cancelled>(())
+            });
+            s.spawn(async {
+                let c = cancelled().await;
+                stopped.set(true);
+                Err::<(), _>(c)
+            });
+            Ok::<_, Cancelled>(())
+        }))
+        .catch_unwind()
+        .await;
+        let payload = result.unwrap_err();
+        assert_eq!(panic_message(&*payload), Some("local boom"));
+        assert!(stopped.get());
+    })
+    .await
 }
 
 #[tokio::test(start_paused = true)]
 async fn b1_deadlines_and_cancellation_reach_the_children() {
-    let start = Instant::now();
-    let out = move_on_after(Duration::from_millis(20), async {
-        local_scope(async |s| {
-            let h = s.spawn(async {
-                sleep(Duration::from_secs(10)).await?;
+    common::leak_checked(async move {
+        let start = Instant::now();
+        let out = move_on_after(Duration::from_millis(20), async {
+            local_scope(async |s| {
+                let h = s.spawn(async {
+                    sleep(Duration::from_secs(10)).await?;
+                    Ok::<_, Cancelled>(())
+                });
+                assert!(matches!(current_deadline(), EffectiveDeadline::At(_)));
+                h.await.map_err(Cancelled::from_join)?;
                 Ok::<_, Cancelled>(())
-            });
-            assert!(matches!(current_deadline(), EffectiveDeadline::At(_)));
-            h.await.map_err(Cancelled::from_join)?;
-            Ok::<_, Cancelled>(())
+            })
+            .await
+            .map_err(|e| match e {
+                NurseryError::Cancelled(c) => c,
+                other => panic!("{other:?}"),
+            })
         })
-        .await
-        .map_err(|e| match e {
-            NurseryError::Cancelled(c) => c,
-            other => panic!("{other:?}"),
-        })
+        .await;
+        assert_eq!(
+            out.unwrap(),
+            None,
+            "the timeout's scope absorbed the echoes"
+        );
+        assert_eq!(start.elapsed(), Duration::from_millis(20));
     })
-    .await;
-    assert_eq!(
-        out.unwrap(),
-        None,
-        "the timeout's scope absorbed the echoes"
-    );
-    assert_eq!(start.elapsed(), Duration::from_millis(20));
+    .await
 }
 
 trait FromJoin {
@@ -125,42 +137,48 @@ impl FromJoin for Cancelled {
 
 #[tokio::test(start_paused = true)]
 async fn b1_dropping_the_scope_drops_its_children_at_once() {
-    let live = LiveFutures::default();
-    let scope = local_scope(async |s| {
-        for _ in 0..5 {
-            s.spawn(live.track(async {
-                tokio::time::sleep(Duration::from_secs(100)).await;
-                Ok::<_, Cancelled>(())
-            }));
-        }
-        std::future::pending::<()>().await;
-        Ok::<_, Cancelled>(())
-    });
-    assert!(
-        tokio::time::timeout(Duration::from_millis(1), scope)
-            .await
-            .is_err()
-    );
-    assert_eq!(live.created(), 5);
-    assert_eq!(live.live(), 0, "dropped with the scope, at once");
+    common::leak_checked(async move {
+        let live = LiveFutures::default();
+        let scope = local_scope(async |s| {
+            for _ in 0..5 {
+                s.spawn(live.track(async {
+                    tokio::time::sleep(Duration::from_secs(100)).await;
+                    Ok::<_, Cancelled>(())
+                }));
+            }
+            std::future::pending::<()>().await;
+            Ok::<_, Cancelled>(())
+        });
+        assert!(
+            tokio::time::timeout(Duration::from_millis(1), scope)
+                .await
+                .is_err()
+        );
+        assert_eq!(live.created(), 5);
+        assert_eq!(live.live(), 0, "dropped with the scope, at once");
+    })
+    .await
 }
 
 #[tokio::test(start_paused = true)]
 async fn b1_a_hundred_thousand_children_that_checkpoint() {
-    let done = Cell::new(0u32);
-    let out = local_scope(async |s| {
-        for _ in 0..100_000 {
-            s.spawn(async {
-                for _ in 0..3 {
-                    checkpoint().await?;
-                }
-                done.set(done.get() + 1);
-                Ok::<_, Cancelled>(())
-            });
-        }
-        Ok::<_, Cancelled>(())
+    common::leak_checked(async move {
+        let done = Cell::new(0u32);
+        let out = local_scope(async |s| {
+            for _ in 0..100_000 {
+                s.spawn(async {
+                    for _ in 0..3 {
+                        checkpoint().await?;
+                    }
+                    done.set(done.get() + 1);
+                    Ok::<_, Cancelled>(())
+                });
+            }
+            Ok::<_, Cancelled>(())
+        })
+        .await;
+        assert_eq!(out.unwrap(), Some(()));
+        assert_eq!(done.get(), 100_000);
     })
-    .await;
-    assert_eq!(out.unwrap(), Some(()));
-    assert_eq!(done.get(), 100_000);
+    .await
 }

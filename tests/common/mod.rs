@@ -7,6 +7,8 @@
 //!   value, so a test can prove that the tasks the crate runs for itself (the deadline
 //!   service) exist only while they have work (SPEC R3).
 //! - [`wait_until`] spins on a condition with a hang bound.
+//! - [`leak_checked`] runs a test's body, then checks that no task is left on the runtime
+//!   (SPEC R3); every `#[tokio::test]` of the integration tests runs its body in it.
 //! - [`nursery`] holds the helpers of the nursery test crates (tests/spec_nursery.rs,
 //!   tests/spec_nursery_more.rs).
 //!
@@ -166,6 +168,49 @@ pub async fn settle_tasks(expected: usize) {
         alive_tasks() == expected
     })
     .await;
+}
+
+/// Runs a test's `body`, then checks that it left no task on the runtime (SPEC R3): awaits
+/// [`alive_tasks`] reaching 0 and panics past [`HANG_BOUND`] of real time, naming how many
+/// tasks are left. Every `#[tokio::test]` of the integration tests runs its body in it.
+///
+/// The wait spins with `yield_now`, which keeps the runtime busy, so tokio's paused clock
+/// does not auto-advance meanwhile: a task still alive once the body has returned is a leak
+/// even if it would end by itself later (a timer of the crate's deadline service, a helper
+/// server, a forgotten `tokio::spawn`). On a multi-thread runtime the workers drop finished
+/// tasks concurrently; the wait lets them. The body itself (the future `#[tokio::test]` and
+/// `block_on` run) is not a task. In a passing test the first check usually holds: the cost
+/// is one metrics read.
+pub async fn leak_checked<F: Future>(body: F) -> F::Output {
+    let output = body.await;
+    assert_no_tasks_left().await;
+    output
+}
+
+/// The check of [`leak_checked`] on its own: waits (without advancing the paused clock) until
+/// the current runtime has no alive task, and panics past [`HANG_BOUND`] naming how many are
+/// left.
+pub async fn assert_no_tasks_left() {
+    assert_no_tasks_left_within(HANG_BOUND).await;
+}
+
+/// [`assert_no_tasks_left`] with another hang bound (the leak check's own tests, where the
+/// task left behind can never end, so the bound decides nothing but how long they take).
+pub async fn assert_no_tasks_left_within(bound: Duration) {
+    let hang = std::time::Instant::now() + bound;
+    loop {
+        let alive = alive_tasks();
+        if alive == 0 {
+            return;
+        }
+        if std::time::Instant::now() >= hang {
+            panic!(
+                "leak (SPEC R3): {alive} task(s) still alive on the runtime {bound:?} \
+                 after the test body returned"
+            );
+        }
+        tokio::task::yield_now().await;
+    }
 }
 
 /// Yields to the scheduler until `condition` holds. Panics past [`HANG_BOUND`] of real time,
