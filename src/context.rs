@@ -12,9 +12,10 @@
 //! node the moment something needs one (a handle, a waiter, a cancellation query, the body
 //! going pending).
 //!
-//! This module holds one of the crate's two `unsafe` blocks (the other erases the lifetime of
-//! parallel borrowing children, in `parallel`): the thread-local points at a frame on the
-//! stack of an enclosing `poll` call.
+//! This module holds one of the crate's three places with `unsafe` (the others erase the
+//! lifetime of parallel borrowing children, in `parallel`, and publish a child's write-once
+//! slots, in `nursery::child_scope`): the thread-local points at a frame on the stack of an
+//! enclosing `poll` call.
 
 use std::cell::{Cell, OnceCell};
 use std::ptr;

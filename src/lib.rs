@@ -112,6 +112,7 @@
 mod cancelled;
 mod handoff;
 mod node;
+mod pages;
 mod poison;
 mod reason;
 mod registry;

@@ -275,6 +275,12 @@ impl Node {
         self.state.load(Ordering::Acquire)
     }
 
+    /// Whether the scope has ended.
+    #[cfg(test)]
+    pub(crate) fn is_ended(&self) -> bool {
+        self.bits() & ENDED != 0
+    }
+
     /// Effectively cancelled: its own cancellation or a visible ancestor's. One atomic load.
     #[inline]
     pub(crate) fn is_cancelled(&self) -> bool {

@@ -6,7 +6,7 @@
 //!
 //! Invariants (DESIGN.md, "Nurseries"):
 //!
-//! N-1. `live` counts children registered and not yet finished; a child is finished once its
+//! N-1. `live` (the occupied slots) counts children registered and not yet finished; a child is finished once its
 //!      future has been dropped (completed or aborted), so `live == 0` means no child future
 //!      is alive (SPEC N1).
 //! N-2. The nursery closes only when `live == 0`, under the same lock a spawn registers
@@ -28,7 +28,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 
-use slab::Slab;
+use crate::pages::Pages;
 
 use crate::sync::{AtomicBool, Mutex, MutexGuard, Ordering, fence, lock};
 
@@ -110,8 +110,8 @@ pub(crate) struct Registry<A, F, L> {
 
 struct State<A, F, L> {
     open: bool,
-    live: usize,
-    slots: Slab<Slot<A>>,
+    /// One per live child or adopted nursery: their number is `live` (N-1).
+    slots: Pages<Slot<A>>,
     /// Failures and panics not yet taken, oldest first.
     incidents: VecDeque<Incident<F, L>>,
     /// How many were ever reported (the first one triggers fail-fast).
@@ -141,8 +141,7 @@ impl<A, F, L> Registry<A, F, L> {
         Registry {
             state: Mutex::new(State {
                 open: true,
-                live: 0,
-                slots: Slab::new(),
+                slots: Pages::new(),
                 incidents: VecDeque::new(),
                 reported: 0,
                 waiter: None,
@@ -161,10 +160,9 @@ impl<A, F, L> Registry<A, F, L> {
         if !state.open {
             return Err(Closed);
         }
-        state.live += 1;
-        let slot = state.slots.vacant_entry();
-        let key = slot.key();
-        slot.insert(Slot::Running(make(key)));
+        let key = state.slots.next_key();
+        let inserted = state.slots.insert(Slot::Running(make(key)));
+        debug_assert_eq!(inserted, key);
         Ok(key)
     }
 
@@ -227,12 +225,13 @@ impl<A, F, L> Registry<A, F, L> {
     /// the nursery, or tells the adopter, when it was the last.
     pub(crate) fn finished(&self, key: usize) {
         let mut state = lock(&self.state);
-        assert!(state.slots.contains(key), "a child slot finishes once");
         // Dropped once the lock is released: a stopper may hold the last reference to
         // anything (N-5).
-        let _removed = state.slots.remove(key);
-        state.live -= 1;
-        let (waiter, outlet, adopter) = if state.live == 0 {
+        let _removed = state
+            .slots
+            .try_remove(key)
+            .expect("a child slot finishes once");
+        let (waiter, outlet, adopter) = if state.slots.len() == 0 {
             (
                 state.waiter.take(),
                 state.outlet.take(),
@@ -242,8 +241,11 @@ impl<A, F, L> Registry<A, F, L> {
             (None, None, None)
         };
         drop(state);
-        for waker in [waiter, outlet].into_iter().flatten() {
-            waker.wake();
+        if let Some(waiter) = waiter {
+            waiter.wake();
+        }
+        if let Some(outlet) = outlet {
+            outlet.wake();
         }
         if let Some((adopter, key)) = adopter {
             adopter.adoptee_finished(key);
@@ -295,7 +297,7 @@ impl<A, F, L> Registry<A, F, L> {
         if let Some(incident) = state.incidents.pop_front() {
             return Poll::Ready(Some(incident));
         }
-        if state.live == 0 {
+        if state.slots.len() == 0 {
             return Poll::Ready(None);
         }
         match &mut state.outlet {
@@ -311,7 +313,6 @@ impl<A, F, L> Registry<A, F, L> {
         if !state.open {
             return Err(Closed);
         }
-        state.live += 1;
         Ok((state.slots.insert(Slot::Adoptee(stop)), state.aborted))
     }
 
@@ -326,7 +327,7 @@ impl<A, F, L> Registry<A, F, L> {
         let mut state = lock(&self.state);
         state.open = false;
         let incidents = state.incidents.drain(..).collect();
-        let done = state.live == 0;
+        let done = state.slots.len() == 0;
         if !done {
             state.adopter = Some((adopter, key));
         }
@@ -337,7 +338,7 @@ impl<A, F, L> Registry<A, F, L> {
     /// when the last one finishes (N-2).
     pub(crate) fn try_close(&self, waker: &Waker) -> bool {
         let mut state = lock(&self.state);
-        if state.live == 0 {
+        if state.slots.len() == 0 {
             state.open = false;
             true
         } else {
@@ -359,7 +360,7 @@ impl<A, F, L> Registry<A, F, L> {
     }
 
     pub(crate) fn live(&self) -> usize {
-        lock(&self.state).live
+        lock(&self.state).slots.len()
     }
 
     /// Running children, adopted nurseries, whether open, incidents not yet taken.
@@ -371,7 +372,7 @@ impl<A, F, L> Registry<A, F, L> {
             .filter(|(_, slot)| matches!(slot, Slot::Adoptee(_)))
             .count();
         (
-            state.live - adopted,
+            state.slots.len() - adopted,
             adopted,
             state.open,
             state.incidents.len(),
@@ -401,13 +402,16 @@ impl<A, F, L> Registry<A, F, L> {
             }
             (stoppers, adopted)
         };
-        for stopper in &stoppers {
-            if !abort(stopper) {
-                later(stopper);
+        let count = stoppers.len();
+        // Each stopper is dropped right after its use, while its cell is still in cache: a
+        // separate pass to drop them costs a cache miss per child in a large nursery.
+        for stopper in stoppers {
+            if !abort(&stopper) {
+                later(&stopper);
             }
         }
         adopted.iter().for_each(|stop| stop.stop_all());
-        stoppers.len()
+        count
     }
 
     /// The failures and the panics not taken from the outlet, each in the order they

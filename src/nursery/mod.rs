@@ -12,6 +12,7 @@
 
 mod blocking;
 mod child;
+mod child_scope;
 mod collector;
 mod orphans;
 mod protect;

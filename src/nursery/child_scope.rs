@@ -1,0 +1,249 @@
+//! A child's scope, made the first time something needs it, and its task's abort handle:
+//! [`ChildScope`], the part of a child's shared cell that is written once after the spawn.
+//!
+//! Every child pays for these fields whether or not it ever needs a scope, so they are
+//! packed: two write-once slots and one state byte (24 bytes with the scope id), where two
+//! `OnceLock`s took 32 and a `Once` call each on every spawn and every end. This module holds
+//! the crate's third `unsafe` (DESIGN.md, "Memory per child"): reading and writing the two
+//! slots, whose initialisation the state byte publishes. Its Miri tests are at the bottom.
+
+use std::cell::UnsafeCell;
+use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::task::AbortHandle;
+
+use crate::node::{Node, ScopeId};
+use crate::sync::lock;
+
+/// `node` holds an initialised `Arc<Node>`.
+const NODE_SET: u8 = 1;
+/// The child ended: no node is made after this.
+const ENDED: u8 = 2;
+/// `abort` holds an initialised `AbortHandle`.
+const ABORT_SET: u8 = 4;
+
+/// Serialises the making of child scopes (rare: at most once per child, when a handle's
+/// `cancel`, a scope or a waiter inside the child first needs one), striped by cell address
+/// so unrelated children seldom share a lock.
+static MAKING: [Mutex<()>; 8] = [const { Mutex::new(()) }; 8];
+
+/// A child's scope (SPEC S1), made the first time something needs one: a handle's
+/// `cancel`, a scope or a waiter inside the child, a query of its scope. Until then the
+/// child runs in its nursery's scope, which is all a child that never meets a cancellation
+/// point needs (its cancellation is its nursery's), and costs no node.
+pub(crate) struct ChildScope {
+    id: ScopeId,
+    /// `NODE_SET | ENDED | ABORT_SET`. A slot's bit is set (`Release`) once the slot is
+    /// written, never cleared; a slot is written at most once.
+    state: AtomicU8,
+    /// The child's slot in its nursery's registry: kept here, as 32 bits, where it fills
+    /// the padding after `state` (a nursery never holds 2^32 children at once).
+    key: u32,
+    node: UnsafeCell<MaybeUninit<Arc<Node>>>,
+    /// The task's abort handle, stored right after the spawn (registry invariant N-3).
+    abort: UnsafeCell<MaybeUninit<AbortHandle>>,
+}
+
+// SAFETY: the slots are plain `Send + Sync` values (`Arc<Node>`, `AbortHandle`) written at
+// most once, each before its bit is published with `Release`, and read only after the bit
+// was seen with `Acquire`; no `&mut` to a slot exists once it was published (see `set_abort`
+// and `make_node` for why the writes do not race).
+unsafe impl Send for ChildScope {}
+// SAFETY: as above.
+unsafe impl Sync for ChildScope {}
+
+impl ChildScope {
+    /// The scope of the child registered under `key`.
+    pub(crate) fn new(key: usize) -> Self {
+        ChildScope {
+            id: ScopeId::next(),
+            state: AtomicU8::new(0),
+            key: u32::try_from(key).expect("a nursery holds fewer than 2^32 children"),
+            node: UnsafeCell::new(MaybeUninit::uninit()),
+            abort: UnsafeCell::new(MaybeUninit::uninit()),
+        }
+    }
+
+    pub(crate) fn id(&self) -> ScopeId {
+        self.id
+    }
+
+    /// The child's slot in its nursery's registry.
+    pub(crate) fn key(&self) -> usize {
+        self.key as usize
+    }
+
+    /// The task's abort handle, once it was spawned.
+    pub(crate) fn abort_handle(&self) -> Option<&AbortHandle> {
+        if self.state.load(Ordering::Acquire) & ABORT_SET == 0 {
+            return None;
+        }
+        // SAFETY: `ABORT_SET` was seen with `Acquire`: the slot was written before it was
+        // published with `Release`, and is never written again.
+        Some(unsafe { (*self.abort.get()).assume_init_ref() })
+    }
+
+    /// Stores the task's abort handle. Called once, by the spawner, right after the spawn.
+    ///
+    /// # Panics
+    ///
+    /// If called twice (a bug of this crate).
+    pub(crate) fn set_abort(&self, abort: AbortHandle) {
+        assert_eq!(
+            self.state.load(Ordering::Relaxed) & ABORT_SET,
+            0,
+            "a child's abort handle is stored once"
+        );
+        // SAFETY: only the spawner calls this, once (checked above), and nobody reads the
+        // slot before `ABORT_SET` is published below: no other access to it exists now.
+        unsafe { (*self.abort.get()).write(abort) };
+        self.state.fetch_or(ABORT_SET, Ordering::Release);
+    }
+
+    /// Its own scope, if it was made.
+    #[inline]
+    pub(crate) fn own(&self) -> Option<&Arc<Node>> {
+        if self.state.load(Ordering::Acquire) & NODE_SET == 0 {
+            return None;
+        }
+        // SAFETY: `NODE_SET` was seen with `Acquire`: the slot was written before it was
+        // published with `Release`, and is never written again.
+        Some(unsafe { (*self.node.get()).assume_init_ref() })
+    }
+
+    /// The scope the child runs in now: its own, else `parent`'s.
+    #[inline]
+    pub(crate) fn settled<'a>(&'a self, parent: &'a Arc<Node>) -> &'a Arc<Node> {
+        self.own().unwrap_or(parent)
+    }
+
+    /// Its own scope, made now under `parent` if needed. Only while the child runs.
+    pub(crate) fn node(&self, parent: &Arc<Node>) -> &Arc<Node> {
+        self.node_unless_ended(parent)
+            .expect("a child's scope is only asked for while the child runs")
+    }
+
+    /// Its own scope, made now under `parent` if needed, unless the child has ended.
+    pub(crate) fn node_unless_ended(&self, parent: &Arc<Node>) -> Option<&Arc<Node>> {
+        match self.own() {
+            Some(node) => Some(node),
+            None => self.make_node(parent),
+        }
+    }
+
+    #[cold]
+    fn make_node(&self, parent: &Arc<Node>) -> Option<&Arc<Node>> {
+        let stripe = (self as *const Self as usize / 64) % MAKING.len();
+        let _making = lock(&MAKING[stripe]);
+        // Under the stripe's lock: no other `make_node` of this child runs. `end` does not
+        // take the lock, so `ENDED` is set with `fetch_or` and checked after the node was
+        // published (below), where one of the two sees the other.
+        let state = self.state.load(Ordering::Acquire);
+        if state & NODE_SET != 0 {
+            return self.own();
+        }
+        if state & ENDED != 0 {
+            return None;
+        }
+        let node = Arc::new(Node::new(self.id, false, None));
+        node.enter(Some(parent), parent.timer());
+        // SAFETY: `NODE_SET` is not set and only a `make_node` holding the stripe's lock
+        // writes the slot, so nothing reads or writes it now.
+        unsafe { (*self.node.get()).write(node) };
+        let state = self.state.fetch_or(NODE_SET, Ordering::AcqRel);
+        let node = self.own().expect("just published");
+        if state & ENDED != 0 {
+            // The child ended meanwhile and did not see the node: end it here.
+            node.end(false);
+        }
+        Some(node)
+    }
+
+    /// The child ended: its scope ends, or none will ever be made.
+    pub(crate) fn end(&self) {
+        let state = self.state.fetch_or(ENDED, Ordering::AcqRel);
+        if state & NODE_SET != 0 {
+            // `Node::end` is idempotent: a `make_node` racing with this may end it too.
+            self.own().expect("published").end(false);
+        }
+    }
+}
+
+impl Drop for ChildScope {
+    fn drop(&mut self) {
+        let state = *self.state.get_mut();
+        if state & NODE_SET != 0 {
+            // SAFETY: published, and `&mut self` means no reference to it is left.
+            unsafe { self.node.get_mut().assume_init_drop() };
+        }
+        if state & ABORT_SET != 0 {
+            // SAFETY: as above.
+            unsafe { self.abort.get_mut().assume_init_drop() };
+        }
+    }
+}
+
+/// The slots' `unsafe` under Miri (`cargo +nightly miri test --lib -- child_scope`): no
+/// tokio runtime here, so the abort handle is exercised only by the runtime tests.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parent() -> Arc<Node> {
+        Arc::new(Node::new(ScopeId::next(), false, None))
+    }
+
+    #[test]
+    fn child_scope_made_once_and_dropped() {
+        let parent = parent();
+        let scope = ChildScope::new(0);
+        assert!(scope.own().is_none());
+        let first = Arc::as_ptr(scope.node(&parent));
+        assert_eq!(Arc::as_ptr(scope.node(&parent)), first);
+        assert_eq!(scope.own().map(Arc::as_ptr), Some(first));
+        assert_eq!(scope.own().unwrap().id(), scope.id());
+        scope.end();
+        drop(scope);
+    }
+
+    #[test]
+    fn child_scope_never_made_after_the_end() {
+        let parent = parent();
+        let scope = ChildScope::new(0);
+        scope.end();
+        assert!(scope.node_unless_ended(&parent).is_none());
+        assert!(Arc::ptr_eq(scope.settled(&parent), &parent));
+    }
+
+    #[test]
+    fn child_scope_made_from_two_threads() {
+        let parent = parent();
+        let scope = Arc::new(ChildScope::new(0));
+        let made: Vec<usize> = std::thread::scope(|s| {
+            let threads: Vec<_> = (0..2)
+                .map(|_| s.spawn(|| Arc::as_ptr(scope.node(&parent)) as usize))
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        assert_eq!(made[0], made[1]);
+        scope.end();
+    }
+
+    #[test]
+    fn child_scope_end_races_with_making() {
+        let parent = parent();
+        let scope = Arc::new(ChildScope::new(0));
+        std::thread::scope(|s| {
+            s.spawn(|| scope.node_unless_ended(&parent).map(|node| node.id()));
+            s.spawn(|| scope.end());
+        });
+        if let Some(node) = scope.own() {
+            assert!(
+                node.is_ended(),
+                "a scope made while the child ended is ended"
+            );
+        }
+    }
+}
