@@ -603,8 +603,12 @@ mod fanout {
         // the client waits for the frontend's answer.
         let request = fail_after(call.budget, fetch(frontend, &path));
         let answer = if call.hangs_up {
+            // Pinned out here, so the request (and its connection) is dropped after the
+            // client said it hangs up: `select!` drops its own futures before running the
+            // branch, which would let the frontend see the hang-up first.
+            let mut request = std::pin::pin!(request);
             tokio::select! {
-                answer = request => answer,
+                answer = &mut request => answer,
                 () = log.until(|seen| seen.all_in) => {
                     log.say("client", "hangs up (every backend has the request)");
                     return Err(String::from("hung up"));
