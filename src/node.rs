@@ -443,7 +443,13 @@ impl Node {
                 new & !INHERITED
             };
         }
-        self.state.store(new, Ordering::Release);
+        // Every bit but `OBSERVED` changes under the lock; `mark_observed` sets that one
+        // without it, so a plain store of `new` could erase a mark made since `old` was read.
+        let _ = self
+            .state
+            .fetch_update(Ordering::Release, Ordering::Relaxed, |current| {
+                Some((new & !OBSERVED) | (current & OBSERVED))
+            });
         let mut fallout = Fallout::default();
         if (old & CANCELLED != 0) != (new & CANCELLED != 0) {
             if new & CANCELLED != 0 {
@@ -792,6 +798,28 @@ mod loom_tests {
                 "invariant 2/3: the child sees the cancellation"
             );
             child.end(false);
+        });
+    }
+
+    /// N7: code observing a cancellation (marking its scope without the lock) races with a
+    /// shield toggle rewriting the state bits under the lock: the mark is never lost, so the
+    /// "cancellation went unobserved" warning never fires for an observed scope.
+    #[test]
+    fn loom_observing_races_with_a_state_change() {
+        loom::model(|| {
+            let root = node(false);
+            root.enter(None, None);
+            let leaf = node(false);
+            leaf.enter(Some(&root), None);
+            root.cancel(CancelReason::Deadline);
+            let toggling = {
+                let leaf = leaf.clone();
+                thread::spawn(move || leaf.set_shield(false))
+            };
+            leaf.mark_observed();
+            toggling.join().unwrap();
+            assert!(leaf.observed() && root.observed());
+            leaf.end(false);
         });
     }
 
