@@ -213,7 +213,7 @@ pub(crate) struct NodeView {
 /// What changed in one node, to be acted on once its lock is released (invariant 5).
 #[derive(Default)]
 struct Fallout {
-    wake: Vec<Waker>,
+    wake: Wakers,
     children: Vec<Arc<Node>>,
 }
 
@@ -231,7 +231,41 @@ impl Fallout {
     }
 }
 
-fn wake_all(wakers: Vec<Waker>) {
+/// The wakers a change must wake: usually one (a scope's own waiter), which then needs no
+/// allocation.
+#[derive(Default)]
+struct Wakers {
+    first: Option<Waker>,
+    rest: Vec<Waker>,
+}
+
+impl Wakers {
+    fn of<'a>(wakers: impl Iterator<Item = &'a Waker>) -> Self {
+        let mut all = Wakers::default();
+        for waker in wakers {
+            match all.first {
+                None => all.first = Some(waker.clone()),
+                Some(_) => all.rest.push(waker.clone()),
+            }
+        }
+        all
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+}
+
+impl IntoIterator for Wakers {
+    type Item = Waker;
+    type IntoIter = std::iter::Chain<std::option::IntoIter<Waker>, std::vec::IntoIter<Waker>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.first.into_iter().chain(self.rest)
+    }
+}
+
+fn wake_all(wakers: Wakers) {
     let mut panic = None;
     for waker in wakers {
         if let Err(payload) = catch_unwind(AssertUnwindSafe(|| waker.wake())) {
@@ -453,7 +487,7 @@ impl Node {
         let mut fallout = Fallout::default();
         if (old & CANCELLED != 0) != (new & CANCELLED != 0) {
             if new & CANCELLED != 0 {
-                fallout.wake = inner.waiters.iter().map(|(_, w)| w.clone()).collect();
+                fallout.wake = Wakers::of(inner.waiters.iter().map(|(_, w)| w));
             }
             fallout.children = inner.children.iter().map(|(_, c)| c.clone()).collect();
         }
