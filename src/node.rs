@@ -114,7 +114,7 @@ struct Inner {
     /// Our index in the parent's `children` while linked (invariant 3).
     slot: Option<usize>,
     children: Slab<Arc<Node>>,
-    waiters: Slab<Waker>,
+    waiters: Waiters,
     timer: Option<Arc<dyn DeadlineTimer>>,
     /// What owns this scope besides its future, e.g. the nursery whose scope it is.
     attachment: Option<Arc<dyn Attachment>>,
@@ -231,6 +231,47 @@ impl Fallout {
     }
 }
 
+/// A scope's waiters, under keys that stay valid until removed: the first inline (most
+/// scopes have at most one, and then need no allocation), the others in a slab.
+#[derive(Default)]
+struct Waiters {
+    first: Option<Waker>,
+    rest: Slab<Waker>,
+}
+
+/// The key of the inline waiter.
+const FIRST_WAITER: usize = usize::MAX;
+
+impl Waiters {
+    fn get_mut(&mut self, key: usize) -> Option<&mut Waker> {
+        match key {
+            FIRST_WAITER => self.first.as_mut(),
+            key => self.rest.get_mut(key),
+        }
+    }
+
+    fn insert(&mut self, waker: Waker) -> usize {
+        match self.first {
+            None => {
+                self.first = Some(waker);
+                FIRST_WAITER
+            }
+            Some(_) => self.rest.insert(waker),
+        }
+    }
+
+    fn try_remove(&mut self, key: usize) -> Option<Waker> {
+        match key {
+            FIRST_WAITER => self.first.take(),
+            key => self.rest.try_remove(key),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Waker> {
+        self.first.iter().chain(self.rest.iter().map(|(_, waker)| waker))
+    }
+}
+
 /// The wakers a change must wake: usually one (a scope's own waiter), which then needs no
 /// allocation.
 #[derive(Default)]
@@ -287,7 +328,7 @@ impl Node {
                 parent: None,
                 slot: None,
                 children: Slab::new(),
-                waiters: Slab::new(),
+                waiters: Waiters::default(),
                 timer: None,
                 attachment: None,
                 cold: deadline.map(|deadline| {
@@ -487,7 +528,7 @@ impl Node {
         let mut fallout = Fallout::default();
         if (old & CANCELLED != 0) != (new & CANCELLED != 0) {
             if new & CANCELLED != 0 {
-                fallout.wake = Wakers::of(inner.waiters.iter().map(|(_, w)| w));
+                fallout.wake = Wakers::of(inner.waiters.iter());
             }
             fallout.children = inner.children.iter().map(|(_, c)| c.clone()).collect();
         }
