@@ -19,6 +19,9 @@
 //! N-4. Once orphaned (wait-mode drop), a registry keeps no report: the ones it had and every
 //!      later one go to its adopter, under the lock that decides it, and the adopter learns
 //!      exactly once that the last child finished.
+//! N-6. No report is kept where nobody will take it: once the nursery took its last
+//!      reports (`take_reports`) or its future is gone (`retire`), a failure or panic with
+//!      no adopter to go to is handed back `Unclaimed`, for the report hook.
 //! N-5. Nothing that may run a child's drop (aborting a task, which tokio may carry out
 //!      inline during runtime shutdown) or user code (waking) happens under the lock: a
 //!      child's end takes this lock.
@@ -88,6 +91,10 @@ pub(crate) enum Recorded<T, L> {
     Later,
     /// The nursery is orphaned: forward it to this adopter (N-4).
     Orphaned(T, Arc<dyn Adopter<L>>),
+    /// The nursery took its last reports (it returned, or its future was dropped with no
+    /// one to adopt its children): nobody would take this one from here, so the caller
+    /// reports it now (N-6).
+    Unclaimed(T),
 }
 
 /// A failure or a panic, in the order they happened.
@@ -124,6 +131,8 @@ struct State<A, F, L> {
     adopter: Option<(Arc<dyn Adopter<L>>, usize)>,
     /// Its children were aborted (grace expired, abort drop): so is whatever it adopts later.
     aborted: bool,
+    /// The nursery took its last reports, or its future is gone (N-6).
+    retired: bool,
 }
 
 enum Slot<A> {
@@ -148,6 +157,7 @@ impl<A, F, L> Registry<A, F, L> {
                 outlet: None,
                 adopter: None,
                 aborted: false,
+                retired: false,
             }),
             aborted: AtomicBool::new(false),
         }
@@ -258,6 +268,9 @@ impl<A, F, L> Registry<A, F, L> {
         if let Some((adopter, _)) = &state.adopter {
             return Recorded::Orphaned(failure, adopter.clone());
         }
+        if state.retired {
+            return Recorded::Unclaimed(failure);
+        }
         Self::record(state, Incident::Failure(failure))
     }
 
@@ -267,6 +280,9 @@ impl<A, F, L> Registry<A, F, L> {
         let panic = Panic { label, payload };
         if let Some((adopter, _)) = &state.adopter {
             return Recorded::Orphaned(panic, adopter.clone());
+        }
+        if state.retired {
+            return Recorded::Unclaimed(panic);
         }
         Self::record(state, Incident::Panic(panic))
     }
@@ -350,6 +366,12 @@ impl<A, F, L> Registry<A, F, L> {
         }
     }
 
+    /// The nursery's future is gone: a report arriving from now on, with no adopter to
+    /// forward it to, is `Unclaimed` (N-6).
+    pub(crate) fn retire(&self) {
+        lock(&self.state).retired = true;
+    }
+
     /// Closes the nursery to new children whatever is alive (the nursery's future is gone).
     pub(crate) fn close(&self) {
         lock(&self.state).open = false;
@@ -418,6 +440,7 @@ impl<A, F, L> Registry<A, F, L> {
     /// happened.
     pub(crate) fn take_reports(&self) -> (Vec<F>, Vec<Panic<L>>) {
         let mut state = lock(&self.state);
+        state.retired = true;
         let (mut failures, mut panics) = (Vec::new(), Vec::new());
         for incident in state.incidents.drain(..) {
             match incident {

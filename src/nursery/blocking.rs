@@ -168,6 +168,7 @@ where
             Some(limit) => match limit.clone().try_acquire_owned() {
                 Ok(permit) => Slot::Held(permit),
                 Err(_) if queue => Slot::Wait(limit.clone()),
+                Err(_) if !shared.registry.is_open() => return Err(SpawnError::Closed),
                 Err(_) => return Err(SpawnError::Full),
             },
         };
@@ -182,8 +183,12 @@ where
             key,
         };
         let label_node = node.clone();
+        // One capture, dropped field by field in order if tokio drops the closure unrun (a
+        // child aborted before it started): the concurrency slot is released before the
+        // registry hears of the end, so a spawn after the nursery ended gets `Closed`.
+        let parts = (slot, finished);
         let join = shared.runtime.spawn_blocking(move || {
-            let finished = finished;
+            let (slot, finished) = parts;
             let context = BlockingContext {
                 node: finished.node.clone(),
             };

@@ -125,6 +125,13 @@ impl ChildInfo for Arc<Node> {
     fn cancel(&self, reason: CancelReason) {
         Node::cancel(self, reason);
     }
+
+    /// A running blocking child cannot be aborted: it is told through its scope (and tokio's
+    /// abort keeps one that has not started from starting).
+    fn abort_put_off(&self) -> bool {
+        Node::cancel(self, CancelReason::Explicit(None));
+        false
+    }
 }
 
 /// The future tokio runs for a child: the user's future, polled in the child's scope.
@@ -404,7 +411,9 @@ impl<T> ChildHandle<T> {
     /// the handle then yields [`JoinError::ChildAborted`] unless the child already finished.
     ///
     /// While the child runs a parallel borrowing scope (SPEC B2), the abort is put off until
-    /// that scope ends, and the child is told "grace expired" meanwhile.
+    /// that scope ends, and the child is told "grace expired" meanwhile. A blocking child
+    /// (SPEC N16) cannot be aborted once it runs: it is cancelled instead, through its
+    /// [`BlockingContext`](crate::BlockingContext); one that has not started yet never starts.
     pub fn abort(&self) {
         if !self.child.abort_put_off() {
             self.join.abort();

@@ -329,13 +329,11 @@ impl<E: fmt::Debug> Shared<E> {
             }
             Recorded::Later => {}
             Recorded::Orphaned(failure, adopter) => adopter.orphan_report(orphan_failure(failure)),
-        }
-    }
-
-    fn report(&self, report: &Report<'_>) {
-        match &self.hook {
-            Some(hook) => hook(report),
-            None => report::default_hook(report),
+            Recorded::Unclaimed(failure) => self.report(&Report::Failure {
+                origin: failure.origin(),
+                error: failure.error(),
+                adopted: false,
+            }),
         }
     }
 }
@@ -647,6 +645,13 @@ impl<E> Stopper<E> {
 }
 
 impl<E> Shared<E> {
+    fn report(&self, report: &Report<'_>) {
+        match &self.hook {
+            Some(hook) => hook(report),
+            None => report::default_hook(report),
+        }
+    }
+
     fn panicked(&self, origin: Origin, payload: Box<dyn std::any::Any + Send>) {
         #[cfg(feature = "tracing")]
         tracing::debug!(origin = %origin, "panic");
@@ -659,6 +664,11 @@ impl<E> Shared<E> {
             }
             Recorded::Later => {}
             Recorded::Orphaned(panic, adopter) => adopter.orphan_report(OrphanReport::Panic(panic)),
+            Recorded::Unclaimed(panic) => self.report(&Report::Panic {
+                origin: &panic.label,
+                payload: &*panic.payload,
+                adopted: false,
+            }),
         }
     }
 
@@ -785,12 +795,12 @@ where
         T: Send + 'static,
     {
         let slot = match &self.shared.limit {
-            Some(limit) => Some(
-                limit
-                    .clone()
-                    .try_acquire_owned()
-                    .map_err(|_| SpawnError::Full)?,
-            ),
+            Some(limit) => match limit.clone().try_acquire_owned() {
+                Ok(slot) => Some(slot),
+                // A nursery that ended may still hold slots for a moment: say it is closed.
+                Err(_) if !self.shared.registry.is_open() => return Err(SpawnError::Closed),
+                Err(_) => return Err(SpawnError::Full),
+            },
             None => None,
         };
         let (join, child) = self.spawn_task(None, None, slot, future, |_| ToHandle)?;
@@ -815,6 +825,7 @@ where
             None => None,
             Some(limit) => match limit.clone().try_acquire_owned() {
                 Ok(slot) => Some(slot),
+                Err(_) if !self.shared.registry.is_open() => return Err(SpawnError::Closed),
                 Err(_) if self.is_own_child() => return Err(SpawnError::Full),
                 Err(_) => Some(acquire_slot(limit.clone()).await?),
             },
@@ -1308,6 +1319,7 @@ impl<B, Fut, T, E> PinnedDrop for NurseryFuture<B, Fut, T, E> {
             return;
         };
         shared.node.remove_waiter(this.waiter);
+        let mut body_panic = None;
         if shared.registry.is_open() {
             // Dropped before it finished: no new children, and every child is told (in
             // abort mode, after the aborts were requested: an aborted child is dropped
@@ -1321,6 +1333,11 @@ impl<B, Fut, T, E> PinnedDrop for NurseryFuture<B, Fut, T, E> {
                 .cancel(CancelReason::Explicit(Some(crate::reason::Payload::new(
                     "the nursery's future was dropped",
                 ))));
+            // The body goes before the children are handed over: what dropping it reports
+            // (a held `start` whose child failed before its signal) is then among the reports
+            // the adopter receives. Nurseries inside it find their adopters through this
+            // scope's ancestors (this one is closed).
+            body_panic = drop_body(shared, this.body.as_mut()).err();
             match this.config.drop_mode {
                 DropMode::Abort => {
                     // What is still alive (async children until tokio drops them, blocking
@@ -1345,14 +1362,33 @@ impl<B, Fut, T, E> PinnedDrop for NurseryFuture<B, Fut, T, E> {
                 }
             }
         }
-        // The body goes before the scope ends: nurseries inside it find their adopters
-        // through this scope's ancestors.
-        if this.body.as_mut().as_pin_mut().is_some() {
-            let node = &shared.node;
-            context::enter(FrameKind::Linked(node), || this.body.set(None));
-        }
+        // A body still here (the nursery was closed already) goes before the scope ends.
+        let late_panic = drop_body(shared, this.body.as_mut()).err();
+        // From now on a report with no adopter goes to the report hook (registry N-6).
+        shared.registry.retire();
         shared.node.end(false);
+        // A panic of the body's drop code goes on once the children are accounted for (not
+        // while already unwinding: that would abort the process).
+        if let Some(payload) = body_panic.or(late_panic) {
+            if !std::thread::panicking() {
+                resume_unwind(payload);
+            }
+        }
     }
+}
+
+/// Drops a nursery's body in the nursery's scope, catching a panic of its drop code.
+fn drop_body<E, Fut>(
+    shared: &Shared<E>,
+    mut body: Pin<&mut Option<Fut>>,
+) -> Result<(), Box<dyn std::any::Any + Send>> {
+    if body.as_mut().as_pin_mut().is_none() {
+        return Ok(());
+    }
+    let node = &shared.node;
+    catch_unwind(AssertUnwindSafe(|| {
+        context::enter(FrameKind::Linked(node), || body.set(None))
+    }))
 }
 
 /// How a blocking-wait drop went.
