@@ -268,7 +268,9 @@ impl Waiters {
     }
 
     fn iter(&self) -> impl Iterator<Item = &Waker> {
-        self.first.iter().chain(self.rest.iter().map(|(_, waker)| waker))
+        self.first
+            .iter()
+            .chain(self.rest.iter().map(|(_, waker)| waker))
     }
 }
 
