@@ -123,7 +123,9 @@ impl<E: fmt::Debug + fmt::Display> std::error::Error for StartError<E> {
 ///
 /// Not a cancellation point: if the caller's scope is cancelled, the child sees it (it runs
 /// under those scopes) and this keeps waiting until the child signals or exits. Dropping it
-/// before the signal moves the child to the nursery with its own scope cancelled.
+/// before the signal moves the child to the nursery with its own scope cancelled; a failure
+/// or panic that already ended the child, and that this future never returned, goes to the
+/// nursery then (or to its report hook once the nursery is gone): none is lost.
 #[must_use = "a start does nothing unless awaited; dropping it cancels the child"]
 pub struct Start<V, E> {
     state: Option<Arc<StartState<V, E>>>,
