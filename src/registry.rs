@@ -707,6 +707,7 @@ mod loom_tests {
                             adopter.orphan_report(report(Incident::Failure(())))
                         }
                         Recorded::First | Recorded::Later => {}
+                        Recorded::Unclaimed(()) => unreachable!("not retired in this model"),
                     }
                     registry.finished(failing);
                 })
@@ -719,6 +720,7 @@ mod loom_tests {
                             adopter.orphan_report(OrphanReport::Panic(panic))
                         }
                         Recorded::First | Recorded::Later => {}
+                        Recorded::Unclaimed(_) => unreachable!("not retired in this model"),
                     }
                     registry.finished(panicking);
                 })
@@ -745,6 +747,28 @@ mod loom_tests {
             );
             assert_eq!(adopter.finished.load(Ordering::SeqCst), 1);
             assert_eq!(registry.live(), 0);
+        });
+    }
+
+    /// N-6: a failure racing with the nursery taking its last reports is taken with them or
+    /// handed back `Unclaimed` (for the report hook): exactly one of the two, and nothing is
+    /// kept after the last reports were taken.
+    #[test]
+    fn loom_a_late_report_races_with_taking_the_last_reports() {
+        loom::model(|| {
+            let registry = Arc::new(Registry::<(), (), ()>::new());
+            let failer = {
+                let registry = registry.clone();
+                thread::spawn(move || matches!(registry.fail(()), Recorded::Unclaimed(())))
+            };
+            let (failures, _) = registry.take_reports();
+            let unclaimed = failer.join().unwrap();
+            assert_eq!(failures.len() + usize::from(unclaimed), 1, "reported once");
+            let (late, _) = registry.take_reports();
+            assert!(
+                late.is_empty(),
+                "nothing kept once the last reports were taken"
+            );
         });
     }
 
