@@ -858,6 +858,15 @@ mod loom_tests {
         Arc::new(Node::new(ScopeId::next(), shield, None))
     }
 
+    /// A chain of three entered scopes, outermost first; `shield` for the middle one.
+    fn chain(shield: bool) -> [Arc<Node>; 3] {
+        let (root, middle, leaf) = (node(false), node(shield), node(false));
+        root.enter(None, None);
+        middle.enter(Some(&root), None);
+        leaf.enter(Some(&middle), None);
+        [root, middle, leaf]
+    }
+
     #[test]
     fn loom_cancel_races_with_entering_a_child() {
         loom::model(|| {
@@ -903,12 +912,7 @@ mod loom_tests {
     #[test]
     fn loom_shield_toggle_races_with_ancestor_cancel() {
         loom::model(|| {
-            let root = node(false);
-            root.enter(None, None);
-            let middle = node(true);
-            middle.enter(Some(&root), None);
-            let leaf = node(false);
-            leaf.enter(Some(&middle), None);
+            let [root, middle, leaf] = chain(true);
             let lowering = {
                 let middle = middle.clone();
                 thread::spawn(move || middle.set_shield(false))
@@ -928,12 +932,7 @@ mod loom_tests {
     #[test]
     fn loom_raising_a_shield_races_with_ancestor_cancel() {
         loom::model(|| {
-            let root = node(false);
-            root.enter(None, None);
-            let middle = node(false);
-            middle.enter(Some(&root), None);
-            let leaf = node(false);
-            leaf.enter(Some(&middle), None);
+            let [root, middle, leaf] = chain(false);
             let wakes = waiter_on(&leaf);
             let raising = {
                 let middle = middle.clone();
@@ -1214,12 +1213,7 @@ mod loom_tests {
     #[test]
     fn loom_cancel_races_with_cancel() {
         loom::model(|| {
-            let scope = node(false);
-            scope.enter(None, None);
-            let child = node(false);
-            child.enter(Some(&scope), None);
-            let leaf = node(false);
-            leaf.enter(Some(&child), None);
+            let [scope, child, leaf] = chain(false);
             let wakes = waiter_on(&leaf);
             let other = {
                 let scope = scope.clone();
@@ -1248,12 +1242,7 @@ mod loom_tests {
     #[test]
     fn loom_nested_cancels_race() {
         loom::model(|| {
-            let root = node(false);
-            root.enter(None, None);
-            let middle = node(false);
-            middle.enter(Some(&root), None);
-            let leaf = node(false);
-            leaf.enter(Some(&middle), None);
+            let [root, middle, leaf] = chain(false);
             let wakes = waiter_on(&leaf);
             let inner = {
                 let middle = middle.clone();
