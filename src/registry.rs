@@ -13,9 +13,11 @@
 //!      under: no child can be added to a closed nursery, none is lost by a close.
 //! N-3. A slot holds the child's stopper from registration until `finished`. The stopper is
 //!      made before the task is spawned; its abort handle is stored after, without this
-//!      lock: the spawner stores it, then reads `aborted` (a `SeqCst` fence between), and
-//!      `abort_all` sets `aborted`, then reads the handles (a `SeqCst` fence between), so a
-//!      child spawned while its nursery aborts is aborted by one of the two.
+//!      lock. A child registered after `abort_all` took the lock learns at registration
+//!      that it must abort itself; one registered before is among those `abort_all` visits,
+//!      and the two sides meet on one read-modify-write each of the child's own state (the
+//!      spawner's "handle stored", `abort_all`'s "abort requested"), so exactly one of them
+//!      sees the other and aborts the child.
 //! N-4. Once orphaned (wait-mode drop), a registry keeps no report: the ones it had and every
 //!      later one go to its adopter, under the lock that decides it, and the adopter learns
 //!      exactly once that the last child finished.
@@ -33,7 +35,7 @@ use std::task::{Poll, Waker};
 
 use crate::pages::Pages;
 
-use crate::sync::{AtomicBool, Mutex, MutexGuard, Ordering, fence, lock};
+use crate::sync::{Mutex, MutexGuard, lock};
 
 /// A nursery (or the orphan registry) that takes over the children of a nursery whose
 /// future was dropped in wait mode (SPEC N9).
@@ -111,8 +113,6 @@ pub(crate) struct Panic<L> {
 
 pub(crate) struct Registry<A, F, L> {
     state: Mutex<State<A, F, L>>,
-    /// `State::aborted`, readable without the lock (N-3).
-    aborted: AtomicBool,
 }
 
 struct State<A, F, L> {
@@ -159,13 +159,13 @@ impl<A, F, L> Registry<A, F, L> {
                 aborted: false,
                 retired: false,
             }),
-            aborted: AtomicBool::new(false),
         }
     }
 
     /// Registers a child about to be spawned, with the stopper `make` returns for its key
-    /// (N-2, N-3).
-    pub(crate) fn register(&self, make: impl FnOnce(usize) -> A) -> Result<usize, Closed> {
+    /// (N-2). `true` with the key when the nursery has already aborted its children: the
+    /// spawner then aborts this one itself (N-3).
+    pub(crate) fn register(&self, make: impl FnOnce(usize) -> A) -> Result<(usize, bool), Closed> {
         let mut state = lock(&self.state);
         if !state.open {
             return Err(Closed);
@@ -173,14 +173,7 @@ impl<A, F, L> Registry<A, F, L> {
         let key = state.slots.next_key();
         let inserted = state.slots.insert(Slot::Running(make(key)));
         debug_assert_eq!(inserted, key);
-        Ok(key)
-    }
-
-    /// Whether the nursery aborted its children, for a spawner that just stored a child's
-    /// abort handle (N-3): then it aborts that child itself.
-    pub(crate) fn aborted_after_storing(&self) -> bool {
-        fence(Ordering::SeqCst);
-        self.aborted.load(Ordering::SeqCst)
+        Ok((key, state.aborted))
     }
 
     /// The first running child's stopper for which `f` says something.
@@ -413,8 +406,6 @@ impl<A, F, L> Registry<A, F, L> {
         let (stoppers, adopted) = {
             let mut state = lock(&self.state);
             state.aborted = true;
-            self.aborted.store(true, Ordering::SeqCst);
-            fence(Ordering::SeqCst);
             let (mut stoppers, mut adopted) = (Vec::new(), Vec::new());
             for (_, slot) in state.slots.iter() {
                 match slot {
@@ -457,7 +448,7 @@ impl<A, F, L> Registry<A, F, L> {
 #[cfg(all(test, loom))]
 mod loom_tests {
     use super::*;
-    use crate::sync::{AtomicU64, Ordering};
+    use crate::sync::{AtomicBool, AtomicU8, AtomicU64, Ordering};
     use loom::thread;
 
     type Plain = Registry<(), (), ()>;
@@ -471,7 +462,7 @@ mod loom_tests {
             let spawner = {
                 let registry = registry.clone();
                 thread::spawn(move || match registry.register(|_| ()) {
-                    Ok(key) => {
+                    Ok((key, _)) => {
                         registry.finished(key);
                         true
                     }
@@ -519,7 +510,7 @@ mod loom_tests {
     fn loom_last_child_finishing_races_with_orphaning() {
         loom::model(|| {
             let registry = Arc::new(Plain::new());
-            let key = registry.register(|_| ()).unwrap();
+            let (key, _) = registry.register(|_| ()).unwrap();
             let child = {
                 let registry = registry.clone();
                 thread::spawn(move || registry.finished(key))
@@ -533,25 +524,46 @@ mod loom_tests {
             assert_eq!(adopter.0.load(Ordering::SeqCst), 1);
         });
     }
-    /// A child as its stopper sees it: whether its task's abort handle has been stored (the
-    /// `OnceLock` in `ChildScope`: a release store, an acquire load) and how often it was
-    /// aborted.
+    /// A child as its stopper sees it: the two bits of `ChildScope`'s state the abort
+    /// handshake uses, and how often it was aborted.
     #[derive(Default)]
     struct Task {
-        handle: AtomicBool,
+        state: AtomicU8,
         aborts: AtomicU64,
     }
+
+    const HANDLE_STORED: u8 = 1;
+    const ABORT_REQUESTED: u8 = 2;
 
     impl Task {
         fn abort(&self) {
             self.aborts.fetch_add(1, Ordering::SeqCst);
         }
+
+        /// The spawner, after the spawn (`NurseryHandle::started`): aborts the child itself
+        /// if registration said so or `abort_all` asked first.
+        fn spawned(&self, aborted_at_registration: bool) {
+            let state = self.state.fetch_or(HANDLE_STORED, Ordering::AcqRel);
+            if aborted_at_registration || state & ABORT_REQUESTED != 0 {
+                self.abort();
+            }
+        }
+
+        /// `Stopper::abort`: a child whose handle is not stored yet is its spawner's job.
+        fn stop(&self) -> bool {
+            let state = self.state.fetch_or(ABORT_REQUESTED, Ordering::AcqRel);
+            if state & HANDLE_STORED != 0 {
+                self.abort();
+            }
+            true
+        }
     }
 
-    /// N-3, the abort drop path: a spawn registers its child, stores the abort handle
-    /// outside the lock and checks `aborted_after_storing`, while the nursery aborts all its
-    /// children (`abort_all` reads each stopper's handle after the lock). The child is
-    /// aborted by one of the two (possibly both), never missed.
+    /// N-3, the abort drop path: a spawn registers its child and stores the abort handle
+    /// outside the lock, while the nursery aborts all its children (`abort_all` asks each
+    /// one it found registered, after the lock). The child is aborted exactly once: by
+    /// its spawner (registered after `abort_all`, or asked before its handle was stored)
+    /// or by `abort_all`.
     #[test]
     fn loom_abort_all_races_with_a_spawn_storing_its_abort_handle() {
         loom::model(|| {
@@ -560,31 +572,22 @@ mod loom_tests {
                 let registry = registry.clone();
                 thread::spawn(move || {
                     let task = Arc::new(Task::default());
-                    registry
+                    let (_, aborted) = registry
                         .register(|_| task.clone())
                         .expect("abort_all does not close");
-                    // `ChildCell::spawned`: store the handle, then the handshake.
-                    task.handle.store(true, Ordering::Release);
-                    if registry.aborted_after_storing() {
-                        task.abort();
-                    }
+                    task.spawned(aborted);
                     task
                 })
             };
             registry.abort_all(
-                |task| {
-                    // `Stopper::abort`: a child still being spawned is its spawner's job.
-                    if task.handle.load(Ordering::Acquire) {
-                        task.abort();
-                    }
-                    true
-                },
+                |task| task.stop(),
                 |_| unreachable!("async children are aborted, not told"),
             );
             let task = spawner.join().unwrap();
-            assert!(
-                task.aborts.load(Ordering::SeqCst) >= 1,
-                "N-3: a child spawned while its nursery aborts is aborted"
+            assert_eq!(
+                task.aborts.load(Ordering::SeqCst),
+                1,
+                "N-3: a child spawned while its nursery aborts is aborted, once"
             );
         });
     }
@@ -600,8 +603,8 @@ mod loom_tests {
         loom::model(|| {
             let registry = Arc::new(Registry::<Arc<Task>, (), ()>::new());
             let running = Arc::new(Task::default());
-            running.handle.store(true, Ordering::Release);
-            let key = registry.register(|_| running.clone()).unwrap();
+            let (key, _) = registry.register(|_| running.clone()).unwrap();
+            running.spawned(false);
             let ending = {
                 let registry = registry.clone();
                 // The running child ends (it returned, or tokio dropped it once aborted).
@@ -611,24 +614,13 @@ mod loom_tests {
                 let registry = registry.clone();
                 thread::spawn(move || {
                     let task = Arc::new(Task::default());
-                    let key = registry.register(|_| task.clone()).ok()?;
-                    task.handle.store(true, Ordering::Release);
-                    if registry.aborted_after_storing() {
-                        task.abort();
-                    }
+                    let (key, aborted) = registry.register(|_| task.clone()).ok()?;
+                    task.spawned(aborted);
                     // Its end (once tokio dropped it) is reported after the joins.
                     Some((task, key))
                 })
             };
-            registry.abort_all(
-                |task| {
-                    if task.handle.load(Ordering::Acquire) {
-                        task.abort();
-                    }
-                    true
-                },
-                |_| unreachable!(),
-            );
+            registry.abort_all(|task| task.stop(), |_| unreachable!());
             let adopter = Arc::new(Recording::default());
             let (_, done) = registry.orphan(adopter.clone(), 7);
             if done {
@@ -636,7 +628,7 @@ mod loom_tests {
             }
             ending.join().unwrap();
             if let Some((task, key)) = spawner.join().unwrap() {
-                assert!(task.aborts.load(Ordering::SeqCst) >= 1, "N-3");
+                assert_eq!(task.aborts.load(Ordering::SeqCst), 1, "N-3");
                 registry.finished(key);
             }
             assert!(registry.register(|_| Arc::new(Task::default())).is_err());
@@ -697,8 +689,8 @@ mod loom_tests {
     fn loom_failures_racing_with_orphaning_are_reported_once() {
         loom::model(|| {
             let registry = Arc::new(Registry::<(), (), ()>::new());
-            let failing = registry.register(|_| ()).unwrap();
-            let panicking = registry.register(|_| ()).unwrap();
+            let (failing, _) = registry.register(|_| ()).unwrap();
+            let (panicking, _) = registry.register(|_| ()).unwrap();
             let failer = {
                 let registry = registry.clone();
                 thread::spawn(move || {

@@ -173,7 +173,7 @@ where
             },
         };
         let node = Arc::new(Node::new(ScopeId::next(), false, None));
-        let key = shared
+        let (key, _) = shared
             .registry
             .register(|_| Stopper::Blocking(node.clone()))?;
         node.enter(Some(&shared.node), shared.node.timer());

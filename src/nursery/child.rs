@@ -54,11 +54,10 @@ impl<E> ChildCell<E> {
         self.scope.abort_handle()
     }
 
-    /// Stores the abort handle of the spawned task; returns true if the nursery aborted its
-    /// children meanwhile (the caller then aborts this one).
+    /// Stores the abort handle of the spawned task; returns true if the nursery asked to
+    /// abort its children meanwhile (the caller then aborts this one, registry invariant N-3).
     pub(crate) fn spawned(&self, abort: AbortHandle) -> bool {
-        self.scope.set_abort(abort);
-        self.nursery.registry.aborted_after_storing()
+        self.scope.set_abort(abort)
     }
 
     /// If a parallel borrowing scope runs in this child (SPEC B2), tells it "grace expired"

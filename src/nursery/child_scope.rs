@@ -23,6 +23,9 @@ const NODE_SET: u8 = 1;
 const ENDED: u8 = 2;
 /// `abort` holds an initialised `AbortHandle`.
 const ABORT_SET: u8 = 4;
+/// The nursery asked to abort the child (registry invariant N-3): whichever of this bit and
+/// `ABORT_SET` is set second aborts the task.
+const ABORT_REQUESTED: u8 = 8;
 
 /// Serialises the making of child scopes (rare: at most once per child, when a handle's
 /// `cancel`, a scope or a waiter inside the child first needs one), striped by cell address
@@ -35,7 +38,7 @@ static MAKING: [Mutex<()>; 8] = [const { Mutex::new(()) }; 8];
 /// point needs (its cancellation is its nursery's), and costs no node.
 pub(crate) struct ChildScope {
     id: ScopeId,
-    /// `NODE_SET | ENDED | ABORT_SET`. A slot's bit is set (`Release`) once the slot is
+    /// `NODE_SET | ENDED | ABORT_SET | ABORT_REQUESTED`. A slot's bit is set (`Release`) once the slot is
     /// written, never cleared; a slot is written at most once.
     state: AtomicU8,
     /// The child's slot in its nursery's registry: kept here, as 32 bits, where it fills
@@ -86,11 +89,13 @@ impl ChildScope {
     }
 
     /// Stores the task's abort handle. Called once, by the spawner, right after the spawn.
+    /// Returns true if the nursery asked to abort the child before (registry invariant N-3):
+    /// the spawner then aborts it.
     ///
     /// # Panics
     ///
     /// If called twice (a bug of this crate).
-    pub(crate) fn set_abort(&self, abort: AbortHandle) {
+    pub(crate) fn set_abort(&self, abort: AbortHandle) -> bool {
         assert_eq!(
             self.state.load(Ordering::Relaxed) & ABORT_SET,
             0,
@@ -99,7 +104,20 @@ impl ChildScope {
         // SAFETY: only the spawner calls this, once (checked above), and nobody reads the
         // slot before `ABORT_SET` is published below: no other access to it exists now.
         unsafe { (*self.abort.get()).write(abort) };
-        self.state.fetch_or(ABORT_SET, Ordering::Release);
+        self.state.fetch_or(ABORT_SET, Ordering::AcqRel) & ABORT_REQUESTED != 0
+    }
+
+    /// The nursery asks to abort the child: its abort handle if it was stored (the caller
+    /// aborts the task), else `None` and the spawner aborts it once it stores the handle
+    /// (registry invariant N-3). One read-modify-write on each side: one of the two sees
+    /// the other, and only one aborts.
+    pub(crate) fn request_abort(&self) -> Option<&AbortHandle> {
+        if self.state.fetch_or(ABORT_REQUESTED, Ordering::AcqRel) & ABORT_SET == 0 {
+            return None;
+        }
+        // SAFETY: `ABORT_SET` was seen with `Acquire`: the slot was written before it was
+        // published with `Release`, and is never written again.
+        Some(unsafe { (*self.abort.get()).assume_init_ref() })
     }
 
     /// Its own scope, if it was made.

@@ -625,7 +625,7 @@ impl<E> Stopper<E> {
             // A child running a parallel borrowing scope is told instead (SPEC B2).
             Stopper::Task(cell) if cell.abort_put_off() => false,
             Stopper::Task(cell) => {
-                if let Some(abort) = cell.abort_handle() {
+                if let Some(abort) = cell.scope.request_abort() {
                     abort.abort();
                 }
                 true
@@ -933,12 +933,16 @@ where
     ) -> Result<Arc<ChildCell<E>>, SpawnError> {
         let shared = &self.shared;
         let mut made = None;
-        shared.registry.register(|key| {
+        let (_, aborted) = shared.registry.register(|key| {
             let cell = Arc::new(ChildCell::new(shared.clone(), key, name));
             made = Some(cell.clone());
             Stopper::Task(cell)
         })?;
         let cell = made.expect("a registered child has its cell");
+        if aborted {
+            // Registered after the nursery aborted its children (N-3): its spawner aborts it.
+            cell.scope.request_abort();
+        }
         if let Some(parent) = parent {
             // A started child runs under its starter's scopes from the start (SPEC N3).
             cell.scope.node(parent);
