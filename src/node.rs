@@ -421,6 +421,12 @@ impl Node {
         lock(&self.inner).deadline()
     }
 
+    /// The reason and the deadline, under one lock (a scope's exit reads both).
+    pub(crate) fn reason_and_deadline(&self) -> (Option<CancelReason>, Option<Instant>) {
+        let inner = lock(&self.inner);
+        (inner.reason().cloned(), inner.deadline())
+    }
+
     /// Attaches what owns this scope besides its future (a nursery).
     pub(crate) fn attach(&self, attachment: Arc<dyn Attachment>) {
         lock(&self.inner).attachment = Some(attachment);
@@ -470,15 +476,23 @@ impl Node {
     /// Marks the scope cancelled with `reason` (the first reason wins) and propagates.
     pub(crate) fn cancel(self: &Arc<Self>, reason: CancelReason) {
         let inner = lock(&self.inner);
-        self.cancel_locked(inner, reason);
+        self.cancel_locked(inner, reason, None);
     }
 
-    fn cancel_locked(&self, mut inner: MutexGuard<'_, Inner>, reason: CancelReason) {
+    /// Cancels with `reason`, recording `at` (else now) as the time of the cancellation.
+    fn cancel_locked(
+        &self,
+        mut inner: MutexGuard<'_, Inner>,
+        reason: CancelReason,
+        at: Option<Instant>,
+    ) {
         if inner.reason().is_none() {
-            let now = inner
-                .timer
-                .as_ref()
-                .map_or_else(Instant::now, |timer| timer.now());
+            let now = at.unwrap_or_else(|| {
+                inner
+                    .timer
+                    .as_ref()
+                    .map_or_else(Instant::now, |timer| timer.now())
+            });
             let cold = inner.cold();
             cold.reason = Some(reason);
             cold.cancelled_at = Some(now);
@@ -667,12 +681,18 @@ impl Node {
         }
         inner.take_armed();
         // Under the same lock as the check: a scope that ended meanwhile stays uncancelled.
-        self.cancel_locked(inner, CancelReason::Deadline);
+        // Cancelled at its deadline: no clock read per scope when many share one deadline.
+        self.cancel_locked(inner, CancelReason::Deadline, Some(key.at));
     }
 
     /// Ends the scope: records whether it absorbed a cancellation, unlinks it from its
     /// parent and disarms its deadline. Idempotent.
     pub(crate) fn end(&self, caught: bool) {
+        // `ENDED` is set under the lock and never cleared: seen without it, it is final (a
+        // scope's future ends its node when it finishes and again, idempotently, when dropped).
+        if self.bits() & ENDED != 0 {
+            return;
+        }
         let mut inner = lock(&self.inner);
         if self.bits() & ENDED != 0 {
             return;

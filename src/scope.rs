@@ -559,9 +559,10 @@ fn exit_of<T, E: CancelError>(
 }
 
 fn absorbed(node: &Node) -> Absorbed {
+    let (reason, deadline) = node.reason_and_deadline();
     Absorbed {
-        reason: node.reason().unwrap_or(CancelReason::Deadline),
-        deadline: node.deadline().map(Instant::from_std),
+        reason: reason.unwrap_or(CancelReason::Deadline),
+        deadline: deadline.map(Instant::from_std),
     }
 }
 
