@@ -692,3 +692,33 @@ async fn orphans_are_visible_in_the_task_tree() {
     })
     .await
 }
+
+/// `start_named`: the name reaches the task tree while the child runs, and the report of a
+/// failure after its signal.
+#[tokio::test(start_paused = true)]
+async fn start_named_child_carries_its_name() {
+    common::leak_checked(async move {
+        let out = Nursery::new()
+            .run(|n| async move {
+                let port = n
+                    .start_named("listener", |ready: Ready<u16>| async move {
+                        ready.signal(80);
+                        sleep(Duration::from_millis(10)).await?;
+                        Err::<(), _>(E::Boom(3))
+                    })
+                    .await
+                    .unwrap();
+                assert_eq!(port, 80);
+                let tree = TaskTree::of(&n.scope()).to_string();
+                assert!(tree.contains("listener"), "{tree}");
+                Ok::<_, E>(())
+            })
+            .await;
+        let err = out.unwrap_err();
+        assert_eq!(err.failures().len(), 1);
+        assert!(matches!(err.failures()[0].error(), E::Boom(3)));
+        let origin = err.failures()[0].origin().to_string();
+        assert!(origin.contains("\"listener\""), "{origin}");
+    })
+    .await
+}

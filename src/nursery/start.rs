@@ -229,6 +229,47 @@ where
         V: Send + 'static,
         T: Send + 'static,
     {
+        self.start_inner(None, child)
+    }
+
+    /// Like [`start`](Self::start), with a name for reports, the task tree and tracing
+    /// (as [`spawn_named`](Self::spawn_named) gives one).
+    ///
+    /// ```
+    /// use tokio_nursery::{nursery, Cancelled, Ready};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// nursery(|n| async move {
+    ///     let ready = n
+    ///         .start_named("listener", |ready: Ready<()>| async move {
+    ///             ready.signal(());
+    ///             Ok::<_, Cancelled>(())
+    ///         })
+    ///         .await;
+    ///     assert!(ready.is_ok());
+    ///     Ok::<_, Cancelled>(())
+    /// })
+    /// .await
+    /// .unwrap();
+    /// # }
+    /// ```
+    pub fn start_named<F, Fut, V, T>(&self, name: &str, child: F) -> Start<V, E>
+    where
+        F: FnOnce(Ready<V>) -> Fut,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        V: Send + 'static,
+        T: Send + 'static,
+    {
+        self.start_inner(Some(Arc::from(name)), child)
+    }
+
+    fn start_inner<F, Fut, V, T>(&self, name: Option<Arc<str>>, child: F) -> Start<V, E>
+    where
+        F: FnOnce(Ready<V>) -> Fut,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        V: Send + 'static,
+        T: Send + 'static,
+    {
         let state = Arc::new(StartState::new(self.shared.node.clone()));
         let ready = Ready {
             state: state.clone(),
@@ -238,7 +279,7 @@ where
         let caller = context::with_current(|frame| frame.map(|frame| frame.node().clone()));
         let parent = caller.as_ref().unwrap_or(&self.shared.node);
         let route_state = state.clone();
-        let spawned = self.spawn_task(None, Some(parent), None, future, move |child| {
+        let spawned = self.spawn_task(name.clone(), Some(parent), None, future, move |child| {
             route_state.link(
                 child
                     .scope
@@ -250,10 +291,7 @@ where
         match spawned {
             Ok((join, _)) => {
                 let shared = self.shared.clone();
-                let origin = Origin::Child {
-                    id: join.id(),
-                    name: None,
-                };
+                let origin = Origin::Child { id: join.id(), name };
                 let orphaned_end: OrphanedEnd<E> = Box::new(move |end| match end {
                     EarlyEnd::Failed(error) => {
                         let stray = error.as_cancelled().is_some();
