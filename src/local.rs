@@ -33,6 +33,7 @@ use slab::Slab;
 use crate::cancelled::CancelError;
 use crate::context::{self, FrameKind};
 use crate::node::{Node, ScopeId};
+use crate::nursery::ChildScope;
 use crate::nursery::{Failure, JoinError, NurseryError, Origin, Report};
 use crate::point::Waiter;
 use crate::reason::CancelReason;
@@ -52,11 +53,35 @@ pub struct LocalScope<'env, E> {
 struct Child<'env, E> {
     /// The child, delivering its outcome to its handle; returns its failure, if any.
     future: Pin<Box<dyn Future<Output = Option<Failure<E>>> + 'env>>,
-    node: Arc<Node>,
+    /// Its scope and its handle's slot, shared with the handle.
+    shared: Rc<dyn Outlet + 'env>,
     waker: Waker,
     woken: Arc<ChildWaker>,
+}
+
+/// What a local child shares with its handle (one allocation): where its outcome waits,
+/// and its scope, made under the local scope's only when something needs it (as a nursery
+/// child's: SPEC S1), so a child that meets no cancellation point costs no node.
+struct LocalChild<T> {
+    slot: RefCell<Slot<T>>,
+    scope: ChildScope,
+}
+
+/// A local child as its scope sees it, whatever its output type.
+trait Outlet {
+    fn scope(&self) -> &ChildScope;
     /// Tells the handle the child panicked.
-    on_panic: Box<dyn FnOnce() + 'env>,
+    fn panicked(&self);
+}
+
+impl<T> Outlet for LocalChild<T> {
+    fn scope(&self) -> &ChildScope {
+        &self.scope
+    }
+
+    fn panicked(&self) {
+        deliver(&self.slot, Err(JoinError::ChildPanicked));
+    }
 }
 
 /// The indices of woken children, and the scope's own waker.
@@ -95,15 +120,18 @@ struct Slot<T> {
 /// The handle of a local child: await it for the child's value. Awaiting it is a
 /// cancellation point of the awaiting code's scope, as for [`ChildHandle`](crate::ChildHandle).
 pub struct LocalHandle<T> {
-    slot: Rc<RefCell<Slot<T>>>,
-    node: Arc<Node>,
+    child: Rc<LocalChild<T>>,
+    /// The local scope's node, under which the child's scope is made if needed.
+    parent: Arc<Node>,
     waiter: Waiter,
 }
 
 impl<T> LocalHandle<T> {
     /// Cancels this child alone, cooperatively. Not a failure.
     pub fn cancel(&self) {
-        self.node.cancel(CancelReason::Explicit(None));
+        if let Some(node) = self.child.scope.node_unless_ended(&self.parent) {
+            node.cancel(CancelReason::Explicit(None));
+        }
     }
 }
 
@@ -113,7 +141,7 @@ impl<T> Future for LocalHandle<T> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         {
-            let mut slot = this.slot.borrow_mut();
+            let mut slot = this.child.slot.borrow_mut();
             if let Some(outcome) = slot.outcome.take() {
                 return Poll::Ready(outcome);
             }
@@ -128,7 +156,7 @@ impl<T> Future for LocalHandle<T> {
 impl<T> fmt::Debug for LocalHandle<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LocalHandle")
-            .field("scope", &self.node.id())
+            .field("scope", &self.child.scope.id())
             .finish()
     }
 }
@@ -144,33 +172,36 @@ where
         F: Future<Output = Result<T, E>> + 'env,
         T: 'env,
     {
-        let node = Arc::new(Node::new(ScopeId::next(), false, None));
-        node.enter(Some(&self.node), self.node.timer());
-        let slot = Rc::new(RefCell::new(Slot {
-            outcome: None,
-            waiter: None,
-        }));
-        let delivered = slot.clone();
-        let child_node = node.clone();
+        let mut children = self.children.borrow_mut();
+        let entry = children.vacant_entry();
+        let child = Rc::new(LocalChild {
+            slot: RefCell::new(Slot {
+                outcome: None,
+                waiter: None,
+            }),
+            scope: ChildScope::new(entry.key()),
+        });
+        let delivered = child.clone();
         let wrapped = async move {
             let (outcome, failure) = match future.await {
                 Ok(value) => (Ok(value), None),
-                // An echo of a cancellation: not a failure (SPEC S15).
-                Err(error) if error.as_cancelled().is_some() && child_node.is_cancelled() => {
+                // An echo of a cancellation: not a failure (SPEC S15). Polled in the child's
+                // frame, so `is_cancelled` asks the child's scope.
+                Err(error) if error.as_cancelled().is_some() && crate::point::is_cancelled() => {
                     (Err(JoinError::ChildCancelled), None)
                 }
                 Err(error) => {
                     let stray = error.as_cancelled().is_some();
-                    let failure = Failure::new(local_origin(&child_node), error, stray);
-                    (Err(JoinError::ChildFailed), Some(failure))
+                    let origin = local_origin(delivered.scope.id());
+                    (
+                        Err(JoinError::ChildFailed),
+                        Some(Failure::new(origin, error, stray)),
+                    )
                 }
             };
-            deliver(&delivered, outcome);
+            deliver(&delivered.slot, outcome);
             failure
         };
-        let panicked = slot.clone();
-        let mut children = self.children.borrow_mut();
-        let entry = children.vacant_entry();
         let waker = Arc::new(ChildWaker {
             index: entry.key(),
             queued: AtomicBool::new(false),
@@ -178,16 +209,19 @@ where
         });
         entry.insert(Child {
             future: Box::pin(wrapped),
-            node: node.clone(),
+            shared: child.clone(),
             waker: Waker::from(waker.clone()),
             woken: waker.clone(),
-            on_panic: Box::new(move || deliver(&panicked, Err(JoinError::ChildPanicked))),
         });
         drop(children);
-        waker.wake_by_ref();
+        // Queued without waking the scope's task: `spawn` runs only while the scope's
+        // future is being polled (in its body or a child), and that poll goes on to poll
+        // the ready children.
+        waker.queued.store(true, Ordering::Release);
+        lock(&self.ready.queue).push_back(waker.index);
         LocalHandle {
-            slot,
-            node,
+            child,
+            parent: self.node.clone(),
             waiter: Waiter::default(),
         }
     }
@@ -209,8 +243,8 @@ fn deliver<T>(slot: &RefCell<Slot<T>>, outcome: Result<T, JoinError>) {
 }
 
 /// A local child has no task: it is named by its scope.
-fn local_origin(node: &Node) -> Origin {
-    Origin::Local { scope: node.id() }
+fn local_origin(scope: ScopeId) -> Origin {
+    Origin::Local { scope }
 }
 
 /// Runs `body` with a [`LocalScope`] to spawn children that may borrow from the caller's
@@ -305,9 +339,9 @@ impl<E> Drop for LocalScope<'_, E> {
     /// Dropping the scope drops its children at once (SPEC B1), each ended in turn.
     fn drop(&mut self) {
         for (_, child) in std::mem::take(self.children.get_mut()) {
-            let Child { future, node, .. } = child;
+            let Child { future, shared, .. } = child;
             drop(future);
-            node.end(false);
+            shared.scope().end();
         }
     }
 }
@@ -338,9 +372,13 @@ impl<E: CancelError + fmt::Debug> LocalScope<'_, E> {
             // Re-arm the child's waker before polling it (a wake during the poll re-queues).
             child.woken.queued.store(false, Ordering::Release);
             let mut cx = Context::from_waker(&child.waker);
-            let (future, node) = (&mut child.future, &child.node);
+            let frame = FrameKind::Child {
+                parent: &self.node,
+                scope: child.shared.scope(),
+            };
+            let future = &mut child.future;
             let polled = catch_unwind(AssertUnwindSafe(|| {
-                context::enter(FrameKind::Linked(node), || future.as_mut().poll(&mut cx))
+                context::enter(frame, || future.as_mut().poll(&mut cx))
             }));
             let finished = match polled {
                 Ok(Poll::Pending) => continue,
@@ -349,20 +387,15 @@ impl<E: CancelError + fmt::Debug> LocalScope<'_, E> {
             };
             let child = children.remove(index);
             drop(children);
-            let Child {
-                future,
-                node,
-                on_panic,
-                ..
-            } = child;
+            let Child { future, shared, .. } = child;
             drop(future);
-            node.end(false);
+            shared.scope().end();
             match finished {
                 Ok(Some(failure)) => self.fail(failure),
                 Ok(None) => {}
                 Err(payload) => {
-                    on_panic();
-                    self.panicked(local_origin(&node), payload);
+                    shared.panicked();
+                    self.panicked(local_origin(shared.scope().id()), payload);
                 }
             }
         }

@@ -291,7 +291,10 @@ where
         match spawned {
             Ok((join, _)) => {
                 let shared = self.shared.clone();
-                let origin = Origin::Child { id: join.id(), name };
+                let origin = Origin::Child {
+                    id: join.id(),
+                    name,
+                };
                 let orphaned_end: OrphanedEnd<E> = Box::new(move |end| match end {
                     EarlyEnd::Failed(error) => {
                         let stray = error.as_cancelled().is_some();
