@@ -182,3 +182,53 @@ async fn b1_a_hundred_thousand_children_that_checkpoint() {
     })
     .await
 }
+
+/// A local child runs in the local scope's node until it needs its own: cancelling it
+/// through its handle works whether it is parked at a cancellation point (it has its own
+/// scope then), has not run yet (its scope is made by the cancel), or has ended (a no-op),
+/// and reaches no sibling.
+#[tokio::test(start_paused = true)]
+async fn b1_a_handle_cancels_its_child_alone_with_or_without_a_scope_of_its_own() {
+    common::leak_checked(async move {
+        let start = Instant::now();
+        let out = local_scope(async |s| {
+            let parked = s.spawn(async {
+                sleep(Duration::from_secs(10)).await?;
+                Ok::<_, Cancelled>("parked finished")
+            });
+            let sibling = s.spawn(async {
+                sleep(Duration::from_millis(30)).await?;
+                Ok::<_, Cancelled>("sibling finished")
+            });
+            let done = s.spawn(async { Ok::<_, Cancelled>("done") });
+            assert_eq!(done.await.unwrap(), "done");
+            done_cancel_is_a_no_op(&s.spawn(async { Ok::<_, Cancelled>(()) })).await;
+            // Not polled yet: no scope of its own until the cancel makes one.
+            let unpolled = s.spawn(async {
+                checkpoint().await?;
+                Ok::<_, Cancelled>("unpolled finished")
+            });
+            unpolled.cancel();
+            sleep(Duration::from_millis(10)).await?;
+            parked.cancel();
+            assert!(matches!(parked.await, Err(JoinError::ChildCancelled)));
+            assert!(matches!(unpolled.await, Err(JoinError::ChildCancelled)));
+            assert_eq!(sibling.await.unwrap(), "sibling finished");
+            Ok::<_, Cancelled>(())
+        })
+        .await;
+        assert_eq!(
+            out.unwrap(),
+            Some(()),
+            "a child's cancellation is no failure"
+        );
+        assert_eq!(start.elapsed(), Duration::from_millis(30));
+    })
+    .await
+}
+
+/// Cancelling a local child that has already ended changes nothing.
+async fn done_cancel_is_a_no_op(handle: &LocalHandle<()>) {
+    tokio::task::yield_now().await;
+    handle.cancel();
+}

@@ -1,5 +1,7 @@
 //! A child's scope, made the first time something needs it, and its task's abort handle:
 //! [`ChildScope`], the part of a child's shared cell that is written once after the spawn.
+//! Nursery children and local children ([`crate::local_scope`], which have no task and so
+//! never store an abort handle) both use it.
 //!
 //! Every child pays for these fields whether or not it ever needs a scope, so they are
 //! packed: two write-once slots and one state byte (24 bytes with the scope id), where two
@@ -42,7 +44,8 @@ pub(crate) struct ChildScope {
     /// written, never cleared; a slot is written at most once.
     state: AtomicU8,
     /// The child's slot in its nursery's registry: kept here, as 32 bits, where it fills
-    /// the padding after `state` (a nursery never holds 2^32 children at once).
+    /// the padding after `state` (a nursery never holds 2^32 children at once). A local
+    /// child keeps its index in its scope's slab here, for debugging only.
     key: u32,
     node: UnsafeCell<MaybeUninit<Arc<Node>>>,
     /// The task's abort handle, stored right after the spawn (registry invariant N-3).
