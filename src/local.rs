@@ -102,12 +102,22 @@ impl Wake for ChildWaker {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        if !self.queued.swap(true, Ordering::AcqRel) {
-            lock(&self.ready.queue).push_back(self.index);
+        if self.enqueue() {
             if let Some(parent) = lock(&self.ready.parent).as_ref() {
                 parent.wake_by_ref();
             }
         }
+    }
+}
+
+impl ChildWaker {
+    /// Puts the child on the ready queue unless it is there already; true if it was not.
+    fn enqueue(&self) -> bool {
+        let queued = !self.queued.swap(true, Ordering::AcqRel);
+        if queued {
+            lock(&self.ready.queue).push_back(self.index);
+        }
+        queued
     }
 }
 
@@ -217,8 +227,7 @@ where
         // Queued without waking the scope's task: `spawn` runs only while the scope's
         // future is being polled (in its body or a child), and that poll goes on to poll
         // the ready children.
-        waker.queued.store(true, Ordering::Release);
-        lock(&self.ready.queue).push_back(waker.index);
+        waker.enqueue();
         LocalHandle {
             child,
             parent: self.node.clone(),

@@ -540,11 +540,15 @@ mod loom_tests {
             self.aborts.fetch_add(1, Ordering::SeqCst);
         }
 
-        /// The spawner, after the spawn (`NurseryHandle::started`): aborts the child itself
-        /// if registration said so or `abort_all` asked first.
+        /// The spawner, as `NurseryHandle::prepare` and `started` do it: a child registered
+        /// after the abort is marked "abort requested" at once; storing the handle then
+        /// aborts the child itself if the request came first.
         fn spawned(&self, aborted_at_registration: bool) {
+            if aborted_at_registration {
+                self.state.fetch_or(ABORT_REQUESTED, Ordering::AcqRel);
+            }
             let state = self.state.fetch_or(HANDLE_STORED, Ordering::AcqRel);
-            if aborted_at_registration || state & ABORT_REQUESTED != 0 {
+            if state & ABORT_REQUESTED != 0 {
                 self.abort();
             }
         }

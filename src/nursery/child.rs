@@ -54,12 +54,6 @@ impl<E> ChildCell<E> {
         self.scope.abort_handle()
     }
 
-    /// Stores the abort handle of the spawned task; returns true if the nursery asked to
-    /// abort its children meanwhile (the caller then aborts this one, registry invariant N-3).
-    pub(crate) fn spawned(&self, abort: AbortHandle) -> bool {
-        self.scope.set_abort(abort)
-    }
-
     /// If a parallel borrowing scope runs in this child (SPEC B2), tells it "grace expired"
     /// instead of aborting it, and returns true: the abort happens when the scope ends.
     pub(crate) fn abort_put_off(&self) -> bool {

@@ -40,8 +40,8 @@ static MAKING: [Mutex<()>; 8] = [const { Mutex::new(()) }; 8];
 /// point needs (its cancellation is its nursery's), and costs no node.
 pub(crate) struct ChildScope {
     id: ScopeId,
-    /// `NODE_SET | ENDED | ABORT_SET | ABORT_REQUESTED`. A slot's bit is set (`Release`) once the slot is
-    /// written, never cleared; a slot is written at most once.
+    /// `NODE_SET | ENDED | ABORT_SET | ABORT_REQUESTED`, never cleared. A slot's bit is set
+    /// (`Release`) once the slot is written; a slot is written at most once.
     state: AtomicU8,
     /// The child's slot in its nursery's registry: kept here, as 32 bits, where it fills
     /// the padding after `state` (a nursery never holds 2^32 children at once). A local

@@ -952,7 +952,7 @@ where
 
     /// Records a spawned child's task: its abort handle, for the nursery to abort it.
     fn started<T>(&self, cell: Arc<ChildCell<E>>, join: JoinHandle<ChildOutput<T>>) -> Spawned<T> {
-        if cell.spawned(join.abort_handle()) {
+        if cell.scope.set_abort(join.abort_handle()) {
             // Spawned while the nursery aborted its children (SPEC N8, N7): this one too.
             join.abort();
         }
