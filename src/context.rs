@@ -164,6 +164,16 @@ impl<'a> Frame<'a> {
         }
     }
 
+    /// A nursery child running in its nursery's scope, without a node of its own yet: the
+    /// nursery's node and the child's scope.
+    #[inline]
+    pub(crate) fn unmade_child(&self) -> Option<(&'a Arc<Node>, &'a ChildScope)> {
+        match self.kind {
+            FrameKind::Child { parent, scope } if scope.own().is_none() => Some((parent, scope)),
+            _ => None,
+        }
+    }
+
     /// The node of this frame, linking it into the tree first if it was unlinked.
     pub(crate) fn node(&self) -> &Arc<Node> {
         match self.kind {
@@ -198,7 +208,12 @@ impl<'a> Frame<'a> {
                 _ => return origin,
             }
         }
-        match frame.node().origin() {
+        // A child without a node of its own is cancelled only through its nursery's.
+        let node = match frame.unmade_child() {
+            Some((parent, _)) => parent,
+            None => frame.node(),
+        };
+        match node.origin() {
             Some(node) => Some(Origin::Node(node)),
             None => origin,
         }
@@ -214,7 +229,13 @@ impl<'a> Frame<'a> {
                 None => return,
             }
         }
-        frame.node().mark_observed();
+        match frame.unmade_child() {
+            Some((parent, child)) => {
+                child.mark_observed();
+                parent.mark_observed();
+            }
+            None => frame.node().mark_observed(),
+        }
     }
 
     /// The effective deadline (SPEC S7), ignoring cancellation.

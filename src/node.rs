@@ -106,6 +106,10 @@ const CANCELLED: u8 = OWN | INHERITED;
 pub(crate) struct Node {
     id: ScopeId,
     state: AtomicU8,
+    /// How many times a cancellation took every waiter out to wake it: a [`WaiterKey`] of
+    /// an earlier round is gone. Changes under the lock; read without it by
+    /// [`Node::remove_waiter`], so a woken waiter leaves without taking the lock.
+    wake_rounds: AtomicU64,
     inner: Mutex<Inner>,
 }
 
@@ -231,46 +235,156 @@ impl Fallout {
     }
 }
 
-/// A scope's waiters, under keys that stay valid until removed: the first inline (most
-/// scopes have at most one, and then need no allocation), the others in a slab.
+/// A scope's waiters, under keys that stay valid until removed or until a cancellation
+/// takes them all out to wake them (see [`WaiterKey`]): the first inline (most scopes have
+/// at most one, and then need no allocation), the others in a slab.
 #[derive(Default)]
 struct Waiters {
-    first: Option<Waker>,
-    rest: Slab<Waker>,
+    first: Option<Waiting>,
+    rest: Slab<Waiting>,
+}
+
+/// One registered waker.
+struct Waiting {
+    waker: Waker,
+    /// The child scope it waits for, when it waits here because that child has no node of
+    /// its own ([`Node::register_child_waiter`]).
+    child: Option<ScopeId>,
 }
 
 /// The key of the inline waiter.
 const FIRST_WAITER: usize = usize::MAX;
 
 impl Waiters {
-    fn get_mut(&mut self, key: usize) -> Option<&mut Waker> {
+    fn get(&self, key: usize) -> Option<&Waiting> {
+        match key {
+            FIRST_WAITER => self.first.as_ref(),
+            key => self.rest.get(key),
+        }
+    }
+
+    fn get_mut(&mut self, key: usize) -> Option<&mut Waiting> {
         match key {
             FIRST_WAITER => self.first.as_mut(),
             key => self.rest.get_mut(key),
         }
     }
 
-    fn insert(&mut self, waker: Waker) -> usize {
+    fn insert(&mut self, waiting: Waiting) -> usize {
         match self.first {
             None => {
-                self.first = Some(waker);
+                self.first = Some(waiting);
                 FIRST_WAITER
             }
-            Some(_) => self.rest.insert(waker),
+            Some(_) => self.rest.insert(waiting),
         }
     }
 
-    fn try_remove(&mut self, key: usize) -> Option<Waker> {
+    fn try_remove(&mut self, key: usize) -> Option<Waiting> {
         match key {
             FIRST_WAITER => self.first.take(),
             key => self.rest.try_remove(key),
         }
     }
 
-    fn iter(&self) -> impl Iterator<Item = &Waker> {
-        self.first
-            .iter()
-            .chain(self.rest.iter().map(|(_, waker)| waker))
+    /// Refreshes the waker under `key` if it is there for `child`; false if it is not.
+    fn refresh(
+        &mut self,
+        index: Option<usize>,
+        waker: &Waker,
+        child: Option<ScopeId>,
+    ) -> Refreshed {
+        match index.and_then(|k| self.get_mut(k)) {
+            Some(existing) if existing.child == child => {
+                if existing.waker.will_wake(waker) {
+                    Refreshed::Same
+                } else {
+                    Refreshed::Replaced(std::mem::replace(&mut existing.waker, waker.clone()))
+                }
+            }
+            _ => Refreshed::Absent,
+        }
+    }
+
+    /// Takes every waiter out, to be woken.
+    fn take_all(&mut self) -> Wakers {
+        let mut all = Wakers {
+            first: self.first.take().map(|waiting| waiting.waker),
+            rest: Vec::new(),
+        };
+        if !self.rest.is_empty() {
+            all.rest = self.rest.drain().map(|waiting| waiting.waker).collect();
+            if all.first.is_none() {
+                all.first = all.rest.pop();
+            }
+        }
+        all
+    }
+}
+
+/// A waiter's registration with a node: its place among the node's waiters, valid in the
+/// round it was made in. A cancellation takes every waiter out to wake it and starts a new
+/// round; a woken waiter that still needs to wait registers again.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct WaiterKey {
+    index: usize,
+    round: u64,
+}
+
+/// What [`Waiters::refresh`] did.
+enum Refreshed {
+    Same,
+    /// The old waker, to drop once the lock is released (invariant 5).
+    Replaced(Waker),
+    Absent,
+}
+
+/// A child scope whose node is made only when needed (a nursery child's
+/// [`ChildScope`](crate::nursery::ChildScope)): until then its waiters wait on its parent's
+/// node ([`Node::register_child_waiter`]), and making the node wakes them so they move
+/// there.
+pub(crate) trait UnmadeChild {
+    /// The id the child's node has or will have.
+    fn id(&self) -> ScopeId;
+    /// Records that a waiter of the child waits on its parent's node; false if the child's
+    /// own node was published meanwhile (the waiter then waits there). One
+    /// read-modify-write of the child's state, against the one that publishes its node:
+    /// one of the two sees the other, so a waiter never parks unseen on the parent.
+    fn park(&self) -> bool;
+    /// The key of the child's waiter on the parent's node (see [`ParkedKey`]), if it has
+    /// one there. Read and written only under the parent's lock.
+    fn parked_key(&self) -> Option<ParkedKey>;
+    fn set_parked_key(&self, key: ParkedKey);
+}
+
+/// A waiter's key, in 32 bits (below `u32::MAX`), for a child to keep in its padding.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct ParkedKey(u32);
+
+impl ParkedKey {
+    /// `None` for a key too large to keep (the waiter then waits on the child's own node).
+    fn new(key: usize) -> Option<ParkedKey> {
+        let compact = match key {
+            FIRST_WAITER => 0,
+            key => u32::try_from(key.checked_add(1)?).ok()?,
+        };
+        (compact != u32::MAX).then_some(ParkedKey(compact))
+    }
+
+    fn index(self) -> usize {
+        match self.0 {
+            0 => FIRST_WAITER,
+            compact => compact as usize - 1,
+        }
+    }
+
+    /// The 32 bits to keep; never `u32::MAX`.
+    pub(crate) fn bits(self) -> u32 {
+        self.0
+    }
+
+    pub(crate) fn from_bits(bits: u32) -> ParkedKey {
+        ParkedKey(bits)
     }
 }
 
@@ -283,17 +397,6 @@ struct Wakers {
 }
 
 impl Wakers {
-    fn of<'a>(wakers: impl Iterator<Item = &'a Waker>) -> Self {
-        let mut all = Wakers::default();
-        for waker in wakers {
-            match all.first {
-                None => all.first = Some(waker.clone()),
-                Some(_) => all.rest.push(waker.clone()),
-            }
-        }
-        all
-    }
-
     fn is_empty(&self) -> bool {
         self.first.is_none()
     }
@@ -326,6 +429,7 @@ impl Node {
         Node {
             id,
             state: AtomicU8::new(if shield { SHIELD } else { 0 }),
+            wake_rounds: AtomicU64::new(0),
             inner: Mutex::new(Inner {
                 parent: None,
                 slot: None,
@@ -386,6 +490,11 @@ impl Node {
     /// ancestors whose cancellation it saw, up to the one cancelled itself. Only on the
     /// cancelled path.
     pub(crate) fn mark_observed(self: &Arc<Self>) {
+        // Many children observing one cancellation mark their nursery's scope: after the
+        // first, a load instead of a contended read-modify-write.
+        if self.observed() {
+            return;
+        }
         let mut node = self.clone();
         loop {
             let bits = node.state.fetch_or(OBSERVED, Ordering::AcqRel);
@@ -544,7 +653,9 @@ impl Node {
         let mut fallout = Fallout::default();
         if (old & CANCELLED != 0) != (new & CANCELLED != 0) {
             if new & CANCELLED != 0 {
-                fallout.wake = Wakers::of(inner.waiters.iter());
+                fallout.wake = inner.waiters.take_all();
+                let round = self.wake_rounds.load(Ordering::Relaxed);
+                self.wake_rounds.store(round + 1, Ordering::Release);
             }
             fallout.children = inner.children.iter().map(|(_, c)| c.clone()).collect();
         }
@@ -714,19 +825,105 @@ impl Node {
     }
 
     /// Registers (or refreshes) a waker to be woken when the scope becomes cancelled.
-    pub(crate) fn register_waiter(&self, key: &mut Option<usize>, waker: &Waker) {
+    pub(crate) fn register_waiter(&self, key: &mut Option<WaiterKey>, waker: &Waker) {
         let mut inner = lock(&self.inner);
-        let replaced = match key.and_then(|k| inner.waiters.get_mut(k)) {
-            Some(existing) if existing.will_wake(waker) => None,
-            Some(existing) => Some(std::mem::replace(existing, waker.clone())),
-            None => {
-                *key = Some(inner.waiters.insert(waker.clone()));
-                None
+        let round = self.wake_rounds.load(Ordering::Relaxed);
+        let index = key.filter(|k| k.round == round).map(|k| k.index);
+        let stale = match inner.waiters.refresh(index, waker, None) {
+            Refreshed::Same => None,
+            Refreshed::Replaced(old) => Some(old),
+            Refreshed::Absent => {
+                let stale = index.and_then(|k| inner.waiters.try_remove(k));
+                let index = inner.waiters.insert(Waiting {
+                    waker: waker.clone(),
+                    child: None,
+                });
+                *key = Some(WaiterKey { index, round });
+                stale.map(|waiting| waiting.waker)
             }
         };
         drop(inner);
         // Invariant 5: a waker's drop may run arbitrary code; never under our lock.
-        drop(replaced);
+        drop(stale);
+    }
+
+    /// Registers (or refreshes) a waker of `child`, a child scope of this one with no node
+    /// of its own, to be woken when this scope becomes cancelled: the child is cancelled
+    /// exactly when its parent is until its node is made. One waiter per child waits here
+    /// (its key kept by the child, for [`Node::wake_child_waiter`]). False, with nothing
+    /// registered and `key` cleared, when the child's node was made meanwhile or another of
+    /// its waiters waits here: this one then waits on the child's own node.
+    pub(crate) fn register_child_waiter(
+        &self,
+        key: &mut Option<WaiterKey>,
+        waker: &Waker,
+        child: &dyn UnmadeChild,
+    ) -> bool {
+        let mut inner = lock(&self.inner);
+        let round = self.wake_rounds.load(Ordering::Relaxed);
+        let index = key.take().filter(|k| k.round == round).map(|k| k.index);
+        let id = Some(child.id());
+        let mut stale = None;
+        let registered = if !child.park() {
+            stale = index
+                .and_then(|k| inner.waiters.try_remove(k))
+                .map(|w| w.waker);
+            None
+        } else {
+            match inner.waiters.refresh(index, waker, id) {
+                Refreshed::Same => index,
+                Refreshed::Replaced(old) => {
+                    stale = Some(old);
+                    index
+                }
+                Refreshed::Absent => {
+                    stale = index
+                        .and_then(|k| inner.waiters.try_remove(k))
+                        .map(|w| w.waker);
+                    let busy = child
+                        .parked_key()
+                        .and_then(|k| inner.waiters.get(k.index()))
+                        .is_some_and(|other| other.child == id);
+                    if busy {
+                        None
+                    } else {
+                        let index = inner.waiters.insert(Waiting {
+                            waker: waker.clone(),
+                            child: id,
+                        });
+                        match ParkedKey::new(index) {
+                            Some(parked) => {
+                                child.set_parked_key(parked);
+                                Some(index)
+                            }
+                            None => {
+                                drop(inner.waiters.try_remove(index));
+                                None
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        drop(inner);
+        drop(stale); // after the lock is released (invariant 5)
+        *key = registered.map(|index| WaiterKey { index, round });
+        key.is_some()
+    }
+
+    /// Wakes the waiter `child` has here, if any: the child's own node was just made, and
+    /// the waiter must move there (it re-registers when polled).
+    pub(crate) fn wake_child_waiter(&self, child: &dyn UnmadeChild) {
+        let inner = lock(&self.inner);
+        let waker = child
+            .parked_key()
+            .and_then(|k| inner.waiters.get(k.index()))
+            .filter(|waiting| waiting.child == Some(child.id()))
+            .map(|waiting| waiting.waker.clone());
+        drop(inner);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }
 
     /// A parallel borrowing scope starts running under this scope (SPEC B2).
@@ -756,11 +953,19 @@ impl Node {
         }
     }
 
-    pub(crate) fn remove_waiter(&self, key: &mut Option<usize>) {
-        if let Some(k) = key.take() {
-            let removed = lock(&self.inner).waiters.try_remove(k);
-            drop(removed); // after the lock is released (invariant 5)
+    /// Takes a waiter's registration off, unless a cancellation already took it out to
+    /// wake it (then without the lock).
+    pub(crate) fn remove_waiter(&self, key: &mut Option<WaiterKey>) {
+        let Some(key) = key.take() else { return };
+        if self.wake_rounds.load(Ordering::Acquire) != key.round {
+            return;
         }
+        let mut inner = lock(&self.inner);
+        let removed = (self.wake_rounds.load(Ordering::Relaxed) == key.round)
+            .then(|| inner.waiters.try_remove(key.index))
+            .flatten();
+        drop(inner);
+        drop(removed); // after the lock is released (invariant 5)
     }
 
     /// The scope a `Cancelled` raised here is for: the outermost scope in the unshielded
@@ -1277,6 +1482,145 @@ mod loom_tests {
             assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "woken exactly once");
             leaf.end(false);
             middle.end(false);
+        });
+    }
+
+    /// A child scope made lazily, as `nursery::ChildScope` makes it: parking a waiter on
+    /// the parent and publishing the node are one read-modify-write each of one state byte.
+    struct LazyChild {
+        id: ScopeId,
+        state: AtomicU8,
+        parked: Mutex<Option<ParkedKey>>,
+        node: Mutex<Option<Arc<Node>>>,
+    }
+
+    const MADE: u8 = 1;
+    const PARKED: u8 = 2;
+
+    impl LazyChild {
+        fn new() -> Self {
+            LazyChild {
+                id: ScopeId::next(),
+                state: AtomicU8::new(0),
+                parked: Mutex::new(None),
+                node: Mutex::new(None),
+            }
+        }
+
+        /// As `ChildScope::make_node`: link, publish, then move a parked waiter.
+        fn make(&self, parent: &Arc<Node>) -> Arc<Node> {
+            let node = Arc::new(Node::new(self.id, false, None));
+            node.enter(Some(parent), None);
+            *lock(&self.node) = Some(node.clone());
+            if self.state.fetch_or(MADE, Ordering::AcqRel) & PARKED != 0 {
+                parent.wake_child_waiter(self);
+            }
+            node
+        }
+
+        fn own(&self) -> Option<Arc<Node>> {
+            lock(&self.node).clone()
+        }
+    }
+
+    impl UnmadeChild for LazyChild {
+        fn id(&self) -> ScopeId {
+            self.id
+        }
+        fn park(&self) -> bool {
+            self.state.fetch_or(PARKED, Ordering::AcqRel) & MADE == 0
+        }
+        fn parked_key(&self) -> Option<ParkedKey> {
+            *lock(&self.parked)
+        }
+        fn set_parked_key(&self, key: ParkedKey) {
+            *lock(&self.parked) = Some(key);
+        }
+    }
+
+    /// A nursery child without a scope of its own parks its waiter on the nursery's node
+    /// while a handle makes the child's scope and cancels it alone: the waiter either sees
+    /// the cancellation when it checks after registering, or is woken (to move to the
+    /// child's own scope, or by the cancellation itself).
+    #[test]
+    fn loom_a_child_waiter_parking_on_its_parent_races_with_its_scope_being_made() {
+        loom::model(|| {
+            let parent = node(false);
+            parent.enter(None, None);
+            let child = Arc::new(LazyChild::new());
+            let handle = {
+                let (parent, child) = (parent.clone(), child.clone());
+                thread::spawn(move || {
+                    let own = child.make(&parent);
+                    own.cancel(CancelReason::Explicit(None));
+                    own
+                })
+            };
+            let wakes = Arc::new(Wakes(AtomicU64::new(0)));
+            let waker = Waker::from(wakes.clone());
+            let mut key = None;
+            let waits_on = if parent.register_child_waiter(&mut key, &waker, &*child) {
+                parent.clone()
+            } else {
+                let own = child.own().expect("made: the parent refused the waiter");
+                own.register_waiter(&mut key, &waker);
+                own
+            };
+            // The waiter's check after registering: the scope it runs in now.
+            let seen = child.own().unwrap_or_else(|| parent.clone()).is_cancelled();
+            let own = handle.join().unwrap();
+            assert!(
+                seen || wakes.0.load(Ordering::SeqCst) > 0,
+                "the waiter is neither told nor woken"
+            );
+            waits_on.remove_waiter(&mut key);
+            own.end(false);
+        });
+    }
+
+    /// A cancellation takes every waiter out to wake it while one of them leaves and a new
+    /// one registers (and may get the same key): the leaving waiter never takes the new
+    /// one's registration, and the new one is either woken or still registered.
+    #[test]
+    fn loom_waking_every_waiter_races_with_one_leaving_and_another_registering() {
+        loom::model(|| {
+            let scope = node(false);
+            scope.enter(None, None);
+            // The leaving waiter registers first: its key is the one the new waiter gets
+            // once the cancellation emptied the list.
+            let first = Arc::new(Wakes(AtomicU64::new(0)));
+            let mut first_key = None;
+            scope.register_waiter(&mut first_key, &Waker::from(first.clone()));
+            let second = waiter_on(&scope);
+            let cancel = {
+                let scope = scope.clone();
+                thread::spawn(move || scope.cancel(CancelReason::Explicit(None)))
+            };
+            let leave = {
+                let scope = scope.clone();
+                thread::spawn(move || scope.remove_waiter(&mut first_key))
+            };
+            let third = Arc::new(Wakes(AtomicU64::new(0)));
+            let mut third_key = None;
+            scope.register_waiter(&mut third_key, &Waker::from(third.clone()));
+            cancel.join().unwrap();
+            leave.join().unwrap();
+            assert_eq!(
+                second.0.load(Ordering::SeqCst),
+                1,
+                "the one that stayed is woken"
+            );
+            let third_woken = third.0.load(Ordering::SeqCst) == 1;
+            let third_registered = lock(&scope.inner).waiters.first.is_some()
+                || !lock(&scope.inner).waiters.rest.is_empty();
+            assert!(
+                third_woken != third_registered,
+                "woken, or still registered"
+            );
+            scope.remove_waiter(&mut third_key);
+            assert!(lock(&scope.inner).waiters.first.is_none());
+            assert!(lock(&scope.inner).waiters.rest.is_empty());
+            scope.end(false);
         });
     }
 }

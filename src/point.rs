@@ -220,7 +220,7 @@ impl<F> fmt::Debug for Cancellable<F> {
 #[derive(Default)]
 pub(crate) struct Waiter {
     node: Option<Arc<Node>>,
-    key: Option<usize>,
+    key: Option<crate::node::WaiterKey>,
 }
 
 impl Waiter {
@@ -230,15 +230,15 @@ impl Waiter {
         }
         let registered = context::with_current(|frame| {
             let Some(frame) = frame else { return false };
-            let node = frame.node();
-            if !self
-                .node
-                .as_ref()
-                .is_some_and(|mine| Arc::ptr_eq(mine, node))
-            {
-                self.clear();
-                self.node = Some(node.clone());
+            // A nursery child without a scope of its own waits on its nursery's.
+            if let Some((parent, child)) = frame.unmade_child() {
+                self.retarget(parent);
+                if parent.register_child_waiter(&mut self.key, cx.waker(), child) {
+                    return true;
+                }
             }
+            let node = frame.node();
+            self.retarget(node);
             node.register_waiter(&mut self.key, cx.waker());
             true
         });
@@ -249,6 +249,18 @@ impl Waiter {
         match current_cancellation() {
             Some(cancelled) => Poll::Ready(cancelled),
             None => Poll::Pending,
+        }
+    }
+
+    /// Makes `node` the one this waiter is registered with, leaving the previous one.
+    fn retarget(&mut self, node: &Arc<Node>) {
+        if !self
+            .node
+            .as_ref()
+            .is_some_and(|mine| Arc::ptr_eq(mine, node))
+        {
+            self.clear();
+            self.node = Some(node.clone());
         }
     }
 

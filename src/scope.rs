@@ -313,7 +313,7 @@ pub(crate) struct ScopeCore<F> {
     node: Option<Arc<Node>>,
     hard: bool,
     phase: Phase,
-    waiter: Option<usize>,
+    waiter: Option<crate::node::WaiterKey>,
 }
 
 impl<F> ScopeCore<F> {
@@ -485,7 +485,7 @@ fn link_lazy(inline: &Unlinked) -> Arc<Node> {
 fn finish_linked<T, E: CancelError>(
     out: Result<T, E>,
     node: &Arc<Node>,
-    waiter: &mut Option<usize>,
+    waiter: &mut Option<crate::node::WaiterKey>,
 ) -> Exit<T, E> {
     node.remove_waiter(waiter);
     let exit = exit_of(out, || node.absorbs(), || absorbed(node));
@@ -509,7 +509,7 @@ fn dropped_exit<T, E: CancelError>(node: &Arc<Node>) -> Option<Exit<T, E>> {
 
 /// A hard scope waits on its own node, so a cancellation from elsewhere wakes it.
 #[inline(never)]
-fn wait_hard(node: &Node, waiter: &mut Option<usize>, cx: &mut Context<'_>) {
+fn wait_hard(node: &Node, waiter: &mut Option<crate::node::WaiterKey>, cx: &mut Context<'_>) {
     node.register_waiter(waiter, cx.waker());
     if node.is_cancelled() {
         cx.waker().wake_by_ref();

@@ -125,7 +125,7 @@ impl ScopeHandle {
 #[must_use = "futures do nothing unless polled"]
 pub struct OwnedCancelled {
     node: Option<Arc<Node>>,
-    key: Option<usize>,
+    key: Option<crate::node::WaiterKey>,
 }
 
 impl OwnedCancelled {

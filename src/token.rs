@@ -182,7 +182,7 @@ fn token_for(node: &Arc<Node>) -> CancellationToken {
 struct CancelsToken {
     token: CancellationToken,
     node: Weak<Node>,
-    key: Mutex<Option<usize>>,
+    key: Mutex<Option<crate::node::WaiterKey>>,
 }
 
 impl CancelsToken {

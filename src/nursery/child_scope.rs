@@ -11,12 +11,12 @@
 
 use std::cell::UnsafeCell;
 use std::mem::MaybeUninit;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::task::AbortHandle;
 
-use crate::node::{Node, ScopeId};
+use crate::node::{Node, ParkedKey, ScopeId, UnmadeChild};
 use crate::sync::lock;
 
 /// `node` holds an initialised `Arc<Node>`.
@@ -28,6 +28,14 @@ const ABORT_SET: u8 = 4;
 /// The nursery asked to abort the child (registry invariant N-3): whichever of this bit and
 /// `ABORT_SET` is set second aborts the task.
 const ABORT_REQUESTED: u8 = 8;
+/// A waiter of the child waited on its parent's node while the child had no node of its
+/// own (`UnmadeChild::park`): making the node must wake it.
+const PARKED: u8 = 16;
+/// Code in the child reached a cancellation point while cancelled, before it had a node
+/// (SPEC N7's unobserved-cancellation warning).
+const OBSERVED: u8 = 32;
+/// `parked` holds no key.
+const NOT_PARKED: u32 = u32::MAX;
 
 /// Serialises the making of child scopes (rare: at most once per child, when a handle's
 /// `cancel`, a scope or a waiter inside the child first needs one), striped by cell address
@@ -40,13 +48,17 @@ static MAKING: [Mutex<()>; 8] = [const { Mutex::new(()) }; 8];
 /// point needs (its cancellation is its nursery's), and costs no node.
 pub(crate) struct ChildScope {
     id: ScopeId,
-    /// `NODE_SET | ENDED | ABORT_SET | ABORT_REQUESTED`, never cleared. A slot's bit is set
-    /// (`Release`) once the slot is written; a slot is written at most once.
+    /// `NODE_SET | ENDED | ABORT_SET | ABORT_REQUESTED | PARKED | OBSERVED`, never
+    /// cleared. A slot's bit is set (`Release`) once the slot is written; a slot is written
+    /// at most once.
     state: AtomicU8,
     /// The child's slot in its nursery's registry: kept here, as 32 bits, where it fills
     /// the padding after `state` (a nursery never holds 2^32 children at once). A local
     /// child keeps its index in its scope's slab here, for debugging only.
     key: u32,
+    /// The key of the child's waiter on its parent's node while it has no node of its own
+    /// (`NOT_PARKED` if none): read and written only under the parent's lock.
+    parked: AtomicU32,
     node: UnsafeCell<MaybeUninit<Arc<Node>>>,
     /// The task's abort handle, stored right after the spawn (registry invariant N-3).
     abort: UnsafeCell<MaybeUninit<AbortHandle>>,
@@ -67,6 +79,7 @@ impl ChildScope {
             id: ScopeId::next(),
             state: AtomicU8::new(0),
             key: u32::try_from(key).expect("a nursery holds fewer than 2^32 children"),
+            parked: AtomicU32::new(NOT_PARKED),
             node: UnsafeCell::new(MaybeUninit::uninit()),
             abort: UnsafeCell::new(MaybeUninit::uninit()),
         }
@@ -174,12 +187,30 @@ impl ChildScope {
         // writes the slot, so nothing reads or writes it now.
         unsafe { (*self.node.get()).write(node) };
         let state = self.state.fetch_or(NODE_SET, Ordering::AcqRel);
+        drop(_making);
         let node = self.own().expect("just published");
         if state & ENDED != 0 {
             // The child ended meanwhile and did not see the node: end it here.
             node.end(false);
         }
+        if state & PARKED != 0 {
+            // A waiter may wait on the parent's node: it moves to this one.
+            parent.wake_child_waiter(self);
+        }
         Some(node)
+    }
+
+    /// Code in the child reached a cancellation point while cancelled, before it had a
+    /// node of its own (SPEC N7).
+    pub(crate) fn mark_observed(&self) {
+        if self.state.load(Ordering::Relaxed) & OBSERVED == 0 {
+            self.state.fetch_or(OBSERVED, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether [`mark_observed`](Self::mark_observed) was called.
+    pub(crate) fn observed(&self) -> bool {
+        self.state.load(Ordering::Relaxed) & OBSERVED != 0
     }
 
     /// The child ended: its scope ends, or none will ever be made.
@@ -189,6 +220,28 @@ impl ChildScope {
             // `Node::end` is idempotent: a `make_node` racing with this may end it too.
             self.own().expect("published").end(false);
         }
+    }
+}
+
+/// Until its node is made, a child's waiters wait on its parent's node (`Node::register_child_waiter`).
+impl UnmadeChild for ChildScope {
+    fn id(&self) -> ScopeId {
+        self.id
+    }
+
+    fn park(&self) -> bool {
+        self.state.fetch_or(PARKED, Ordering::AcqRel) & NODE_SET == 0
+    }
+
+    fn parked_key(&self) -> Option<ParkedKey> {
+        match self.parked.load(Ordering::Relaxed) {
+            NOT_PARKED => None,
+            bits => Some(ParkedKey::from_bits(bits)),
+        }
+    }
+
+    fn set_parked_key(&self, key: ParkedKey) {
+        self.parked.store(key.bits(), Ordering::Relaxed);
     }
 }
 
@@ -249,6 +302,40 @@ mod tests {
             threads.into_iter().map(|t| t.join().unwrap()).collect()
         });
         assert_eq!(made[0], made[1]);
+        scope.end();
+    }
+
+    struct Wakes(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_waiter_parked_on_the_parent_is_woken_when_the_scope_is_made() {
+        let parent = parent();
+        let scope = ChildScope::new(0);
+        let wakes = Arc::new(Wakes(Default::default()));
+        let waker = std::task::Waker::from(wakes.clone());
+        let mut key = None;
+        assert!(parent.register_child_waiter(&mut key, &waker, &scope));
+        assert_eq!(
+            scope.parked_key().map(ParkedKey::bits),
+            Some(0),
+            "the first waiter, kept inline"
+        );
+        // A second waiter of the same child waits on the child's own scope instead.
+        assert!(!parent.register_child_waiter(&mut None, &waker, &scope));
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
+        let node = scope.node(&parent).clone();
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "moved to the child's scope");
+        // Once the scope exists, the parent refuses the child's waiters.
+        assert!(!parent.register_child_waiter(&mut key, &waker, &scope));
+        assert!(key.is_none());
+        node.register_waiter(&mut key, &waker);
+        node.remove_waiter(&mut key);
         scope.end();
     }
 

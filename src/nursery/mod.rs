@@ -1068,7 +1068,7 @@ pub struct NurseryFuture<B, Fut, T, E> {
     warned: bool,
     /// The children aborted when the grace period ran out, for the `Cancelled` (N7).
     aborted: Vec<String>,
-    waiter: Option<usize>,
+    waiter: Option<crate::node::WaiterKey>,
     /// `cancel` was called before the first poll: the scope starts cancelled.
     cancel_requested: bool,
     state: State,
@@ -1249,7 +1249,7 @@ where
             if let Some(sleep) = this.grace.as_mut().as_pin_mut() {
                 if !matches!(this.state, State::GraceExpired) && sleep.poll(cx).is_ready() {
                     *this.state = State::GraceExpired;
-                    *this.aborted = child_names(shared, |_| true);
+                    *this.aborted = child_names(shared, |_, _| true);
                     shared.abort_children(true);
                     #[cfg(feature = "tracing")]
                     if !this.aborted.is_empty() {
@@ -1465,13 +1465,17 @@ fn blocking_wait<E>(shared: &Shared<E>, grace: Duration) -> Waited {
 }
 
 /// The names (or scope ids) of the nursery's children still running that match `filter`.
-fn child_names<E>(shared: &Shared<E>, filter: impl Fn(Option<&Node>) -> bool) -> Vec<String> {
+/// The names of the running children `filter` accepts, given each child's own scope (if it
+/// has one) and whether it observed a cancellation before it had one.
+fn child_names<E>(shared: &Shared<E>, filter: impl Fn(Option<&Node>, bool) -> bool) -> Vec<String> {
     shared.registry.collect(|stopper| {
         let (scope, name) = match stopper {
-            Stopper::Task(cell) if filter(cell.scope.own().map(|node| &**node)) => {
+            Stopper::Task(cell)
+                if filter(cell.scope.own().map(|node| &**node), cell.scope.observed()) =>
+            {
                 (cell.scope.id(), cell.name())
             }
-            Stopper::Blocking(node) if filter(Some(node)) => (node.id(), None),
+            Stopper::Blocking(node) if filter(Some(node), false) => (node.id(), None),
             _ => return None,
         };
         Some(match name {
@@ -1485,12 +1489,12 @@ fn child_names<E>(shared: &Shared<E>, filter: impl Fn(Option<&Node>) -> bool) ->
 /// have not reached a cancellation point since the cancellation.
 fn warn_unobserved<E>(shared: &Shared<E>, after: Duration) {
     let node = &shared.node;
-    // A child without a scope of its own is cancelled with the nursery, and has observed
-    // nothing: observing a cancellation gives it a scope.
+    // A child without a scope of its own is cancelled with the nursery, and marks its own
+    // state when it observes a cancellation.
     let cancelled = node.is_cancelled();
-    let names = child_names(shared, |child| match child {
-        Some(child) => child.is_cancelled() && !child.observed(),
-        None => cancelled,
+    let names = child_names(shared, |child, observed_before| match child {
+        Some(child) => child.is_cancelled() && !child.observed() && !observed_before,
+        None => cancelled && !observed_before,
     });
     if names.is_empty() {
         return;
