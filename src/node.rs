@@ -22,7 +22,7 @@
 
 use std::any::Any;
 use std::fmt;
-use std::num::NonZeroU64;
+use std::num::{NonZeroU32, NonZeroU64};
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::task::Waker;
 use std::time::{Duration, Instant};
@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 
 use crate::reason::CancelReason;
-use crate::sync::{Arc, AtomicU8, AtomicU64, Mutex, MutexGuard, Ordering, lock};
+use crate::sync::{Arc, AtomicU8, AtomicU32, AtomicU64, Mutex, MutexGuard, Ordering, lock};
 
 /// Identifies a cancel scope for as long as the process runs.
 ///
@@ -109,7 +109,7 @@ pub(crate) struct Node {
     /// How many times a cancellation took every waiter out to wake it: a [`WaiterKey`] of
     /// an earlier round is gone. Changes under the lock; read without it by
     /// [`Node::remove_waiter`], so a woken waiter leaves without taking the lock.
-    wake_rounds: AtomicU64,
+    wake_rounds: AtomicU32,
     inner: Mutex<Inner>,
 }
 
@@ -252,45 +252,42 @@ struct Waiting {
     child: Option<ScopeId>,
 }
 
-/// The key of the inline waiter.
-const FIRST_WAITER: usize = usize::MAX;
-
 impl Waiters {
-    fn get(&self, key: usize) -> Option<&Waiting> {
-        match key {
-            FIRST_WAITER => self.first.as_ref(),
-            key => self.rest.get(key),
+    fn get(&self, index: WaiterIndex) -> Option<&Waiting> {
+        match index.slab() {
+            None => self.first.as_ref(),
+            Some(index) => self.rest.get(index),
         }
     }
 
-    fn get_mut(&mut self, key: usize) -> Option<&mut Waiting> {
-        match key {
-            FIRST_WAITER => self.first.as_mut(),
-            key => self.rest.get_mut(key),
+    fn get_mut(&mut self, index: WaiterIndex) -> Option<&mut Waiting> {
+        match index.slab() {
+            None => self.first.as_mut(),
+            Some(index) => self.rest.get_mut(index),
         }
     }
 
-    fn insert(&mut self, waiting: Waiting) -> usize {
+    fn insert(&mut self, waiting: Waiting) -> WaiterIndex {
         match self.first {
             None => {
                 self.first = Some(waiting);
-                FIRST_WAITER
+                WaiterIndex::FIRST
             }
-            Some(_) => self.rest.insert(waiting),
+            Some(_) => WaiterIndex::of_slab(self.rest.insert(waiting)),
         }
     }
 
-    fn try_remove(&mut self, key: usize) -> Option<Waiting> {
-        match key {
-            FIRST_WAITER => self.first.take(),
-            key => self.rest.try_remove(key),
+    fn try_remove(&mut self, index: WaiterIndex) -> Option<Waiting> {
+        match index.slab() {
+            None => self.first.take(),
+            Some(index) => self.rest.try_remove(index),
         }
     }
 
-    /// Refreshes the waker under `key` if it is there for `child`; false if it is not.
+    /// Refreshes the waker at `index` if it is there for `child`.
     fn refresh(
         &mut self,
-        index: Option<usize>,
+        index: Option<WaiterIndex>,
         waker: &Waker,
         child: Option<ScopeId>,
     ) -> Refreshed {
@@ -325,10 +322,51 @@ impl Waiters {
 /// A waiter's registration with a node: its place among the node's waiters, valid in the
 /// round it was made in. A cancellation takes every waiter out to wake it and starts a new
 /// round; a woken waiter that still needs to wait registers again.
+///
+/// Eight bytes, so that `Option<WaiterKey>` is too: every future with a cancellation point
+/// holds one. Rounds wrap at 2^32: a key could only be mistaken for a newer one if its
+/// waiter stayed registered, unpolled, through 2^32 cancellations of its scope (each after
+/// a shield had hidden the previous one).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct WaiterKey {
-    index: usize,
-    round: u64,
+    index: WaiterIndex,
+    round: u32,
+}
+
+/// A waiter's place among a node's waiters, in 32 bits (never zero: a child keeps it in
+/// its padding, zero meaning none): the inline first waiter, or a slab index.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct WaiterIndex(NonZeroU32);
+
+impl WaiterIndex {
+    const FIRST: WaiterIndex = WaiterIndex(NonZeroU32::MAX);
+
+    /// # Panics
+    ///
+    /// With 2^32 - 2 waiters on one scope (64 GiB of wakers).
+    fn of_slab(index: usize) -> WaiterIndex {
+        u32::try_from(index)
+            .ok()
+            .and_then(|index| index.checked_add(1))
+            .and_then(NonZeroU32::new)
+            .filter(|&index| index != NonZeroU32::MAX)
+            .map(WaiterIndex)
+            .expect("fewer than 2^32 - 2 waiters on one cancel scope")
+    }
+
+    fn slab(self) -> Option<usize> {
+        (self != WaiterIndex::FIRST).then(|| self.0.get() as usize - 1)
+    }
+
+    /// The 32 bits to keep; never zero.
+    pub(crate) fn bits(self) -> u32 {
+        self.0.get()
+    }
+
+    /// `None` for zero.
+    pub(crate) fn from_bits(bits: u32) -> Option<WaiterIndex> {
+        NonZeroU32::new(bits).map(WaiterIndex)
+    }
 }
 
 /// What [`Waiters::refresh`] did.
@@ -351,41 +389,10 @@ pub(crate) trait UnmadeChild {
     /// read-modify-write of the child's state, against the one that publishes its node:
     /// one of the two sees the other, so a waiter never parks unseen on the parent.
     fn park(&self) -> bool;
-    /// The key of the child's waiter on the parent's node (see [`ParkedKey`]), if it has
-    /// one there. Read and written only under the parent's lock.
-    fn parked_key(&self) -> Option<ParkedKey>;
-    fn set_parked_key(&self, key: ParkedKey);
-}
-
-/// A waiter's key, in 32 bits (below `u32::MAX`), for a child to keep in its padding.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) struct ParkedKey(u32);
-
-impl ParkedKey {
-    /// `None` for a key too large to keep (the waiter then waits on the child's own node).
-    fn new(key: usize) -> Option<ParkedKey> {
-        let compact = match key {
-            FIRST_WAITER => 0,
-            key => u32::try_from(key.checked_add(1)?).ok()?,
-        };
-        (compact != u32::MAX).then_some(ParkedKey(compact))
-    }
-
-    fn index(self) -> usize {
-        match self.0 {
-            0 => FIRST_WAITER,
-            compact => compact as usize - 1,
-        }
-    }
-
-    /// The 32 bits to keep; never `u32::MAX`.
-    pub(crate) fn bits(self) -> u32 {
-        self.0
-    }
-
-    pub(crate) fn from_bits(bits: u32) -> ParkedKey {
-        ParkedKey(bits)
-    }
+    /// Where the child's waiter is among the parent's waiters, if it has one there. Read
+    /// and written only under the parent's lock.
+    fn parked_key(&self) -> Option<WaiterIndex>;
+    fn set_parked_key(&self, key: WaiterIndex);
 }
 
 /// The wakers a change must wake: usually one (a scope's own waiter), which then needs no
@@ -429,7 +436,7 @@ impl Node {
         Node {
             id,
             state: AtomicU8::new(if shield { SHIELD } else { 0 }),
-            wake_rounds: AtomicU64::new(0),
+            wake_rounds: AtomicU32::new(0),
             inner: Mutex::new(Inner {
                 parent: None,
                 slot: None,
@@ -655,7 +662,8 @@ impl Node {
             if new & CANCELLED != 0 {
                 fallout.wake = inner.waiters.take_all();
                 let round = self.wake_rounds.load(Ordering::Relaxed);
-                self.wake_rounds.store(round + 1, Ordering::Release);
+                self.wake_rounds
+                    .store(round.wrapping_add(1), Ordering::Release);
             }
             fallout.children = inner.children.iter().map(|(_, c)| c.clone()).collect();
         }
@@ -882,7 +890,7 @@ impl Node {
                         .map(|w| w.waker);
                     let busy = child
                         .parked_key()
-                        .and_then(|k| inner.waiters.get(k.index()))
+                        .and_then(|k| inner.waiters.get(k))
                         .is_some_and(|other| other.child == id);
                     if busy {
                         None
@@ -891,16 +899,8 @@ impl Node {
                             waker: waker.clone(),
                             child: id,
                         });
-                        match ParkedKey::new(index) {
-                            Some(parked) => {
-                                child.set_parked_key(parked);
-                                Some(index)
-                            }
-                            None => {
-                                drop(inner.waiters.try_remove(index));
-                                None
-                            }
-                        }
+                        child.set_parked_key(index);
+                        Some(index)
                     }
                 }
             }
@@ -917,7 +917,7 @@ impl Node {
         let inner = lock(&self.inner);
         let waker = child
             .parked_key()
-            .and_then(|k| inner.waiters.get(k.index()))
+            .and_then(|k| inner.waiters.get(k))
             .filter(|waiting| waiting.child == Some(child.id()))
             .map(|waiting| waiting.waker.clone());
         drop(inner);
@@ -1490,7 +1490,7 @@ mod loom_tests {
     struct LazyChild {
         id: ScopeId,
         state: AtomicU8,
-        parked: Mutex<Option<ParkedKey>>,
+        parked: Mutex<Option<WaiterIndex>>,
         node: Mutex<Option<Arc<Node>>>,
     }
 
@@ -1530,10 +1530,10 @@ mod loom_tests {
         fn park(&self) -> bool {
             self.state.fetch_or(PARKED, Ordering::AcqRel) & MADE == 0
         }
-        fn parked_key(&self) -> Option<ParkedKey> {
+        fn parked_key(&self) -> Option<WaiterIndex> {
             *lock(&self.parked)
         }
-        fn set_parked_key(&self, key: ParkedKey) {
+        fn set_parked_key(&self, key: WaiterIndex) {
             *lock(&self.parked) = Some(key);
         }
     }

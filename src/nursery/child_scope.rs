@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::task::AbortHandle;
 
-use crate::node::{Node, ParkedKey, ScopeId, UnmadeChild};
+use crate::node::{Node, ScopeId, UnmadeChild, WaiterIndex};
 use crate::sync::lock;
 
 /// `node` holds an initialised `Arc<Node>`.
@@ -34,8 +34,6 @@ const PARKED: u8 = 16;
 /// Code in the child reached a cancellation point while cancelled, before it had a node
 /// (SPEC N7's unobserved-cancellation warning).
 const OBSERVED: u8 = 32;
-/// `parked` holds no key.
-const NOT_PARKED: u32 = u32::MAX;
 
 /// Serialises the making of child scopes (rare: at most once per child, when a handle's
 /// `cancel`, a scope or a waiter inside the child first needs one), striped by cell address
@@ -56,8 +54,9 @@ pub(crate) struct ChildScope {
     /// the padding after `state` (a nursery never holds 2^32 children at once). A local
     /// child keeps its index in its scope's slab here, for debugging only.
     key: u32,
-    /// The key of the child's waiter on its parent's node while it has no node of its own
-    /// (`NOT_PARKED` if none): read and written only under the parent's lock.
+    /// The place of the child's waiter among its parent's node's waiters while it has no
+    /// node of its own (`WaiterIndex::bits`, zero if none): read and written only under
+    /// the parent's lock.
     parked: AtomicU32,
     node: UnsafeCell<MaybeUninit<Arc<Node>>>,
     /// The task's abort handle, stored right after the spawn (registry invariant N-3).
@@ -79,7 +78,7 @@ impl ChildScope {
             id: ScopeId::next(),
             state: AtomicU8::new(0),
             key: u32::try_from(key).expect("a nursery holds fewer than 2^32 children"),
-            parked: AtomicU32::new(NOT_PARKED),
+            parked: AtomicU32::new(0),
             node: UnsafeCell::new(MaybeUninit::uninit()),
             abort: UnsafeCell::new(MaybeUninit::uninit()),
         }
@@ -233,14 +232,11 @@ impl UnmadeChild for ChildScope {
         self.state.fetch_or(PARKED, Ordering::AcqRel) & NODE_SET == 0
     }
 
-    fn parked_key(&self) -> Option<ParkedKey> {
-        match self.parked.load(Ordering::Relaxed) {
-            NOT_PARKED => None,
-            bits => Some(ParkedKey::from_bits(bits)),
-        }
+    fn parked_key(&self) -> Option<WaiterIndex> {
+        WaiterIndex::from_bits(self.parked.load(Ordering::Relaxed))
     }
 
-    fn set_parked_key(&self, key: ParkedKey) {
+    fn set_parked_key(&self, key: WaiterIndex) {
         self.parked.store(key.bits(), Ordering::Relaxed);
     }
 }
@@ -322,15 +318,19 @@ mod tests {
         let mut key = None;
         assert!(parent.register_child_waiter(&mut key, &waker, &scope));
         assert_eq!(
-            scope.parked_key().map(ParkedKey::bits),
-            Some(0),
+            scope.parked_key().map(WaiterIndex::bits),
+            Some(u32::MAX),
             "the first waiter, kept inline"
         );
         // A second waiter of the same child waits on the child's own scope instead.
         assert!(!parent.register_child_waiter(&mut None, &waker, &scope));
         assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
         let node = scope.node(&parent).clone();
-        assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "moved to the child's scope");
+        assert_eq!(
+            wakes.0.load(Ordering::SeqCst),
+            1,
+            "moved to the child's scope"
+        );
         // Once the scope exists, the parent refuses the child's waiters.
         assert!(!parent.register_child_waiter(&mut key, &waker, &scope));
         assert!(key.is_none());
