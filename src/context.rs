@@ -19,6 +19,7 @@
 
 use std::cell::{Cell, OnceCell};
 use std::ptr;
+use std::task::Waker;
 use std::time::Instant;
 
 use crate::node::{Node, ScopeId};
@@ -35,8 +36,8 @@ pub(crate) struct Frame<'a> {
 pub(crate) enum FrameKind<'a> {
     /// The scope has a node in the tree.
     Linked(&'a Arc<Node>),
-    /// The first poll of a lazily linked scope.
-    Unlinked(&'a Unlinked),
+    /// A helper scope without a node (see [`Unlinked`]), polled with this waker.
+    Unlinked(&'a Unlinked, &'a Waker),
     /// A nursery child: it runs in the nursery's scope (`parent`) until something needs a
     /// scope of its own (see [`ChildScope`]).
     Child {
@@ -45,16 +46,22 @@ pub(crate) enum FrameKind<'a> {
     },
 }
 
-/// The inline state of a scope during its first poll (see the module docs).
+/// The inline state of a helper scope that has no node (see the module docs): during its
+/// first poll, and afterwards for as long as its body only waits at cancellation points
+/// polled with the scope's own waker (`scope::wait_inline`).
 pub(crate) struct Unlinked {
-    /// Whether the deadline had passed at entry (SPEC S5), read from the clock only when
-    /// someone asks: a body that returns a value at once never reads it.
+    /// Whether the deadline has passed: at entry (SPEC S5), read from the clock only when
+    /// someone asks (a body that returns a value at once never reads it); later, when the
+    /// scope's own timer fired.
     pub(crate) expired: Cell<Option<bool>>,
     pub(crate) shield: bool,
     pub(crate) deadline: Option<Instant>,
     pub(crate) id: Cell<Option<ScopeId>>,
     /// Set when something needed a node; the scope future takes it after the poll.
     pub(crate) node: OnceCell<Arc<Node>>,
+    /// A waiting point relied on the scope's own poll to be polled again
+    /// ([`Frame::wakes`]): if the scope links instead, it must poll again at once.
+    pub(crate) relied_on: Cell<bool>,
 }
 
 impl Unlinked {
@@ -129,7 +136,7 @@ impl<'a> Frame<'a> {
     pub(crate) fn is_cancelled(&self) -> bool {
         match self.kind {
             FrameKind::Linked(node) => node.is_cancelled(),
-            FrameKind::Unlinked(inline) => self.is_cancelled_unlinked(inline),
+            FrameKind::Unlinked(inline, _) => self.is_cancelled_unlinked(inline),
             FrameKind::Child { parent, scope } => scope.settled(parent).is_cancelled(),
         }
     }
@@ -148,6 +155,41 @@ impl<'a> Frame<'a> {
                     || (!inline.shield && self.parent.is_some_and(Frame::is_cancelled))
                     || self.node().is_cancelled()
             }
+        }
+    }
+
+    /// Effectively cancelled, as a cancellation point asks it: like
+    /// [`is_cancelled`](Self::is_cancelled), but a helper scope without a node is not linked
+    /// for the question. Its deadline reaches its waiting points through its own timer
+    /// (`scope::wait_inline`), so only `is_cancelled()` and `check_cancelled()`, which
+    /// busy code calls without ever waiting, need its deadline armed (SPEC S6).
+    pub(crate) fn is_cancelled_here(&self) -> bool {
+        match self.kind {
+            FrameKind::Unlinked(inline, _) => match inline.node.get() {
+                Some(node) => node.is_cancelled(),
+                None => {
+                    inline.expired()
+                        || (!inline.shield && self.parent.is_some_and(Frame::is_cancelled_here))
+                }
+            },
+            _ => self.is_cancelled(),
+        }
+    }
+
+    /// Whether this frame is a helper scope without a node whose own poll uses a waker
+    /// that wakes `waker`'s task the same way: a point polled with `waker` inside it is
+    /// then polled again whenever the scope is (its timer fires, the enclosing scope is
+    /// cancelled), and needs no registration of its own.
+    pub(crate) fn wakes(&self, waker: &Waker) -> bool {
+        match self.kind {
+            FrameKind::Unlinked(inline, own) => {
+                let wakes = inline.node.get().is_none() && own.will_wake(waker);
+                if wakes {
+                    inline.relied_on.set(true);
+                }
+                wakes
+            }
+            _ => false,
         }
     }
 
@@ -178,7 +220,7 @@ impl<'a> Frame<'a> {
     pub(crate) fn node(&self) -> &Arc<Node> {
         match self.kind {
             FrameKind::Linked(node) => node,
-            FrameKind::Unlinked(inline) => inline.node.get_or_init(|| {
+            FrameKind::Unlinked(inline, _) => inline.node.get_or_init(|| {
                 let parent = self.parent.map(Frame::node);
                 crate::scope::materialize(inline, parent)
             }),
@@ -189,7 +231,7 @@ impl<'a> Frame<'a> {
     /// The unlinked state, if this frame has no node yet.
     fn unlinked(&self) -> Option<&'a Unlinked> {
         match self.kind {
-            FrameKind::Unlinked(inline) if inline.node.get().is_none() => Some(inline),
+            FrameKind::Unlinked(inline, _) if inline.node.get().is_none() => Some(inline),
             _ => None,
         }
     }

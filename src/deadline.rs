@@ -66,7 +66,8 @@ impl EffectiveDeadline {
 pub fn current_deadline() -> EffectiveDeadline {
     context::with_current(|frame| match frame {
         None => EffectiveDeadline::Unbounded,
-        Some(frame) if Frame::is_cancelled(frame) => EffectiveDeadline::Passed,
+        // Asked as a waiting point asks: a helper scope is not linked for the question.
+        Some(frame) if frame.is_cancelled_here() => EffectiveDeadline::Passed,
         Some(frame) => match frame.deadline() {
             Some(at) => EffectiveDeadline::At(Instant::from_std(at)),
             None => EffectiveDeadline::Unbounded,

@@ -36,16 +36,26 @@ pub fn is_cancelled() -> bool {
 
 /// A synchronous cancellation point: `Err(Cancelled)` if the current scope is cancelled.
 pub fn check_cancelled() -> Result<(), Cancelled> {
-    match current_cancellation() {
+    // Asked as `is_cancelled()` is: busy code may call it in a loop that never waits.
+    match cancellation(false) {
         Some(cancelled) => Err(cancelled),
         None => Ok(()),
     }
 }
 
-/// The cancellation a point would report here, if the current scope is cancelled.
+/// The cancellation a waiting point would report here, if the current scope is cancelled.
 pub(crate) fn current_cancellation() -> Option<Cancelled> {
+    cancellation(true)
+}
+
+/// The cancellation to report if the current frame is cancelled, asked as a waiting point
+/// asks it ([`Frame::is_cancelled_here`]) or as `is_cancelled()` does.
+fn cancellation(waiting: bool) -> Option<Cancelled> {
     context::with_current(|frame| {
-        let frame = frame.filter(|frame| frame.is_cancelled())?;
+        let frame = frame.filter(|frame| match waiting {
+            true => frame.is_cancelled_here(),
+            false => frame.is_cancelled(),
+        })?;
         frame.mark_observed();
         Some(match frame.origin()? {
             Origin::Inline(id) => Cancelled::new(id, CancelReason::Deadline),
@@ -228,8 +238,28 @@ impl Waiter {
         if let Some(cancelled) = current_cancellation() {
             return Poll::Ready(cancelled);
         }
-        let registered = context::with_current(|frame| {
+        if !self.register(cx) {
+            return Poll::Pending; // outside any scope, or woken with the scope's own poll
+        }
+        // A cancellation between the first check and the registration woke nobody.
+        match current_cancellation() {
+            Some(cancelled) => Poll::Ready(cancelled),
+            None => Poll::Pending,
+        }
+    }
+
+    /// Registers to be woken when the current scope becomes cancelled (a scope polling its
+    /// body without a node registers this way with the enclosing one); true if the caller
+    /// waits on a registration, so must check again for a cancellation that came before it
+    /// (`is_cancelled_here`).
+    pub(crate) fn register(&mut self, cx: &mut Context<'_>) -> bool {
+        context::with_current(|frame| {
             let Some(frame) = frame else { return false };
+            // A helper scope without a node polls this point again itself.
+            if frame.wakes(cx.waker()) {
+                self.clear();
+                return false;
+            }
             // A nursery child without a scope of its own waits on its nursery's.
             if let Some((parent, child)) = frame.unmade_child() {
                 self.retarget(parent);
@@ -241,15 +271,7 @@ impl Waiter {
             self.retarget(node);
             node.register_waiter(&mut self.key, cx.waker());
             true
-        });
-        if !registered {
-            return Poll::Pending; // outside any scope: never cancelled
-        }
-        // A cancellation between the first check and the registration woke nobody.
-        match current_cancellation() {
-            Some(cancelled) => Poll::Ready(cancelled),
-            None => Poll::Pending,
-        }
+        })
     }
 
     /// Makes `node` the one this waiter is registered with, leaving the previous one.
@@ -264,7 +286,8 @@ impl Waiter {
         }
     }
 
-    fn clear(&mut self) {
+    /// Takes the registration off, if any.
+    pub(crate) fn clear(&mut self) {
         if let Some(node) = self.node.take() {
             node.remove_waiter(&mut self.key);
         }

@@ -20,7 +20,8 @@ use tokio::time::Instant;
 use crate::cancelled::{CancelError, Cancelled};
 use crate::context::{self, FrameKind, Unlinked};
 use crate::deadline_service::DeadlineService;
-use crate::node::{DeadlineTimer, Node, ScopeId, later};
+use crate::node::{DeadlineTimer, Node, ScopeId, WaiterKey, later};
+use crate::point::Waiter;
 use crate::reason::{CancelReason, Payload};
 use crate::sync::Arc;
 
@@ -268,15 +269,18 @@ impl<F> fmt::Debug for Scoped<F> {
 pub(crate) enum Exit<T, E> {
     Value(T),
     Error(E),
-    /// The scope absorbed a cancellation. Boxed: it is the rare exit, and a small `Exit`
-    /// comes back in registers (the `5-ready` benchmark).
-    Absorbed(Box<Absorbed>),
+    /// The scope absorbed a cancellation. One pointer: a small `Exit` comes back in
+    /// registers (the `5-ready` benchmark), and a deadline scope that timed out allocates
+    /// nothing to say so (`5-timing-out`).
+    Absorbed(Absorbed),
 }
 
-/// What a scope absorbed: the reason and the scope's deadline.
-pub(crate) struct Absorbed {
-    pub(crate) reason: CancelReason,
-    pub(crate) deadline: Option<Instant>,
+/// Where to read what a scope absorbed ([`ScopeCore::absorbed`]).
+pub(crate) enum Absorbed {
+    /// The scope's node knows the reason and the deadline.
+    Node(Arc<Node>),
+    /// A helper scope without a node absorbed its own deadline.
+    OwnDeadline,
 }
 
 /// How a scope gets its node.
@@ -299,13 +303,16 @@ pub(crate) enum DeadlineSpec {
 
 enum Phase {
     Unentered,
+    /// A helper scope without a node, waiting after its first poll (see [`InlineWait`]).
+    Inline,
+    /// The scope has a node.
     Running,
     Done,
 }
 
 /// The state machine shared by every scope future: entry, polls in the scope's frame,
 /// hard delivery and the end of the scope.
-#[pin_project(PinnedDrop)]
+#[pin_project(PinnedDrop, project = ScopeCoreProj)]
 pub(crate) struct ScopeCore<F> {
     #[pin]
     body: Option<F>,
@@ -313,10 +320,53 @@ pub(crate) struct ScopeCore<F> {
     node: Option<Arc<Node>>,
     hard: bool,
     phase: Phase,
-    waiter: Option<crate::node::WaiterKey>,
+    waiter: Option<WaiterKey>,
+    /// A helper scope waiting without a node (`Phase::Inline`).
+    wait: Option<Pin<Box<InlineWait>>>,
+}
+
+/// A helper scope whose body went pending without asking for a node keeps none, as
+/// `tokio::time::timeout` keeps a timer entry and nothing else: its own `Sleep` wakes it at
+/// the deadline, its registration with the enclosing scope wakes it when that one is
+/// cancelled, and each poll of the scope polls its body, so a waiting point polled with the
+/// scope's waker ([`context::Frame::wakes`]) needs no registration of its own. Anything
+/// that needs the scope from elsewhere (a handle, a nursery or scope inside it, a waiting
+/// point behind a combinator with wakers of its own, a busy `is_cancelled()`) gives it a
+/// node during a poll, and it links at the end of that poll.
+///
+/// Boxed, and made only when the body first waits: most helper scopes never do, and a
+/// small scope future is cheap to build and move (`5-ready`).
+#[pin_project]
+struct InlineWait {
+    inline: Unlinked,
+    #[pin]
+    alarm: tokio::time::Sleep,
+    /// The registration with the enclosing scope.
+    enclosing: Waiter,
 }
 
 impl<F> ScopeCore<F> {
+    /// The reason and the deadline of what the scope absorbed.
+    pub(crate) fn absorbed(&self, absorbed: Absorbed) -> (CancelReason, Option<Instant>) {
+        match absorbed {
+            Absorbed::Node(node) => {
+                let (reason, deadline) = node.reason_and_deadline();
+                (
+                    reason.unwrap_or(CancelReason::Deadline),
+                    deadline.map(Instant::from_std),
+                )
+            }
+            Absorbed::OwnDeadline => match self.plan {
+                // Made absolute at entry.
+                Plan::Lazy {
+                    deadline: DeadlineSpec::At(at),
+                    ..
+                } => (CancelReason::Deadline, Some(at)),
+                _ => (CancelReason::Deadline, None),
+            },
+        }
+    }
+
     pub(crate) fn new(body: F, plan: Plan, hard: bool) -> Self {
         ScopeCore {
             body: Some(body),
@@ -325,6 +375,7 @@ impl<F> ScopeCore<F> {
             hard,
             phase: Phase::Unentered,
             waiter: None,
+            wait: None,
         }
     }
 }
@@ -340,37 +391,31 @@ where
         let mut this = self.project();
         match this.phase {
             Phase::Running => {}
+            Phase::Inline => return poll_waiting(&mut this, cx),
             Phase::Done => polled_after_completion(),
-            Phase::Unentered => {
-                *this.phase = Phase::Running;
-                match this.plan {
-                    Plan::Preset { node } => *this.node = Some(enter_preset(node)),
-                    Plan::Lazy { deadline, shield } => {
-                        let inline = enter_lazy(*deadline, *shield);
-                        // Ends a node made during this poll if the body or the user's
-                        // `CancelError` panics: it lives only in `inline` until linked below.
-                        let mut unwind = EndOnUnwind(Some(&inline));
-                        let body = this.body.as_mut().as_pin_mut().expect("body present");
-                        let poll = context::enter(FrameKind::Unlinked(&inline), || body.poll(cx));
-                        let result = match poll {
-                            Poll::Ready(out) => {
-                                *this.phase = Phase::Done;
-                                Poll::Ready(match out {
-                                    // The fast path: ready at once, nothing linked.
-                                    Ok(value) if inline.node.get().is_none() => Exit::Value(value),
-                                    out => finish_lazy(out, &inline),
-                                })
-                            }
-                            Poll::Pending => {
-                                *this.node = Some(link_lazy(&inline));
-                                Poll::Pending
-                            }
-                        };
-                        unwind.0 = None;
-                        return result;
-                    }
+            Phase::Unentered => match this.plan {
+                Plan::Preset { node } => {
+                    *this.phase = Phase::Running;
+                    *this.node = Some(enter_preset(node));
                 }
-            }
+                Plan::Lazy { deadline, shield } => {
+                    // The first poll keeps the inline state on the stack.
+                    let inline = enter_lazy(*deadline, *shield);
+                    if let (DeadlineSpec::After(_), Some(at)) = (*deadline, inline.deadline) {
+                        *deadline = DeadlineSpec::At(Instant::from_std(at));
+                    }
+                    return match poll_unlinked(this.body.as_mut(), &inline, cx) {
+                        Poll::Ready(exit) => {
+                            *this.phase = Phase::Done;
+                            Poll::Ready(exit)
+                        }
+                        Poll::Pending => {
+                            start_waiting(&mut this, inline, cx);
+                            Poll::Pending
+                        }
+                    };
+                }
+            },
         }
 
         let node = this.node.as_ref().expect("a running scope has a node");
@@ -414,6 +459,114 @@ where
     }
 }
 
+/// A poll of a helper scope's body in an unlinked frame, with the scope's state inline.
+/// Pending: the body may have asked for a node meanwhile (`inline.node`).
+#[inline]
+fn poll_unlinked<F, T, E>(
+    body: Pin<&mut Option<F>>,
+    inline: &Unlinked,
+    cx: &mut Context<'_>,
+) -> Poll<Exit<T, E>>
+where
+    F: Future<Output = Result<T, E>>,
+    E: CancelError,
+{
+    // Ends a node made during this poll if the body or the user's `CancelError` panics: it
+    // lives only in `inline` until linked.
+    let mut unwind = EndOnUnwind(Some(inline));
+    let body = body.as_pin_mut().expect("body present");
+    let poll = context::enter(FrameKind::Unlinked(inline, cx.waker()), || body.poll(cx));
+    let result = poll.map(|out| match out {
+        // The fast path: ready at once, nothing linked.
+        Ok(value) if inline.node.get().is_none() => Exit::Value(value),
+        out => finish_lazy(out, inline),
+    });
+    unwind.0 = None;
+    result
+}
+
+/// A helper scope's body went pending in its first poll: it waits without a node (see
+/// [`InlineWait`]) unless the body asked for one or there is no runtime to keep its timer.
+#[inline(never)]
+fn start_waiting<F>(this: &mut ScopeCoreProj<'_, F>, inline: Unlinked, cx: &mut Context<'_>) {
+    let deadline = inline
+        .deadline
+        .filter(|_| inline.node.get().is_none() && tokio::runtime::Handle::try_current().is_ok());
+    let Some(deadline) = deadline else {
+        let relied_on = inline.relied_on.get();
+        return link_now(this, link_lazy(&inline), relied_on, cx);
+    };
+    let mut wait = Box::pin(InlineWait {
+        inline,
+        alarm: tokio::time::sleep_until(Instant::from_std(deadline)),
+        enclosing: Waiter::default(),
+    });
+    let waiting = wait.as_mut().project();
+    if waiting.alarm.poll(cx).is_ready() {
+        // Passed while the body ran: poll again to tell it.
+        waiting.inline.expired.set(Some(true));
+        cx.waker().wake_by_ref();
+    }
+    enclose(waiting.inline, waiting.enclosing, cx);
+    *this.wait = Some(wait);
+    *this.phase = Phase::Inline;
+}
+
+/// A poll of a helper scope waiting without a node.
+fn poll_waiting<F, T, E>(this: &mut ScopeCoreProj<'_, F>, cx: &mut Context<'_>) -> Poll<Exit<T, E>>
+where
+    F: Future<Output = Result<T, E>>,
+    E: CancelError,
+{
+    let wait = this.wait.as_mut().expect("a waiting helper scope");
+    let waiting = wait.as_mut().project();
+    if waiting.alarm.poll(cx).is_ready() {
+        waiting.inline.expired.set(Some(true));
+    }
+    match poll_unlinked(this.body.as_mut(), waiting.inline, cx) {
+        Poll::Ready(exit) => {
+            *this.phase = Phase::Done;
+            *this.wait = None;
+            Poll::Ready(exit)
+        }
+        Poll::Pending if waiting.inline.node.get().is_none() => {
+            enclose(waiting.inline, waiting.enclosing, cx);
+            Poll::Pending
+        }
+        Poll::Pending => {
+            let (node, relied_on) = (link_lazy(waiting.inline), waiting.inline.relied_on.get());
+            link_now(this, node, relied_on, cx);
+            Poll::Pending
+        }
+    }
+}
+
+/// Registers a helper scope waiting without a node with the enclosing scope, unless it is
+/// shielded. This runs in the enclosing scope's frame (the body's has been left).
+fn enclose(inline: &Unlinked, enclosing: &mut Waiter, cx: &mut Context<'_>) {
+    if !inline.shield && enclosing.register(cx) && enclosing_is_cancelled() {
+        cx.waker().wake_by_ref();
+    }
+}
+
+/// A helper scope gets its node: it was asked for one, or cannot wait without. A waiting
+/// point in its body that relied on the scope's own poll registered nowhere: then the
+/// scope is polled again at once, and the point registers with the node.
+#[inline(never)]
+fn link_now<F>(
+    this: &mut ScopeCoreProj<'_, F>,
+    node: Arc<Node>,
+    relied_on: bool,
+    cx: &mut Context<'_>,
+) {
+    *this.node = Some(node);
+    *this.phase = Phase::Running;
+    *this.wait = None;
+    if relied_on {
+        cx.waker().wake_by_ref();
+    }
+}
+
 #[cold]
 #[inline(never)]
 fn polled_after_completion() -> ! {
@@ -445,6 +598,7 @@ fn enter_lazy(deadline: DeadlineSpec, shield: bool) -> Unlinked {
         deadline: Some(deadline.into_std()),
         id: Cell::new(None),
         node: OnceCell::new(),
+        relied_on: Cell::new(false),
     }
 }
 
@@ -453,14 +607,11 @@ fn enter_lazy(deadline: DeadlineSpec, shield: bool) -> Unlinked {
 fn finish_lazy<T, E: CancelError>(out: Result<T, E>, inline: &Unlinked) -> Exit<T, E> {
     let absorbs = || match inline.node.get() {
         Some(node) => node.absorbs(),
-        None => inline.expired() && (inline.shield || !parent_is_cancelled()),
+        None => inline.expired() && (inline.shield || !enclosing_is_cancelled()),
     };
     let exit = exit_of(out, absorbs, || match inline.node.get() {
-        Some(node) => absorbed(node),
-        None => Absorbed {
-            reason: CancelReason::Deadline,
-            deadline: inline.deadline.map(Instant::from_std),
-        },
+        Some(node) => Absorbed::Node(node.clone()),
+        None => Absorbed::OwnDeadline,
     });
     if let Some(node) = inline.node.get() {
         node.end(matches!(exit, Exit::Absorbed(..)));
@@ -485,10 +636,10 @@ fn link_lazy(inline: &Unlinked) -> Arc<Node> {
 fn finish_linked<T, E: CancelError>(
     out: Result<T, E>,
     node: &Arc<Node>,
-    waiter: &mut Option<crate::node::WaiterKey>,
+    waiter: &mut Option<WaiterKey>,
 ) -> Exit<T, E> {
     node.remove_waiter(waiter);
-    let exit = exit_of(out, || node.absorbs(), || absorbed(node));
+    let exit = exit_of(out, || node.absorbs(), || Absorbed::Node(node.clone()));
     node.end(matches!(exit, Exit::Absorbed(..)));
     exit
 }
@@ -500,7 +651,7 @@ fn finish_linked<T, E: CancelError>(
 #[inline(never)]
 fn dropped_exit<T, E: CancelError>(node: &Arc<Node>) -> Option<Exit<T, E>> {
     if node.absorbs() {
-        return Some(Exit::Absorbed(Box::new(absorbed(node))));
+        return Some(Exit::Absorbed(Absorbed::Node(node.clone())));
     }
     let origin = node.origin()?;
     let reason = origin.reason().unwrap_or(CancelReason::Explicit(None));
@@ -509,7 +660,7 @@ fn dropped_exit<T, E: CancelError>(node: &Arc<Node>) -> Option<Exit<T, E>> {
 
 /// A hard scope waits on its own node, so a cancellation from elsewhere wakes it.
 #[inline(never)]
-fn wait_hard(node: &Node, waiter: &mut Option<crate::node::WaiterKey>, cx: &mut Context<'_>) {
+fn wait_hard(node: &Node, waiter: &mut Option<WaiterKey>, cx: &mut Context<'_>) {
     node.register_waiter(waiter, cx.waker());
     if node.is_cancelled() {
         cx.waker().wake_by_ref();
@@ -520,6 +671,18 @@ fn wait_hard(node: &Node, waiter: &mut Option<crate::node::WaiterKey>, cx: &mut 
 impl<F> PinnedDrop for ScopeCore<F> {
     fn drop(self: Pin<&mut Self>) {
         let mut this = self.project();
+        if let Some(wait) = this.wait.as_ref() {
+            // Dropped while waiting without a node: the body is dropped in its scope too.
+            let inline = &wait.inline;
+            if this.body.as_mut().as_pin_mut().is_some() {
+                let frame = FrameKind::Unlinked(inline, std::task::Waker::noop());
+                context::enter(frame, || this.body.set(None));
+            }
+            if let Some(node) = inline.node.get() {
+                node.end(false); // its drop code asked for one
+            }
+            return;
+        }
         if let Some(node) = this.node.as_ref() {
             // The body is dropped in its scope (its drop code may ask), before the scope ends.
             if this.body.as_mut().as_pin_mut().is_some() {
@@ -551,18 +714,8 @@ fn exit_of<T, E: CancelError>(
 ) -> Exit<T, E> {
     match out {
         Ok(value) => Exit::Value(value),
-        Err(error) if error.as_cancelled().is_some() && absorbs() => {
-            Exit::Absorbed(Box::new(absorbed()))
-        }
+        Err(error) if error.as_cancelled().is_some() && absorbs() => Exit::Absorbed(absorbed()),
         Err(error) => Exit::Error(error),
-    }
-}
-
-fn absorbed(node: &Node) -> Absorbed {
-    let (reason, deadline) = node.reason_and_deadline();
-    Absorbed {
-        reason: reason.unwrap_or(CancelReason::Deadline),
-        deadline: deadline.map(Instant::from_std),
     }
 }
 
@@ -573,8 +726,9 @@ pub(crate) fn cancelled_here(node: &Arc<Node>) -> Cancelled {
     Cancelled::new(origin.id(), reason)
 }
 
-fn parent_is_cancelled() -> bool {
-    context::with_current(|frame| frame.is_some_and(|frame| frame.is_cancelled()))
+/// Whether the scope around a helper scope is cancelled, asked without linking it.
+fn enclosing_is_cancelled() -> bool {
+    context::with_current(|frame| frame.is_some_and(|frame| frame.is_cancelled_here()))
 }
 
 /// The deadline timer for a scope entered under `parent`: the parent's, else the current

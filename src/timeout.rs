@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use crate::cancelled::CancelError;
 use crate::reason::CancelReason;
-use crate::scope::{Absorbed, DeadlineSpec, Exit, Plan, ScopeCore, Scoped};
+use crate::scope::{DeadlineSpec, Exit, Plan, ScopeCore, Scoped};
 
 /// Runs `body` in a scope that is cancelled `timeout` after entry (the first poll).
 ///
@@ -143,11 +143,12 @@ where
     type Output = Result<T, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.project().core.poll_exit(cx).map(|exit| match exit {
+        let mut core = self.project().core;
+        core.as_mut().poll_exit(cx).map(|exit| match exit {
             Exit::Value(value) => Ok(value),
             Exit::Error(error) => Err(error),
             Exit::Absorbed(absorbed) => {
-                let Absorbed { reason, deadline } = *absorbed;
+                let (reason, deadline) = core.absorbed(absorbed);
                 Err(E::from(TimedOut { deadline, reason }))
             }
         })

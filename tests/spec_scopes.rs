@@ -3145,7 +3145,7 @@ async fn r3_deadline_service_runs_only_while_a_deadline_is_armed() {
         settle_tasks(0).await;
 
         // A scope dropped before its deadline disarms it.
-        let mut fut = Box::pin(move_on_after(HOUR, async {
+        let mut fut = Box::pin(CancelScope::new().with_timeout(HOUR).run(async {
             pending::<()>().await;
             Ok::<_, Cancelled>(())
         }));
@@ -3153,6 +3153,17 @@ async fn r3_deadline_service_runs_only_while_a_deadline_is_armed() {
         settle_tasks(1).await;
         drop(fut);
         settle_tasks(0).await;
+
+        // A helper scope whose body waits without needing a node keeps its deadline in
+        // tokio's timer, as `tokio::time::timeout` does: no service.
+        let mut fut = Box::pin(move_on_after(HOUR, async {
+            sleep(HOUR).await?;
+            pending::<()>().await;
+            Ok::<_, Cancelled>(())
+        }));
+        assert!(poll_once(&mut fut).await.is_pending());
+        settle_tasks(0).await;
+        drop(fut);
     })
     .await
 }

@@ -1,0 +1,331 @@
+//! A helper scope (`move_on_after` and friends) whose body waits only at cancellation points
+//! polled with the scope's own waker keeps no node while it waits: its own timer and its
+//! registration with the enclosing scope wake it (DESIGN.md, "Helper scopes that wait").
+//! These tests hold what users see in every case: the deadline, an enclosing scope's
+//! cancellation, and each way the scope comes to need a node while it waits.
+
+mod common;
+
+use std::future::pending;
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use tokio::time::Instant;
+use tokio_nursery::*;
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// An application error that accepts `TimedOut` (SPEC S10, S15).
+#[derive(Debug)]
+enum AppError {
+    Cancelled(Cancelled),
+    TimedOut(TimedOut),
+}
+
+impl From<Cancelled> for AppError {
+    fn from(cancelled: Cancelled) -> Self {
+        AppError::Cancelled(cancelled)
+    }
+}
+
+impl From<TimedOut> for AppError {
+    fn from(timed_out: TimedOut) -> Self {
+        AppError::TimedOut(timed_out)
+    }
+}
+
+impl CancelError for AppError {
+    fn as_cancelled(&self) -> Option<&Cancelled> {
+        match self {
+            AppError::Cancelled(cancelled) => Some(cancelled),
+            AppError::TimedOut(_) => None,
+        }
+    }
+}
+
+/// A missed wake-up would wait for ever: under the paused clock this bound turns it into a
+/// failure, at no cost when all goes well.
+async fn bounded<T>(future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10 * 3600), future)
+        .await
+        .expect("a waiting scope was never woken")
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn the_deadline_reaches_a_waiting_point_at_the_exact_time() {
+    common::leak_checked(async {
+        let start = Instant::now();
+        let out = bounded(move_on_after(Duration::from_secs(3), async {
+            pending::<()>().cancellable().await?;
+            Ok::<_, Cancelled>(())
+        }))
+        .await;
+        assert_eq!(out.unwrap(), None);
+        assert_eq!(start.elapsed(), Duration::from_secs(3));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn fail_after_reports_its_deadline_and_reason_when_it_times_out_waiting() {
+    common::leak_checked(async {
+        let start = Instant::now();
+        let out: Result<(), AppError> = bounded(fail_after(Duration::from_millis(20), async {
+            sleep(HOUR).await?;
+            Ok(())
+        }))
+        .await;
+        let Err(AppError::TimedOut(timed_out)) = out else {
+            panic!("expected TimedOut, got {out:?}");
+        };
+        assert_eq!(
+            timed_out.deadline(),
+            Some(start + Duration::from_millis(20))
+        );
+        assert!(timed_out.reason().is_deadline());
+        assert_eq!(start.elapsed(), Duration::from_millis(20));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn an_enclosing_scopes_cancel_reaches_a_waiting_helper_scope() {
+    common::leak_checked(async {
+        let outer = CancelScope::new();
+        let handle = outer.handle();
+        let start = Instant::now();
+        let canceller = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            handle.cancel();
+        });
+        let out = bounded(outer.run(async {
+            let inner = move_on_after(HOUR, async {
+                sleep(HOUR).await?;
+                Ok::<_, Cancelled>(())
+            })
+            .await;
+            assert!(inner.is_err(), "the outer cancellation passes through");
+            assert_eq!(start.elapsed(), Duration::from_secs(1));
+            inner
+        }))
+        .await;
+        assert_eq!(out.unwrap(), None, "absorbed by the outer scope");
+        canceller.await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn nested_waiting_helper_scopes_each_keep_their_own_deadline() {
+    common::leak_checked(async {
+        let start = Instant::now();
+        let out = bounded(move_on_after(Duration::from_secs(5), async {
+            let inner = move_on_after(Duration::from_secs(2), async {
+                pending::<()>().cancellable().await?;
+                Ok::<_, Cancelled>(())
+            })
+            .await?;
+            assert_eq!(inner, None, "the inner deadline first");
+            assert_eq!(start.elapsed(), Duration::from_secs(2));
+            let inner = move_on_after(Duration::from_secs(10), async {
+                pending::<()>().cancellable().await?;
+                Ok::<_, Cancelled>(())
+            })
+            .await;
+            assert!(
+                inner.is_err(),
+                "then the outer one, passed through the inner"
+            );
+            inner
+        }))
+        .await;
+        assert_eq!(out.unwrap(), None);
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_point_behind_a_combinator_with_its_own_wakers_still_sees_the_deadline() {
+    common::leak_checked(async {
+        let start = Instant::now();
+        let out = bounded(move_on_after(Duration::from_secs(3), async {
+            let mut points: FuturesUnordered<_> =
+                (0..3).map(|_| pending::<()>().cancellable()).collect();
+            points.next().await.expect("a point")?;
+            Ok::<_, Cancelled>(())
+        }))
+        .await;
+        assert_eq!(out.unwrap(), None);
+        assert_eq!(start.elapsed(), Duration::from_secs(3));
+    })
+    .await;
+}
+
+/// A waiting branch relied on the scope's own poll when the other branch asks for the
+/// scope's handle in the same poll (`futures::join!` polls in order): the scope links and
+/// polls again at once, so the waiting branch registers with the node and the handle's
+/// cancel reaches it.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_handle_taken_while_a_branch_waits_cancels_that_branch() {
+    common::leak_checked(async {
+        let start = Instant::now();
+        let out = bounded(move_on_after(HOUR, async {
+            let (waited, ()) = futures::join!(pending::<()>().cancellable(), async {
+                let scope = current_scope().expect("the helper scope");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                scope.cancel();
+            });
+            waited?;
+            Ok::<_, Cancelled>(())
+        }))
+        .await;
+        assert_eq!(out.unwrap(), None);
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+    })
+    .await;
+}
+
+/// The body asks for its scope only in a later poll, while a branch waits without a node:
+/// the deadline still fires at its time, on the node it then gets.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_scope_linked_in_a_later_poll_keeps_its_deadline() {
+    common::leak_checked(async {
+        let start = Instant::now();
+        let out = bounded(move_on_after(Duration::from_secs(3), async {
+            let (waited, deadline) = futures::join!(pending::<()>().cancellable(), async {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                current_scope().expect("the helper scope").deadline()
+            });
+            assert_eq!(deadline, Some(start + Duration::from_secs(3)));
+            waited?;
+            Ok::<_, Cancelled>(())
+        }))
+        .await;
+        assert_eq!(out.unwrap(), None);
+        assert_eq!(start.elapsed(), Duration::from_secs(3));
+    })
+    .await;
+}
+
+/// A nursery child without a scope of its own runs a waiting helper scope: the nursery's
+/// cancellation reaches it through the registration on the nursery's scope.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_nurserys_cancel_reaches_a_childs_waiting_helper_scope() {
+    common::leak_checked(async {
+        let start = Instant::now();
+        let told = Arc::new(AtomicBool::new(false));
+        let seen = told.clone();
+        let out = bounded(nursery(|n| async move {
+            n.spawn(async move {
+                let out = move_on_after(HOUR, async {
+                    sleep(HOUR).await?;
+                    Ok::<_, Cancelled>(())
+                })
+                .await;
+                told.store(out.is_err(), Ordering::SeqCst);
+                out.map(|_| ())
+            });
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            n.cancel();
+            Ok::<_, Cancelled>(())
+        }))
+        .await;
+        assert_eq!(out.unwrap(), Some(()));
+        assert!(
+            seen.load(Ordering::SeqCst),
+            "the child saw the nursery's cancellation"
+        );
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+    })
+    .await;
+}
+
+/// Dropped while it waits: its body is dropped in its scope, and nothing is left behind.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_waiting_helper_scope_dropped_drops_its_body_in_its_scope() {
+    common::leak_checked(async {
+        struct InScope(Arc<AtomicBool>);
+        impl Drop for InScope {
+            fn drop(&mut self) {
+                let deadline = current_deadline();
+                self.0.store(
+                    matches!(deadline, EffectiveDeadline::At(_)),
+                    Ordering::SeqCst,
+                );
+            }
+        }
+        let in_scope = Arc::new(AtomicBool::new(false));
+        let guard = InScope(in_scope.clone());
+        {
+            let mut scope = pin!(move_on_after(HOUR, async move {
+                let _guard = guard;
+                sleep(HOUR).await?;
+                Ok::<_, Cancelled>(())
+            }));
+            assert!(futures::poll!(scope.as_mut()).is_pending());
+        }
+        assert!(
+            in_scope.load(Ordering::SeqCst),
+            "the body saw its deadline when dropped"
+        );
+        assert_eq!(
+            common::alive_tasks(),
+            0,
+            "no deadline service for a waiting scope"
+        );
+    })
+    .await;
+}
+
+/// The same on two workers, without timing: deadlines and an enclosing cancellation reach
+/// waiting helper scopes in many tasks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_helper_scopes_on_two_workers() {
+    common::leak_checked(async {
+        let deadline = Instant::now() + Duration::from_millis(20);
+        let timed: Vec<_> = (0..500)
+            .map(|_| {
+                tokio::spawn(move_on_at(deadline, async {
+                    pending::<()>().cancellable().await?;
+                    Ok::<_, Cancelled>(())
+                }))
+            })
+            .collect();
+        for task in timed {
+            let out = tokio::time::timeout(Duration::from_secs(60), task)
+                .await
+                .expect("no hang");
+            assert_eq!(out.unwrap().unwrap(), None);
+        }
+        let outer = CancelScope::new();
+        let handle = outer.handle();
+        let out = tokio::time::timeout(
+            Duration::from_secs(60),
+            outer.run(async move {
+                let waiting = (0..100).map(|_| {
+                    move_on_after(HOUR, async {
+                        sleep(HOUR).await?;
+                        Ok::<_, Cancelled>(())
+                    })
+                });
+                let all = futures::future::join_all(waiting);
+                let cancel = async {
+                    tokio::task::yield_now().await;
+                    std::thread::spawn(move || handle.cancel()).join().unwrap();
+                };
+                let (outs, ()) = futures::join!(all, cancel);
+                assert!(outs.iter().all(Result::is_err), "every one was told");
+                outs.into_iter().next().expect("one").map(|_| ())
+            }),
+        )
+        .await
+        .expect("no hang");
+        assert_eq!(out.unwrap(), None);
+    })
+    .await;
+}
