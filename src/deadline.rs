@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::context::{self, Frame};
+use crate::context;
 
 /// The effective deadline at some point of the code: the earliest deadline of the current
 /// scope and its ancestors, up to and including the nearest shielded one.
