@@ -10,6 +10,7 @@ use std::any::Any;
 use std::cell::{Cell, OnceCell};
 use std::fmt;
 use std::future::Future;
+use std::mem::ManuallyDrop;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -321,8 +322,9 @@ pub(crate) struct ScopeCore<F> {
     hard: bool,
     phase: Phase,
     waiter: Option<WaiterKey>,
-    /// A helper scope waiting without a node (`Phase::Inline`).
-    wait: Option<Pin<Box<InlineWait>>>,
+    /// A helper scope waiting without a node (`Phase::Inline`). Taken by the drop, so the
+    /// scope future has no drop glue of its own for it (`5-ready`).
+    wait: ManuallyDrop<Option<Pin<Box<InlineWait>>>>,
 }
 
 /// A helper scope whose body went pending without asking for a node keeps none, as
@@ -375,7 +377,7 @@ impl<F> ScopeCore<F> {
             hard,
             phase: Phase::Unentered,
             waiter: None,
-            wait: None,
+            wait: ManuallyDrop::new(None),
         }
     }
 }
@@ -401,15 +403,16 @@ where
                 Plan::Lazy { deadline, shield } => {
                     // The first poll keeps the inline state on the stack.
                     let inline = enter_lazy(*deadline, *shield);
-                    if let (DeadlineSpec::After(_), Some(at)) = (*deadline, inline.deadline) {
-                        *deadline = DeadlineSpec::At(Instant::from_std(at));
-                    }
                     return match poll_unlinked(this.body.as_mut(), &inline, cx) {
                         Poll::Ready(exit) => {
                             *this.phase = Phase::Done;
+                            if let Exit::Absorbed(Absorbed::OwnDeadline) = exit {
+                                remember_deadline(this.plan, &inline);
+                            }
                             Poll::Ready(exit)
                         }
                         Poll::Pending => {
+                            remember_deadline(this.plan, &inline);
                             start_waiting(&mut this, inline, cx);
                             Poll::Pending
                         }
@@ -461,7 +464,7 @@ where
 
 /// A poll of a helper scope's body in an unlinked frame, with the scope's state inline.
 /// Pending: the body may have asked for a node meanwhile (`inline.node`).
-#[inline]
+#[inline(always)]
 fn poll_unlinked<F, T, E>(
     body: Pin<&mut Option<F>>,
     inline: &Unlinked,
@@ -483,6 +486,15 @@ where
     });
     unwind.0 = None;
     result
+}
+
+/// Keeps a helper scope's absolute deadline, fixed at entry, in its plan: what it absorbed
+/// may be its own deadline ([`ScopeCore::absorbed`]) once its inline state is gone.
+#[cold]
+fn remember_deadline(plan: &mut Plan, inline: &Unlinked) {
+    if let (Plan::Lazy { deadline, .. }, Some(at)) = (plan, inline.deadline) {
+        *deadline = DeadlineSpec::At(Instant::from_std(at));
+    }
 }
 
 /// A helper scope's body went pending in its first poll: it waits without a node (see
@@ -508,7 +520,7 @@ fn start_waiting<F>(this: &mut ScopeCoreProj<'_, F>, inline: Unlinked, cx: &mut 
         cx.waker().wake_by_ref();
     }
     enclose(waiting.inline, waiting.enclosing, cx);
-    *this.wait = Some(wait);
+    **this.wait = Some(wait);
     *this.phase = Phase::Inline;
 }
 
@@ -526,7 +538,7 @@ where
     match poll_unlinked(this.body.as_mut(), waiting.inline, cx) {
         Poll::Ready(exit) => {
             *this.phase = Phase::Done;
-            *this.wait = None;
+            **this.wait = None;
             Poll::Ready(exit)
         }
         Poll::Pending if waiting.inline.node.get().is_none() => {
@@ -561,7 +573,7 @@ fn link_now<F>(
 ) {
     *this.node = Some(node);
     *this.phase = Phase::Running;
-    *this.wait = None;
+    **this.wait = None;
     if relied_on {
         cx.waker().wake_by_ref();
     }
@@ -670,27 +682,36 @@ fn wait_hard(node: &Node, waiter: &mut Option<WaiterKey>, cx: &mut Context<'_>) 
 #[pinned_drop]
 impl<F> PinnedDrop for ScopeCore<F> {
     fn drop(self: Pin<&mut Self>) {
-        let mut this = self.project();
-        if let Some(wait) = this.wait.as_ref() {
-            // Dropped while waiting without a node: the body is dropped in its scope too.
-            let inline = &wait.inline;
-            if this.body.as_mut().as_pin_mut().is_some() {
-                let frame = FrameKind::Unlinked(inline, std::task::Waker::noop());
-                context::enter(frame, || this.body.set(None));
-            }
-            if let Some(node) = inline.node.get() {
-                node.end(false); // its drop code asked for one
-            }
-            return;
+        let this = self.project();
+        // A helper scope that finished without a node (`5-ready`) has nothing to end.
+        if this.node.is_some() || this.wait.is_some() {
+            end_on_drop(this);
         }
-        if let Some(node) = this.node.as_ref() {
-            // The body is dropped in its scope (its drop code may ask), before the scope ends.
-            if this.body.as_mut().as_pin_mut().is_some() {
-                context::enter(FrameKind::Linked(node), || this.body.set(None));
-            }
-            node.remove_waiter(this.waiter);
-            node.end(false); // idempotent: a scope that finished has ended already
+    }
+}
+
+/// The end of a scope whose future is dropped: the body is dropped in its scope (its drop
+/// code may ask), before the scope ends.
+#[inline(never)]
+fn end_on_drop<F>(mut this: ScopeCoreProj<'_, F>) {
+    if let Some(wait) = this.wait.take() {
+        // Dropped while waiting without a node.
+        let inline = &wait.inline;
+        if this.body.as_mut().as_pin_mut().is_some() {
+            let frame = FrameKind::Unlinked(inline, std::task::Waker::noop());
+            context::enter(frame, || this.body.set(None));
         }
+        if let Some(node) = inline.node.get() {
+            node.end(false); // its drop code asked for one
+        }
+        return;
+    }
+    if let Some(node) = this.node.as_ref() {
+        if this.body.as_mut().as_pin_mut().is_some() {
+            context::enter(FrameKind::Linked(node), || this.body.set(None));
+        }
+        node.remove_waiter(this.waiter);
+        node.end(false); // idempotent: a scope that finished has ended already
     }
 }
 
