@@ -145,8 +145,9 @@ impl TaskTree {
             } else {
                 cancellation.clone()
             };
-            // Siblings in the order their scopes were made (children: in spawn order), those
-            // without a scope of their own among them.
+            // Siblings by scope id: the order their scopes were made on each thread (children:
+            // spawn order, for those spawned from one thread), those without a scope of
+            // their own among them.
             let mut below: Vec<(ScopeId, Item)> = view
                 .attachment
                 .as_ref()
