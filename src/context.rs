@@ -5,12 +5,13 @@
 //! restores the previous one afterwards, even on unwind. Frames nest as the polls nest, so
 //! each branch of a `join!` sees its own scope.
 //!
-//! A frame is either *linked*, pointing at a node of the scope tree, or *unlinked*: the first
-//! poll of a scope made by [`move_on_after`](crate::move_on_after) and friends runs with its
-//! state inline, allocating and linking nothing, so a scope around a future that is ready at
-//! once costs no more than `tokio::time::timeout`. An unlinked frame is materialised into a
-//! node the moment something needs one (a handle, a waiter, a cancellation query, the body
-//! going pending).
+//! A frame is either *linked*, pointing at a node of the scope tree, or *unlinked*: a scope
+//! made by [`move_on_after`](crate::move_on_after) and friends runs with its state inline,
+//! allocating and linking nothing, so a scope around a future that is ready at once costs no
+//! more than `tokio::time::timeout`; one whose body only waits at points polled with the
+//! scope's own waker goes on that way (`scope::InlineWait`). An unlinked frame is
+//! materialised into a node the moment something needs one (a handle, a scope or nursery
+//! inside, a waiting point with a waker of its own, a busy cancellation query).
 //!
 //! This module holds one of the crate's three places with `unsafe` (the others erase the
 //! lifetime of parallel borrowing children, in `parallel`, and publish a child's write-once
