@@ -79,6 +79,20 @@ impl Unlinked {
         }
     }
 
+    /// Cancelled by its own deadline now: like [`expired`](Self::expired), but a deadline
+    /// not passed when last asked is compared with the clock again. Waiting points of a scope
+    /// without a node ask this, so a loop of points that are ready at once (which never
+    /// leaves the scope's poll for its timer to fire) still meets the deadline (SPEC S6).
+    pub(crate) fn expired_now(&self) -> bool {
+        match self.expired.get() {
+            Some(true) => true,
+            _ => {
+                self.expired.set(None);
+                self.expired()
+            }
+        }
+    }
+
     pub(crate) fn id(&self) -> ScopeId {
         match self.node.get() {
             Some(node) => node.id(),
@@ -169,7 +183,7 @@ impl<'a> Frame<'a> {
             FrameKind::Unlinked(inline, _) => match inline.node.get() {
                 Some(node) => node.is_cancelled(),
                 None => {
-                    inline.expired()
+                    inline.expired_now()
                         || (!inline.shield && self.parent.is_some_and(Frame::is_cancelled_here))
                 }
             },

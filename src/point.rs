@@ -254,7 +254,10 @@ impl Waiter {
     /// (`is_cancelled_here`).
     pub(crate) fn register(&mut self, cx: &mut Context<'_>) -> bool {
         context::with_current(|frame| {
-            let Some(frame) = frame else { return false };
+            let Some(frame) = frame else {
+                self.clear();
+                return false;
+            };
             // A helper scope without a node polls this point again itself.
             if frame.wakes(cx.waker()) {
                 self.clear();
@@ -284,6 +287,11 @@ impl Waiter {
             self.clear();
             self.node = Some(node.clone());
         }
+    }
+
+    /// The node this waiter is registered with, if any.
+    pub(crate) fn node(&self) -> Option<&Arc<Node>> {
+        self.node.as_ref()
     }
 
     /// Takes the registration off, if any.

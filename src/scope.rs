@@ -16,6 +16,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use pin_project::{pin_project, pinned_drop};
+use sync_wrapper::SyncWrapper;
 use tokio::time::Instant;
 
 use crate::cancelled::{CancelError, Cancelled};
@@ -323,8 +324,9 @@ pub(crate) struct ScopeCore<F> {
     phase: Phase,
     waiter: Option<WaiterKey>,
     /// A helper scope waiting without a node (`Phase::Inline`). Taken by the drop, so the
-    /// scope future has no drop glue of its own for it (`5-ready`).
-    wait: ManuallyDrop<Option<Pin<Box<InlineWait>>>>,
+    /// scope future has no drop glue of its own for it (`5-ready`). Reached only through
+    /// `&mut` (its `Cell`s would make the future `!Sync` otherwise).
+    wait: ManuallyDrop<SyncWrapper<Option<Pin<Box<InlineWait>>>>>,
 }
 
 /// A helper scope whose body went pending without asking for a node keeps none, as
@@ -377,7 +379,7 @@ impl<F> ScopeCore<F> {
             hard,
             phase: Phase::Unentered,
             waiter: None,
-            wait: ManuallyDrop::new(None),
+            wait: ManuallyDrop::new(SyncWrapper::new(None)),
         }
     }
 }
@@ -519,8 +521,10 @@ fn start_waiting<F>(this: &mut ScopeCoreProj<'_, F>, inline: Unlinked, cx: &mut 
         waiting.inline.expired.set(Some(true));
         cx.waker().wake_by_ref();
     }
-    enclose(waiting.inline, waiting.enclosing, cx);
-    **this.wait = Some(wait);
+    // Not asked before the first poll (`5-ready` pays nothing): an enclosing cancellation
+    // that was already there costs one more poll, after which `poll_waiting` knows.
+    enclose(waiting.inline, waiting.enclosing, false, cx);
+    *this.wait.get_mut() = Some(wait);
     *this.phase = Phase::Inline;
 }
 
@@ -530,19 +534,24 @@ where
     F: Future<Output = Result<T, E>>,
     E: CancelError,
 {
-    let wait = this.wait.as_mut().expect("a waiting helper scope");
+    let wait = this
+        .wait
+        .get_mut()
+        .as_mut()
+        .expect("a waiting helper scope");
     let waiting = wait.as_mut().project();
     if waiting.alarm.poll(cx).is_ready() {
         waiting.inline.expired.set(Some(true));
     }
+    let was_cancelled = !waiting.inline.shield && enclosing_is_cancelled();
     match poll_unlinked(this.body.as_mut(), waiting.inline, cx) {
         Poll::Ready(exit) => {
             *this.phase = Phase::Done;
-            **this.wait = None;
+            *this.wait.get_mut() = None;
             Poll::Ready(exit)
         }
         Poll::Pending if waiting.inline.node.get().is_none() => {
-            enclose(waiting.inline, waiting.enclosing, cx);
+            enclose(waiting.inline, waiting.enclosing, was_cancelled, cx);
             Poll::Pending
         }
         Poll::Pending => {
@@ -554,9 +563,13 @@ where
 }
 
 /// Registers a helper scope waiting without a node with the enclosing scope, unless it is
-/// shielded. This runs in the enclosing scope's frame (the body's has been left).
-fn enclose(inline: &Unlinked, enclosing: &mut Waiter, cx: &mut Context<'_>) {
-    if !inline.shield && enclosing.register(cx) && enclosing_is_cancelled() {
+/// shielded. This runs in the enclosing scope's frame (the body's has been left). A
+/// cancellation that came after the poll started (`was_cancelled`) and before the
+/// registration woke nobody: poll again. One that was there already was seen by every point
+/// the body reached (level-triggered): waking for it again would spin while the body waits
+/// on something else (cleanup that is not a cancellation point).
+fn enclose(inline: &Unlinked, enclosing: &mut Waiter, was_cancelled: bool, cx: &mut Context<'_>) {
+    if !inline.shield && enclosing.register(cx) && !was_cancelled && enclosing_is_cancelled() {
         cx.waker().wake_by_ref();
     }
 }
@@ -573,7 +586,7 @@ fn link_now<F>(
 ) {
     *this.node = Some(node);
     *this.phase = Phase::Running;
-    **this.wait = None;
+    *this.wait.get_mut() = None;
     if relied_on {
         cx.waker().wake_by_ref();
     }
@@ -684,7 +697,7 @@ impl<F> PinnedDrop for ScopeCore<F> {
     fn drop(self: Pin<&mut Self>) {
         let this = self.project();
         // A helper scope that finished without a node (`5-ready`) has nothing to end.
-        if this.node.is_some() || this.wait.is_some() {
+        if this.node.is_some() || matches!(this.phase, Phase::Inline) {
             end_on_drop(this);
         }
     }
@@ -694,12 +707,17 @@ impl<F> PinnedDrop for ScopeCore<F> {
 /// code may ask), before the scope ends.
 #[inline(never)]
 fn end_on_drop<F>(mut this: ScopeCoreProj<'_, F>) {
-    if let Some(wait) = this.wait.take() {
-        // Dropped while waiting without a node.
+    if let Some(wait) = this.wait.get_mut().take() {
+        // Dropped while waiting without a node: under the scope it waits in (the drop may
+        // run outside any frame, e.g. an aborted nursery child's), as a linked scope would.
         let inline = &wait.inline;
         if this.body.as_mut().as_pin_mut().is_some() {
             let frame = FrameKind::Unlinked(inline, std::task::Waker::noop());
-            context::enter(frame, || this.body.set(None));
+            let drop_body = || context::enter(frame, || this.body.set(None));
+            match wait.enclosing.node() {
+                Some(enclosing) => context::enter(FrameKind::Linked(enclosing), drop_body),
+                None => drop_body(),
+            }
         }
         if let Some(node) = inline.node.get() {
             node.end(false); // its drop code asked for one

@@ -329,3 +329,125 @@ async fn waiting_helper_scopes_on_two_workers() {
     })
     .await;
 }
+
+/// Counts the polls of the future it wraps, and fails past a thousand.
+struct CountPolls<F> {
+    inner: std::pin::Pin<Box<F>>,
+    polls: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl<F: std::future::Future> std::future::Future for CountPolls<F> {
+    type Output = F::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let polls = self.polls.fetch_add(1, Ordering::SeqCst);
+        // A spinning scope would keep the paused clock from ever advancing: fail instead.
+        assert!(polls < 1000, "polled {polls} times: spinning");
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+/// Review finding: inside a scope that is already cancelled, a helper scope whose body
+/// waits on something that is not a cancellation point (cleanup) must wait, not be polled
+/// again and again.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_waiting_helper_scope_inside_a_cancelled_scope_does_not_spin() {
+    common::leak_checked(async {
+        let polls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = polls.clone();
+        let start = Instant::now();
+        let outer = CancelScope::new();
+        outer.handle().cancel();
+        let out = bounded(outer.run(async move {
+            let cleanup = CountPolls {
+                inner: Box::pin(async {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Ok::<_, Cancelled>("cleaned up")
+                }),
+                polls: counted,
+            };
+            move_on_after(Duration::from_secs(10), cleanup).await
+        }))
+        .await;
+        assert_eq!(out.unwrap(), Some(Some("cleaned up")));
+        assert_eq!(start.elapsed(), Duration::from_millis(50));
+        let polls = polls.load(Ordering::SeqCst);
+        assert!(polls <= 3, "the body was polled {polls} times");
+    })
+    .await;
+}
+
+/// Review finding: a loop of cancellation points that are ready at once never leaves the
+/// scope's poll, so the scope's own timer cannot fire; the points compare the clock
+/// themselves (SPEC S6). Real time on two workers; only a hang is bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_points_in_a_waiting_helper_scope_meet_its_deadline() {
+    common::leak_checked(async {
+        let out = tokio::time::timeout(
+            Duration::from_secs(60),
+            move_on_after(Duration::from_millis(20), async {
+                tokio::task::yield_now().await;
+                loop {
+                    std::future::ready(()).cancellable().await?;
+                }
+                #[allow(unreachable_code)]
+                Ok::<(), Cancelled>(())
+            }),
+        )
+        .await
+        .expect("the deadline ended the loop");
+        assert_eq!(out.unwrap(), None);
+    })
+    .await;
+}
+
+/// Review finding: a waiting helper scope dropped outside any frame (the outermost future of
+/// an aborted nursery child) drops its body under the scope it waited in.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn an_aborted_childs_waiting_helper_scope_drops_its_body_in_the_nurserys_scope() {
+    common::leak_checked(async {
+        struct SeesCancellation(Arc<AtomicBool>);
+        impl Drop for SeesCancellation {
+            fn drop(&mut self) {
+                self.0.store(is_cancelled(), Ordering::SeqCst);
+            }
+        }
+        let seen = Arc::new(AtomicBool::new(false));
+        let guard = SeesCancellation(seen.clone());
+        let out = bounded(
+            Nursery::new()
+                .grace(Duration::from_secs(1))
+                .run(|n| async move {
+                    n.spawn(move_on_after(HOUR, async move {
+                        let _guard = guard;
+                        // Not a cancellation point: only the abort after the grace ends it.
+                        tokio::time::sleep(HOUR).await;
+                        Ok::<_, Cancelled>(())
+                    }));
+                    tokio::task::yield_now().await;
+                    n.cancel();
+                    Ok::<_, Cancelled>(())
+                }),
+        )
+        .await;
+        assert!(out.is_ok(), "{out:?}");
+        assert!(
+            seen.load(Ordering::SeqCst),
+            "the body's drop code saw the nursery's cancellation"
+        );
+    })
+    .await;
+}
+
+/// Scope futures stay `Send` and `Sync` when their body is, as `tokio::time::Timeout` does.
+#[test]
+fn scope_futures_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    let body = async { Ok::<_, Cancelled>(()) };
+    send_sync(&move_on_after(HOUR, body));
+    send_sync(&fail_after(HOUR, async { Ok::<_, AppError>(()) }));
+    send_sync(&CancelScope::new().run(async { Ok::<_, Cancelled>(()) }));
+}
