@@ -753,3 +753,47 @@ async fn r14_an_abandoned_start_whose_child_returned_without_signalling_fails_no
     })
     .await
 }
+
+// 15. A wait-mode nursery cancelled with a grace period, then dropped half-way through it,
+// restarted the grace at the drop: its children were aborted a full grace after the drop.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn r15_the_grace_period_runs_from_the_cancellation_not_from_the_drop() {
+    common::leak_checked(async move {
+        let start = tokio::time::Instant::now();
+        let aborted_at = Arc::new(Mutex::new(None));
+        let record = aborted_at.clone();
+        let out = nursery(|_outer| async move {
+            let inner = Nursery::new()
+                .grace(Duration::from_secs(10))
+                .run(|n| async move {
+                    struct AbortedAt(Arc<Mutex<Option<tokio::time::Instant>>>);
+                    impl Drop for AbortedAt {
+                        fn drop(&mut self) {
+                            *self.0.lock().unwrap() = Some(tokio::time::Instant::now());
+                        }
+                    }
+                    n.spawn(async move {
+                        let _aborted = AbortedAt(record);
+                        // Ignores cancellation: only the grace's abort ends it.
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                        Ok::<_, Cancelled>(())
+                    });
+                    n.cancel();
+                    Ok::<_, Cancelled>(())
+                });
+            // Dropped 4 s into its 10 s grace: the outer nursery adopts the child.
+            let dropped = tokio::time::timeout(Duration::from_secs(4), inner).await;
+            assert!(dropped.is_err(), "still waiting for its child at 4 s");
+            Ok::<_, Cancelled>(())
+        })
+        .await;
+        assert!(out.is_ok(), "{out:?}");
+        assert_eq!(
+            *aborted_at.lock().unwrap(),
+            Some(start + Duration::from_secs(10)),
+            "aborted when the grace that began at the cancellation ran out"
+        );
+        assert_eq!(start.elapsed(), Duration::from_secs(10));
+    })
+    .await;
+}

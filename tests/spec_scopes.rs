@@ -1270,26 +1270,27 @@ async fn s06_deadline_reaches_carried_task_while_owner_busy_multi_thread() {
     common::leak_checked(async move {
         bounded(async {
             let live = LiveFutures::new();
-            let started = Arc::new(AtomicBool::new(false));
             let seen = Arc::new(AtomicBool::new(false));
             // The owner runs on a worker and keeps it busy: a blocking wait inside one poll.
             let owner = tokio::spawn(move_on_after(ms(20), {
                 let live = live.clone();
                 async move {
+                    // The owner waits for the carried task to start parked, not in a yield
+                    // loop: a worker that yields polls tokio's timer driver to run deferred
+                    // wakes, and the other worker, parking meanwhile, would wait on its condvar
+                    // instead of the driver, so no worker would poll the timer while this one
+                    // spins (tokio's limitation, for its own timers as for ours).
+                    let (started, on_start) = tokio::sync::oneshot::channel::<()>();
                     let child = tokio::spawn(live.track(carry_scope({
-                        let started = started.clone();
                         let seen = seen.clone();
                         async move {
-                            started.store(true, Ordering::SeqCst);
+                            let _ = started.send(());
                             let c = cancelled().await;
                             seen.store(true, Ordering::SeqCst);
                             c
                         }
                     })));
-                    wait_until("the carried task to start", || {
-                        started.load(Ordering::SeqCst)
-                    })
-                    .await;
+                    on_start.await.expect("the carried task started");
                     let hang = std::time::Instant::now() + HANG_BOUND;
                     while !seen.load(Ordering::SeqCst) {
                         assert!(

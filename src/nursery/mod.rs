@@ -1073,7 +1073,7 @@ pub struct NurseryFuture<B, Fut, T, E> {
     cancel_requested: bool,
     state: State,
     /// The wait-mode drop, monomorphised where `E`'s bounds are known.
-    orphan: fn(&Arc<Shared<E>>, DropMode, Option<Duration>),
+    orphan: fn(&Arc<Shared<E>>, DropMode, Option<tokio::time::Instant>),
 }
 
 impl<B, Fut, T, E> NurseryFuture<B, Fut, T, E>
@@ -1342,15 +1342,26 @@ impl<B, Fut, T, E> PinnedDrop for NurseryFuture<B, Fut, T, E> {
             // the adopter receives. Nurseries inside it find their adopters through this
             // scope's ancestors (this one is closed).
             body_panic = drop_body(shared, this.body.as_mut()).err();
+            // The grace period runs from the nursery's cancellation: one already running
+            // goes on to its end, it does not start again at the drop.
+            let grace_until = match this.grace.as_ref().as_pin_ref() {
+                Some(running) => Some(running.deadline()),
+                None => this.config.grace.map(|grace| {
+                    let now = tokio::time::Instant::now();
+                    tokio::time::Instant::from_std(crate::node::later(now.into_std(), grace))
+                }),
+            };
             match this.config.drop_mode {
                 DropMode::Abort => {
                     // What is still alive (async children until tokio drops them, blocking
                     // ones until they stop) is accounted for by an adopter, as in N9.
                     (this.orphan)(shared, DropMode::Abort, None);
                 }
-                DropMode::Wait => (this.orphan)(shared, DropMode::Wait, this.config.grace),
+                DropMode::Wait => (this.orphan)(shared, DropMode::Wait, grace_until),
                 DropMode::BlockingWait => {
-                    let grace = this.config.grace.unwrap_or_default();
+                    let grace = grace_until.map_or(Duration::ZERO, |until| {
+                        until.saturating_duration_since(tokio::time::Instant::now())
+                    });
                     match blocking_wait(shared, grace) {
                         Waited::Stopped => (this.orphan)(shared, DropMode::BlockingWait, None),
                         Waited::TimedOut => {
@@ -1359,9 +1370,7 @@ impl<B, Fut, T, E> PinnedDrop for NurseryFuture<B, Fut, T, E> {
                             (this.orphan)(shared, DropMode::BlockingWait, None);
                         }
                         // Blocking is impossible here: the wait mode, grace included (N9b).
-                        Waited::CannotBlock => {
-                            (this.orphan)(shared, DropMode::Wait, this.config.grace)
-                        }
+                        Waited::CannotBlock => (this.orphan)(shared, DropMode::Wait, grace_until),
                     }
                 }
             }
@@ -1520,7 +1529,7 @@ fn warn_unobserved<E>(shared: &Shared<E>, after: Duration) {
 fn orphan<E: fmt::Debug + Send + 'static>(
     shared: &Arc<Shared<E>>,
     mode: DropMode,
-    grace: Option<Duration>,
+    grace_until: Option<tokio::time::Instant>,
 ) {
     // Nothing alive and nothing to report: nothing to hand over. Reports kept with no child
     // alive still go to an adopter (never lost, SPEC N4, N6).
@@ -1569,7 +1578,7 @@ fn orphan<E: fmt::Debug + Send + 'static>(
         adopter.adoptee_finished(key);
         return;
     }
-    if let Some(grace) = grace {
+    if let Some(grace_until) = grace_until {
         let shared = shared.clone();
         drop(shared.runtime.clone().spawn(async move {
             let finished = std::future::poll_fn(|cx| {
@@ -1579,7 +1588,7 @@ fn orphan<E: fmt::Debug + Send + 'static>(
                     Poll::Pending
                 }
             });
-            let expired = tokio::time::sleep(grace);
+            let expired = tokio::time::sleep_until(grace_until);
             if let futures::future::Either::Right(_) =
                 futures::future::select(std::pin::pin!(finished), std::pin::pin!(expired)).await
             {
