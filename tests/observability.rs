@@ -30,11 +30,9 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Recorded {
     }
 }
 
-/// A child that observed the cancellation at a point and is still cleaning up is not
-/// named, whether or not it has a scope of its own (one without keeps the mark in its own
-/// state).
-#[test]
-fn n07_children_still_cleaning_up_after_observing_are_not_named() {
+/// Runs `body` on a current-thread runtime with the paused clock, under a subscriber that
+/// records every event, leak-checked; returns the events.
+fn recording<F: std::future::Future>(body: F) -> Vec<String> {
     let recorded = Recorded::default();
     let subscriber = tracing_subscriber::registry().with(recorded.clone());
     tracing::subscriber::with_default(subscriber, || {
@@ -43,34 +41,42 @@ fn n07_children_still_cleaning_up_after_observing_are_not_named() {
             .start_paused(true)
             .build()
             .unwrap();
-        runtime.block_on(common::leak_checked(async {
-            let out = Nursery::new()
-                .warn_unobserved_after(Some(Duration::from_secs(1)))
-                .run(|n| async move {
-                    n.spawn_named("cleaning", async {
-                        let cancelled = cancelled().await;
-                        tokio::time::sleep(Duration::from_secs(5)).await;
-                        Err::<(), _>(cancelled)
-                    });
-                    n.spawn_named("cleaning-in-its-scope", async {
-                        let _own = current_scope().expect("its own scope, made now");
-                        let cancelled = cancelled().await;
-                        tokio::time::sleep(Duration::from_secs(5)).await;
-                        Err::<(), _>(cancelled)
-                    });
-                    n.spawn_named("stuck", async {
-                        tokio::time::sleep(Duration::from_secs(5)).await;
-                        Ok::<_, Cancelled>(())
-                    });
-                    tokio::task::yield_now().await;
-                    n.cancel();
-                    Ok::<_, Cancelled>(())
-                })
-                .await;
-            assert_eq!(out.unwrap(), Some(()));
-        }));
+        runtime.block_on(common::leak_checked(body));
     });
-    let events = recorded.0.lock().unwrap().clone();
+    recorded.0.lock().unwrap().clone()
+}
+
+/// A child that observed the cancellation at a point and is still cleaning up is not
+/// named, whether or not it has a scope of its own (one without keeps the mark in its own
+/// state).
+#[test]
+fn n07_children_still_cleaning_up_after_observing_are_not_named() {
+    let events = recording(async {
+        let out = Nursery::new()
+            .warn_unobserved_after(Some(Duration::from_secs(1)))
+            .run(|n| async move {
+                n.spawn_named("cleaning", async {
+                    let cancelled = cancelled().await;
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    Err::<(), _>(cancelled)
+                });
+                n.spawn_named("cleaning-in-its-scope", async {
+                    let _own = current_scope().expect("its own scope, made now");
+                    let cancelled = cancelled().await;
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    Err::<(), _>(cancelled)
+                });
+                n.spawn_named("stuck", async {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    Ok::<_, Cancelled>(())
+                });
+                tokio::task::yield_now().await;
+                n.cancel();
+                Ok::<_, Cancelled>(())
+            })
+            .await;
+        assert_eq!(out.unwrap(), Some(()));
+    });
     let warnings: Vec<_> = events
         .iter()
         .filter(|e| e.contains("not observed"))
@@ -82,32 +88,22 @@ fn n07_children_still_cleaning_up_after_observing_are_not_named() {
 
 #[test]
 fn n07_a_cancellation_nobody_observed_is_reported_with_the_childrens_names() {
-    let recorded = Recorded::default();
-    let subscriber = tracing_subscriber::registry().with(recorded.clone());
-    tracing::subscriber::with_default(subscriber, || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .unwrap();
-        runtime.block_on(common::leak_checked(async {
-            let out = Nursery::new()
-                .warn_unobserved_after(Some(Duration::from_secs(1)))
-                .run(|n| async move {
-                    n.spawn_named("polite", async { Err::<(), _>(cancelled().await) });
-                    n.spawn_named("stuck", async {
-                        tokio::time::sleep(Duration::from_secs(5)).await;
-                        Ok::<_, Cancelled>(())
-                    });
-                    tokio::task::yield_now().await;
-                    n.cancel();
+    let events = recording(async {
+        let out = Nursery::new()
+            .warn_unobserved_after(Some(Duration::from_secs(1)))
+            .run(|n| async move {
+                n.spawn_named("polite", async { Err::<(), _>(cancelled().await) });
+                n.spawn_named("stuck", async {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
                     Ok::<_, Cancelled>(())
-                })
-                .await;
-            assert_eq!(out.unwrap(), Some(()));
-        }));
+                });
+                tokio::task::yield_now().await;
+                n.cancel();
+                Ok::<_, Cancelled>(())
+            })
+            .await;
+        assert_eq!(out.unwrap(), Some(()));
     });
-    let events = recorded.0.lock().unwrap().clone();
     let warnings: Vec<_> = events
         .iter()
         .filter(|e| e.contains("not observed"))

@@ -11,6 +11,8 @@
 
 mod common;
 
+use common::AppError;
+
 use std::error::Error;
 use std::fmt;
 use std::future::{Future, pending};
@@ -79,35 +81,6 @@ async fn bounded<F: Future>(test: F) -> F::Output {
     tokio::time::timeout(HANG_BOUND, test)
         .await
         .expect("hang: the test did not finish within the hang bound")
-}
-
-/// An application error type implementing `CancelError` (SPEC S15) and accepting `TimedOut`.
-#[derive(Debug)]
-enum AppError {
-    Cancelled(Cancelled),
-    TimedOut(TimedOut),
-    Other(&'static str),
-}
-
-impl From<Cancelled> for AppError {
-    fn from(c: Cancelled) -> Self {
-        AppError::Cancelled(c)
-    }
-}
-
-impl From<TimedOut> for AppError {
-    fn from(t: TimedOut) -> Self {
-        AppError::TimedOut(t)
-    }
-}
-
-impl CancelError for AppError {
-    fn as_cancelled(&self) -> Option<&Cancelled> {
-        match self {
-            AppError::Cancelled(c) => Some(c),
-            _ => None,
-        }
-    }
 }
 
 /// An error whose `source()` is a `Cancelled` (SPEC S15 source chains).

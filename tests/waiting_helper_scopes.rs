@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::AppError;
+
 use std::future::pending;
 use std::pin::pin;
 use std::sync::Arc;
@@ -18,34 +20,6 @@ use tokio::time::Instant;
 use tokio_nursery::*;
 
 const HOUR: Duration = Duration::from_secs(3600);
-
-/// An application error that accepts `TimedOut` (SPEC S10, S15).
-#[derive(Debug)]
-enum AppError {
-    Cancelled(Cancelled),
-    TimedOut(TimedOut),
-}
-
-impl From<Cancelled> for AppError {
-    fn from(cancelled: Cancelled) -> Self {
-        AppError::Cancelled(cancelled)
-    }
-}
-
-impl From<TimedOut> for AppError {
-    fn from(timed_out: TimedOut) -> Self {
-        AppError::TimedOut(timed_out)
-    }
-}
-
-impl CancelError for AppError {
-    fn as_cancelled(&self) -> Option<&Cancelled> {
-        match self {
-            AppError::Cancelled(cancelled) => Some(cancelled),
-            AppError::TimedOut(_) => None,
-        }
-    }
-}
 
 /// A missed wake-up would wait for ever: under the paused clock this bound turns it into a
 /// failure, at no cost when all goes well.

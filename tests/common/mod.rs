@@ -245,3 +245,33 @@ pub fn on_thread<R: Send + 'static>(
         Err(panic) => std::panic::resume_unwind(panic),
     }
 }
+
+/// An application error type implementing `CancelError` (SPEC S15) and accepting
+/// `TimedOut` (SPEC S10), for the scope test crates.
+#[derive(Debug)]
+pub enum AppError {
+    Cancelled(tokio_nursery::Cancelled),
+    TimedOut(tokio_nursery::TimedOut),
+    Other(&'static str),
+}
+
+impl From<tokio_nursery::Cancelled> for AppError {
+    fn from(cancelled: tokio_nursery::Cancelled) -> Self {
+        AppError::Cancelled(cancelled)
+    }
+}
+
+impl From<tokio_nursery::TimedOut> for AppError {
+    fn from(timed_out: tokio_nursery::TimedOut) -> Self {
+        AppError::TimedOut(timed_out)
+    }
+}
+
+impl tokio_nursery::CancelError for AppError {
+    fn as_cancelled(&self) -> Option<&tokio_nursery::Cancelled> {
+        match self {
+            AppError::Cancelled(cancelled) => Some(cancelled),
+            _ => None,
+        }
+    }
+}
