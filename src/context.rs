@@ -49,7 +49,7 @@ pub(crate) enum FrameKind<'a> {
 
 /// The inline state of a helper scope that has no node (see the module docs): during its
 /// first poll, and afterwards for as long as its body only waits at cancellation points
-/// polled with the scope's own waker (`scope::wait_inline`).
+/// polled with the scope's own waker (`scope::InlineWait`).
 pub(crate) struct Unlinked {
     /// Whether the deadline has passed: at entry (SPEC S5), read from the clock only when
     /// someone asks (a body that returns a value at once never reads it); later, when the
@@ -176,7 +176,7 @@ impl<'a> Frame<'a> {
     /// Effectively cancelled, as a cancellation point asks it: like
     /// [`is_cancelled`](Self::is_cancelled), but a helper scope without a node is not linked
     /// for the question. Its deadline reaches its waiting points through its own timer
-    /// (`scope::wait_inline`), so only `is_cancelled()` and `check_cancelled()`, which
+    /// (`scope::InlineWait`), so only `is_cancelled()` and `check_cancelled()`, which
     /// busy code calls without ever waiting, need its deadline armed (SPEC S6).
     pub(crate) fn is_cancelled_here(&self) -> bool {
         match self.kind {

@@ -308,23 +308,31 @@ impl Waiters {
         }
     }
 
-    /// Refreshes the waker at `index` if it is there for `child`.
-    fn refresh(
+    /// Keeps `waker` registered for `child`: refreshed in place if `index` holds this
+    /// child's waiter, else whatever `index` held is taken out and the waker inserted anew,
+    /// unless `may_insert` refuses. Returns where it is registered, and a waker to drop once
+    /// the lock is released (invariant 5).
+    fn put(
         &mut self,
         index: Option<WaiterIndex>,
         waker: &Waker,
         child: Option<ScopeId>,
-    ) -> Refreshed {
-        match index.and_then(|k| self.get_mut(k)) {
-            Some(existing) if existing.child == child => {
-                if existing.waker.will_wake(waker) {
-                    Refreshed::Same
-                } else {
-                    Refreshed::Replaced(std::mem::replace(&mut existing.waker, waker.clone()))
-                }
-            }
-            _ => Refreshed::Absent,
+        may_insert: impl FnOnce(&Self) -> bool,
+    ) -> (Option<WaiterIndex>, Option<Waker>) {
+        if let Some(existing) = index
+            .and_then(|k| self.get_mut(k))
+            .filter(|existing| existing.child == child)
+        {
+            let stale = (!existing.waker.will_wake(waker))
+                .then(|| std::mem::replace(&mut existing.waker, waker.clone()));
+            return (index, stale);
         }
+        let stale = index.and_then(|k| self.try_remove(k)).map(|w| w.waker);
+        if !may_insert(self) {
+            return (None, stale);
+        }
+        let waker = waker.clone();
+        (Some(self.insert(Waiting { waker, child })), stale)
     }
 
     /// Takes every waiter out, to be woken.
@@ -391,14 +399,6 @@ impl WaiterIndex {
     pub(crate) fn from_bits(bits: u32) -> Option<WaiterIndex> {
         NonZeroU32::new(bits).map(WaiterIndex)
     }
-}
-
-/// What [`Waiters::refresh`] did.
-enum Refreshed {
-    Same,
-    /// The old waker, to drop once the lock is released (invariant 5).
-    Replaced(Waker),
-    Absent,
 }
 
 /// A child scope whose node is made only when needed (a nursery child's
@@ -861,19 +861,8 @@ impl Node {
         let mut inner = lock(&self.inner);
         let round = self.wake_rounds.load(Ordering::Relaxed);
         let index = key.filter(|k| k.round == round).map(|k| k.index);
-        let stale = match inner.waiters.refresh(index, waker, None) {
-            Refreshed::Same => None,
-            Refreshed::Replaced(old) => Some(old),
-            Refreshed::Absent => {
-                let stale = index.and_then(|k| inner.waiters.try_remove(k));
-                let index = inner.waiters.insert(Waiting {
-                    waker: waker.clone(),
-                    child: None,
-                });
-                *key = Some(WaiterKey { index, round });
-                stale.map(|waiting| waiting.waker)
-            }
-        };
+        let (index, stale) = inner.waiters.put(index, waker, None, |_| true);
+        *key = index.map(|index| WaiterKey { index, round });
         drop(inner);
         // Invariant 5: a waker's drop may run arbitrary code; never under our lock.
         drop(stale);
@@ -894,44 +883,23 @@ impl Node {
         let mut inner = lock(&self.inner);
         let round = self.wake_rounds.load(Ordering::Relaxed);
         let index = key.take().filter(|k| k.round == round).map(|k| k.index);
-        let id = Some(child.id());
-        let mut stale = None;
-        let registered = if !child.park() {
-            stale = index
-                .and_then(|k| inner.waiters.try_remove(k))
-                .map(|w| w.waker);
-            None
-        } else {
-            match inner.waiters.refresh(index, waker, id) {
-                Refreshed::Same => index,
-                Refreshed::Replaced(old) => {
-                    stale = Some(old);
-                    index
-                }
-                Refreshed::Absent => {
-                    stale = index
-                        .and_then(|k| inner.waiters.try_remove(k))
-                        .map(|w| w.waker);
-                    let busy = child
-                        .parked_key()
-                        .and_then(|k| inner.waiters.get(k))
-                        .is_some_and(|other| other.child == id);
-                    if busy {
-                        None
-                    } else {
-                        let index = inner.waiters.insert(Waiting {
-                            waker: waker.clone(),
-                            child: id,
-                        });
-                        child.set_parked_key(index);
-                        Some(index)
-                    }
-                }
+        let (index, stale) = if child.park() {
+            let id = Some(child.id());
+            let placed = inner.waiters.put(index, waker, id, |waiters| {
+                let parked = child.parked_key().and_then(|k| waiters.get(k));
+                parked.is_none_or(|other| other.child != id)
+            });
+            if let Some(index) = placed.0 {
+                child.set_parked_key(index);
             }
+            placed
+        } else {
+            let stale = index.and_then(|k| inner.waiters.try_remove(k));
+            (None, stale.map(|waiting| waiting.waker))
         };
         drop(inner);
         drop(stale); // after the lock is released (invariant 5)
-        *key = registered.map(|index| WaiterKey { index, round });
+        *key = index.map(|index| WaiterKey { index, round });
         key.is_some()
     }
 
