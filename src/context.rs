@@ -13,10 +13,10 @@
 //! materialised into a node the moment something needs one (a handle, a scope or nursery
 //! inside, a waiting point with a waker of its own, a busy cancellation query).
 //!
-//! This module holds one of the crate's three places with `unsafe` (the others erase the
-//! lifetime of parallel borrowing children, in `parallel`, and publish a child's write-once
-//! slots, in `nursery::child_scope`): the thread-local points at a frame on the stack of an
-//! enclosing `poll` call.
+//! This module holds one of the crate's four places with `unsafe` (the others erase the
+//! lifetime of parallel borrowing children, in `parallel`, publish a child's write-once
+//! slots, in `nursery::child_scope`, and poll a local child pinned inside its `Rc`, in
+//! `local`): the thread-local points at a frame on the stack of an enclosing `poll` call.
 
 use std::cell::{Cell, OnceCell};
 use std::ptr;

@@ -16,25 +16,34 @@
 //! queue), and when tokio's cooperative budget runs out the scope yields instead of
 //! polling the rest, so children that checkpoint do not turn each poll into a sweep of
 //! every child (the `FuturesUnordered` cliff).
+//!
+//! A child is one allocation, shared by the scope and the handle: its future, then its
+//! outcome, and its lazily made scope, in an `Rc` it is pinned in (the module's one
+//! `unsafe`: polling the future through the `Rc`, where it never moves). Its waker is made
+//! at its first poll, or is the waker of a child that finished without lending its waker
+//! out, so a child that never parks costs no waker. The children sit in [`Pages`], which
+//! grow without reallocating, so no buffer the size of the scope is mapped and unmapped as
+//! it grows.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::{Future, poll_fn};
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::pin::{Pin, pin};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll, Waker};
 
-use slab::Slab;
+use futures::task::{ArcWake, waker_ref};
 
 use crate::cancelled::CancelError;
 use crate::context::{self, FrameKind};
 use crate::node::{Node, ScopeId};
 use crate::nursery::ChildScope;
 use crate::nursery::{Failure, JoinError, NurseryError, Origin, Report};
+use crate::pages::Pages;
 use crate::point::Waiter;
 use crate::reason::CancelReason;
 use crate::scope::{ScopeHandle, cancelled_here, enter_preset};
@@ -44,43 +53,157 @@ use crate::sync::lock;
 /// (`'env`) and need not be `Send`.
 pub struct LocalScope<'env, E> {
     node: Arc<Node>,
-    children: RefCell<Slab<Child<'env, E>>>,
+    /// The node again, for the handles: an `Rc` clone per handle costs no atomic operation.
+    for_handles: Rc<Parent>,
+    /// The children, in pages: no contiguous buffer grows with their number (a big one
+    /// would be mapped and unmapped by the allocator at each doubling).
+    children: RefCell<Pages<Child<'env, E>>>,
+    /// Children spawned and not yet polled, in spawn order: a list through the children's
+    /// `next_fresh` (only the scope's own thread spawns, so no lock).
+    fresh: Cell<FreshList>,
+    /// Children woken by their wakers, from any thread.
     ready: Arc<ReadyQueue>,
+    /// The waker of a child that finished without its waker being cloned, kept for the
+    /// next child polled for the first time: a child that never parks costs no waker.
+    spare: Cell<Option<Arc<ChildWaker>>>,
     failures: RefCell<Vec<Failure<E>>>,
     panics: RefCell<Vec<(Origin, Box<dyn std::any::Any + Send>)>>,
 }
 
 struct Child<'env, E> {
-    /// The child, delivering its outcome to its handle; returns its failure, if any.
-    future: Pin<Box<dyn Future<Output = Option<Failure<E>>> + 'env>>,
-    /// Its scope and its handle's slot, shared with the handle.
-    shared: Rc<dyn Outlet + 'env>,
-    waker: Waker,
-    woken: Arc<ChildWaker>,
+    task: Pin<Rc<dyn Run<E> + 'env>>,
+    /// Made at the child's first poll (or taken from the spare); kept while it is parked.
+    waker: Option<Arc<ChildWaker>>,
+    /// The next child on the fresh list ([`NONE`]: none).
+    next_fresh: usize,
 }
 
-/// What a local child shares with its handle (one allocation): where its outcome waits,
-/// and its scope, made under the local scope's only when something needs it (as a nursery
-/// child's: SPEC S1), so a child that meets no cancellation point costs no node.
-struct LocalChild<T> {
-    slot: RefCell<Slot<T>>,
+/// No child: the end of the fresh list.
+const NONE: usize = usize::MAX;
+
+/// The first and last keys of the children not yet polled ([`NONE`] if there are none).
+#[derive(Clone, Copy)]
+struct FreshList {
+    head: usize,
+    tail: usize,
+}
+
+/// A local child in one allocation, shared by its scope and its handle: its future, then
+/// its outcome, and its scope, made under the local scope's only when something needs it
+/// (as a nursery child's: SPEC S1), so a child that meets no cancellation point costs no
+/// node. Kept small: a child is often little more than this allocation.
+struct LocalTask<F, T> {
     scope: ChildScope,
+    stage: RefCell<Stage<F, T>>,
+    /// The handle's waker, while it waits for the outcome.
+    waiter: Cell<Option<Waker>>,
 }
 
-/// A local child as its scope sees it, whatever its output type.
-trait Outlet {
+enum Stage<F, T> {
+    Running(F),
+    Finished(Result<T, JoinError>),
+    /// The handle took the outcome.
+    Taken,
+}
+
+/// A local child as its scope sees it, whatever its future and output.
+trait Run<E> {
     fn scope(&self) -> &ChildScope;
-    /// Tells the handle the child panicked.
-    fn panicked(&self);
+    /// Polls the child; once it finished, delivers its outcome to the handle and returns
+    /// its failure, if any.
+    fn poll_run(self: Pin<&Self>, cx: &mut Context<'_>) -> Poll<Option<Failure<E>>>;
+    /// Drops the child's future in place, unless it finished; its handle is told `abort`
+    /// (the local scope was dropped) or `panicked`.
+    fn drop_future(&self, outcome: JoinError);
 }
 
-impl<T> Outlet for LocalChild<T> {
+/// A local child as its handle sees it.
+trait Outcome<T> {
+    fn scope(&self) -> &ChildScope;
+    /// Takes the outcome, or leaves `waker` to be woken when it comes.
+    fn take(&self, waker: &Waker) -> Option<Result<T, JoinError>>;
+}
+
+impl<F, T> LocalTask<F, T> {
+    fn deliver(&self, outcome: Result<T, JoinError>) {
+        *self.stage.borrow_mut() = Stage::Finished(outcome);
+        if let Some(waiter) = self.waiter.take() {
+            waiter.wake();
+        }
+    }
+}
+
+impl<F, T, E> Run<E> for LocalTask<F, T>
+where
+    F: Future<Output = Result<T, E>>,
+    E: CancelError,
+{
     fn scope(&self) -> &ChildScope {
         &self.scope
     }
 
-    fn panicked(&self) {
-        deliver(&self.slot, Err(JoinError::ChildPanicked));
+    fn poll_run(self: Pin<&Self>, cx: &mut Context<'_>) -> Poll<Option<Failure<E>>> {
+        let this = self.get_ref();
+        let mut stage = this.stage.borrow_mut();
+        let Stage::Running(running) = &mut *stage else {
+            return Poll::Ready(None);
+        };
+        // SAFETY: the task is pinned in its `Rc` (`Rc::pin` in `spawn`; the `Rc` is never
+        // unwrapped), so the future never moves: it is polled where it was written and
+        // dropped in place (its stage overwritten, here or in `drop_future`) before the
+        // allocation is freed.
+        let running = unsafe { Pin::new_unchecked(running) };
+        let Poll::Ready(output) = running.poll(cx) else {
+            return Poll::Pending;
+        };
+        *stage = Stage::Taken;
+        drop(stage);
+        let (outcome, failure) = match output {
+            Ok(value) => (Ok(value), None),
+            // An echo of a cancellation: not a failure (SPEC S15). Polled in the child's
+            // frame, so `is_cancelled` asks the child's scope.
+            Err(error) if error.as_cancelled().is_some() && crate::point::is_cancelled() => {
+                (Err(JoinError::ChildCancelled), None)
+            }
+            Err(error) => {
+                let stray = error.as_cancelled().is_some();
+                let origin = local_origin(this.scope.id());
+                (
+                    Err(JoinError::ChildFailed),
+                    Some(Failure::new(origin, error, stray)),
+                )
+            }
+        };
+        this.deliver(outcome);
+        Poll::Ready(failure)
+    }
+
+    fn drop_future(&self, outcome: JoinError) {
+        let mut stage = self.stage.borrow_mut();
+        if let Stage::Running(_) = *stage {
+            let running = std::mem::replace(&mut *stage, Stage::Taken);
+            drop(stage);
+            drop(running);
+            self.deliver(Err(outcome));
+        }
+    }
+}
+
+impl<F, T> Outcome<T> for LocalTask<F, T> {
+    fn scope(&self) -> &ChildScope {
+        &self.scope
+    }
+
+    fn take(&self, waker: &Waker) -> Option<Result<T, JoinError>> {
+        let mut stage = self.stage.borrow_mut();
+        if let Stage::Finished(_) = *stage {
+            let Stage::Finished(outcome) = std::mem::replace(&mut *stage, Stage::Taken) else {
+                unreachable!("checked above")
+            };
+            return Some(outcome);
+        }
+        self.waiter.set(Some(waker.clone()));
+        None
     }
 }
 
@@ -91,71 +214,51 @@ struct ReadyQueue {
 }
 
 struct ChildWaker {
-    index: usize,
+    /// The child's index in the slab; rewritten only while no clone of the waker exists.
+    index: AtomicUsize,
     queued: AtomicBool,
     ready: Arc<ReadyQueue>,
 }
 
-impl Wake for ChildWaker {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        if self.enqueue() {
-            if let Some(parent) = lock(&self.ready.parent).as_ref() {
+impl ArcWake for ChildWaker {
+    fn wake_by_ref(this: &Arc<Self>) {
+        if !this.queued.swap(true, Ordering::AcqRel) {
+            lock(&this.ready.queue).push_back(this.index.load(Ordering::Relaxed));
+            if let Some(parent) = lock(&this.ready.parent).as_ref() {
                 parent.wake_by_ref();
             }
         }
     }
 }
 
-impl ChildWaker {
-    /// Puts the child on the ready queue unless it is there already; true if it was not.
-    fn enqueue(&self) -> bool {
-        let queued = !self.queued.swap(true, Ordering::AcqRel);
-        if queued {
-            lock(&self.ready.queue).push_back(self.index);
-        }
-        queued
-    }
-}
-
-/// Where a local child's outcome waits for its handle.
-struct Slot<T> {
-    outcome: Option<Result<T, JoinError>>,
-    waiter: Option<Waker>,
-}
+/// The local scope's node, as its children's handles hold it.
+struct Parent(Arc<Node>);
 
 /// The handle of a local child: await it for the child's value. Awaiting it is a
 /// cancellation point of the awaiting code's scope, as for [`ChildHandle`](crate::ChildHandle).
-pub struct LocalHandle<T> {
-    child: Rc<LocalChild<T>>,
+pub struct LocalHandle<'env, T> {
+    child: Pin<Rc<dyn Outcome<T> + 'env>>,
     /// The local scope's node, under which the child's scope is made if needed.
-    parent: Arc<Node>,
+    parent: Rc<Parent>,
     waiter: Waiter,
 }
 
-impl<T> LocalHandle<T> {
+impl<T> LocalHandle<'_, T> {
     /// Cancels this child alone, cooperatively. Not a failure.
     pub fn cancel(&self) {
-        if let Some(node) = self.child.scope.node_unless_ended(&self.parent) {
+        if let Some(node) = self.child.scope().node_unless_ended(&self.parent.0) {
             node.cancel(CancelReason::Explicit(None));
         }
     }
 }
 
-impl<T> Future for LocalHandle<T> {
+impl<T> Future for LocalHandle<'_, T> {
     type Output = Result<T, JoinError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        {
-            let mut slot = this.child.slot.borrow_mut();
-            if let Some(outcome) = slot.outcome.take() {
-                return Poll::Ready(outcome);
-            }
-            slot.waiter = Some(cx.waker().clone());
+        if let Some(outcome) = this.child.take(cx.waker()) {
+            return Poll::Ready(outcome);
         }
         this.waiter
             .poll_cancelled(cx)
@@ -163,10 +266,10 @@ impl<T> Future for LocalHandle<T> {
     }
 }
 
-impl<T> fmt::Debug for LocalHandle<T> {
+impl<T> fmt::Debug for LocalHandle<'_, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LocalHandle")
-            .field("scope", &self.child.scope.id())
+            .field("scope", &self.child.scope().id())
             .finish()
     }
 }
@@ -177,60 +280,35 @@ where
 {
     /// Spawns a child that may borrow from the caller's stack. It starts at the scope's next
     /// poll, in a scope under the local scope's.
-    pub fn spawn<F, T>(&self, future: F) -> LocalHandle<T>
+    pub fn spawn<F, T>(&self, future: F) -> LocalHandle<'env, T>
     where
         F: Future<Output = Result<T, E>> + 'env,
         T: 'env,
     {
         let mut children = self.children.borrow_mut();
-        let entry = children.vacant_entry();
-        let child = Rc::new(LocalChild {
-            slot: RefCell::new(Slot {
-                outcome: None,
-                waiter: None,
-            }),
-            scope: ChildScope::new(entry.key()),
+        let index = children.next_key();
+        let task = Rc::pin(LocalTask {
+            scope: ChildScope::new(index),
+            stage: RefCell::new(Stage::Running(future)),
+            waiter: Cell::new(None),
         });
-        let delivered = child.clone();
-        let wrapped = async move {
-            let (outcome, failure) = match future.await {
-                Ok(value) => (Ok(value), None),
-                // An echo of a cancellation: not a failure (SPEC S15). Polled in the child's
-                // frame, so `is_cancelled` asks the child's scope.
-                Err(error) if error.as_cancelled().is_some() && crate::point::is_cancelled() => {
-                    (Err(JoinError::ChildCancelled), None)
-                }
-                Err(error) => {
-                    let stray = error.as_cancelled().is_some();
-                    let origin = local_origin(delivered.scope.id());
-                    (
-                        Err(JoinError::ChildFailed),
-                        Some(Failure::new(origin, error, stray)),
-                    )
-                }
-            };
-            deliver(&delivered.slot, outcome);
-            failure
-        };
-        let waker = Arc::new(ChildWaker {
-            index: entry.key(),
-            queued: AtomicBool::new(false),
-            ready: self.ready.clone(),
+        children.insert(Child {
+            task: task.clone(),
+            waker: None,
+            next_fresh: NONE,
         });
-        entry.insert(Child {
-            future: Box::pin(wrapped),
-            shared: child.clone(),
-            waker: Waker::from(waker.clone()),
-            woken: waker.clone(),
-        });
-        drop(children);
         // Queued without waking the scope's task: `spawn` runs only while the scope's
-        // future is being polled (in its body or a child), and that poll goes on to poll
-        // the ready children.
-        waker.enqueue();
+        // future is being polled (in its body), and that poll goes on to poll the children.
+        let mut fresh = self.fresh.get();
+        match children.get_mut(fresh.tail) {
+            Some(last) => last.next_fresh = index,
+            None => fresh.head = index,
+        }
+        fresh.tail = index;
+        self.fresh.set(fresh);
         LocalHandle {
-            child,
-            parent: self.node.clone(),
+            child: task,
+            parent: self.for_handles.clone(),
             waiter: Waiter::default(),
         }
     }
@@ -240,14 +318,6 @@ where
         ScopeHandle {
             node: self.node.clone(),
         }
-    }
-}
-
-fn deliver<T>(slot: &RefCell<Slot<T>>, outcome: Result<T, JoinError>) {
-    let mut slot = slot.borrow_mut();
-    slot.outcome = Some(outcome);
-    if let Some(waiter) = slot.waiter.take() {
-        waiter.wake();
     }
 }
 
@@ -289,8 +359,14 @@ where
 {
     let node = enter_preset(&Arc::new(Node::new(ScopeId::next(), false, None)));
     let scope = LocalScope {
+        for_handles: Rc::new(Parent(node.clone())),
         node,
-        children: RefCell::new(Slab::new()),
+        children: RefCell::new(Pages::new()),
+        fresh: Cell::new(FreshList {
+            head: NONE,
+            tail: NONE,
+        }),
+        spare: Cell::new(None),
         ready: Arc::new(ReadyQueue {
             queue: Mutex::new(VecDeque::new()),
             parent: Mutex::new(None),
@@ -347,10 +423,10 @@ where
 impl<E> Drop for LocalScope<'_, E> {
     /// Dropping the scope drops its children at once (SPEC B1), each ended in turn.
     fn drop(&mut self) {
-        for (_, child) in std::mem::take(self.children.get_mut()) {
-            let Child { future, shared, .. } = child;
-            drop(future);
-            shared.scope().end();
+        let children = std::mem::take(self.children.get_mut());
+        for (_, child) in children.iter() {
+            child.task.drop_future(JoinError::ChildAborted);
+            child.task.scope().end();
         }
     }
 }
@@ -365,48 +441,106 @@ impl Drop for EndScope<'_> {
 }
 
 impl<E: CancelError + fmt::Debug> LocalScope<'_, E> {
-    /// Polls the woken children; true if tokio's cooperative budget ran out first.
+    /// Polls the new and the woken children; true if tokio's cooperative budget ran out
+    /// first.
     fn poll_children(&self) -> bool {
         loop {
             if !tokio::task::coop::has_budget_remaining() {
-                return !lock(&self.ready.queue).is_empty();
+                return self.fresh.get().head != NONE || !lock(&self.ready.queue).is_empty();
             }
-            let Some(index) = lock(&self.ready.queue).pop_front() else {
-                return false;
-            };
             let mut children = self.children.borrow_mut();
+            let index = match self.pop_fresh(&mut children) {
+                Some(index) => index,
+                None => match lock(&self.ready.queue).pop_front() {
+                    Some(index) => index,
+                    None => return false,
+                },
+            };
             let Some(child) = children.get_mut(index) else {
                 continue;
             };
-            // Re-arm the child's waker before polling it (a wake during the poll re-queues).
-            child.woken.queued.store(false, Ordering::Release);
-            let mut cx = Context::from_waker(&child.waker);
+            let waker = match child.waker.take() {
+                // Re-armed before the poll: a wake during the poll re-queues.
+                Some(waker) => {
+                    waker.queued.store(false, Ordering::Release);
+                    waker
+                }
+                None => self.waker_for(index),
+            };
+            let task = child.task.as_ref();
             let frame = FrameKind::Child {
                 parent: &self.node,
-                scope: child.shared.scope(),
+                scope: task.scope(),
             };
-            let future = &mut child.future;
             let polled = catch_unwind(AssertUnwindSafe(|| {
-                context::enter(frame, || future.as_mut().poll(&mut cx))
+                let waker = waker_ref(&waker);
+                let mut cx = Context::from_waker(&waker);
+                context::enter(frame, || task.poll_run(&mut cx))
             }));
             let finished = match polled {
-                Ok(Poll::Pending) => continue,
+                Ok(Poll::Pending) => {
+                    child.waker = Some(waker);
+                    continue;
+                }
                 Ok(Poll::Ready(failure)) => Ok(failure),
                 Err(payload) => Err(payload),
             };
-            let child = children.remove(index);
+            let Child { task, .. } = children.try_remove(index).expect("polled just now");
             drop(children);
-            let Child { future, shared, .. } = child;
-            drop(future);
-            shared.scope().end();
+            self.recycle(waker);
+            if finished.is_err() {
+                task.drop_future(JoinError::ChildPanicked);
+            }
+            task.scope().end();
             match finished {
                 Ok(Some(failure)) => self.fail(failure),
                 Ok(None) => {}
                 Err(payload) => {
-                    shared.panicked();
-                    self.panicked(local_origin(shared.scope().id()), payload);
+                    self.panicked(local_origin(task.scope().id()), payload);
                 }
             }
+        }
+    }
+
+    /// Takes the first child off the fresh list.
+    fn pop_fresh(&self, children: &mut Pages<Child<'_, E>>) -> Option<usize> {
+        let mut fresh = self.fresh.get();
+        let first = children.get_mut(fresh.head)?;
+        let index = fresh.head;
+        fresh.head = first.next_fresh;
+        if fresh.head == NONE {
+            fresh.tail = NONE;
+        }
+        self.fresh.set(fresh);
+        Some(index)
+    }
+
+    /// A waker for the child at `index`, polled for the first time: the spare, if any.
+    fn waker_for(&self, index: usize) -> Arc<ChildWaker> {
+        match self.spare.take() {
+            Some(spare) => {
+                // Unshared since `recycle`: no clone can wake it or read the index.
+                spare.index.store(index, Ordering::Relaxed);
+                spare.queued.store(false, Ordering::Relaxed);
+                spare
+            }
+            None => Arc::new(ChildWaker {
+                index: AtomicUsize::new(index),
+                queued: AtomicBool::new(false),
+                ready: self.ready.clone(),
+            }),
+        }
+    }
+
+    /// Keeps the waker of a finished child for the next one, unless a clone of it is still
+    /// out (it may wake it, naming the old index). No clone can be made once the count is
+    /// one: only a holder of a clone makes one, and the scope makes no `Weak`.
+    fn recycle(&self, waker: Arc<ChildWaker>) {
+        if Arc::strong_count(&waker) == 1 {
+            // Pairs with the `Release` decrement of the last clone dropped elsewhere: its
+            // uses of the waker happen before the spare's index is rewritten.
+            fence(Ordering::Acquire);
+            self.spare.set(Some(waker));
         }
     }
 
@@ -459,6 +593,115 @@ impl<E: CancelError + fmt::Debug> LocalScope<'_, E> {
             Ok(None)
         } else {
             Err(NurseryError::Cancelled(cancelled_here(&self.node)))
+        }
+    }
+}
+/// The one `unsafe` of this module (a child's future pinned inside its `Rc`) under Miri
+/// (`cargo +nightly miri test --lib -- local`): self-referential children polled in place,
+/// woken from another thread, finished, recycled, and dropped with their scope while they
+/// borrow from the stack.
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+
+    use super::local_scope;
+    use crate::{Cancelled, JoinError};
+
+    /// Reads the borrowed data when dropped: a use after the borrow ended is what Miri flags.
+    struct ReadsOnDrop<'a>(&'a [u64], &'a Cell<u32>);
+
+    impl Drop for ReadsOnDrop<'_> {
+        fn drop(&mut self) {
+            assert_eq!(self.0.iter().sum::<u64>(), 6);
+            self.1.set(self.1.get() + 1);
+        }
+    }
+
+    /// Parks once, woken from another thread; ready after.
+    async fn park_once() {
+        let mut parked = false;
+        std::future::poll_fn(|cx| {
+            if parked {
+                return Poll::Ready(());
+            }
+            parked = true;
+            let waker = cx.waker().clone();
+            std::thread::spawn(move || waker.wake());
+            Poll::Pending
+        })
+        .await
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn children_are_polled_in_place_and_finish() {
+        let data = vec![1u64, 2, 3];
+        let dropped = Cell::new(0);
+        let out = runtime().block_on(local_scope(async |s| {
+            let mut handles = Vec::new();
+            for i in 0..4u64 {
+                let (data, dropped) = (&data, &dropped);
+                handles.push(s.spawn(async move {
+                    // A local borrowed across an await: the future refers to itself.
+                    let guard = ReadsOnDrop(data, dropped);
+                    let own = [i; 4];
+                    let view = &own;
+                    if i % 2 == 0 {
+                        park_once().await;
+                    }
+                    Ok::<_, Cancelled>(view.iter().sum::<u64>() + guard.0.len() as u64)
+                }));
+            }
+            let mut sum = 0;
+            for handle in handles {
+                sum += handle.await.unwrap();
+            }
+            Ok::<_, Cancelled>(sum)
+        }));
+        assert_eq!(out.unwrap(), Some(4 * (1 + 2 + 3) + 4 * 3));
+        assert_eq!(dropped.get(), 4);
+    }
+
+    #[test]
+    fn children_dropped_with_their_scope_leave_their_handles_an_abort() {
+        let data = vec![1u64, 2, 3];
+        let dropped = Cell::new(0);
+        let handles = Cell::new(Vec::new());
+        {
+            let mut scope = pin!(local_scope(async |s| {
+                let mut spawned = handles.take();
+                for _ in 0..3 {
+                    let (data, dropped) = (&data, &dropped);
+                    spawned.push(s.spawn(async move {
+                        let _guard = ReadsOnDrop(data, dropped);
+                        std::future::pending::<()>().await;
+                        Ok::<_, Cancelled>(())
+                    }));
+                }
+                handles.set(spawned);
+                std::future::pending::<()>().await;
+                Ok::<_, Cancelled>(())
+            }));
+            let mut cx = Context::from_waker(Waker::noop());
+            assert!(scope.as_mut().poll(&mut cx).is_pending());
+        }
+        assert_eq!(
+            dropped.get(),
+            3,
+            "dropped with the scope, reading the stack"
+        );
+        let mut cx = Context::from_waker(Waker::noop());
+        for handle in handles.take() {
+            let polled = pin!(handle).poll(&mut cx);
+            assert!(matches!(polled, Poll::Ready(Err(JoinError::ChildAborted))));
         }
     }
 }

@@ -114,8 +114,21 @@ impl<T> Pages<T> {
         Some(value)
     }
 
+    /// The value under `key`, if any.
+    #[inline]
+    pub(crate) fn get_mut(&mut self, key: usize) -> Option<&mut T> {
+        match self.entry_mut(key)? {
+            Entry::Occupied(value) => Some(value),
+            Entry::Vacant(_) => None,
+        }
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.len
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
     }
 
     /// The values with their keys, in key order.
@@ -181,5 +194,9 @@ mod tests {
         assert_eq!(reused % 3, 0);
         assert!(reused < 5000);
         assert_eq!(pages.try_remove(usize::MAX / 2), None);
+        assert_eq!(pages.get_mut(reused), Some(&mut 7));
+        assert_eq!(pages.get_mut(3), None);
+        assert_eq!(pages.get_mut(usize::MAX / 2), None);
+        assert!(!pages.is_empty());
     }
 }

@@ -234,7 +234,7 @@ impl<A, F, L> Registry<A, F, L> {
             .slots
             .try_remove(key)
             .expect("a child slot finishes once");
-        let (waiter, outlet, adopter) = if state.slots.len() == 0 {
+        let (waiter, outlet, adopter) = if state.slots.is_empty() {
             (
                 state.waiter.take(),
                 state.outlet.take(),
@@ -306,7 +306,7 @@ impl<A, F, L> Registry<A, F, L> {
         if let Some(incident) = state.incidents.pop_front() {
             return Poll::Ready(Some(incident));
         }
-        if state.slots.len() == 0 {
+        if state.slots.is_empty() {
             return Poll::Ready(None);
         }
         match &mut state.outlet {
@@ -336,7 +336,7 @@ impl<A, F, L> Registry<A, F, L> {
         let mut state = lock(&self.state);
         state.open = false;
         let incidents = state.incidents.drain(..).collect();
-        let done = state.slots.len() == 0;
+        let done = state.slots.is_empty();
         if !done {
             state.adopter = Some((adopter, key));
         }
@@ -347,7 +347,7 @@ impl<A, F, L> Registry<A, F, L> {
     /// when the last one finishes (N-2).
     pub(crate) fn try_close(&self, waker: &Waker) -> bool {
         let mut state = lock(&self.state);
-        if state.slots.len() == 0 {
+        if state.slots.is_empty() {
             state.open = false;
             true
         } else {

@@ -228,7 +228,7 @@ async fn b1_a_handle_cancels_its_child_alone_with_or_without_a_scope_of_its_own(
 }
 
 /// Cancelling a local child that has already ended changes nothing.
-async fn done_cancel_is_a_no_op(handle: &LocalHandle<()>) {
+async fn done_cancel_is_a_no_op(handle: &LocalHandle<'_, ()>) {
     tokio::task::yield_now().await;
     handle.cancel();
 }

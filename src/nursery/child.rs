@@ -455,8 +455,8 @@ pub enum JoinError {
     ChildPanicked,
     /// The child was cancelled and stopped at a cancellation point.
     ChildCancelled,
-    /// The child was aborted (its handle's `abort`, a grace period running out, or its
-    /// nursery dropped in abort mode).
+    /// The child was aborted (its handle's `abort`, a grace period running out, its
+    /// nursery dropped in abort mode, or its local scope's future dropped).
     ChildAborted,
     /// The *awaiting* code's scope was cancelled while it waited; the child keeps running.
     Cancelled(Cancelled),

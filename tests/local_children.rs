@@ -1,0 +1,199 @@
+//! How a local scope runs its children (SPEC B1): each child is one allocation shared with
+//! its handle, polled first in spawn order, then whenever its waker (from any thread) wakes
+//! it; a child that never parks gets a recycled waker. These tests pin the behaviours that
+//! machinery must keep: order, wakes from other threads, stale wakers, the handles of
+//! children dropped with their scope, and panics.
+
+mod common;
+
+use std::cell::{Cell, RefCell};
+use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
+
+use tokio_nursery::*;
+
+/// A waker kept out of a child, to wake it (or a later child) from outside.
+type Kept = Arc<Mutex<Option<Waker>>>;
+
+/// Parks once, leaving its waker in `kept`; ready the second time it is polled.
+async fn park_once(kept: &Kept) {
+    let mut parked = false;
+    std::future::poll_fn(|cx| {
+        if parked {
+            return Poll::Ready(());
+        }
+        parked = true;
+        *kept.lock().unwrap() = Some(cx.waker().clone());
+        Poll::Pending
+    })
+    .await
+}
+
+#[tokio::test]
+async fn children_start_in_spawn_order_and_every_one_runs() {
+    common::leak_checked(async move {
+        let order = RefCell::new(Vec::new());
+        let out = local_scope(async |s| {
+            let handles: Vec<_> = (0..2_000)
+                .map(|i| {
+                    let order = &order;
+                    s.spawn(async move {
+                        order.borrow_mut().push(i);
+                        Ok::<_, Cancelled>(i * 2)
+                    })
+                })
+                .collect();
+            let mut sum = 0;
+            for handle in handles {
+                sum += handle.await.unwrap();
+            }
+            Ok::<_, Cancelled>(sum)
+        })
+        .await;
+        assert_eq!(out.unwrap(), Some((0..2_000).map(|i| i * 2).sum()));
+        assert_eq!(*order.borrow(), (0..2_000).collect::<Vec<_>>());
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn children_woken_from_another_thread_run_to_completion() {
+    let kept: Vec<Kept> = (0..64).map(|_| Kept::default()).collect();
+    let waking = kept.clone();
+    // Wakes each kept waker from a thread of its own, as soon as it appears.
+    let waker_thread = std::thread::spawn(move || {
+        let mut woken = 0;
+        while woken < waking.len() {
+            for slot in &waking {
+                if let Some(waker) = slot.lock().unwrap().take() {
+                    waker.wake();
+                    woken += 1;
+                }
+            }
+            std::thread::yield_now();
+        }
+    });
+    let finished = RefCell::new(0);
+    let out = local_scope(async |s| {
+        for slot in &kept {
+            let finished = &finished;
+            s.spawn(async move {
+                park_once(slot).await;
+                *finished.borrow_mut() += 1;
+                Ok::<_, Cancelled>(())
+            });
+        }
+        Ok::<_, Cancelled>(())
+    })
+    .await;
+    waker_thread.join().unwrap();
+    assert_eq!(out.unwrap(), Some(()));
+    assert_eq!(*finished.borrow(), 64);
+}
+
+/// A child's waker outliving the child names its old slot: waking it later polls whatever
+/// child took the slot since, spuriously, which that child survives (futures tolerate
+/// spurious polls); the later child's own waker still completes it.
+#[tokio::test]
+async fn a_stale_waker_of_a_finished_child_only_polls_its_successor_spuriously() {
+    common::leak_checked(async move {
+        let stale = Kept::default();
+        let own = Kept::default();
+        let polls = Cell::new(0);
+        let release = Cell::new(false);
+        let out = local_scope(async |s| {
+            // Finishes at its first poll, its waker kept (so it is not recycled).
+            s.spawn(async {
+                std::future::poll_fn(|cx| {
+                    *stale.lock().unwrap() = Some(cx.waker().clone());
+                    Poll::Ready(())
+                })
+                .await;
+                Ok::<_, Cancelled>(())
+            })
+            .await
+            .unwrap();
+            // Takes the freed slot; parks until released.
+            let successor = s.spawn(async {
+                std::future::poll_fn(|cx| {
+                    polls.set(polls.get() + 1);
+                    if release.get() {
+                        return Poll::Ready(());
+                    }
+                    *own.lock().unwrap() = Some(cx.waker().clone());
+                    Poll::Pending
+                })
+                .await;
+                Ok::<_, Cancelled>("successor")
+            });
+            tokio::task::yield_now().await;
+            assert_eq!(polls.get(), 1);
+            stale.lock().unwrap().take().unwrap().wake();
+            tokio::task::yield_now().await;
+            assert_eq!(polls.get(), 2, "the stale wake polled the successor once");
+            release.set(true);
+            own.lock().unwrap().take().unwrap().wake();
+            Ok::<_, Cancelled>(successor.await)
+        })
+        .await;
+        assert_eq!(out.unwrap().unwrap().unwrap(), "successor");
+        assert_eq!(polls.get(), 3);
+    })
+    .await
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_handle_of_a_child_dropped_with_its_scope_says_aborted() {
+    common::leak_checked(async move {
+        let kept = RefCell::new(Vec::new());
+        let scope = local_scope(async |s| {
+            kept.borrow_mut().push(s.spawn(async {
+                std::future::pending::<()>().await;
+                Ok::<_, Cancelled>(())
+            }));
+            kept.borrow_mut()
+                .push(s.spawn(async { Ok::<_, Cancelled>(()) }));
+            std::future::pending::<()>().await;
+            Ok::<_, Cancelled>(())
+        });
+        let timed_out = tokio::time::timeout(std::time::Duration::from_millis(5), scope).await;
+        assert!(timed_out.is_err());
+        let mut handles = kept.into_inner().into_iter();
+        let parked = handles.next().unwrap();
+        let finished = handles.next().unwrap();
+        assert!(matches!(parked.await, Err(JoinError::ChildAborted)));
+        assert!(matches!(finished.await, Ok(())));
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_panicking_child_tells_its_handle_and_its_siblings_still_finish() {
+    let finished = RefCell::new(Some(false));
+    let observed = RefCell::new(None);
+    let out =
+        futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(local_scope(async |s| {
+            let panics = s.spawn(async {
+                tokio::task::yield_now().await;
+                if finished.borrow().is_some() {
+                    panic!("child panic");
+                }
+                Ok::<_, Cancelled>(())
+            });
+            s.spawn(async {
+                tokio::task::yield_now().await;
+                *finished.borrow_mut() = Some(true);
+                Ok::<_, Cancelled>(())
+            });
+            *observed.borrow_mut() = Some(panics.await);
+            Ok::<_, Cancelled>(())
+        })))
+        .await;
+    let payload = out.expect_err("the child's panic is resumed");
+    assert_eq!(payload.downcast_ref::<&str>(), Some(&"child panic"));
+    assert!(matches!(
+        observed.into_inner(),
+        Some(Err(JoinError::ChildPanicked))
+    ));
+    assert_eq!(*finished.borrow(), Some(true));
+}
