@@ -101,6 +101,8 @@ struct LocalTask<F, T> {
 
 enum Stage<F, T> {
     Running(F),
+    /// The future was dropped (in place) and its outcome is not delivered yet.
+    Ended,
     Finished(Result<T, JoinError>),
     /// The handle took the outcome.
     Taken,
@@ -112,8 +114,9 @@ trait Run<E> {
     /// Polls the child; once it finished, delivers its outcome to the handle and returns
     /// its failure, if any.
     fn poll_run(self: Pin<&Self>, cx: &mut Context<'_>) -> Poll<Option<Failure<E>>>;
-    /// Drops the child's future in place, unless it finished; its handle is told `abort`
-    /// (the local scope was dropped) or `panicked`.
+    /// Drops the child's future in place, unless it finished, and tells the handle
+    /// `outcome` (`ChildAborted`: the local scope was dropped; `ChildPanicked`) unless it
+    /// was told already. A panic in the future's drop propagates, after the handle was told.
     fn drop_future(&self, outcome: JoinError);
 }
 
@@ -156,7 +159,10 @@ where
         let Poll::Ready(output) = running.poll(cx) else {
             return Poll::Pending;
         };
-        *stage = Stage::Taken;
+        // Dropped in place. Should its drop panic, the stage is `Ended` all the same (an
+        // assignment writes the new value while unwinding from the old one's drop), and
+        // `drop_future` tells the handle.
+        *stage = Stage::Ended;
         drop(stage);
         let (outcome, failure) = match output {
             Ok(value) => (Ok(value), None),
@@ -179,12 +185,27 @@ where
     }
 
     fn drop_future(&self, outcome: JoinError) {
+        /// Tells the handle even when the future's drop panics.
+        struct Tell<'a, F, T>(&'a LocalTask<F, T>, Option<JoinError>);
+        impl<F, T> Drop for Tell<'_, F, T> {
+            fn drop(&mut self) {
+                if let Some(outcome) = self.1.take() {
+                    self.0.deliver(Err(outcome));
+                }
+            }
+        }
+        // Declared before the borrow, so dropped after it: the handle is told once the
+        // stage is free, whether the future's drop returned or panicked.
+        let mut tell = Tell(self, None);
         let mut stage = self.stage.borrow_mut();
-        if let Stage::Running(_) = *stage {
-            let running = std::mem::replace(&mut *stage, Stage::Taken);
-            drop(stage);
-            drop(running);
-            self.deliver(Err(outcome));
+        match *stage {
+            Stage::Running(_) => {
+                tell.1 = Some(outcome);
+                // In place: the future was polled where it is, pinned.
+                *stage = Stage::Ended;
+            }
+            Stage::Ended => tell.1 = Some(outcome),
+            Stage::Finished(_) | Stage::Taken => {}
         }
     }
 }
@@ -195,7 +216,9 @@ impl<F, T> Outcome<T> for LocalTask<F, T> {
     }
 
     fn take(&self, waker: &Waker) -> Option<Result<T, JoinError>> {
-        let mut stage = self.stage.borrow_mut();
+        let Ok(mut stage) = self.stage.try_borrow_mut() else {
+            panic!("tokio-nursery: a local child awaited its own handle (it would never finish)");
+        };
         if let Stage::Finished(_) = *stage {
             let Stage::Finished(outcome) = std::mem::replace(&mut *stage, Stage::Taken) else {
                 unreachable!("checked above")
@@ -236,6 +259,11 @@ struct Parent(Arc<Node>);
 
 /// The handle of a local child: await it for the child's value. Awaiting it is a
 /// cancellation point of the awaiting code's scope, as for [`ChildHandle`](crate::ChildHandle).
+/// A child dropped with its scope's future answers [`JoinError::ChildAborted`].
+///
+/// # Panics
+///
+/// Polled by its own child (which could then never finish): a panic, the child's.
 pub struct LocalHandle<'env, T> {
     child: Pin<Rc<dyn Outcome<T> + 'env>>,
     /// The local scope's node, under which the child's scope is made if needed.
@@ -421,12 +449,34 @@ where
 }
 
 impl<E> Drop for LocalScope<'_, E> {
-    /// Dropping the scope drops its children at once (SPEC B1), each ended in turn.
+    /// Dropping the scope drops its children at once (SPEC B1), each ended in turn. A
+    /// child's future that panics in its drop does not keep the others from being dropped:
+    /// the first such panic is resumed after all were (reported instead if the scope is
+    /// dropped during a panic already), the others reported.
     fn drop(&mut self) {
         let children = std::mem::take(self.children.get_mut());
+        let mut resumed = None;
         for (_, child) in children.iter() {
-            child.task.drop_future(JoinError::ChildAborted);
+            let dropped = catch_unwind(AssertUnwindSafe(|| {
+                child.task.drop_future(JoinError::ChildAborted)
+            }));
             child.task.scope().end();
+            if let Err(payload) = dropped {
+                let origin = local_origin(child.task.scope().id());
+                if resumed.is_none() && !std::thread::panicking() {
+                    resumed = Some(payload);
+                } else {
+                    crate::nursery::report_default(&Report::Panic {
+                        origin: &origin,
+                        payload: &*payload,
+                        adopted: false,
+                    });
+                }
+            }
+        }
+        drop(children);
+        if let Some(payload) = resumed {
+            resume_unwind(payload);
         }
     }
 }
@@ -488,9 +538,15 @@ impl<E: CancelError + fmt::Debug> LocalScope<'_, E> {
             let Child { task, .. } = children.try_remove(index).expect("polled just now");
             drop(children);
             self.recycle(waker);
-            if finished.is_err() {
-                task.drop_future(JoinError::ChildPanicked);
-            }
+            // A panicked child's future is dropped now; its drop may panic too (the same
+            // child's second panic, recorded after the first).
+            let again = match finished {
+                Err(_) => catch_unwind(AssertUnwindSafe(|| {
+                    task.drop_future(JoinError::ChildPanicked);
+                }))
+                .err(),
+                Ok(_) => None,
+            };
             task.scope().end();
             match finished {
                 Ok(Some(failure)) => self.fail(failure),
@@ -498,6 +554,9 @@ impl<E: CancelError + fmt::Debug> LocalScope<'_, E> {
                 Err(payload) => {
                     self.panicked(local_origin(task.scope().id()), payload);
                 }
+            }
+            if let Some(payload) = again {
+                self.panicked(local_origin(task.scope().id()), payload);
             }
         }
     }
@@ -604,7 +663,7 @@ impl<E: CancelError + fmt::Debug> LocalScope<'_, E> {
 mod tests {
     use std::cell::Cell;
     use std::future::Future;
-    use std::pin::pin;
+    use std::pin::{Pin, pin};
     use std::task::{Context, Poll, Waker};
 
     use super::local_scope;
@@ -668,6 +727,68 @@ mod tests {
         }));
         assert_eq!(out.unwrap(), Some(4 * (1 + 2 + 3) + 4 * 3));
         assert_eq!(dropped.get(), 4);
+    }
+
+    /// Records where it was polled; flags a drop anywhere else (a move after pinning).
+    struct Pinned<'a> {
+        at: Cell<usize>,
+        moved: &'a Cell<bool>,
+        _pin: std::marker::PhantomPinned,
+    }
+
+    impl Future for Pinned<'_> {
+        type Output = Result<(), Cancelled>;
+
+        fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Self::Output> {
+            self.at.set(&*self as *const Self as usize);
+            Poll::Pending
+        }
+    }
+
+    impl Drop for Pinned<'_> {
+        fn drop(&mut self) {
+            if self.at.get() != 0 && self.at.get() != self as *const Self as usize {
+                self.moved.set(true);
+            }
+        }
+    }
+
+    /// Polls a scope once (its children once each), then drops it.
+    fn poll_once_then_drop<F: Future>(scope: F) {
+        let mut scope = pin!(scope);
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(scope.as_mut().poll(&mut cx).is_pending());
+    }
+
+    #[test]
+    fn a_child_dropped_with_its_scope_is_dropped_where_it_was_polled() {
+        let moved = Cell::new(false);
+        poll_once_then_drop(local_scope(async |s| {
+            let _handle = s.spawn(Pinned {
+                at: Cell::new(0),
+                moved: &moved,
+                _pin: std::marker::PhantomPinned,
+            });
+            std::future::pending::<()>().await;
+            Ok::<_, Cancelled>(())
+        }));
+        assert!(!moved.get(), "the child's future moved after it was pinned");
+    }
+
+    /// tokio's `Notified` links itself into the `Notify` by address: a move after pinning
+    /// leaves the list pointing at freed memory (Miri reports the use after free).
+    #[test]
+    fn a_child_parked_on_a_notify_and_dropped_with_its_scope_unlinks_itself() {
+        let notify = tokio::sync::Notify::new();
+        poll_once_then_drop(local_scope(async |s| {
+            let _handle = s.spawn(async {
+                notify.notified().await;
+                Ok::<_, Cancelled>(())
+            });
+            std::future::pending::<()>().await;
+            Ok::<_, Cancelled>(())
+        }));
+        notify.notify_waiters();
     }
 
     #[test]

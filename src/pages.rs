@@ -131,6 +131,19 @@ impl<T> Pages<T> {
         self.len == 0
     }
 
+    /// Takes every value out, in key order, leaving the pages empty.
+    pub(crate) fn drain(&mut self) -> impl Iterator<Item = T> + use<T> {
+        let Pages { pages, used, .. } = std::mem::take(self);
+        pages
+            .into_iter()
+            .flat_map(|page| page.into_vec())
+            .take(used)
+            .filter_map(|entry| match entry {
+                Entry::Occupied(value) => Some(value),
+                Entry::Vacant(_) => None,
+            })
+    }
+
     /// The values with their keys, in key order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (usize, &T)> {
         self.pages
@@ -198,5 +211,9 @@ mod tests {
         assert_eq!(pages.get_mut(3), None);
         assert_eq!(pages.get_mut(usize::MAX / 2), None);
         assert!(!pages.is_empty());
+        let drained: Vec<usize> = pages.drain().collect();
+        assert_eq!(drained.len(), 5000 - 1667 + 1);
+        assert!(pages.is_empty());
+        assert_eq!(pages.insert(1), 0, "drained pages start over");
     }
 }

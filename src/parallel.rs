@@ -82,8 +82,8 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::{Mutex, OnceLock, TryLockError};
 use std::task::{Context, Poll};
 
+use crate::pages::Pages;
 use pin_project::{pin_project, pinned_drop};
-use slab::Slab;
 use tokio::runtime::{Handle, RuntimeFlavor};
 
 use crate::cancelled::CancelError;
@@ -629,7 +629,7 @@ struct Children<O> {
 }
 
 struct ChildrenState<O> {
-    cells: Slab<Arc<Cell<O>>>,
+    cells: Pages<Arc<Cell<O>>>,
     closed: bool,
 }
 
@@ -655,7 +655,7 @@ impl<O> Children<O> {
     fn new() -> Self {
         Children {
             state: Mutex::new(ChildrenState {
-                cells: Slab::new(),
+                cells: Pages::new(),
                 closed: false,
             }),
             scope: OnceLock::new(),

@@ -197,3 +197,107 @@ async fn a_panicking_child_tells_its_handle_and_its_siblings_still_finish() {
     ));
     assert_eq!(*finished.borrow(), Some(true));
 }
+
+/// Ready at once, then panics when dropped.
+struct PanicsOnDrop(&'static str);
+
+impl std::future::Future for PanicsOnDrop {
+    type Output = Result<(), Cancelled>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for PanicsOnDrop {
+    fn drop(&mut self) {
+        panic!("{}", self.0);
+    }
+}
+
+/// A child whose future finished and then panicked in its drop: the handle (here kept
+/// outside the scope) hears `ChildPanicked` instead of waiting for ever.
+#[tokio::test]
+async fn a_child_whose_future_panics_in_its_drop_tells_its_handle() {
+    let handle = RefCell::new(None);
+    let out =
+        futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(local_scope(async |s| {
+            *handle.borrow_mut() = Some(s.spawn(PanicsOnDrop("dropped")));
+            Ok::<_, Cancelled>(())
+        })))
+        .await;
+    let payload = out.expect_err("the drop's panic is resumed");
+    assert_eq!(payload.downcast_ref::<String>().unwrap(), "dropped");
+    let handle = handle.into_inner().unwrap();
+    assert!(matches!(handle.await, Err(JoinError::ChildPanicked)));
+}
+
+/// Parks for ever; panics when dropped.
+struct ParkedPanicsOnDrop;
+
+impl std::future::Future for ParkedPanicsOnDrop {
+    type Output = Result<(), Cancelled>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        Poll::Pending
+    }
+}
+
+impl Drop for ParkedPanicsOnDrop {
+    fn drop(&mut self) {
+        panic!("parked child dropped");
+    }
+}
+
+/// Dropping the scope drops every child even when one's drop panics; the panic comes out of
+/// the drop after all, and every handle hears `ChildAborted`.
+#[tokio::test(start_paused = true)]
+async fn dropping_the_scope_drops_every_child_even_when_one_panics_in_its_drop() {
+    let live = common::LiveFutures::default();
+    let kept = RefCell::new(Vec::new());
+    let scope = local_scope(async |s| {
+        kept.borrow_mut()
+            .push(s.spawn(live.track(std::future::pending::<Result<(), Cancelled>>())));
+        kept.borrow_mut().push(s.spawn(ParkedPanicsOnDrop));
+        kept.borrow_mut()
+            .push(s.spawn(live.track(std::future::pending::<Result<(), Cancelled>>())));
+        std::future::pending::<()>().await;
+        Ok::<_, Cancelled>(())
+    });
+    let mut scope = Box::pin(scope);
+    assert!(futures::poll!(scope.as_mut()).is_pending());
+    let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(scope)));
+    let payload = dropped.expect_err("the child's panic comes out of the drop");
+    assert_eq!(
+        payload.downcast_ref::<&str>(),
+        Some(&"parked child dropped")
+    );
+    assert_eq!(live.created(), 2);
+    assert_eq!(live.live(), 0, "the other children were dropped too");
+    for handle in kept.into_inner() {
+        assert!(matches!(handle.await, Err(JoinError::ChildAborted)));
+    }
+}
+
+/// A child awaiting its own handle could never finish: a clear panic, reported as the
+/// child's.
+#[tokio::test]
+async fn a_child_awaiting_its_own_handle_panics_clearly() {
+    let out =
+        futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(local_scope(async |s| {
+            let own = std::rc::Rc::new(RefCell::new(None));
+            let inside = own.clone();
+            let handle = s.spawn(async move {
+                tokio::task::yield_now().await;
+                let handle: LocalHandle<'_, ()> = inside.borrow_mut().take().unwrap();
+                handle.await.ok();
+                Ok::<_, Cancelled>(())
+            });
+            *own.borrow_mut() = Some(handle);
+            Ok::<_, Cancelled>(())
+        })))
+        .await;
+    let payload = out.expect_err("the child panicked");
+    let message = payload.downcast_ref::<&str>().copied().unwrap_or_default();
+    assert!(message.contains("awaited its own handle"), "{message}");
+}
