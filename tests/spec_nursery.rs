@@ -1168,6 +1168,44 @@ async fn n07_grace_aborts_children_still_running_at_its_end() {
     .await
 }
 
+/// N7: the aborted children's names when the nursery absorbs its own cancellation (no
+/// `Cancelled` comes out): on a handle kept past the run.
+#[tokio::test(start_paused = true)]
+async fn n07_names_of_children_aborted_in_an_absorbed_cancellation_stay_on_the_handle() {
+    common::leak_checked(async move {
+        let mut kept = None;
+        let slot = &mut kept;
+        let out = Nursery::new()
+            .grace(ms(50))
+            .run(|n| {
+                *slot = Some(n.clone());
+                async move {
+                    n.spawn_named("stuck", stuck::<Cancelled>());
+                    n.spawn_named("polite", async {
+                        sleep(HOUR).await?;
+                        Ok::<_, Cancelled>(())
+                    });
+                    assert!(n.aborted_children().is_empty());
+                    n.cancel();
+                    sleep(HOUR).await?;
+                    Ok(())
+                }
+            })
+            .await;
+        assert_eq!(out.unwrap(), None, "absorbed");
+        let kept = kept.unwrap();
+        assert_eq!(
+            kept.aborted_children().len(),
+            1,
+            "{:?}",
+            kept.aborted_children()
+        );
+        assert!(kept.aborted_children()[0].starts_with("\"stuck\""));
+        settle_tasks(0).await;
+    })
+    .await
+}
+
 #[tokio::test(start_paused = true)]
 async fn n07_grace_expiry_inside_an_enclosing_scope_is_absorbed_by_it() {
     common::leak_checked(async move {

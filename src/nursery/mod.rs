@@ -312,6 +312,8 @@ pub(crate) struct Shared<E> {
     span: tracing::Span,
     /// At most this many children run at once (SPEC N11).
     pub(crate) limit: Option<Arc<Semaphore>>,
+    /// The children aborted when the grace period ran out (SPEC N7), once it did.
+    aborted: std::sync::OnceLock<Vec<String>>,
 }
 
 impl<E: fmt::Debug> Shared<E> {
@@ -992,6 +994,39 @@ impl<E> NurseryHandle<E> {
         self.shared.node.cancel(CancelReason::Explicit(None));
     }
 
+    /// The children this nursery aborted because its grace period ran out before they
+    /// stopped (their names, or scope ids; SPEC N7); empty if it did not. Also after the
+    /// nursery ended, through a handle kept past its run: the way to learn them when the
+    /// nursery absorbed its own cancellation (its run returned `Ok`), since otherwise they
+    /// travel in the `Cancelled` it passes on ([`Cancelled::aborted_children`](crate::Cancelled::aborted_children)) and in a
+    /// warn-level event.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tokio_nursery::{Cancelled, Nursery};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// let mut kept = None;
+    /// let out = Nursery::new()
+    ///     .grace(Duration::from_millis(50))
+    ///     .run(|n| {
+    ///         kept = Some(n.clone());
+    ///         async move {
+    ///             // Never reaches a cancellation point: aborted when the grace runs out.
+    ///             n.spawn_named("stuck", std::future::pending::<Result<(), Cancelled>>());
+    ///             n.cancel();
+    ///             Ok::<_, Cancelled>(())
+    ///         }
+    ///     })
+    ///     .await;
+    /// assert!(out.is_ok(), "absorbed: an abort after the grace is not a failure");
+    /// assert_eq!(kept.unwrap().aborted_children().len(), 1);
+    /// # }
+    /// ```
+    pub fn aborted_children(&self) -> &[String] {
+        self.shared.aborted.get().map_or(&[], Vec::as_slice)
+    }
+
     /// The nursery's cancel scope: cancel it with a reason, move its deadline, raise its
     /// shield.
     pub fn scope(&self) -> ScopeHandle {
@@ -1178,6 +1213,7 @@ where
                     scope = %node.id(),
                 ),
                 limit: this.config.limit.map(|k| Arc::new(Semaphore::new(k))),
+                aborted: std::sync::OnceLock::new(),
             });
             let adopter: Arc<dyn Adopter<Origin>> = shared.clone();
             let link = AdopterRef(Arc::downgrade(&adopter));
@@ -1250,6 +1286,7 @@ where
                 if !matches!(this.state, State::GraceExpired) && sleep.poll(cx).is_ready() {
                     *this.state = State::GraceExpired;
                     *this.aborted = child_names(shared, |_, _| true);
+                    let _ = shared.aborted.set(this.aborted.clone());
                     shared.abort_children(true);
                     #[cfg(feature = "tracing")]
                     if !this.aborted.is_empty() {
