@@ -89,7 +89,7 @@
 //! | [`CancelScope::run`], [`move_on_after`], [`move_on_at`] | as cancel-safe as the body | the scope ends and the body is dropped where it is parked |
 //! | [`fail_after`], [`fail_at`] | as cancel-safe as the body | the same |
 //! | [`carry_scope`] | as cancel-safe as the future it carries | that future is dropped |
-//! | [`Nursery::run`], [`nursery`] | yes, in the default [`DropMode::Wait`] | the scope is cancelled; the children are adopted by the nearest live enclosing nursery (or the orphan registry) and finish their cleanup; in [`DropMode::Abort`] they are aborted |
+//! | [`Nursery::run`], [`nursery`] | yes, in the default [`DropMode::Wait`] | the scope is cancelled; the children are adopted by the nearest live enclosing nursery (or the orphan registry) and finish their cleanup; in [`DropMode::Abort`] they are aborted; in [`DropMode::BlockingWait`] the drop blocks until they stopped (at most the grace period) |
 //! | awaiting a [`ChildHandle`] | yes | nothing: the child keeps running in its nursery |
 //! | [`NurseryHandle::start`] | yes | the child moves to the nursery with its own scope cancelled |
 //! | [`NurseryHandle::spawn_when_free`] | yes | nothing is spawned |
@@ -99,6 +99,12 @@
 //! | [`parallel_scope_async`] | **no**: dropping it before it completes breaks its `unsafe` contract | its children are dropped and waited for (the backstop) |
 //! | awaiting a [`ParallelHandle`] | yes | nothing: the child keeps running in its scope |
 //! | [`shutdown_signal`], [`cancelled_owned`] | yes | nothing |
+//! | [`NurseryFuture::cancel_and_join`] | as the nursery future it took: see [`Nursery::run`] | that future is dropped, in its drop mode |
+//! | [`local_scope`] | as cancel-safe as its body and children | the body and every child are dropped where they are parked; the children's handles answer [`JoinError::ChildAborted`] |
+//! | awaiting a [`LocalHandle`] | yes | nothing: the child keeps running in its local scope |
+//! | [`Mutex::lock`], [`Mutex::lock_cancellable`], [`Mutex::try_lock`] | while waiting for the lock, yes; once the section runs, no | waiting: nothing; running: the section is cut short and the mutex is poisoned |
+//! | awaiting [`Protected`] | yes | nothing: the protected work keeps running |
+//! | `cancelled_by` (feature `tokio-util`) | as cancel-safe as the body | the scope ends and the body is dropped where it is parked |
 //!
 //! Scope and nursery futures are `#[must_use]`: they do nothing unless awaited. A future
 //! leaked with `mem::forget` never runs its drop code: a leaked nursery future leaves its

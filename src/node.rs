@@ -627,6 +627,13 @@ impl Node {
         at: Option<Instant>,
     ) {
         if inner.reason().is_none() {
+            // SPEC O1: every cancellation, with its reason, whoever asked for it (a handle,
+            // a sibling's failure, a drop, a grace period). A deadline fired by the service
+            // (`at` given) has the service's own event.
+            #[cfg(feature = "tracing")]
+            if at.is_none() {
+                tracing::debug!(scope = %self.id, reason = %reason, "cancel");
+            }
             let now = at.unwrap_or_else(|| {
                 inner
                     .timer

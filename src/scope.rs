@@ -162,8 +162,7 @@ impl ScopeHandle {
     }
 
     pub(crate) fn cancel_because(&self, reason: CancelReason) {
-        #[cfg(feature = "tracing")]
-        tracing::debug!(scope = %self.node.id(), reason = %reason, "cancel");
+        // The node emits the O1 event.
         self.node.cancel(reason);
     }
 

@@ -646,6 +646,91 @@ async fn blocking_wait_drop_blocks_until_the_children_stopped() {
     .await
 }
 
+/// N7's cascade reaches a blocking-wait nursery too: when the outer grace runs out, the
+/// inner nursery (dropped with the aborted child that awaited it) does not block for its own
+/// grace, it aborts its stuck grandchild at once. Real time on multi_thread: the inner grace
+/// (60 s) only bounds a hang; the cascade takes about the outer grace (50 ms).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_cascades_into_a_blocking_wait_nursery_past_an_ancestors_grace() {
+    common::leak_checked(async move {
+        let inner_grace = Duration::from_secs(60);
+        let start = std::time::Instant::now();
+        let out = Nursery::new()
+            .grace(Duration::from_millis(50))
+            .run(|n| async move {
+                n.spawn(async move {
+                    Nursery::new()
+                        .drop_mode(DropMode::BlockingWait)
+                        .grace(inner_grace)
+                        .run(|inner: NurseryHandle<Cancelled>| async move {
+                            inner.spawn_named("stuck", async {
+                                std::future::pending::<()>().await;
+                                Ok(())
+                            });
+                            std::future::pending::<()>().await;
+                            Ok(())
+                        })
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| match e {
+                            NurseryError::Cancelled(c) => c,
+                            other => panic!("{other}"),
+                        })
+                });
+                tokio::task::yield_now().await;
+                n.cancel();
+                check_cancelled()
+            })
+            .await;
+        assert_eq!(out.unwrap(), None);
+        assert!(
+            start.elapsed() < inner_grace / 2,
+            "the inner nursery waited for its own grace: {:?}",
+            start.elapsed()
+        );
+        orphans_finished().await;
+    })
+    .await
+}
+
+/// A nursery dropped in wait mode keeps its grace in a task of its own; when it runs out,
+/// the children it aborts are named as an awaited nursery's would be (SPEC N7).
+#[tokio::test(start_paused = true)]
+async fn an_orphaned_nurserys_grace_names_the_children_it_aborts() {
+    common::leak_checked(async move {
+        let mut kept = None;
+        let slot = &mut kept;
+        let fut =
+            Nursery::new()
+                .grace(Duration::from_millis(20))
+                .run(|n: NurseryHandle<Cancelled>| {
+                    *slot = Some(n.clone());
+                    async move {
+                        n.spawn_named("stuck", async {
+                            std::future::pending::<()>().await;
+                            Ok(())
+                        });
+                        std::future::pending::<()>().await;
+                        Ok(())
+                    }
+                });
+        let mut fut = Box::pin(fut);
+        assert!(futures::poll!(fut.as_mut()).is_pending());
+        drop(fut); // wait mode: the stuck child is adopted, its grace runs on
+        let kept = kept.unwrap();
+        assert!(kept.aborted_children().is_empty());
+        orphans_finished().await;
+        assert_eq!(
+            kept.aborted_children().len(),
+            1,
+            "{:?}",
+            kept.aborted_children()
+        );
+        assert!(kept.aborted_children()[0].starts_with("\"stuck\""));
+    })
+    .await
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn blocking_wait_falls_back_to_adoption_on_current_thread() {
     common::leak_checked(async move {

@@ -113,7 +113,9 @@ fn n07_a_cancellation_nobody_observed_is_reported_with_the_childrens_names() {
     assert!(warnings[0].contains("\"stuck\""), "{}", warnings[0]);
     assert!(!warnings[0].contains("polite"), "{}", warnings[0]);
     assert!(
-        events.iter().any(|e| e.contains("nursery cancelled")),
+        events
+            .iter()
+            .any(|e| e.contains("message=cancel ") && e.contains("reason=explicit cancel")),
         "{events:#?}"
     );
 }

@@ -28,9 +28,8 @@
 //!   as an object; here the caller's scopes are not a nursery a child can spawn into.
 //!
 //! Not tested here: N17's `#[must_use]` (a compile-fail doc test); N13's protected work (C1);
-//! O1's "no cost beyond a branch when no subscriber listens" (a benchmark's business); N9's
-//! "orphans visible in O2" (no public API snapshots the orphan registry: `TaskTree` only walks
-//! scopes, and an orphaned nursery's scope has ended).
+//! O1's "no cost beyond a branch when no subscriber listens" (a benchmark's business). N9's
+//! "orphans visible in O2" is tested in `nursery_smoke.rs` (`orphans_are_visible_in_the_task_tree`).
 
 mod common;
 
@@ -3213,6 +3212,54 @@ async fn o01_events_for_cancellation_deadline_expiry_and_grace_expiry() {
                 .iter()
                 .any(|e| e.level == Level::DEBUG && e.message().contains("cancel")),
             "{cancelled_events:#?}"
+        );
+    })
+    .await
+}
+
+/// O1: a cancellation nobody asked for through a handle still emits its event with its
+/// reason: fail-fast's, a child's own through its handle, the drop's.
+#[cfg(feature = "tracing")]
+#[tokio::test(start_paused = true)]
+async fn o01_every_cancellation_emits_its_reason() {
+    common::leak_checked(async move {
+        let (traces, _guard) = traces::record();
+        let (ids_tx, ids_rx) = oneshot::channel();
+        let out = Nursery::new()
+            .run(|n: NurseryHandle<AppError>| async move {
+                let (child_tx, child_rx) = oneshot::channel();
+                let parked = n.spawn(async move {
+                    child_tx
+                        .send(tokio_nursery::current_scope().unwrap().id())
+                        .unwrap();
+                    sleep_forever::<AppError>().await?;
+                    Ok(())
+                });
+                let child = child_rx.await.unwrap();
+                parked.cancel();
+                ids_tx.send((n.scope().id(), child)).unwrap();
+                n.spawn(async { Err::<(), _>(AppError::Boom(7)) });
+                sleep_forever::<AppError>().await
+            })
+            .await;
+        assert!(matches!(out, Err(NurseryError::Failed(_))), "{out:?}");
+        let (nursery_id, child_id) = ids_rx.await.unwrap();
+        let events = traces.events();
+        let reason_of = |scope: tokio_nursery::ScopeId| {
+            let scope = scope_text(scope);
+            events
+                .iter()
+                .find(|e| e.field("scope") == Some(&*scope) && e.message().contains("cancel"))
+                .and_then(|e| e.field("reason").map(str::to_owned))
+                .unwrap_or_else(|| panic!("no cancel event for {scope}: {events:#?}"))
+        };
+        assert_eq!(
+            reason_of(child_id),
+            CancelReason::Explicit(None).to_string()
+        );
+        assert_eq!(
+            reason_of(nursery_id),
+            CancelReason::SiblingFailed.to_string()
         );
     })
     .await

@@ -208,11 +208,9 @@
 //!
 //! Next: [chapter 5, cancellation points](super::ch05_cancellation_points).
 
-// Why the blocking-wait example runs its drop on the worker of a one-worker runtime: the
-// drop decides whether the runtime is shutting down by spawning a probe task and asking
-// `is_finished()` right away (`blocking_wait` in `src/nursery/mod.rs`). On a multi-thread
-// runtime with an idle worker, that worker can run the probe to completion before the
-// question is asked, so the drop takes a running runtime for one shutting down and falls
-// back to the wait mode (about one run in three with two workers, here). With the only
-// worker busy dropping the nursery, the probe cannot finish early. Reported with the guide;
-// once the probe is fixed, the example can drop the nursery from `main` directly.
+// Why the blocking-wait example runs its drop on the worker of a one-worker runtime: it
+// was written when the drop's shutdown probe (a task spawned to see whether tokio finishes
+// it at once) was a ready future that an idle worker could run to completion before the
+// check, making a running runtime look like one shutting down. The probe is now `pending()`,
+// which only a shutting-down runtime finishes, so the example could drop the nursery from
+// `main` directly; it keeps the one-worker runtime, which is still correct.

@@ -75,7 +75,12 @@ pub enum DropMode {
     /// [`grace`](Nursery::grace). Hazards: it holds a runtime worker
     /// (`tokio::task::block_in_place`) and works only on a multi-thread runtime. On a
     /// current-thread runtime, during runtime shutdown, or inside a `LocalSet` it falls back
-    /// to [`Wait`](DropMode::Wait): never a deadlock or a panic in `Drop`. An explicit
+    /// to [`Wait`](DropMode::Wait): never a deadlock or a panic in `Drop`. Inside a
+    /// `LocalSet` the fallback is found by catching the panic `block_in_place` raises there
+    /// (tokio offers no other test): the panic hook still prints that message, and under
+    /// `panic = "abort"` the process aborts; use [`Wait`](DropMode::Wait) there. Past an
+    /// enclosing nursery's grace, the children are aborted at once instead of waited for
+    /// (SPEC N7's cascade). An explicit
     /// [`cancel_and_join`](NurseryFuture::cancel_and_join) is the recommended way to wait
     /// for a nursery that is being cancelled.
     BlockingWait,
@@ -263,6 +268,7 @@ impl Nursery {
             cancel_requested: false,
             state: State::Unentered,
             orphan: orphan::<E>,
+            grace_task: grace_task::<E>,
         }
     }
 }
@@ -498,8 +504,10 @@ impl Attachment for ChildLabel {
 
 /// An orphaned nursery's children are aborted when its adopter's are (SPEC N7's cascade).
 impl<E: Send + 'static> StopAll for Shared<E> {
+    /// The adopter's grace ran out (SPEC N7's cascade): these children are aborted and
+    /// named as if this nursery's own grace had.
     fn stop_all(&self) {
-        self.abort_children(true);
+        self.grace_expired();
     }
 
     fn scope(&self) -> Option<Arc<Node>> {
@@ -672,6 +680,23 @@ impl<E> Shared<E> {
                 adopted: false,
             }),
         }
+    }
+
+    /// The grace period ran out (SPEC N7): aborts the children still running, names them
+    /// (for `aborted_children` and in a warn-level event) and returns the names.
+    fn grace_expired(&self) -> Vec<String> {
+        let aborted = child_names(self, |_, _| true);
+        self.abort_children(true);
+        #[cfg(feature = "tracing")]
+        if !aborted.is_empty() {
+            tracing::warn!(
+                scope = %self.node.id(),
+                children = %aborted.join(", "),
+                "grace period expired: children aborted"
+            );
+        }
+        let _ = self.aborted.set(aborted.clone());
+        aborted
     }
 
     /// Aborts every child and, in turn, what this nursery adopted (the cascade). Blocking
@@ -989,8 +1014,6 @@ impl<E> NurseryHandle<E> {
     /// Cancels the nursery's scope: its body and children see it at their cancellation
     /// points, and the nursery absorbs it (`Ok(None)`) unless it failed.
     pub fn cancel(&self) {
-        #[cfg(feature = "tracing")]
-        tracing::debug!(scope = %self.shared.node.id(), "nursery cancelled");
         self.shared.node.cancel(CancelReason::Explicit(None));
     }
 
@@ -1109,6 +1132,8 @@ pub struct NurseryFuture<B, Fut, T, E> {
     state: State,
     /// The wait-mode drop, monomorphised where `E`'s bounds are known.
     orphan: fn(&Arc<Shared<E>>, DropMode, Option<tokio::time::Instant>),
+    /// Runs a grace period in a task of its own (the bounds the drop lacks, as above).
+    grace_task: fn(&Arc<Shared<E>>, tokio::time::Instant),
 }
 
 impl<B, Fut, T, E> NurseryFuture<B, Fut, T, E>
@@ -1285,17 +1310,7 @@ where
             if let Some(sleep) = this.grace.as_mut().as_pin_mut() {
                 if !matches!(this.state, State::GraceExpired) && sleep.poll(cx).is_ready() {
                     *this.state = State::GraceExpired;
-                    *this.aborted = child_names(shared, |_, _| true);
-                    let _ = shared.aborted.set(this.aborted.clone());
-                    shared.abort_children(true);
-                    #[cfg(feature = "tracing")]
-                    if !this.aborted.is_empty() {
-                        tracing::warn!(
-                            scope = %node.id(),
-                            children = %this.aborted.join(", "),
-                            "grace period expired: children aborted"
-                        );
-                    }
+                    *this.aborted = shared.grace_expired();
                 }
             }
             if let Some(sleep) = this.unobserved.as_mut().as_pin_mut() {
@@ -1396,18 +1411,26 @@ impl<B, Fut, T, E> PinnedDrop for NurseryFuture<B, Fut, T, E> {
                 }
                 DropMode::Wait => (this.orphan)(shared, DropMode::Wait, grace_until),
                 DropMode::BlockingWait => {
+                    // Adopted before the wait: past an enclosing nursery's grace, or once
+                    // one runs out during the wait, the abort cascades into these children
+                    // (the adopter aborts what it adopted, SPEC N7), and the wait ends with
+                    // them instead of running its own grace out.
+                    (this.orphan)(shared, DropMode::BlockingWait, None);
                     let grace = grace_until.map_or(Duration::ZERO, |until| {
                         until.saturating_duration_since(tokio::time::Instant::now())
                     });
                     match blocking_wait(shared, grace) {
-                        Waited::Stopped => (this.orphan)(shared, DropMode::BlockingWait, None),
+                        Waited::Stopped => {}
+                        // Past the grace period: abort; the adopter accounts for the rest.
                         Waited::TimedOut => {
-                            // Past the grace period: abort; what remains is accounted for.
-                            shared.abort_children(true);
-                            (this.orphan)(shared, DropMode::BlockingWait, None);
+                            shared.grace_expired();
                         }
-                        // Blocking is impossible here: the wait mode, grace included (N9b).
-                        Waited::CannotBlock => (this.orphan)(shared, DropMode::Wait, grace_until),
+                        // Blocking is impossible here: the wait mode's grace, in a task (N9b).
+                        Waited::CannotBlock => {
+                            if let Some(until) = grace_until {
+                                (this.grace_task)(shared, until);
+                            }
+                        }
                     }
                 }
             }
@@ -1596,6 +1619,11 @@ fn orphan<E: fmt::Debug + Send + 'static>(
                 adopter = to.name.as_deref().unwrap_or(""),
                 "nursery dropped in wait mode: children adopted"
             ),
+            (DropMode::BlockingWait, _) => tracing::debug!(
+                scope = %shared.node.id(),
+                children = live,
+                "nursery dropped in blocking-wait mode: children adopted while it waits for them"
+            ),
             _ => tracing::debug!(
                 scope = %shared.node.id(),
                 children = live,
@@ -1616,23 +1644,33 @@ fn orphan<E: fmt::Debug + Send + 'static>(
         return;
     }
     if let Some(grace_until) = grace_until {
-        let shared = shared.clone();
-        drop(shared.runtime.clone().spawn(async move {
-            let finished = std::future::poll_fn(|cx| {
-                if shared.registry.try_close(cx.waker()) {
-                    Poll::Ready(())
-                } else {
-                    Poll::Pending
-                }
-            });
-            let expired = tokio::time::sleep_until(grace_until);
-            if let futures::future::Either::Right(_) =
-                futures::future::select(std::pin::pin!(finished), std::pin::pin!(expired)).await
-            {
-                shared.abort_children(true);
-            }
-        }));
+        grace_task(shared, grace_until);
     }
+}
+
+/// The grace period of a nursery whose future is gone (N9), in a task of its own: aborts
+/// the children still running when it ends, and names them as the nursery future would
+/// have (SPEC N7: `NurseryHandle::aborted_children` and a warn-level event).
+fn grace_task<E: fmt::Debug + Send + 'static>(
+    shared: &Arc<Shared<E>>,
+    grace_until: tokio::time::Instant,
+) {
+    let shared = shared.clone();
+    drop(shared.runtime.clone().spawn(async move {
+        let finished = std::future::poll_fn(|cx| {
+            if shared.registry.try_close(cx.waker()) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        });
+        let expired = tokio::time::sleep_until(grace_until);
+        if let futures::future::Either::Right(_) =
+            futures::future::select(std::pin::pin!(finished), std::pin::pin!(expired)).await
+        {
+            shared.grace_expired();
+        }
+    }));
 }
 
 impl<B, Fut, T, E> fmt::Debug for NurseryFuture<B, Fut, T, E> {
