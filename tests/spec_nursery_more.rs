@@ -3577,6 +3577,11 @@ async fn o02_adopted_children_are_visible_in_the_adopters_tree() {
                     text.contains("\"slow-cleanup\""),
                     "the adopted child holding up the outer nursery is not in its tree:\n{text}"
                 );
+                assert!(
+                    text.contains("\"dropped\"")
+                        && text.contains("dropped, adopted: 1 child still finishing"),
+                    "the dropped nursery does not say its children were adopted:\n{text}"
+                );
                 Ok::<_, Cancelled>(())
             })
             .await;

@@ -390,6 +390,11 @@ impl<E: Send + 'static> Adopter<Origin> for Shared<E> {
     fn describe(&self) -> Description {
         let (running, adopted, open, incidents) = self.registry.counts();
         let mut detail = match (open, self.node.is_cancelled()) {
+            // Closed with children still running: its future was dropped and they are
+            // finishing under the adopter whose tree shows this (SPEC O2, N9).
+            (false, _) if running > 0 => {
+                format!("dropped, adopted: {} still finishing", children(running))
+            }
             (false, _) => "closed".to_string(),
             (true, true) => format!("cancelling, waiting on {}", children(running)),
             (true, false) => format!("running, {}", children(running)),
