@@ -533,18 +533,29 @@ fn spawn_local_outside_a_local_set_panics_clearly() {
 async fn abort_cascades_past_an_ancestors_grace_whatever_the_drop_mode() {
     common::leak_checked(async move {
         let start = Instant::now();
-        let out = Nursery::new()
-            .grace(Duration::from_millis(50))
-            .run(|n| async move {
-                n.spawn(async {
-                    // A wait-mode nursery inside a child, with a grandchild that ignores
-                    // cancellation.
-                    nursery(|inner: NurseryHandle<Cancelled>| async move {
-                        inner.spawn(async {
-                            tokio::time::sleep(Duration::from_secs(100)).await;
+        // A wait-mode nursery inside a child, with a grandchild that ignores cancellation.
+        let out = outer_cancelled_around(Nursery::new()).await;
+        assert_eq!(out.unwrap(), None);
+        // The grandchild was aborted at the outer grace's end, not waited for.
+        assert_eq!(start.elapsed(), Duration::from_millis(50));
+    })
+    .await
+}
+
+/// An outer nursery (grace 50 ms) cancelled while its child awaits `inner`, a nursery whose
+/// grandchild never reaches a cancellation point.
+async fn outer_cancelled_around(inner: Nursery) -> Result<Option<()>, NurseryError<Cancelled>> {
+    Nursery::new()
+        .grace(Duration::from_millis(50))
+        .run(|n| async move {
+            n.spawn(async move {
+                inner
+                    .run(|inner: NurseryHandle<Cancelled>| async move {
+                        inner.spawn_named("stuck", async {
+                            std::future::pending::<()>().await;
                             Ok(())
                         });
-                        tokio::time::sleep(Duration::from_secs(100)).await;
+                        std::future::pending::<()>().await;
                         Ok(())
                     })
                     .await
@@ -553,17 +564,12 @@ async fn abort_cascades_past_an_ancestors_grace_whatever_the_drop_mode() {
                         NurseryError::Cancelled(c) => c,
                         other => panic!("{other}"),
                     })
-                });
-                tokio::task::yield_now().await;
-                n.cancel();
-                check_cancelled()
-            })
-            .await;
-        assert_eq!(out.unwrap(), None);
-        // The grandchild was aborted at the outer grace's end, not waited for 100 s.
-        assert_eq!(start.elapsed(), Duration::from_millis(50));
-    })
-    .await
+            });
+            tokio::task::yield_now().await;
+            n.cancel();
+            check_cancelled()
+        })
+        .await
 }
 
 #[tokio::test(start_paused = true)]
@@ -655,33 +661,10 @@ async fn abort_cascades_into_a_blocking_wait_nursery_past_an_ancestors_grace() {
     common::leak_checked(async move {
         let inner_grace = Duration::from_secs(60);
         let start = std::time::Instant::now();
-        let out = Nursery::new()
-            .grace(Duration::from_millis(50))
-            .run(|n| async move {
-                n.spawn(async move {
-                    Nursery::new()
-                        .drop_mode(DropMode::BlockingWait)
-                        .grace(inner_grace)
-                        .run(|inner: NurseryHandle<Cancelled>| async move {
-                            inner.spawn_named("stuck", async {
-                                std::future::pending::<()>().await;
-                                Ok(())
-                            });
-                            std::future::pending::<()>().await;
-                            Ok(())
-                        })
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| match e {
-                            NurseryError::Cancelled(c) => c,
-                            other => panic!("{other}"),
-                        })
-                });
-                tokio::task::yield_now().await;
-                n.cancel();
-                check_cancelled()
-            })
-            .await;
+        let inner = Nursery::new()
+            .drop_mode(DropMode::BlockingWait)
+            .grace(inner_grace);
+        let out = outer_cancelled_around(inner).await;
         assert_eq!(out.unwrap(), None);
         assert!(
             start.elapsed() < inner_grace / 2,
