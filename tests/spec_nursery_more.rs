@@ -27,7 +27,7 @@
 //! - test_internal_error_old_nursery_multiple_tasks: needs the "old nursery" of a starting task
 //!   as an object; here the caller's scopes are not a nursery a child can spawn into.
 //!
-//! Not tested here: N17's `#[must_use]` (a compile-fail doc test); N13's protected work (C1);
+//! Not tested here: N17's `#[must_use]` (a compile-fail doc test);
 //! O1's "no cost beyond a branch when no subscriber listens" (a benchmark's business). N9's
 //! "orphans visible in O2" is tested in `nursery_smoke.rs` (`orphans_are_visible_in_the_task_tree`).
 
@@ -2131,6 +2131,42 @@ fn n13_the_root_waits_for_orphans_within_its_grace() {
             format!("orphans at {}: 1", 10 + late),
             format!("orphan done at {}", 35 + 2 * late),
         ]
+    );
+}
+
+/// N13 with C1: when main returns, the root cancels everything, aborts what outlives the
+/// grace, but waits for protected work until that work ends by itself.
+#[test]
+fn n13_the_root_waits_for_protected_work_past_its_grace() {
+    // No leak check (SPEC R3): the root owns and shuts down its runtime; nothing to count after.
+    let log = Log::default();
+    let l = log.clone();
+    let out = within_hang_bound(move || {
+        Root::new()
+            .current_thread()
+            .handle_signals(false)
+            .grace(ms(100))
+            .run(|n| async move {
+                tokio::time::pause();
+                let dropped = l.clone();
+                n.spawn_named("stuck", async move {
+                    let _on_drop = OnDrop(Some(move || dropped.push("stuck dropped")));
+                    stuck::<Cancelled>().await
+                });
+                let finished = l.clone();
+                drop(tokio_nursery::protect(async move {
+                    tokio::time::sleep(ms(300)).await; // past the grace: its own end
+                    finished.push("protected work done");
+                }));
+                l.push("main returns");
+                Ok::<_, Cancelled>(7)
+            })
+    });
+    assert_eq!(out.unwrap(), Some(7));
+    assert_eq!(
+        log.events(),
+        ["main returns", "stuck dropped", "protected work done"],
+        "the root returned only after the protected work ended"
     );
 }
 
