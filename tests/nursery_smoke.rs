@@ -790,3 +790,44 @@ async fn start_named_child_carries_its_name() {
     })
     .await
 }
+
+/// N9b at runtime shutdown: tokio drops the tasks one by one, so a blocking wait there could
+/// wait for a child that only this very shutdown would drop. Whichever way the drop learns
+/// it must not block (here it passes with the shutdown probe disabled too, so it does not
+/// single out the probe), dropping the runtime returns: the 60 s grace and the 30 s bound
+/// below only bound a hang.
+#[test]
+fn blocking_wait_at_runtime_shutdown_does_not_block_the_shutdown() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (running_tx, running_rx) = std::sync::mpsc::channel();
+    runtime.spawn(async move {
+        let _ = Nursery::new()
+            .drop_mode(DropMode::BlockingWait)
+            .grace(Duration::from_secs(60))
+            .run(|n: NurseryHandle<Cancelled>| async move {
+                n.spawn(async move {
+                    running_tx.send(()).unwrap();
+                    std::future::pending::<()>().await; // never a cancellation point
+                    Ok(())
+                });
+                std::future::pending::<()>().await;
+                Ok(())
+            })
+            .await;
+    });
+    running_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the child started");
+    let (dropped_tx, dropped_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(runtime);
+        dropped_tx.send(()).unwrap();
+    });
+    dropped_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("dropping the runtime returned: the blocking wait did not hold up the shutdown");
+}
