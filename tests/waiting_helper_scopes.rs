@@ -29,17 +29,29 @@ async fn bounded<T>(future: impl std::future::Future<Output = T>) -> T {
         .expect("a waiting scope was never woken")
 }
 
-#[tokio::test(flavor = "current_thread", start_paused = true)]
-async fn the_deadline_reaches_a_waiting_point_at_the_exact_time() {
+/// Runs `scope(start)` (leak-checked, bounded) and checks it absorbed its cancellation,
+/// exactly `after` past `start`.
+async fn absorbed_after<S, T>(after: Duration, scope: impl FnOnce(Instant) -> S)
+where
+    S: std::future::Future<Output = Result<Option<T>, Cancelled>>,
+    T: std::fmt::Debug,
+{
     common::leak_checked(async {
         let start = Instant::now();
-        let out = bounded(move_on_after(Duration::from_secs(3), async {
+        let out = bounded(scope(start)).await;
+        assert!(matches!(out, Ok(None)), "{out:?}");
+        assert_eq!(start.elapsed(), after);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn the_deadline_reaches_a_waiting_point_at_the_exact_time() {
+    absorbed_after(Duration::from_secs(3), |_start| {
+        move_on_after(Duration::from_secs(3), async move {
             pending::<()>().cancellable().await?;
             Ok::<_, Cancelled>(())
-        }))
-        .await;
-        assert_eq!(out.unwrap(), None);
-        assert_eq!(start.elapsed(), Duration::from_secs(3));
+        })
     })
     .await;
 }
@@ -95,9 +107,8 @@ async fn an_enclosing_scopes_cancel_reaches_a_waiting_helper_scope() {
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn nested_waiting_helper_scopes_each_keep_their_own_deadline() {
-    common::leak_checked(async {
-        let start = Instant::now();
-        let out = bounded(move_on_after(Duration::from_secs(5), async {
+    absorbed_after(Duration::from_secs(5), |start| {
+        move_on_after(Duration::from_secs(5), async move {
             let inner = move_on_after(Duration::from_secs(2), async {
                 pending::<()>().cancellable().await?;
                 Ok::<_, Cancelled>(())
@@ -115,27 +126,20 @@ async fn nested_waiting_helper_scopes_each_keep_their_own_deadline() {
                 "then the outer one, passed through the inner"
             );
             inner
-        }))
-        .await;
-        assert_eq!(out.unwrap(), None);
-        assert_eq!(start.elapsed(), Duration::from_secs(5));
+        })
     })
     .await;
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_point_behind_a_combinator_with_its_own_wakers_still_sees_the_deadline() {
-    common::leak_checked(async {
-        let start = Instant::now();
-        let out = bounded(move_on_after(Duration::from_secs(3), async {
+    absorbed_after(Duration::from_secs(3), |_start| {
+        move_on_after(Duration::from_secs(3), async move {
             let mut points: FuturesUnordered<_> =
                 (0..3).map(|_| pending::<()>().cancellable()).collect();
             points.next().await.expect("a point")?;
             Ok::<_, Cancelled>(())
-        }))
-        .await;
-        assert_eq!(out.unwrap(), None);
-        assert_eq!(start.elapsed(), Duration::from_secs(3));
+        })
     })
     .await;
 }
@@ -146,9 +150,8 @@ async fn a_point_behind_a_combinator_with_its_own_wakers_still_sees_the_deadline
 /// cancel reaches it.
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_handle_taken_while_a_branch_waits_cancels_that_branch() {
-    common::leak_checked(async {
-        let start = Instant::now();
-        let out = bounded(move_on_after(HOUR, async {
+    absorbed_after(Duration::from_secs(1), |_start| {
+        move_on_after(HOUR, async move {
             let (waited, ()) = futures::join!(pending::<()>().cancellable(), async {
                 let scope = current_scope().expect("the helper scope");
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -156,10 +159,7 @@ async fn a_handle_taken_while_a_branch_waits_cancels_that_branch() {
             });
             waited?;
             Ok::<_, Cancelled>(())
-        }))
-        .await;
-        assert_eq!(out.unwrap(), None);
-        assert_eq!(start.elapsed(), Duration::from_secs(1));
+        })
     })
     .await;
 }
@@ -168,9 +168,8 @@ async fn a_handle_taken_while_a_branch_waits_cancels_that_branch() {
 /// the deadline still fires at its time, on the node it then gets.
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_scope_linked_in_a_later_poll_keeps_its_deadline() {
-    common::leak_checked(async {
-        let start = Instant::now();
-        let out = bounded(move_on_after(Duration::from_secs(3), async {
+    absorbed_after(Duration::from_secs(3), |start| {
+        move_on_after(Duration::from_secs(3), async move {
             let (waited, deadline) = futures::join!(pending::<()>().cancellable(), async {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 current_scope().expect("the helper scope").deadline()
@@ -178,10 +177,7 @@ async fn a_scope_linked_in_a_later_poll_keeps_its_deadline() {
             assert_eq!(deadline, Some(start + Duration::from_secs(3)));
             waited?;
             Ok::<_, Cancelled>(())
-        }))
-        .await;
-        assert_eq!(out.unwrap(), None);
-        assert_eq!(start.elapsed(), Duration::from_secs(3));
+        })
     })
     .await;
 }
