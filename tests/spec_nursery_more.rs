@@ -3253,8 +3253,8 @@ async fn o01_events_for_cancellation_deadline_expiry_and_grace_expiry() {
     .await
 }
 
-/// O1: a cancellation nobody asked for through a handle still emits its event with its
-/// reason: fail-fast's, a child's own through its handle, the drop's.
+/// O1: cancellations other than a nursery's or a scope handle's emit their event with
+/// their reason too: a child's own through its handle, fail-fast's.
 #[cfg(feature = "tracing")]
 #[tokio::test(start_paused = true)]
 async fn o01_every_cancellation_emits_its_reason() {
