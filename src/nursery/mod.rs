@@ -263,7 +263,6 @@ impl Nursery {
             grace: None,
             unobserved: None,
             warned: false,
-            aborted: Vec::new(),
             waiter: None,
             cancel_requested: false,
             state: State::Unentered,
@@ -687,9 +686,9 @@ impl<E> Shared<E> {
         }
     }
 
-    /// The grace period ran out (SPEC N7): aborts the children still running, names them
-    /// (for `aborted_children` and in a warn-level event) and returns the names.
-    fn grace_expired(&self) -> Vec<String> {
+    /// The grace period ran out (SPEC N7): aborts the children still running and names them,
+    /// for `aborted_children`, the `Cancelled` the nursery passes on and a warn-level event.
+    fn grace_expired(&self) {
         let aborted = child_names(self, |_, _| true);
         self.abort_children(true);
         #[cfg(feature = "tracing")]
@@ -700,8 +699,7 @@ impl<E> Shared<E> {
                 "grace period expired: children aborted"
             );
         }
-        let _ = self.aborted.set(aborted.clone());
-        aborted
+        let _ = self.aborted.set(aborted);
     }
 
     /// Aborts every child and, in turn, what this nursery adopted (the cascade). Blocking
@@ -1129,8 +1127,6 @@ pub struct NurseryFuture<B, Fut, T, E> {
     #[pin]
     unobserved: Option<tokio::time::Sleep>,
     warned: bool,
-    /// The children aborted when the grace period ran out, for the `Cancelled` (N7).
-    aborted: Vec<String>,
     waiter: Option<crate::node::WaiterKey>,
     /// `cancel` was called before the first poll: the scope starts cancelled.
     cancel_requested: bool,
@@ -1315,7 +1311,7 @@ where
             if let Some(sleep) = this.grace.as_mut().as_pin_mut() {
                 if !matches!(this.state, State::GraceExpired) && sleep.poll(cx).is_ready() {
                     *this.state = State::GraceExpired;
-                    *this.aborted = shared.grace_expired();
+                    shared.grace_expired();
                 }
             }
             if let Some(sleep) = this.unobserved.as_mut().as_pin_mut() {
@@ -1365,7 +1361,8 @@ where
             node.end(true);
             Poll::Ready(Ok(None))
         } else {
-            let cancelled = cancelled_here(node).with_aborted(std::mem::take(this.aborted));
+            let cancelled = cancelled_here(node)
+                .with_aborted(shared.aborted.get().cloned().unwrap_or_default());
             node.end(false);
             Poll::Ready(Err(NurseryError::Cancelled(cancelled)))
         }
