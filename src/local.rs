@@ -499,15 +499,26 @@ impl<E: CancelError + fmt::Debug> LocalScope<'_, E> {
                 return self.fresh.get().head != NONE || !lock(&self.ready.queue).is_empty();
             }
             let mut children = self.children.borrow_mut();
-            let index = match self.pop_fresh(&mut children) {
-                Some(index) => index,
-                None => match lock(&self.ready.queue).pop_front() {
-                    Some(index) => index,
-                    None => return false,
-                },
-            };
-            let Some(child) = children.get_mut(index) else {
-                continue;
+            let mut fresh = self.fresh.get();
+            let (index, child) = if fresh.head != NONE {
+                // The first child not yet polled comes off the fresh list.
+                let index = fresh.head;
+                let child = children.get_mut(index).expect("fresh children are kept");
+                fresh.head = child.next_fresh;
+                if fresh.head == NONE {
+                    fresh.tail = NONE;
+                }
+                self.fresh.set(fresh);
+                (index, child)
+            } else {
+                let Some(index) = lock(&self.ready.queue).pop_front() else {
+                    return false;
+                };
+                // A stale waker may name a child that has finished since.
+                let Some(child) = children.get_mut(index) else {
+                    continue;
+                };
+                (index, child)
             };
             let waker = match child.waker.take() {
                 // Re-armed before the poll: a wake during the poll re-queues.
@@ -559,19 +570,6 @@ impl<E: CancelError + fmt::Debug> LocalScope<'_, E> {
                 self.panicked(local_origin(task.scope().id()), payload);
             }
         }
-    }
-
-    /// Takes the first child off the fresh list.
-    fn pop_fresh(&self, children: &mut Pages<Child<'_, E>>) -> Option<usize> {
-        let mut fresh = self.fresh.get();
-        let first = children.get_mut(fresh.head)?;
-        let index = fresh.head;
-        fresh.head = first.next_fresh;
-        if fresh.head == NONE {
-            fresh.tail = NONE;
-        }
-        self.fresh.set(fresh);
-        Some(index)
     }
 
     /// A waker for the child at `index`, polled for the first time: the spare, if any.
