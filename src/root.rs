@@ -2,8 +2,8 @@
 //! nursery, and on return or on Ctrl-C / SIGTERM cancels everything with reason
 //! [`Shutdown`](crate::CancelReason::Shutdown), waits up to a grace period, aborts the rest
 //! except protected work ([`protect`](crate::protect)), which it waits for until that work
-//! ends by itself (its own deadline) or a second Ctrl-C / SIGTERM, reports, and shuts the
-//! runtime down with a bound.
+//! ends by itself (its own deadline) or a second Ctrl-C / SIGTERM, reports what it had to
+//! cut short ([`Report::ShutdownCutShort`]), and shuts the runtime down with a bound.
 //!
 //! What it cannot protect: tasks started with a plain `tokio::spawn` (they belong to no
 //! nursery; tokio drops them at runtime shutdown), and anything `std::process::exit` or an
@@ -18,7 +18,9 @@ use std::time::Duration;
 use futures::future::{Either, select};
 
 use crate::cancelled::CancelError;
-use crate::nursery::{Nursery, NurseryError, NurseryHandle, orphans_finished};
+use crate::nursery::{
+    Nursery, NurseryError, NurseryHandle, Report, ReportHook, orphan_count, orphans_finished,
+};
 use crate::reason::CancelReason;
 use crate::sync::lock;
 
@@ -43,12 +45,25 @@ use crate::sync::lock;
 ///     std::process::exit(if outcome.is_ok() { 0 } else { 1 });
 /// }
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Root {
     grace: Duration,
     shutdown_bound: Duration,
     multi_thread: bool,
     signals: bool,
+    hook: Option<ReportHook>,
+}
+
+impl fmt::Debug for Root {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Root")
+            .field("grace", &self.grace)
+            .field("shutdown_bound", &self.shutdown_bound)
+            .field("multi_thread", &self.multi_thread)
+            .field("signals", &self.signals)
+            .field("on_report", &self.hook.is_some())
+            .finish()
+    }
 }
 
 impl Root {
@@ -61,6 +76,7 @@ impl Root {
             shutdown_bound: Duration::from_secs(1),
             multi_thread: cfg!(feature = "rt-multi-thread"),
             signals: cfg!(feature = "signal"),
+            hook: None,
         }
     }
 
@@ -89,6 +105,44 @@ impl Root {
     /// A second signal aborts what is still running.
     pub fn handle_signals(self, signals: bool) -> Self {
         Root { signals, ..self }
+    }
+
+    /// Where the root's [`Report`]s go: what its nursery reports (SPEC N6, N9) and, at the
+    /// end, what the shutdown had to cut short ([`Report::ShutdownCutShort`]: the children
+    /// it aborted, orphans it stopped waiting for). By default: a `tracing` event with the
+    /// `tracing` feature (error-level; warn-level for the shutdown), a line on stderr
+    /// without it.
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use std::time::Duration;
+    /// use tokio_nursery::{Cancelled, Report, Root};
+    ///
+    /// let aborted = Arc::new(Mutex::new(Vec::new()));
+    /// let seen = aborted.clone();
+    /// let outcome = Root::new()
+    ///     .current_thread()
+    ///     .handle_signals(false)
+    ///     .grace(Duration::from_millis(10))
+    ///     .on_report(move |report| {
+    ///         if let Report::ShutdownCutShort { aborted, .. } = report {
+    ///             seen.lock().unwrap().extend_from_slice(aborted);
+    ///         }
+    ///     })
+    ///     .run(|n| async move {
+    ///         // Never reaches a cancellation point: aborted when the grace runs out.
+    ///         n.spawn_named("stuck", std::future::pending::<Result<(), Cancelled>>());
+    ///         Ok::<_, Cancelled>("main done")
+    ///     });
+    /// assert_eq!(outcome.unwrap(), Some("main done"));
+    /// assert_eq!(aborted.lock().unwrap().len(), 1);
+    /// assert!(aborted.lock().unwrap()[0].starts_with("\"stuck\""));
+    /// ```
+    pub fn on_report(self, hook: impl Fn(&Report<'_>) + Send + Sync + 'static) -> Self {
+        Root {
+            hook: Some(Arc::new(hook)),
+            ..self
+        }
     }
 
     /// Builds the runtime and runs `body` in the root nursery until it and every child
@@ -132,21 +186,22 @@ impl Root {
     {
         let root: Arc<Mutex<Option<NurseryHandle<E>>>> = Arc::default();
         let slot = root.clone();
-        let nursery =
-            Nursery::new()
-                .name("root")
-                .grace(self.grace)
-                .run(move |n: NurseryHandle<E>| {
-                    *lock(&slot) = Some(n.clone());
-                    async move {
-                        let outcome = body(n.clone()).await;
-                        // `main` returned: everything else is cancelled (SPEC N13).
-                        n.scope().cancel_because(CancelReason::Shutdown);
-                        outcome
-                    }
-                });
+        let mut nursery = Nursery::new().name("root").grace(self.grace);
+        if let Some(hook) = self.hook.clone() {
+            nursery = nursery.on_report(move |report| hook(report));
+        }
+        let nursery = nursery.run(move |n: NurseryHandle<E>| {
+            *lock(&slot) = Some(n.clone());
+            async move {
+                let outcome = body(n.clone()).await;
+                // `main` returned: everything else is cancelled (SPEC N13).
+                n.scope().cancel_because(CancelReason::Shutdown);
+                outcome
+            }
+        });
         let mut nursery = pin!(nursery);
         let mut received = 0;
+        let mut second_signal = false;
         // Installed once: a signal arriving while the loop goes round is not missed.
         let mut signals = Signals::install(self.signals);
         let outcome = loop {
@@ -169,15 +224,30 @@ impl Root {
                             "second shutdown signal: aborting what is still running and \
                              abandoning protected work"
                         );
-                        handle.abort_all();
-                        let cancelled = crate::scope::cancelled_here(&handle.scope().node);
+                        handle.expire_grace();
+                        second_signal = true;
+                        let cancelled = crate::scope::cancelled_here(&handle.scope().node)
+                            .with_aborted(handle.aborted_children().to_vec());
                         break Err(NurseryError::Cancelled(cancelled));
                     }
                 }
             }
         };
         // Children of nurseries dropped in wait mode with nowhere else to go: bounded wait.
-        let _ = tokio::time::timeout(self.grace, orphans_finished()).await;
+        let orphans_left = match tokio::time::timeout(self.grace, orphans_finished()).await {
+            Ok(()) => 0,
+            Err(_) => orphan_count(),
+        };
+        if let Some(handle) = lock(&root).as_ref() {
+            let aborted = handle.aborted_children();
+            if !aborted.is_empty() || orphans_left > 0 {
+                handle.report(&Report::ShutdownCutShort {
+                    aborted,
+                    orphans_left,
+                    second_signal,
+                });
+            }
+        }
         outcome
     }
 }

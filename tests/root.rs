@@ -1,5 +1,8 @@
 //! SPEC N13: the root owns the runtime, runs main in a nursery, and shuts everything down.
 
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
 use tokio_nursery::*;
 
 #[test]
@@ -19,19 +22,129 @@ fn n13_root_cancels_everything_with_shutdown_when_main_returns() {
 }
 
 #[test]
-fn n13_root_aborts_what_outlives_the_grace_period() {
+fn n13_root_aborts_what_outlives_the_grace_period_and_reports_it() {
     // No leak check (SPEC R3): the root owns and shuts down its runtime; nothing to count after.
+    let reports = Reports::default();
+    let (polite_tx, polite_rx) = std::sync::mpsc::channel();
     let outcome = Root::new()
         .current_thread()
         .handle_signals(false)
-        .grace(std::time::Duration::ZERO)
+        .grace(Duration::ZERO)
+        .on_report(reports.hook())
         .run(|n| async move {
-            let stuck = n.spawn(async {
+            drop(n.spawn_named("stuck", async {
                 std::future::pending::<()>().await; // never a cancellation point
                 Ok::<_, Cancelled>(())
-            });
-            drop(stuck);
+            }));
+            drop(n.spawn_named("polite", async move {
+                let c = cancelled().await;
+                polite_tx.send(()).unwrap();
+                Err::<(), _>(c)
+            }));
             Ok::<_, Cancelled>("main done")
         });
     assert_eq!(outcome.unwrap(), Some("main done"));
+    polite_rx
+        .recv()
+        .expect("the polite child stopped by itself");
+    let reports = reports.take();
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    let (aborted, orphans_left, second_signal) = &reports[0];
+    assert_eq!(
+        aborted.len(),
+        1,
+        "only the stuck child was aborted: {aborted:?}"
+    );
+    assert!(aborted[0].starts_with("\"stuck\""), "{aborted:?}");
+    assert_eq!((*orphans_left, *second_signal), (0, false));
+}
+
+#[test]
+fn n13_a_clean_shutdown_reports_nothing() {
+    let reports = Reports::default();
+    let outcome = Root::new()
+        .current_thread()
+        .handle_signals(false)
+        .on_report(reports.hook())
+        .run(|n| async move {
+            n.spawn(async { Err::<(), _>(cancelled().await) });
+            Ok::<_, Cancelled>(1)
+        });
+    assert_eq!(outcome.unwrap(), Some(1));
+    assert!(reports.take().is_empty());
+}
+
+#[test]
+fn n13_the_root_reports_orphans_it_stopped_waiting_for() {
+    // A nursery dropped in wait mode in a plain task (no enclosing nursery): its child goes to
+    // the runtime's orphans. It never stops; the root waits for it only up to its grace.
+    let reports = Reports::default();
+    let (dropped_tx, dropped_rx) = std::sync::mpsc::channel::<()>();
+    let outcome = Root::new()
+        .current_thread()
+        .handle_signals(false)
+        .grace(Duration::from_millis(20))
+        .shutdown_bound(Duration::ZERO)
+        .on_report(reports.hook())
+        .run(|_n| async move {
+            let (parked_tx, parked_rx) = tokio::sync::oneshot::channel();
+            tokio::spawn(async move {
+                let inner = Nursery::new().drop_mode(DropMode::Wait).run(
+                    |m: NurseryHandle<Cancelled>| async move {
+                        m.spawn_named("ignores everything", async move {
+                            let _dropped = DropSignal(dropped_tx);
+                            parked_tx.send(()).unwrap();
+                            std::future::pending::<()>().await;
+                            Ok(())
+                        });
+                        std::future::pending::<Result<(), Cancelled>>().await
+                    },
+                );
+                let mut inner = Box::pin(inner);
+                // Poll until the child runs, then drop the nursery: its child is orphaned.
+                tokio::select! {
+                    _ = &mut inner => unreachable!("the nursery never ends"),
+                    _ = parked_rx => {}
+                }
+            });
+            while orphan_count() == 0 {
+                tokio::task::yield_now().await;
+            }
+            Ok::<_, Cancelled>(())
+        });
+    assert_eq!(outcome.unwrap(), Some(()));
+    // The runtime's shutdown dropped the orphan.
+    assert!(dropped_rx.recv().is_err());
+    assert_eq!(reports.take(), [(Vec::new(), 1, false)]);
+}
+
+/// Sends nothing: its drop closes the channel, which the test sees.
+struct DropSignal(#[allow(dead_code)] std::sync::mpsc::Sender<()>);
+
+/// A `ShutdownCutShort` report: (aborted, orphans left, second signal).
+type CutShort = (Vec<String>, usize, bool);
+
+/// The root's `ShutdownCutShort` reports.
+#[derive(Clone, Default)]
+struct Reports(Arc<Mutex<Vec<CutShort>>>);
+
+impl Reports {
+    fn hook(&self) -> impl Fn(&Report<'_>) + Send + Sync + 'static {
+        let reports = self.0.clone();
+        move |report| match report {
+            Report::ShutdownCutShort {
+                aborted,
+                orphans_left,
+                second_signal,
+            } => reports
+                .lock()
+                .unwrap()
+                .push((aborted.to_vec(), *orphans_left, *second_signal)),
+            other => panic!("unexpected report: {other}"),
+        }
+    }
+
+    fn take(&self) -> Vec<CutShort> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
 }

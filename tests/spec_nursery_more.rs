@@ -2282,11 +2282,14 @@ fn n13_sigterm_starts_the_shutdown_and_a_second_signal_aborts_what_is_left() {
     let tracker = live.clone();
     let (tx, rx) = std::sync::mpsc::channel();
     let (id_tx, id_rx) = std::sync::mpsc::channel();
+    let reports = Log::default();
+    let r = reports.clone();
     let out = within_hang_bound(move || {
         Root::new()
             .current_thread()
             .handle_signals(true)
             .grace(HOUR)
+            .on_report(move |report| r.push(report.to_string()))
             .run(|n| async move {
                 id_tx.send(n.scope().id()).unwrap();
                 n.spawn_named("polite", async move {
@@ -2309,11 +2312,22 @@ fn n13_sigterm_starts_the_shutdown_and_a_second_signal_aborts_what_is_left() {
                 Err::<(), _>(c)
             })
     });
-    // The second signal stopped the waiting: the root reports the shutdown as its outcome.
+    // The second signal stopped the waiting: the root reports the shutdown as its outcome,
+    // naming what it aborted, and reports the abort to its hook.
     match out {
         Err(NurseryError::Cancelled(c)) => {
             assert!(matches!(c.reason(), CancelReason::Shutdown), "{c:?}");
-            assert_eq!(c.scope(), id_rx.recv().unwrap());
+            let root = id_rx.recv().unwrap();
+            assert_eq!(c.scope(), root);
+            assert_eq!(c.aborted_children().len(), 1, "{c:?}");
+            assert!(c.aborted_children()[0].starts_with("\"stubborn\""), "{c:?}");
+            assert_eq!(
+                reports.events(),
+                [format!(
+                    "the root's shutdown was cut short: a second shutdown signal came; aborted: {}",
+                    c.aborted_children()[0]
+                )]
+            );
         }
         other => panic!("expected the shutdown as the outcome, got {other:?}"),
     }

@@ -1084,6 +1084,17 @@ impl<E> NurseryHandle<E> {
         self.shared.abort_children(true);
     }
 
+    /// Aborts every running child as an expired grace period does, keeping their names for
+    /// [`aborted_children`](Self::aborted_children) (the root's second signal).
+    pub(crate) fn expire_grace(&self) {
+        self.shared.grace_expired();
+    }
+
+    /// The report hook this nursery was given, if any.
+    pub(crate) fn report(&self, report: &Report<'_>) {
+        self.shared.report(report);
+    }
+
     /// Whether the nursery still accepts children.
     pub fn is_open(&self) -> bool {
         self.shared.registry.is_open()

@@ -175,7 +175,8 @@ impl<E: fmt::Debug + fmt::Display> Error for NurseryError<E> {
 }
 
 /// Something the nursery hands to its report hook because no one else will see it: the
-/// panics that are not resumed and the failures left behind when a panic is (SPEC N6).
+/// panics that are not resumed and the failures left behind when a panic is (SPEC N6), and
+/// what the root's shutdown had to cut short (SPEC N13).
 #[non_exhaustive]
 pub enum Report<'a> {
     /// A panic that is not the one resumed; its payload is kept intact.
@@ -196,6 +197,20 @@ pub enum Report<'a> {
         error: &'a dyn fmt::Debug,
         /// The child was adopted from a nursery dropped in wait mode (SPEC N9).
         adopted: bool,
+    },
+    /// The [`Root`](crate::Root)'s shutdown did not end with everything stopped by itself
+    /// (SPEC N13): it aborted children that were still running when its grace period ran
+    /// out or a second signal came, or it stopped waiting for orphaned children (their
+    /// runtime's shutdown drops them). Only the root reports this; a nursery's own aborts are
+    /// in its [`Cancelled`](crate::Cancelled) and
+    /// [`aborted_children`](crate::NurseryHandle::aborted_children).
+    ShutdownCutShort {
+        /// The root's children that were aborted: their names, or scope ids.
+        aborted: &'a [String],
+        /// Orphaned children (SPEC N9) still running when the root stopped waiting for them.
+        orphans_left: usize,
+        /// A second Ctrl-C / SIGTERM ended the wait (otherwise the grace period ran out).
+        second_signal: bool,
     },
 }
 
@@ -220,6 +235,28 @@ impl fmt::Display for Report<'_> {
             } => {
                 let adopted = if *adopted { "adopted " } else { "" };
                 write!(f, "{adopted}{origin} failed: {error:?}")
+            }
+            Report::ShutdownCutShort {
+                aborted,
+                orphans_left,
+                second_signal,
+            } => {
+                let cause = match second_signal {
+                    true => "a second shutdown signal came",
+                    false => "the grace period ran out",
+                };
+                write!(f, "the root's shutdown was cut short: {cause}")?;
+                if !aborted.is_empty() {
+                    write!(f, "; aborted: {}", aborted.join(", "))?;
+                }
+                if *orphans_left > 0 {
+                    write!(
+                        f,
+                        "; {orphans_left} orphaned children still running are dropped with \
+                         the runtime"
+                    )?;
+                }
+                Ok(())
             }
         }
     }
@@ -262,11 +299,14 @@ pub fn panic_message(payload: &(dyn Any + Send)) -> Option<&str> {
 /// Receives [`Report`]s; see [`Nursery::on_report`](crate::Nursery::on_report).
 pub type ReportHook = Arc<dyn Fn(&Report<'_>) + Send + Sync>;
 
-/// The default hook: an error-level `tracing` event with the `tracing` feature, a line on
-/// stderr without it.
+/// The default hook: an error-level `tracing` event (warn-level for a shutdown cut short)
+/// with the `tracing` feature, a line on stderr without it.
 pub(crate) fn default_hook(report: &Report<'_>) {
     #[cfg(feature = "tracing")]
-    tracing::error!("{report}");
+    match report {
+        Report::ShutdownCutShort { .. } => tracing::warn!("{report}"),
+        _ => tracing::error!("{report}"),
+    }
     #[cfg(not(feature = "tracing"))]
     eprintln!("tokio-nursery: {report}");
 }
