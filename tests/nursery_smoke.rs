@@ -739,6 +739,44 @@ async fn blocking_wait_falls_back_to_adoption_on_current_thread() {
     .await
 }
 
+/// N9b: a blocking-wait nursery of a current-thread runtime dropped *outside* its `block_on`
+/// (the drop sees no runtime): only that runtime's `block_on` runs the children, so blocking
+/// could not let them stop; it falls back to adoption. It blocked for its whole grace (an
+/// hour here: the hang bound fails) and then aborted the child until session 7.
+#[test]
+fn blocking_wait_of_a_current_thread_runtime_dropped_outside_its_block_on_falls_back() {
+    common::nursery::within_hang_bound(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (stopped_tx, stopped_rx) = std::sync::mpsc::channel();
+        let mut nursery = Box::pin(
+            Nursery::new()
+                .drop_mode(DropMode::BlockingWait)
+                .grace(Duration::from_secs(3600))
+                .run(|n: NurseryHandle<Cancelled>| async move {
+                    n.spawn(async move {
+                        let cancelled = cancelled().await;
+                        stopped_tx.send(()).unwrap();
+                        Err::<(), _>(cancelled)
+                    });
+                    std::future::pending::<()>().await;
+                    Ok(())
+                }),
+        );
+        runtime.block_on(async {
+            assert!(futures::poll!(nursery.as_mut()).is_pending());
+            tokio::task::yield_now().await; // the child parks on `cancelled()`
+        });
+        drop(nursery); // outside the runtime
+        runtime.block_on(orphans_finished());
+        stopped_rx
+            .try_recv()
+            .expect("the child stopped at its cancellation point (not aborted)");
+    })
+}
+
 #[tokio::test(start_paused = true)]
 async fn orphans_are_visible_in_the_task_tree() {
     common::leak_checked(async move {

@@ -73,9 +73,11 @@ pub enum DropMode {
     /// Block the dropping thread until the children have stopped (SPEC N9b), at most for the
     /// grace period in wall-clock time, after which they are aborted; requires a finite
     /// [`grace`](Nursery::grace). Hazards: it holds a runtime worker
-    /// (`tokio::task::block_in_place`) and works only on a multi-thread runtime. On a
-    /// current-thread runtime, during runtime shutdown, or inside a `LocalSet` it falls back
-    /// to [`Wait`](DropMode::Wait): never a deadlock or a panic in `Drop`. Inside a
+    /// (`tokio::task::block_in_place`) and works only on a multi-thread runtime. For a
+    /// nursery on a current-thread or local runtime (wherever its future is dropped, even
+    /// outside the runtime: only that runtime's `block_on` runs its children), on a
+    /// current-thread runtime's thread, during runtime shutdown, or inside a `LocalSet` it
+    /// falls back to [`Wait`](DropMode::Wait): never a deadlock or a panic in `Drop`. Inside a
     /// `LocalSet` the fallback is found by catching the panic `block_in_place` raises there
     /// (tokio offers no other test): the panic hook still prints that message, and under
     /// `panic = "abort"` the process aborts; use [`Wait`](DropMode::Wait) there. Past an
@@ -1484,10 +1486,12 @@ enum Waited {
     CannotBlock,
 }
 
-/// SPEC N9b: blocks this thread until the children stopped or `grace` (wall clock) passed. Only where blocking is possible: on a multi-thread runtime's
-/// worker (through `block_in_place`) or on a thread outside any runtime; never during
-/// runtime shutdown (a probe task tokio finishes at once tells). Elsewhere it returns false
-/// at once and the caller falls back to adoption.
+/// SPEC N9b: blocks this thread until the children stopped or `grace` (wall clock) passed.
+/// Only where blocking can help and is possible: the nursery's runtime is a multi-thread one
+/// (its workers run the children meanwhile), and this thread is a worker of a multi-thread
+/// runtime (through `block_in_place`) or outside any runtime; never during runtime shutdown
+/// (a probe task tokio finishes at once tells). Elsewhere it returns `CannotBlock` at once
+/// and the caller falls back to adoption.
 fn blocking_wait<E>(shared: &Shared<E>, grace: Duration) -> Waited {
     use std::task::Wake;
 
@@ -1512,20 +1516,36 @@ fn blocking_wait<E>(shared: &Shared<E>, grace: Duration) -> Waited {
             std::thread::park_timeout(deadline - now);
         }
     };
+    // Only a multi-thread runtime's workers run the children while this thread blocks: a
+    // current-thread (or local) runtime runs them only inside its `block_on`, which may be
+    // this very thread's, even when the drop happens outside it.
+    let multi_thread = |runtime: &Handle| {
+        matches!(
+            runtime.runtime_flavor(),
+            tokio::runtime::RuntimeFlavor::MultiThread
+        )
+    };
+    if !multi_thread(&shared.runtime) {
+        return Waited::CannotBlock;
+    }
     match Handle::try_current() {
         // Not on a runtime thread: blocking it holds up no runtime.
         Err(_) => wait(),
         Ok(current) => {
-            let multi_thread = matches!(
-                current.runtime_flavor(),
-                tokio::runtime::RuntimeFlavor::MultiThread
-            );
+            let multi_thread = multi_thread(&current);
             // During shutdown tokio cancels new tasks at once; blocking then could deadlock.
             // The probe never finishes by itself (an idle worker could otherwise run it to
             // completion before the check), so only a shutting-down runtime finishes it.
-            let probe = shared.runtime.spawn(std::future::pending::<()>());
-            let shutting_down = probe.is_finished();
-            probe.abort();
+            // Both runtimes are asked: the children's, and the one this drop runs on (a
+            // nursery first polled under another runtime's `enter` guard).
+            let shutting_down = |runtime: &Handle| {
+                let probe = runtime.spawn(std::future::pending::<()>());
+                let finished = probe.is_finished();
+                probe.abort();
+                finished
+            };
+            let shutting_down = shutting_down(&shared.runtime)
+                || (current.id() != shared.runtime.id() && shutting_down(&current));
             if !multi_thread || shutting_down {
                 return Waited::CannotBlock;
             }
