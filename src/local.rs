@@ -82,6 +82,7 @@ pub struct LocalScope<'env, E> {
 /// 20% more instructions per child).
 struct Fresh<T> {
     chunks: LinkedList<VecDeque<T>>,
+    len: usize,
 }
 
 impl<T> Fresh<T> {
@@ -92,10 +93,12 @@ impl<T> Fresh<T> {
     fn new() -> Self {
         Fresh {
             chunks: LinkedList::new(),
+            len: 0,
         }
     }
 
     fn push_back(&mut self, value: T) {
+        self.len += 1;
         match self.chunks.back_mut() {
             Some(last) if last.len() < Self::CHUNK => last.push_back(value),
             _ => {
@@ -112,11 +115,16 @@ impl<T> Fresh<T> {
         if first.is_empty() {
             self.chunks.pop_front();
         }
+        self.len -= 1;
         value
     }
 
+    fn len(&self) -> usize {
+        self.len
+    }
+
     fn is_empty(&self) -> bool {
-        self.chunks.is_empty()
+        self.len == 0
     }
 
     fn iter(&self) -> impl Iterator<Item = &T> {
@@ -527,11 +535,20 @@ impl Drop for EndScope<'_> {
 }
 
 impl<E: CancelError + fmt::Debug> LocalScope<'_, E> {
-    /// Polls the new and the woken children; true if tokio's cooperative budget ran out
-    /// first.
+    /// Polls the new and the woken children; true if it stopped with children still ready
+    /// (tokio's cooperative budget ran out, or every child was polled once already).
     fn poll_children(&self) -> bool {
+        // At most one poll per child a call, like `FuturesUnordered`: a child that wakes
+        // itself without spending tokio's budget (or a scope polled outside tokio, where the
+        // budget never runs out) must not keep the scope's task, and its body, to itself.
+        let mut polls_left = self.children.borrow().len() + self.fresh.borrow().len();
         loop {
-            if !tokio::task::coop::has_budget_remaining() {
+            if polls_left == 0 || !tokio::task::coop::has_budget_remaining() {
+                if self.children.borrow().is_empty() && self.fresh.borrow().is_empty() {
+                    // Only stale wakes can be queued: no child is left to wake.
+                    lock(&self.ready.queue).clear();
+                    return false;
+                }
                 return !self.fresh.borrow().is_empty() || !lock(&self.ready.queue).is_empty();
             }
             let mut children = self.children.borrow_mut();
@@ -559,6 +576,7 @@ impl<E: CancelError + fmt::Debug> LocalScope<'_, E> {
                     (index, child.task.clone(), waker)
                 }
             };
+            polls_left -= 1;
             let frame = FrameKind::Child {
                 parent: &self.node,
                 scope: task.scope(),

@@ -301,3 +301,56 @@ async fn a_child_awaiting_its_own_handle_panics_clearly() {
     let message = payload.downcast_ref::<&str>().copied().unwrap_or_default();
     assert!(message.contains("awaited its own handle"), "{message}");
 }
+
+/// A child that wakes itself at every poll without spending tokio's budget (a `yield` of
+/// another runtime, `futures::pending!` after a wake) gets one poll per poll of the scope,
+/// as in `FuturesUnordered`: the scope yields, so its body runs and can let it finish. The
+/// scope polled its ready children until none was left, and spun here for ever, until
+/// session 7.
+#[test]
+fn a_child_that_keeps_waking_itself_does_not_starve_the_body() {
+    common::nursery::within_hang_bound(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let polls = runtime.block_on(async {
+            let (go, polls) = (Cell::new(false), Cell::new(0));
+            let out = local_scope(async |s| {
+                s.spawn(std::future::poll_fn(|cx| {
+                    polls.set(polls.get() + 1);
+                    if go.get() {
+                        return Poll::Ready(Ok(()));
+                    }
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }));
+                tokio::task::yield_now().await;
+                go.set(true);
+                Ok::<_, Cancelled>(())
+            })
+            .await;
+            assert_eq!(out.unwrap(), Some(()));
+            polls.get()
+        });
+        assert!(polls >= 2, "the child waited for the body: {polls} polls");
+    });
+    // Outside tokio the budget never runs out: the same holds.
+    common::nursery::within_hang_bound(|| {
+        let (go, polls) = (Cell::new(false), Cell::new(0));
+        let out = futures::executor::block_on(local_scope(async |s| {
+            s.spawn(std::future::poll_fn(|cx| {
+                polls.set(polls.get() + 1);
+                if go.get() {
+                    return Poll::Ready(Ok(()));
+                }
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }));
+            futures::pending!(); // the executor polls again after the scope's own wake
+            go.set(true);
+            Ok::<_, Cancelled>(())
+        }));
+        assert_eq!(out.unwrap(), Some(()));
+        assert!(polls.get() >= 2);
+    });
+}
