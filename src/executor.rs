@@ -394,7 +394,8 @@ impl Stopper {
 }
 
 impl StopAll for Stopper {
-    fn stop_all(&self) {
+    /// Aborts the executor's task; names it by its scope.
+    fn stop_all(&self) -> Vec<String> {
         let mut abort = lock(&self.abort);
         let handle = match &*abort {
             Abort::Started(handle) => Some(handle.clone()),
@@ -408,6 +409,7 @@ impl StopAll for Stopper {
         if let Some(handle) = handle {
             handle.abort();
         }
+        vec![format!("an executor's task ({})", self.node.id())]
     }
 
     fn scope(&self) -> Option<Arc<Node>> {

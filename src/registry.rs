@@ -74,7 +74,8 @@ pub(crate) trait Adopter<L>: Send + Sync {
 /// Aborts every child of an orphaned nursery and, in turn, of what it adopted (SPEC N7:
 /// past an ancestor's grace, abort cascades to every descendant whatever its drop mode).
 pub(crate) trait StopAll: Send + Sync {
-    fn stop_all(&self);
+    /// Aborts; returns the names (or scope ids) of what it aborted, for its adopter's report.
+    fn stop_all(&self) -> Vec<String>;
     /// The adopted nursery's scope, for the task tree.
     fn scope(&self) -> Option<Arc<crate::node::Node>>;
 }
@@ -213,6 +214,15 @@ impl<A, F, L> Registry<A, F, L> {
     }
 
     /// The scopes of the orphaned nurseries adopted here (SPEC O2 shows them).
+    /// How many adoptees (orphaned nurseries, protected works) are alive here.
+    pub(crate) fn adoptees(&self) -> usize {
+        lock(&self.state)
+            .slots
+            .iter()
+            .filter(|(_, slot)| matches!(slot, Slot::Adoptee(_)))
+            .count()
+    }
+
     pub(crate) fn adopted_scopes(&self) -> Vec<Arc<crate::node::Node>> {
         lock(&self.state)
             .slots
@@ -398,8 +408,9 @@ impl<A, F, L> Registry<A, F, L> {
     /// blocking child is told rather than aborted), all after the lock is released: on a
     /// runtime that is shutting down, tokio may drop an aborted task's future inline, and
     /// the child's end takes this lock. Then aborts every adopted nursery's children in turn
-    /// (the cascade). Later adoptions and spawns are aborted at once (`adopt`, N-3).
-    pub(crate) fn abort_all(&self, abort: impl Fn(&A) -> bool, later: impl Fn(&A)) -> usize
+    /// (the cascade), and returns what those named. Later adoptions and spawns are aborted at
+    /// once (`adopt`, N-3).
+    pub(crate) fn abort_all(&self, abort: impl Fn(&A) -> bool, later: impl Fn(&A)) -> Vec<String>
     where
         A: Clone,
     {
@@ -415,7 +426,6 @@ impl<A, F, L> Registry<A, F, L> {
             }
             (stoppers, adopted)
         };
-        let count = stoppers.len();
         // Each stopper is dropped right after its use, while its cell is still in cache: a
         // separate pass to drop them costs a cache miss per child in a large nursery.
         for stopper in stoppers {
@@ -423,8 +433,7 @@ impl<A, F, L> Registry<A, F, L> {
                 later(&stopper);
             }
         }
-        adopted.iter().for_each(|stop| stop.stop_all());
-        count
+        adopted.iter().flat_map(|stop| stop.stop_all()).collect()
     }
 
     /// The failures and the panics not taken from the outlet, each in the order they
@@ -773,8 +782,9 @@ mod loom_tests {
     struct Stop(AtomicU64);
 
     impl StopAll for Stop {
-        fn stop_all(&self) {
+        fn stop_all(&self) -> Vec<String> {
             self.0.fetch_add(1, Ordering::SeqCst);
+            Vec::new()
         }
         fn scope(&self) -> Option<Arc<crate::node::Node>> {
             None
@@ -838,7 +848,7 @@ mod loom_tests {
                 thread::spawn(move || {
                     let (key, aborted) = adopter.adopt(stop.clone()).expect("open");
                     if aborted {
-                        stop.stop_all();
+                        let _ = stop.stop_all();
                     }
                     key
                 })

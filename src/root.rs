@@ -201,7 +201,13 @@ impl Root {
         });
         let mut nursery = pin!(nursery);
         let mut received = 0;
-        let mut second_signal = false;
+        // Reports what was aborted also when a panic is resumed through here.
+        let mut cut_short = CutShort {
+            root: &root,
+            second_signal: None,
+            orphans_left: 0,
+            reported: false,
+        };
         // Installed once: a signal arriving while the loop goes round is not missed.
         let mut signals = Signals::install(self.signals);
         let outcome = loop {
@@ -224,30 +230,27 @@ impl Root {
                             "second shutdown signal: aborting what is still running and \
                              abandoning protected work"
                         );
-                        handle.expire_grace();
-                        second_signal = true;
+                        let aborted = handle.abort_named();
+                        handle.report_incidents();
+                        let abandoned = handle.adoptees();
                         let cancelled = crate::scope::cancelled_here(&handle.scope().node)
-                            .with_aborted(handle.aborted_children().to_vec());
+                            .with_aborted(aborted.clone());
+                        cut_short.second_signal = Some((aborted, abandoned));
                         break Err(NurseryError::Cancelled(cancelled));
                     }
                 }
             }
         };
-        // Children of nurseries dropped in wait mode with nowhere else to go: bounded wait.
-        let orphans_left = match tokio::time::timeout(self.grace, orphans_finished()).await {
-            Ok(()) => 0,
-            Err(_) => orphan_count(),
+        // Nurseries dropped in wait mode with nowhere else to go, protected work outside any
+        // nursery: a wait bounded by the grace period, none after a second signal.
+        let orphans = match cut_short.second_signal {
+            None => tokio::time::timeout(self.grace, orphans_finished()).await,
+            Some(_) => tokio::time::timeout(Duration::ZERO, orphans_finished()).await,
         };
-        if let Some(handle) = lock(&root).as_ref() {
-            let aborted = handle.aborted_children();
-            if !aborted.is_empty() || orphans_left > 0 {
-                handle.report(&Report::ShutdownCutShort {
-                    aborted,
-                    orphans_left,
-                    second_signal,
-                });
-            }
+        if orphans.is_err() {
+            cut_short.orphans_left = orphan_count();
         }
+        cut_short.report();
         outcome
     }
 }
@@ -255,6 +258,49 @@ impl Root {
 impl Default for Root {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// What the root's shutdown cut short, reported once at its end ([`Report::ShutdownCutShort`]),
+/// or while a panic resumed by the root nursery unwinds through it.
+struct CutShort<'a, E> {
+    root: &'a Mutex<Option<NurseryHandle<E>>>,
+    /// At a second signal: what it aborted, and how many adoptees it abandoned.
+    second_signal: Option<(Vec<String>, usize)>,
+    orphans_left: usize,
+    reported: bool,
+}
+
+impl<E> CutShort<'_, E> {
+    /// Reports once, if anything was cut short.
+    fn report(&mut self) {
+        if std::mem::replace(&mut self.reported, true) {
+            return;
+        }
+        let Some(handle) = lock(self.root).clone() else {
+            return;
+        };
+        let (aborted, abandoned) = match &self.second_signal {
+            Some((aborted, abandoned)) => (aborted.as_slice(), *abandoned),
+            None => (handle.aborted_children(), 0),
+        };
+        if aborted.is_empty() && abandoned == 0 && self.orphans_left == 0 {
+            return;
+        }
+        handle.report(&Report::ShutdownCutShort {
+            aborted,
+            abandoned,
+            orphans_left: self.orphans_left,
+            second_signal: self.second_signal.is_some(),
+        });
+    }
+}
+
+impl<E> Drop for CutShort<'_, E> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.report();
+        }
     }
 }
 

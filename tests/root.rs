@@ -59,6 +59,72 @@ fn n13_root_aborts_what_outlives_the_grace_period_and_reports_it() {
     assert_eq!((*orphans_left, *second_signal), (0, false));
 }
 
+/// The root's grace cascades into a nursery it adopted (dropped in wait mode in `main`):
+/// that nursery's stuck child is named in the root's report too.
+#[test]
+fn n13_the_root_names_the_children_of_adopted_nurseries_it_aborted() {
+    let reports = Reports::default();
+    let outcome = Root::new()
+        .current_thread()
+        .handle_signals(false)
+        .grace(Duration::from_millis(10))
+        .on_report(reports.hook())
+        .run(|_n| async move {
+            let inner = Nursery::new().drop_mode(DropMode::Wait).run(
+                |m: NurseryHandle<Cancelled>| async move {
+                    m.spawn_named("deep", std::future::pending::<Result<(), Cancelled>>());
+                    std::future::pending::<Result<(), Cancelled>>().await
+                },
+            );
+            // Dropped after its child started: the root adopts the child.
+            let timed_out = tokio::time::timeout(Duration::from_millis(1), inner).await;
+            assert!(timed_out.is_err());
+            Ok::<_, Cancelled>(())
+        });
+    assert_eq!(outcome.unwrap(), Some(()));
+    let reports = reports.take();
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    let (aborted, orphans_left, second_signal) = &reports[0];
+    assert_eq!(aborted.len(), 1, "{aborted:?}");
+    assert!(aborted[0].starts_with("\"deep\""), "{aborted:?}");
+    assert_eq!((*orphans_left, *second_signal), (0, false));
+}
+
+/// A panic resumed by the root still reports what its grace aborted on the way.
+#[test]
+fn n13_the_root_reports_what_it_aborted_even_when_it_resumes_a_panic() {
+    let reports = Reports::default();
+    let hook = reports.hook();
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Root::new()
+            .current_thread()
+            .handle_signals(false)
+            .grace(Duration::from_millis(10))
+            .on_report(hook)
+            .run(|n| async move {
+                n.spawn_named("stuck", std::future::pending::<Result<(), Cancelled>>());
+                n.spawn(async {
+                    // The root resumes this panic once everything stopped: after its grace
+                    // aborted the stuck child.
+                    let _ = cancelled().await;
+                    panic!("a child panics as the shutdown begins");
+                    #[allow(unreachable_code)]
+                    Ok::<_, Cancelled>(())
+                });
+                Ok::<_, Cancelled>(())
+            })
+    }));
+    assert!(panicked.is_err(), "the panic is resumed");
+    let reports = reports.take();
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert!(
+        reports[0]
+            .0
+            .iter()
+            .any(|name| name.starts_with("\"stuck\""))
+    );
+}
+
 #[test]
 fn n13_a_clean_shutdown_reports_nothing() {
     let reports = Reports::default();
@@ -123,6 +189,7 @@ struct DropSignal(#[allow(dead_code)] std::sync::mpsc::Sender<()>);
 
 /// A `ShutdownCutShort` report: (aborted, orphans left, second signal).
 type CutShort = (Vec<String>, usize, bool);
+// (`abandoned` is asserted where a second signal can come: spec_nursery_more.rs.)
 
 /// The root's `ShutdownCutShort` reports.
 #[derive(Clone, Default)]
@@ -136,6 +203,7 @@ impl Reports {
                 aborted,
                 orphans_left,
                 second_signal,
+                ..
             } => reports
                 .lock()
                 .unwrap()

@@ -2299,6 +2299,8 @@ fn n13_sigterm_starts_the_shutdown_and_a_second_signal_aborts_what_is_left() {
                 });
                 // Ignores the cancellation; the grace is an hour: only an abort ends it.
                 n.spawn_named("stubborn", tracker.track(stuck::<Cancelled>()));
+                // Protected work never ends by itself: the second signal abandons it.
+                drop(tokio_nursery::protect(std::future::pending::<()>()));
                 // Let the root install its signal handlers (it listens once the body waits).
                 tokio::task::yield_now().await;
                 signal_self("TERM");
@@ -2324,7 +2326,9 @@ fn n13_sigterm_starts_the_shutdown_and_a_second_signal_aborts_what_is_left() {
             assert_eq!(
                 reports.events(),
                 [format!(
-                    "the root's shutdown was cut short: a second shutdown signal came; aborted: {}",
+                    "the root's shutdown was cut short: a second shutdown signal came; aborted: \
+                     {}; 1 adopted nurseries or protected works still running are dropped with \
+                     the runtime",
                     c.aborted_children()[0]
                 )]
             );

@@ -116,8 +116,9 @@
 //! [`grace`](crate::Nursery::grace) period (required; after it they are aborted). Pick it
 //! only when the code right after the drop must find the children gone, say files flushed
 //! and closed, and nothing better is possible. It holds a runtime thread while it waits and
-//! works only on a multi-thread runtime; elsewhere (current-thread runtime, `LocalSet`,
-//! runtime shutdown) it falls back to *wait* rather than deadlock.
+//! works only on a multi-thread runtime; elsewhere (a nursery of a current-thread or local
+//! runtime, even dropped outside it; a `LocalSet`; runtime shutdown) it falls back to *wait*
+//! rather than deadlock.
 //!
 //! ```
 //! use std::sync::Arc;

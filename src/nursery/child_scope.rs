@@ -51,8 +51,8 @@ pub(crate) struct ChildScope {
     /// at most once.
     state: AtomicU8,
     /// The child's slot in its nursery's registry: kept here, as 32 bits, where it fills
-    /// the padding after `state` (a nursery never holds 2^32 children at once). A local
-    /// child keeps its index in its scope's slab here, for debugging only.
+    /// the padding after `state` (a nursery never holds 2^32 children at once). Unused (0)
+    /// for a local child.
     key: u32,
     /// The place of the child's waiter among its parent's node's waiters while it has no
     /// node of its own (`WaiterIndex::bits`, zero if none): read and written only under

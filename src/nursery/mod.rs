@@ -511,9 +511,9 @@ impl Attachment for ChildLabel {
 /// An orphaned nursery's children are aborted when its adopter's are (SPEC N7's cascade).
 impl<E: Send + 'static> StopAll for Shared<E> {
     /// The adopter's grace ran out (SPEC N7's cascade): these children are aborted and
-    /// named as if this nursery's own grace had.
-    fn stop_all(&self) {
-        self.grace_expired();
+    /// named as if this nursery's own grace had, and the adopter is told their names.
+    fn stop_all(&self) -> Vec<String> {
+        self.grace_expired()
     }
 
     fn scope(&self) -> Option<Arc<Node>> {
@@ -689,10 +689,11 @@ impl<E> Shared<E> {
     }
 
     /// The grace period ran out (SPEC N7): aborts the children still running and names them,
-    /// for `aborted_children`, the `Cancelled` the nursery passes on and a warn-level event.
-    fn grace_expired(&self) {
-        let aborted = child_names(self, |_, _| true);
-        self.abort_children(true);
+    /// with those of adopted nurseries aborted in the cascade, for `aborted_children`, the
+    /// `Cancelled` the nursery passes on and a warn-level event. Returns the names.
+    fn grace_expired(&self) -> Vec<String> {
+        let mut aborted = child_names(self, |_, _| true);
+        aborted.extend(self.abort_children(true));
         #[cfg(feature = "tracing")]
         if !aborted.is_empty() {
             tracing::warn!(
@@ -701,12 +702,14 @@ impl<E> Shared<E> {
                 "grace period expired: children aborted"
             );
         }
-        let _ = self.aborted.set(aborted);
+        let _ = self.aborted.set(aborted.clone());
+        aborted
     }
 
-    /// Aborts every child and, in turn, what this nursery adopted (the cascade). Blocking
-    /// children are told, with `GraceExpired` when the grace period ran out (S4).
-    fn abort_children(&self, grace_expired: bool) -> usize {
+    /// Aborts every child and, in turn, what this nursery adopted (the cascade), and returns
+    /// the names of what the cascade aborted. Blocking children are told, with
+    /// `GraceExpired` when the grace period ran out (S4).
+    fn abort_children(&self, grace_expired: bool) -> Vec<String> {
         let reason = if grace_expired {
             CancelReason::GraceExpired
         } else {
@@ -1083,13 +1086,43 @@ impl<E> NurseryHandle<E> {
     /// Aborts every running child now, as an expired grace period would (blocking children
     /// are told through their scope). Not a failure.
     pub fn abort_all(&self) {
-        self.shared.abort_children(true);
+        let _ = self.shared.abort_children(true);
     }
 
-    /// Aborts every running child as an expired grace period does, keeping their names for
-    /// [`aborted_children`](Self::aborted_children) (the root's second signal).
-    pub(crate) fn expire_grace(&self) {
-        self.shared.grace_expired();
+    /// Aborts every running child and what the nursery adopted (the cascade) as an expired
+    /// grace period does, and returns their names (the root's second signal).
+    pub(crate) fn abort_named(&self) -> Vec<String> {
+        let mut aborted = child_names(&self.shared, |_, _| true);
+        aborted.extend(self.shared.abort_children(true));
+        aborted
+    }
+
+    /// Hands the failures and panics recorded so far to the report hook (the root stops
+    /// waiting at a second signal: nobody will return them). Later ones go there directly.
+    pub(crate) fn report_incidents(&self)
+    where
+        E: fmt::Debug,
+    {
+        let (failures, panics) = self.shared.registry.take_reports();
+        for failure in &failures {
+            self.shared.report(&Report::Failure {
+                origin: failure.origin(),
+                error: failure.error(),
+                adopted: false,
+            });
+        }
+        for panic in &panics {
+            self.shared.report(&Report::Panic {
+                origin: &panic.label,
+                payload: &*panic.payload,
+                adopted: false,
+            });
+        }
+    }
+
+    /// How many adopted nurseries and protected works the nursery still holds.
+    pub(crate) fn adoptees(&self) -> usize {
+        self.shared.registry.adoptees()
     }
 
     /// The report hook this nursery was given, if any.
@@ -1397,7 +1430,7 @@ impl<B, Fut, T, E> PinnedDrop for NurseryFuture<B, Fut, T, E> {
             // without first seeing the cancellation, as far as tokio allows).
             shared.registry.close();
             if this.config.drop_mode == DropMode::Abort {
-                shared.abort_children(false);
+                let _ = shared.abort_children(false);
             }
             shared
                 .node
@@ -1528,25 +1561,27 @@ fn blocking_wait<E>(shared: &Shared<E>, grace: Duration) -> Waited {
     if !multi_thread(&shared.runtime) {
         return Waited::CannotBlock;
     }
+    // During shutdown tokio cancels new tasks at once; blocking then could deadlock. The
+    // probe never finishes by itself (an idle worker could otherwise run it to completion
+    // before the check), so only a shutting-down runtime finishes it.
+    let shutting_down = |runtime: &Handle| {
+        let probe = runtime.spawn(std::future::pending::<()>());
+        let finished = probe.is_finished();
+        probe.abort();
+        finished
+    };
     match Handle::try_current() {
-        // Not on a runtime thread: blocking it holds up no runtime.
+        // Not on a runtime thread: blocking it holds up no runtime, unless the children's
+        // runtime is shutting down (waiting then only holds up this thread for the grace).
+        Err(_) if shutting_down(&shared.runtime) => Waited::CannotBlock,
         Err(_) => wait(),
         Ok(current) => {
-            let multi_thread = multi_thread(&current);
-            // During shutdown tokio cancels new tasks at once; blocking then could deadlock.
-            // The probe never finishes by itself (an idle worker could otherwise run it to
-            // completion before the check), so only a shutting-down runtime finishes it.
             // Both runtimes are asked: the children's, and the one this drop runs on (a
             // nursery first polled under another runtime's `enter` guard).
-            let shutting_down = |runtime: &Handle| {
-                let probe = runtime.spawn(std::future::pending::<()>());
-                let finished = probe.is_finished();
-                probe.abort();
-                finished
-            };
-            let shutting_down = shutting_down(&shared.runtime)
-                || (current.id() != shared.runtime.id() && shutting_down(&current));
-            if !multi_thread || shutting_down {
+            if !multi_thread(&current)
+                || shutting_down(&shared.runtime)
+                || (current.id() != shared.runtime.id() && shutting_down(&current))
+            {
                 return Waited::CannotBlock;
             }
             // Inside a LocalSet blocking is impossible: `block_in_place` panics; fall back.
@@ -1633,7 +1668,7 @@ fn orphan<E: fmt::Debug + Send + 'static>(
     let (adopter, key, adopter_aborted) = adopter_of(&shared.node, &shared.runtime, stop);
     if adopter_aborted {
         // The adopter is past its grace: abort cascades to what it adopts (SPEC N7).
-        shared.abort_children(true);
+        let _ = shared.abort_children(true);
     }
     #[cfg(feature = "tracing")]
     {

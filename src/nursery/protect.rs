@@ -66,8 +66,10 @@ impl<T> fmt::Debug for Protected<T> {
 struct Shielded(Arc<Node>);
 
 impl StopAll for Shielded {
-    fn stop_all(&self) {
+    /// Protected work is told, never aborted (SPEC C1): nothing to name.
+    fn stop_all(&self) -> Vec<String> {
         self.0.cancel(CancelReason::GraceExpired);
+        Vec::new()
     }
 
     fn scope(&self) -> Option<Arc<Node>> {

@@ -200,14 +200,20 @@ pub enum Report<'a> {
     },
     /// The [`Root`](crate::Root)'s shutdown did not end with everything stopped by itself
     /// (SPEC N13): it aborted children that were still running when its grace period ran
-    /// out or a second signal came, or it stopped waiting for orphaned children (their
-    /// runtime's shutdown drops them). Only the root reports this; a nursery's own aborts are
+    /// out or a second signal came, or it stopped waiting for work its runtime's shutdown
+    /// then drops. Only the root reports this, once, at its end; a nursery's own aborts are
     /// in its [`Cancelled`](crate::Cancelled) and
     /// [`aborted_children`](crate::NurseryHandle::aborted_children).
     ShutdownCutShort {
-        /// The root's children that were aborted: their names, or scope ids.
+        /// What was aborted: the root's children and those of nurseries it adopted, by name
+        /// or scope id.
         aborted: &'a [String],
-        /// Orphaned children (SPEC N9) still running when the root stopped waiting for them.
+        /// At a second signal: nurseries the root adopted and protected work
+        /// ([`protect`](crate::protect)) it stopped waiting for.
+        abandoned: usize,
+        /// Entries of the runtime's orphan registry (SPEC N9: nurseries dropped in wait
+        /// mode with no enclosing nursery, protected work outside any nursery) still
+        /// running when the root stopped waiting for them.
         orphans_left: usize,
         /// A second Ctrl-C / SIGTERM ended the wait (otherwise the grace period ran out).
         second_signal: bool,
@@ -238,6 +244,7 @@ impl fmt::Display for Report<'_> {
             }
             Report::ShutdownCutShort {
                 aborted,
+                abandoned,
                 orphans_left,
                 second_signal,
             } => {
@@ -249,11 +256,18 @@ impl fmt::Display for Report<'_> {
                 if !aborted.is_empty() {
                     write!(f, "; aborted: {}", aborted.join(", "))?;
                 }
+                if *abandoned > 0 {
+                    write!(
+                        f,
+                        "; {abandoned} adopted nurseries or protected works still running are \
+                         dropped with the runtime"
+                    )?;
+                }
                 if *orphans_left > 0 {
                     write!(
                         f,
-                        "; {orphans_left} orphaned children still running are dropped with \
-                         the runtime"
+                        "; {orphans_left} orphaned nurseries or protected works still running \
+                         are dropped with the runtime"
                     )?;
                 }
                 Ok(())
