@@ -24,7 +24,7 @@ use std::task::Waker;
 use std::time::Instant;
 
 use crate::node::{Node, ScopeId};
-use crate::nursery::ChildScope;
+use crate::nursery::{ChildScope, TaskScope};
 use crate::sync::Arc;
 
 /// One entry of the current-scope stack, alive for one `poll` of a scope's body.
@@ -44,6 +44,8 @@ pub(crate) enum FrameKind<'a> {
     Child {
         parent: &'a Arc<Node>,
         scope: &'a ChildScope,
+        /// A nursery child's task slots (its abort handle); `None` for a local child.
+        task: Option<&'a TaskScope>,
     },
 }
 
@@ -152,7 +154,7 @@ impl<'a> Frame<'a> {
         match self.kind {
             FrameKind::Linked(node) => node.is_cancelled(),
             FrameKind::Unlinked(inline, _) => self.is_cancelled_unlinked(inline),
-            FrameKind::Child { parent, scope } => scope.settled(parent).is_cancelled(),
+            FrameKind::Child { parent, scope, .. } => scope.settled(parent).is_cancelled(),
         }
     }
 
@@ -221,12 +223,22 @@ impl<'a> Frame<'a> {
         }
     }
 
+    /// The task slots of a nursery child's frame (a local child has none).
+    pub(crate) fn child_task(&self) -> Option<&'a TaskScope> {
+        match self.kind {
+            FrameKind::Child { task, .. } => task,
+            _ => None,
+        }
+    }
+
     /// A nursery child running in its nursery's scope, without a node of its own yet: the
     /// nursery's node and the child's scope.
     #[inline]
     pub(crate) fn unmade_child(&self) -> Option<(&'a Arc<Node>, &'a ChildScope)> {
         match self.kind {
-            FrameKind::Child { parent, scope } if scope.own().is_none() => Some((parent, scope)),
+            FrameKind::Child { parent, scope, .. } if scope.own().is_none() => {
+                Some((parent, scope))
+            }
             _ => None,
         }
     }
@@ -239,7 +251,7 @@ impl<'a> Frame<'a> {
                 let parent = self.parent.map(Frame::node);
                 crate::scope::materialize(inline, parent)
             }),
-            FrameKind::Child { parent, scope } => scope.node(parent),
+            FrameKind::Child { parent, scope, .. } => scope.node(parent),
         }
     }
 
@@ -308,7 +320,7 @@ impl<'a> Frame<'a> {
         }
         let node = match frame.kind {
             // No need to give a child a scope of its own to answer this.
-            FrameKind::Child { parent, scope } => scope.settled(parent),
+            FrameKind::Child { parent, scope, .. } => scope.settled(parent),
             _ => frame.node(),
         };
         min_deadline(earliest, node.effective_deadline())

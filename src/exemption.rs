@@ -36,8 +36,9 @@ pub(crate) fn exempt_current(waker: &Waker) -> Exemption {
         while let Some(current) = frame {
             let node = current.node().clone();
             node.exempt();
-            if let Some(child) = current.child_scope() {
-                task = Some((node.clone(), child.abort_handle().cloned()));
+            if current.child_scope().is_some() {
+                let abort = current.child_task().and_then(|task| task.abort_handle());
+                task = Some((node.clone(), abort.cloned()));
             }
             scopes.push(node);
             frame = current.parent();

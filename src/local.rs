@@ -152,6 +152,12 @@ struct Child<'env, E> {
 struct LocalTask<F, T> {
     scope: ChildScope,
     stage: RefCell<Stage<F, T>>,
+    /// The outcome is in `stage` (`Finished`, or `Taken` since). Asked instead of `stage`
+    /// itself: reading which stage it is makes a reference to the whole stage, future
+    /// included, and a future that refers to itself (a borrow across an `.await`) must not
+    /// be looked at between its polls (Stacked Borrows, which Miri checks, retags every
+    /// byte of it and invalidates its own pointers).
+    finished: Cell<bool>,
     /// The handle's waker, while it waits for the outcome.
     waiter: Cell<Option<Waker>>,
 }
@@ -187,6 +193,7 @@ trait Outcome<T> {
 impl<F, T> LocalTask<F, T> {
     fn deliver(&self, outcome: Result<T, JoinError>) {
         *self.stage.borrow_mut() = Stage::Finished(outcome);
+        self.finished.set(true);
         if let Some(waiter) = self.waiter.take() {
             waiter.wake();
         }
@@ -255,14 +262,11 @@ where
         // stage is free, whether the future's drop returned or panicked.
         let mut tell = Tell(self, None);
         let mut stage = self.stage.borrow_mut();
-        match *stage {
-            Stage::Running(_) => {
-                tell.1 = Some(outcome);
-                // In place: the future was polled where it is, pinned.
-                *stage = Stage::Ended;
-            }
-            Stage::Ended => tell.1 = Some(outcome),
-            Stage::Finished(_) | Stage::Taken => {}
+        if !self.finished.get() {
+            tell.1 = Some(outcome);
+            // Running: the future is dropped in place, where it was polled, pinned (`Ended`
+            // already: nothing to drop). Assigned without looking (see `finished`).
+            *stage = Stage::Ended;
         }
     }
 }
@@ -276,14 +280,15 @@ impl<F, T> Outcome<T> for LocalTask<F, T> {
         let Ok(mut stage) = self.stage.try_borrow_mut() else {
             panic!("tokio-nursery: a local child awaited its own handle (it would never finish)");
         };
-        if let Stage::Finished(_) = *stage {
-            let Stage::Finished(outcome) = std::mem::replace(&mut *stage, Stage::Taken) else {
-                unreachable!("checked above")
-            };
-            return Some(outcome);
+        if !self.finished.get() {
+            // The stage is not looked at: it may hold a future between two polls.
+            self.waiter.set(Some(waker.clone()));
+            return None;
         }
-        self.waiter.set(Some(waker.clone()));
-        None
+        match std::mem::replace(&mut *stage, Stage::Taken) {
+            Stage::Finished(outcome) => Some(outcome),
+            _ => panic!("a local child's handle was polled after it completed"),
+        }
     }
 }
 
@@ -370,10 +375,10 @@ where
         F: Future<Output = Result<T, E>> + 'env,
         T: 'env,
     {
-        // A local child has no registry slot: its scope's key is unused.
         let task = Rc::pin(LocalTask {
-            scope: ChildScope::new(0),
+            scope: ChildScope::new(),
             stage: RefCell::new(Stage::Running(future)),
+            finished: Cell::new(false),
             waiter: Cell::new(None),
         });
         // Queued without waking the scope's task: `spawn` runs only while the scope's
@@ -580,6 +585,7 @@ impl<E: CancelError + fmt::Debug> LocalScope<'_, E> {
             let frame = FrameKind::Child {
                 parent: &self.node,
                 scope: task.scope(),
+                task: None,
             };
             let polled = catch_unwind(AssertUnwindSafe(|| {
                 let waker = waker_ref(&waker);

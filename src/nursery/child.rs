@@ -12,7 +12,7 @@ use pin_project::{pin_project, pinned_drop};
 use tokio::task::{AbortHandle, JoinHandle};
 
 use super::Shared;
-pub(crate) use super::child_scope::ChildScope;
+pub(crate) use super::child_scope::{ChildScope, TaskScope};
 use super::report::{Failure, Origin};
 use crate::cancelled::{CancelError, Cancelled};
 use crate::context::{self, FrameKind};
@@ -36,7 +36,7 @@ pub(crate) struct ChildCell<E> {
     pub(crate) nursery: Arc<Shared<E>>,
     /// Boxed: a name is rare, and a thin pointer keeps every unnamed child 8 bytes smaller.
     name: Option<Box<Arc<str>>>,
-    pub(crate) scope: ChildScope,
+    pub(crate) scope: TaskScope,
 }
 
 impl<E> ChildCell<E> {
@@ -45,7 +45,7 @@ impl<E> ChildCell<E> {
         ChildCell {
             nursery,
             name: name.map(Box::new),
-            scope: ChildScope::new(key),
+            scope: TaskScope::new(key),
         }
     }
 
@@ -235,6 +235,7 @@ where
         let frame = FrameKind::Child {
             parent: &cell.nursery.node,
             scope: &cell.scope,
+            task: Some(&cell.scope),
         };
         let polled = catch_unwind(AssertUnwindSafe(|| {
             context::enter(frame, || future.poll(cx))

@@ -1,11 +1,11 @@
-//! A child's scope, made the first time something needs it, and its task's abort handle:
-//! [`ChildScope`], the part of a child's shared cell that is written once after the spawn.
-//! Nursery children and local children ([`crate::local_scope`], which have no task and so
-//! never store an abort handle) both use it.
+//! A child's scope, made the first time something needs it ([`ChildScope`]), and, for a
+//! nursery child, its task's abort handle ([`TaskScope`]): the part of a child's shared
+//! state that is written once after the spawn. Local children ([`crate::local_scope`]) have
+//! no task, so they keep the scope alone (24 bytes; 40 with the task's slots).
 //!
 //! Every child pays for these fields whether or not it ever needs a scope, so they are
-//! packed: two write-once slots and one state byte (24 bytes with the scope id), where two
-//! `OnceLock`s took 32 and a `Once` call each on every spawn and every end. This module holds
+//! packed: write-once slots and one state byte, where two `OnceLock`s took 32 bytes and a
+//! `Once` call each on every spawn and every end. This module holds
 //! the crate's third `unsafe` (DESIGN.md, "Memory per child"): reading and writing the two
 //! slots, whose initialisation the state byte publishes. Its Miri tests are at the bottom.
 
@@ -48,17 +48,22 @@ pub(crate) struct ChildScope {
     id: ScopeId,
     /// `NODE_SET | ENDED | ABORT_SET | ABORT_REQUESTED | PARKED | OBSERVED`, never
     /// cleared. A slot's bit is set (`Release`) once the slot is written; a slot is written
-    /// at most once.
+    /// at most once. The abort bits are [`TaskScope`]'s.
     state: AtomicU8,
-    /// The child's slot in its nursery's registry: kept here, as 32 bits, where it fills
-    /// the padding after `state` (a nursery never holds 2^32 children at once). Unused (0)
-    /// for a local child.
-    key: u32,
     /// The place of the child's waiter among its parent's node's waiters while it has no
     /// node of its own (`WaiterIndex::bits`, zero if none): read and written only under
     /// the parent's lock.
     parked: AtomicU32,
     node: UnsafeCell<MaybeUninit<Arc<Node>>>,
+}
+
+/// A nursery child's scope with its task's slots: its key in the registry and the abort
+/// handle. Dereferences to its [`ChildScope`].
+pub(crate) struct TaskScope {
+    scope: ChildScope,
+    /// The child's slot in its nursery's registry, as 32 bits (a nursery never holds 2^32
+    /// children at once).
+    key: u32,
     /// The task's abort handle, stored right after the spawn (registry invariant N-3).
     abort: UnsafeCell<MaybeUninit<AbortHandle>>,
 }
@@ -70,22 +75,27 @@ pub(crate) struct ChildScope {
 unsafe impl Send for ChildScope {}
 // SAFETY: as above.
 unsafe impl Sync for ChildScope {}
+// SAFETY: as above.
+unsafe impl Send for TaskScope {}
+// SAFETY: as above.
+unsafe impl Sync for TaskScope {}
 
-impl ChildScope {
+impl std::ops::Deref for TaskScope {
+    type Target = ChildScope;
+
+    fn deref(&self) -> &ChildScope {
+        &self.scope
+    }
+}
+
+impl TaskScope {
     /// The scope of the child registered under `key`.
     pub(crate) fn new(key: usize) -> Self {
-        ChildScope {
-            id: ScopeId::next(),
-            state: AtomicU8::new(0),
+        TaskScope {
+            scope: ChildScope::new(),
             key: u32::try_from(key).expect("a nursery holds fewer than 2^32 children"),
-            parked: AtomicU32::new(0),
-            node: UnsafeCell::new(MaybeUninit::uninit()),
             abort: UnsafeCell::new(MaybeUninit::uninit()),
         }
-    }
-
-    pub(crate) fn id(&self) -> ScopeId {
-        self.id
     }
 
     /// The child's slot in its nursery's registry.
@@ -95,7 +105,7 @@ impl ChildScope {
 
     /// The task's abort handle, once it was spawned.
     pub(crate) fn abort_handle(&self) -> Option<&AbortHandle> {
-        if self.state.load(Ordering::Acquire) & ABORT_SET == 0 {
+        if self.scope.state.load(Ordering::Acquire) & ABORT_SET == 0 {
             return None;
         }
         // SAFETY: `ABORT_SET` was seen with `Acquire`: the slot was written before it was
@@ -112,14 +122,14 @@ impl ChildScope {
     /// If called twice (a bug of this crate).
     pub(crate) fn set_abort(&self, abort: AbortHandle) -> bool {
         assert_eq!(
-            self.state.load(Ordering::Relaxed) & ABORT_SET,
+            self.scope.state.load(Ordering::Relaxed) & ABORT_SET,
             0,
             "a child's abort handle is stored once"
         );
         // SAFETY: only the spawner calls this, once (checked above), and nobody reads the
         // slot before `ABORT_SET` is published below: no other access to it exists now.
         unsafe { (*self.abort.get()).write(abort) };
-        self.state.fetch_or(ABORT_SET, Ordering::AcqRel) & ABORT_REQUESTED != 0
+        self.scope.state.fetch_or(ABORT_SET, Ordering::AcqRel) & ABORT_REQUESTED != 0
     }
 
     /// The nursery asks to abort the child: its abort handle if it was stored (the caller
@@ -127,12 +137,28 @@ impl ChildScope {
     /// (registry invariant N-3). One read-modify-write on each side: one of the two sees
     /// the other, and only one aborts.
     pub(crate) fn request_abort(&self) -> Option<&AbortHandle> {
-        if self.state.fetch_or(ABORT_REQUESTED, Ordering::AcqRel) & ABORT_SET == 0 {
+        if self.scope.state.fetch_or(ABORT_REQUESTED, Ordering::AcqRel) & ABORT_SET == 0 {
             return None;
         }
         // SAFETY: `ABORT_SET` was seen with `Acquire`: the slot was written before it was
         // published with `Release`, and is never written again.
         Some(unsafe { (*self.abort.get()).assume_init_ref() })
+    }
+}
+
+impl ChildScope {
+    /// A scope for a child: made when something needs it.
+    pub(crate) fn new() -> Self {
+        ChildScope {
+            id: ScopeId::next(),
+            state: AtomicU8::new(0),
+            parked: AtomicU32::new(0),
+            node: UnsafeCell::new(MaybeUninit::uninit()),
+        }
+    }
+
+    pub(crate) fn id(&self) -> ScopeId {
+        self.id
     }
 
     /// Its own scope, if it was made.
@@ -243,13 +269,17 @@ impl UnmadeChild for ChildScope {
 
 impl Drop for ChildScope {
     fn drop(&mut self) {
-        let state = *self.state.get_mut();
-        if state & NODE_SET != 0 {
+        if *self.state.get_mut() & NODE_SET != 0 {
             // SAFETY: published, and `&mut self` means no reference to it is left.
             unsafe { self.node.get_mut().assume_init_drop() };
         }
-        if state & ABORT_SET != 0 {
-            // SAFETY: as above.
+    }
+}
+
+impl Drop for TaskScope {
+    fn drop(&mut self) {
+        if *self.scope.state.get_mut() & ABORT_SET != 0 {
+            // SAFETY: published, and `&mut self` means no reference to it is left.
             unsafe { self.abort.get_mut().assume_init_drop() };
         }
     }
@@ -268,7 +298,7 @@ mod tests {
     #[test]
     fn child_scope_made_once_and_dropped() {
         let parent = parent();
-        let scope = ChildScope::new(0);
+        let scope = TaskScope::new(0);
         assert!(scope.own().is_none());
         let first = Arc::as_ptr(scope.node(&parent));
         assert_eq!(Arc::as_ptr(scope.node(&parent)), first);
@@ -281,7 +311,7 @@ mod tests {
     #[test]
     fn child_scope_never_made_after_the_end() {
         let parent = parent();
-        let scope = ChildScope::new(0);
+        let scope = ChildScope::new();
         scope.end();
         assert!(scope.node_unless_ended(&parent).is_none());
         assert!(Arc::ptr_eq(scope.settled(&parent), &parent));
@@ -290,7 +320,7 @@ mod tests {
     #[test]
     fn child_scope_made_from_two_threads() {
         let parent = parent();
-        let scope = Arc::new(ChildScope::new(0));
+        let scope = Arc::new(ChildScope::new());
         let made: Vec<usize> = std::thread::scope(|s| {
             let threads: Vec<_> = (0..2)
                 .map(|_| s.spawn(|| Arc::as_ptr(scope.node(&parent)) as usize))
@@ -312,7 +342,7 @@ mod tests {
     #[test]
     fn a_waiter_parked_on_the_parent_is_woken_when_the_scope_is_made() {
         let parent = parent();
-        let scope = ChildScope::new(0);
+        let scope = ChildScope::new();
         let wakes = Arc::new(Wakes(Default::default()));
         let waker = std::task::Waker::from(wakes.clone());
         let mut key = None;
@@ -342,7 +372,7 @@ mod tests {
     #[test]
     fn child_scope_end_races_with_making() {
         let parent = parent();
-        let scope = Arc::new(ChildScope::new(0));
+        let scope = Arc::new(ChildScope::new());
         std::thread::scope(|s| {
             s.spawn(|| scope.node_unless_ended(&parent).map(|node| node.id()));
             s.spawn(|| scope.end());

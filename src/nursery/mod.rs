@@ -47,8 +47,8 @@ use crate::node::{Attachment, Description, Node, ScopeId};
 use crate::reason::CancelReason;
 use crate::registry::{self, Adopter, Closed, OrphanReport, Recorded, Registry, StopAll};
 use crate::scope::{ScopeHandle, cancelled_here, enter_preset};
-pub(crate) use child::ChildScope;
 use child::{ChildCell, ChildInfo, ChildOutput, ChildTask, Route, ToHandle};
+pub(crate) use child::{ChildScope, TaskScope};
 use orphans::Orphans;
 
 /// What happens to running children when a nursery's future is dropped before it finished
