@@ -62,15 +62,17 @@ impl<F> Drop for NurseryThenRelease<F> {
     }
 }
 
-/// Drops a runtime of `workers` worker threads while one of its tasks owns a `BlockingWait`
-/// nursery whose blocking child waits for that task to be gone; checks that dropping the
-/// runtime returns and that the child saw the nursery's cancellation before it returned.
-fn runtime_shutdown_with_a_blocking_child_waiting_for_its_task(workers: usize) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .build()
-        .unwrap();
+/// A task owning a `BlockingWait` nursery (300 s grace) whose one blocking child returns
+/// only once the task is gone (its sender dropped, after the nursery), and the channels on
+/// which the child says it started and, when it returns, whether it saw the cancellation.
+/// `enter_first`: the runtime the nursery belongs to, if not the task's.
+fn task_with_a_blocking_child_waiting_for_it(
+    enter_first: Option<tokio::runtime::Handle>,
+) -> (
+    impl Future<Output = NurseryOutcome> + Send + 'static,
+    mpsc::Receiver<()>,
+    mpsc::Receiver<bool>,
+) {
     let (started_tx, started_rx) = mpsc::channel();
     let (stopped_tx, stopped_rx) = mpsc::channel();
     let (release_tx, release_rx) = mpsc::channel::<()>();
@@ -89,11 +91,28 @@ fn runtime_shutdown_with_a_blocking_child_waiting_for_its_task(workers: usize) {
             std::future::pending::<()>().await;
             Ok(())
         });
-    runtime.spawn(NurseryThenRelease {
+    let task = NurseryThenRelease {
         nursery: Some(Box::pin(nursery)),
         release: Some(release_tx),
-        enter_first: None,
-    });
+        enter_first,
+    };
+    (task, started_rx, stopped_rx)
+}
+
+/// What the nursery's future yields.
+type NurseryOutcome = Result<Option<()>, NurseryError<Cancelled>>;
+
+/// Drops a runtime of `workers` worker threads while one of its tasks owns a `BlockingWait`
+/// nursery whose blocking child waits for that task to be gone; checks that dropping the
+/// runtime returns and that the child saw the nursery's cancellation before it returned.
+fn runtime_shutdown_with_a_blocking_child_waiting_for_its_task(workers: usize) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (task, started_rx, stopped_rx) = task_with_a_blocking_child_waiting_for_it(None);
+    runtime.spawn(task);
     started_rx
         .recv_timeout(HANG_BOUND)
         .expect("the blocking child started");
@@ -141,27 +160,9 @@ fn blocking_wait_drop_during_the_shutdown_of_another_runtime_than_the_childrens(
         .enable_all()
         .build()
         .unwrap();
-    let (started_tx, started_rx) = mpsc::channel();
-    let (stopped_tx, stopped_rx) = mpsc::channel();
-    let (release_tx, release_rx) = mpsc::channel::<()>();
-    let nursery = Nursery::new()
-        .drop_mode(DropMode::BlockingWait)
-        .grace(Duration::from_secs(300))
-        .run(move |n: NurseryHandle<Cancelled>| async move {
-            n.spawn_blocking(move |ctx| {
-                started_tx.send(()).unwrap();
-                let _ = release_rx.recv(); // returns once the owning task dropped the sender
-                stopped_tx.send(ctx.is_cancelled()).unwrap();
-                Ok(())
-            });
-            std::future::pending::<()>().await;
-            Ok(())
-        });
-    tasks_runtime.spawn(NurseryThenRelease {
-        nursery: Some(Box::pin(nursery)),
-        release: Some(release_tx),
-        enter_first: Some(children_runtime.handle().clone()),
-    });
+    let (task, started_rx, stopped_rx) =
+        task_with_a_blocking_child_waiting_for_it(Some(children_runtime.handle().clone()));
+    tasks_runtime.spawn(task);
     started_rx
         .recv_timeout(HANG_BOUND)
         .expect("the blocking child started");

@@ -316,14 +316,7 @@ fn a_child_that_keeps_waking_itself_does_not_starve_the_body() {
         let polls = runtime.block_on(async {
             let (go, polls) = (Cell::new(false), Cell::new(0));
             let out = local_scope(async |s| {
-                s.spawn(std::future::poll_fn(|cx| {
-                    polls.set(polls.get() + 1);
-                    if go.get() {
-                        return Poll::Ready(Ok(()));
-                    }
-                    cx.waker().wake_by_ref();
-                    Poll::Pending
-                }));
+                s.spawn(self_waking_until(&go, &polls));
                 tokio::task::yield_now().await;
                 go.set(true);
                 Ok::<_, Cancelled>(())
@@ -338,14 +331,7 @@ fn a_child_that_keeps_waking_itself_does_not_starve_the_body() {
     common::nursery::within_hang_bound(|| {
         let (go, polls) = (Cell::new(false), Cell::new(0));
         let out = futures::executor::block_on(local_scope(async |s| {
-            s.spawn(std::future::poll_fn(|cx| {
-                polls.set(polls.get() + 1);
-                if go.get() {
-                    return Poll::Ready(Ok(()));
-                }
-                cx.waker().wake_by_ref();
-                Poll::Pending
-            }));
+            s.spawn(self_waking_until(&go, &polls));
             futures::pending!(); // the executor polls again after the scope's own wake
             go.set(true);
             Ok::<_, Cancelled>(())
@@ -353,4 +339,20 @@ fn a_child_that_keeps_waking_itself_does_not_starve_the_body() {
         assert_eq!(out.unwrap(), Some(()));
         assert!(polls.get() >= 2);
     });
+}
+
+/// Wakes itself at every poll (counted in `polls`) without spending tokio's budget, until
+/// `go` is set.
+fn self_waking_until<'a>(
+    go: &'a Cell<bool>,
+    polls: &'a Cell<u32>,
+) -> impl std::future::Future<Output = Result<(), Cancelled>> + 'a {
+    std::future::poll_fn(move |cx| {
+        polls.set(polls.get() + 1);
+        if go.get() {
+            return Poll::Ready(Ok(()));
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
 }

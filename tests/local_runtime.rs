@@ -449,105 +449,125 @@ where
 #[test]
 fn wait_mode_drop_on_a_local_runtime_adopts_and_waits_for_the_children() {
     bounded("wait mode, enclosing nursery", || {
-        count_panics();
-        let runtime = local_runtime();
-        runtime.block_on(common::leak_checked(async {
-            let start = Instant::now();
-            let live = LiveFutures::new();
-            let cleaned = Rc::new(Cell::new(false));
-            let handle = Rc::new(RefCell::new(None));
-            let outer = nursery(|_| async {
-                let inner = one_child_nursery(
-                    Nursery::new(),
-                    cleaning_child(&live, &cleaned),
-                    handle.clone(),
-                );
-                assert!(tokio::time::timeout(ms(10), inner).await.is_err());
-                assert_eq!(start.elapsed(), ms(10));
-                assert_eq!(live.live(), 1, "no child is dropped mid-await");
-                assert!(!cleaned.get());
-                Ok::<_, Cancelled>(())
-            })
-            .await;
-            assert_eq!(outer.unwrap(), Some(()));
-            assert_eq!(
-                start.elapsed(),
-                ms(15),
-                "the enclosing nursery adopted the child"
-            );
-            assert!(cleaned.get());
-            assert_eq!((live.created(), live.live()), (1, 0));
-            let handle = handle.borrow_mut().take().unwrap();
-            assert!(matches!(handle.await, Err(JoinError::ChildCancelled)));
-        }));
-        assert_eq!(panics_on_this_thread(), 0);
+        adopted_by_the_enclosing_nursery(Nursery::new())
     });
+}
+
+/// A nursery (`config`) with one child that cleans up for 5 ms once cancelled, dropped at
+/// 10 ms inside an enclosing nursery: the drop returns at once (had it blocked the
+/// runtime's only thread, the child could not have run meanwhile: it would have been
+/// aborted at the end of the grace period, in real time, never cleaning up), and the
+/// enclosing nursery adopts the child and waits for its cleanup.
+fn adopted_by_the_enclosing_nursery(config: Nursery) {
+    count_panics();
+    let runtime = local_runtime();
+    runtime.block_on(common::leak_checked(async {
+        let start = Instant::now();
+        let live = LiveFutures::new();
+        let cleaned = Rc::new(Cell::new(false));
+        let handle = Rc::new(RefCell::new(None));
+        let outer = nursery(|_| async {
+            let inner = one_child_nursery(config, cleaning_child(&live, &cleaned), handle.clone());
+            assert!(tokio::time::timeout(ms(10), inner).await.is_err());
+            assert_eq!(start.elapsed(), ms(10));
+            assert!(!cleaned.get(), "the drop returned before the cleanup");
+            assert_eq!(live.live(), 1, "no child is dropped mid-await");
+            Ok::<_, Cancelled>(())
+        })
+        .await;
+        assert_eq!(outer.unwrap(), Some(()));
+        assert_eq!(
+            start.elapsed(),
+            ms(15),
+            "the enclosing nursery adopted the child"
+        );
+        assert!(cleaned.get());
+        assert_eq!((live.created(), live.live()), (1, 0));
+        let handle = handle.borrow_mut().take().unwrap();
+        assert!(matches!(handle.await, Err(JoinError::ChildCancelled)));
+    }));
+    assert_eq!(
+        panics_on_this_thread(),
+        0,
+        "no panic, not even a caught one"
+    );
 }
 
 #[test]
 fn wait_mode_drop_with_no_enclosing_nursery_leaves_accounted_orphans() {
-    bounded("wait mode, orphans", || {
-        count_panics();
-        let runtime = local_runtime();
-        runtime.block_on(common::leak_checked(async {
-            let start = Instant::now();
-            let live = LiveFutures::new();
-            let cleaned = Rc::new(Cell::new(false));
-            let handle = Rc::new(RefCell::new(None));
-            let inner = one_child_nursery(
-                Nursery::new(),
-                cleaning_child(&live, &cleaned),
-                handle.clone(),
-            );
-            assert!(tokio::time::timeout(ms(10), inner).await.is_err());
-            assert_eq!(orphan_count(), 1);
-            assert_eq!(live.live(), 1);
-            orphans_finished().await;
-            assert_eq!(orphan_count(), 0);
-            assert_eq!(start.elapsed(), ms(15));
-            assert!(cleaned.get());
-            assert_eq!((live.created(), live.live()), (1, 0));
-        }));
-        assert_eq!(panics_on_this_thread(), 0);
-    });
+    bounded("wait mode, orphans", || left_to_the_orphans(Nursery::new()));
+}
+
+/// As [`adopted_by_the_enclosing_nursery`], with no enclosing nursery: the child goes to
+/// the runtime's orphans, which `orphans_finished` waits for.
+fn left_to_the_orphans(config: Nursery) {
+    count_panics();
+    let runtime = local_runtime();
+    runtime.block_on(common::leak_checked(async {
+        let start = Instant::now();
+        let live = LiveFutures::new();
+        let cleaned = Rc::new(Cell::new(false));
+        let handle = Rc::new(RefCell::new(None));
+        let inner = one_child_nursery(config, cleaning_child(&live, &cleaned), handle.clone());
+        assert!(tokio::time::timeout(ms(10), inner).await.is_err());
+        assert_eq!(orphan_count(), 1);
+        assert_eq!(live.live(), 1);
+        orphans_finished().await;
+        assert_eq!(orphan_count(), 0);
+        assert_eq!(start.elapsed(), ms(15));
+        assert!(cleaned.get());
+        assert_eq!((live.created(), live.live()), (1, 0));
+    }));
+    assert_eq!(panics_on_this_thread(), 0);
 }
 
 #[test]
 fn wait_mode_drop_keeps_the_grace_period_and_aborts_a_child_that_ignores_cancellation() {
     bounded("wait mode, grace", || {
-        count_panics();
-        let runtime = local_runtime();
-        runtime.block_on(common::leak_checked(async {
-            let start = Instant::now();
-            let live = LiveFutures::new();
-            let handle = Rc::new(RefCell::new(None));
-            let guard = live.guard();
-            let stubborn = async move {
-                let _guard = guard;
-                let _not_send = Rc::new(());
-                tokio::time::sleep(HOUR).await; // not a cancellation point
-                Ok::<_, Cancelled>(())
-            };
-            let outer = nursery(|_| async {
-                let inner =
-                    one_child_nursery(Nursery::new().grace(ms(50)), stubborn, handle.clone());
-                assert!(tokio::time::timeout(ms(10), inner).await.is_err());
-                assert_eq!(live.live(), 1);
-                Ok::<_, Cancelled>(())
-            })
-            .await;
-            assert_eq!(outer.unwrap(), Some(()));
-            assert_eq!(
-                start.elapsed(),
-                ms(60),
-                "aborted at the end of the grace period"
-            );
-            assert_eq!((live.created(), live.live()), (1, 0));
-            let handle = handle.borrow_mut().take().unwrap();
-            assert!(matches!(handle.await, Err(JoinError::ChildAborted)));
-        }));
-        assert_eq!(panics_on_this_thread(), 0);
+        grace_kept_after_the_drop(DropMode::Wait)
     });
+}
+
+/// A nursery in `mode` with a 50 ms grace, dropped at 10 ms: the drop returns at once (no
+/// blocking on a local runtime), and its child, which ignores the cancellation, is aborted
+/// at the end of the grace period by whoever adopted it.
+fn grace_kept_after_the_drop(mode: DropMode) {
+    count_panics();
+    let runtime = local_runtime();
+    runtime.block_on(common::leak_checked(async {
+        let start = Instant::now();
+        let live = LiveFutures::new();
+        let handle = Rc::new(RefCell::new(None));
+        let guard = live.guard();
+        let stubborn = async move {
+            let _guard = guard;
+            let _not_send = Rc::new(());
+            tokio::time::sleep(HOUR).await; // not a cancellation point
+            Ok::<_, Cancelled>(())
+        };
+        let outer = nursery(|_| async {
+            let inner = one_child_nursery(
+                Nursery::new().drop_mode(mode).grace(ms(50)),
+                stubborn,
+                handle.clone(),
+            );
+            assert!(tokio::time::timeout(ms(10), inner).await.is_err());
+            assert_eq!(start.elapsed(), ms(10), "the drop did not block");
+            assert_eq!(live.live(), 1);
+            Ok::<_, Cancelled>(())
+        })
+        .await;
+        assert_eq!(outer.unwrap(), Some(()));
+        assert_eq!(
+            start.elapsed(),
+            ms(60),
+            "aborted at the end of the grace period"
+        );
+        assert_eq!((live.created(), live.live()), (1, 0));
+        let handle = handle.borrow_mut().take().unwrap();
+        assert!(matches!(handle.await, Err(JoinError::ChildAborted)));
+    }));
+    assert_eq!(panics_on_this_thread(), 0);
 }
 
 #[test]
@@ -597,120 +617,29 @@ fn abort_mode_drop_on_a_local_runtime_drops_the_children_at_once() {
 #[test]
 fn blocking_wait_drop_on_a_local_runtime_falls_back_to_wait_without_blocking_or_panicking() {
     bounded("blocking-wait mode, enclosing nursery", || {
-        count_panics();
-        let runtime = local_runtime();
-        runtime.block_on(common::leak_checked(async {
-            let start = Instant::now();
-            let live = LiveFutures::new();
-            let cleaned = Rc::new(Cell::new(false));
-            let handle = Rc::new(RefCell::new(None));
-            let outer = nursery(|_| async {
-                let inner = one_child_nursery(
-                    Nursery::new()
-                        .drop_mode(DropMode::BlockingWait)
-                        .grace(ms(500)),
-                    cleaning_child(&live, &cleaned),
-                    handle.clone(),
-                );
-                assert!(tokio::time::timeout(ms(10), inner).await.is_err());
-                // Had the drop blocked the runtime's only thread, the child could not have
-                // run meanwhile: it would have been aborted at the end of the grace period
-                // (in real time), never cleaning up (checked below).
-                assert_eq!(start.elapsed(), ms(10));
-                assert!(!cleaned.get(), "the drop returned before the cleanup");
-                assert_eq!(live.live(), 1, "no child is dropped mid-await");
-                Ok::<_, Cancelled>(())
-            })
-            .await;
-            assert_eq!(outer.unwrap(), Some(()));
-            assert_eq!(
-                start.elapsed(),
-                ms(15),
-                "adopted and waited for, as in Wait"
-            );
-            assert!(cleaned.get());
-            assert_eq!((live.created(), live.live()), (1, 0));
-            let handle = handle.borrow_mut().take().unwrap();
-            assert!(matches!(handle.await, Err(JoinError::ChildCancelled)));
-        }));
-        assert_eq!(
-            panics_on_this_thread(),
-            0,
-            "no panic, not even a caught one"
-        );
+        adopted_by_the_enclosing_nursery(
+            Nursery::new()
+                .drop_mode(DropMode::BlockingWait)
+                .grace(ms(500)),
+        )
     });
 }
 
 #[test]
 fn blocking_wait_drop_with_no_enclosing_nursery_falls_back_to_orphans() {
     bounded("blocking-wait mode, orphans", || {
-        count_panics();
-        let runtime = local_runtime();
-        runtime.block_on(common::leak_checked(async {
-            let start = Instant::now();
-            let live = LiveFutures::new();
-            let cleaned = Rc::new(Cell::new(false));
-            let handle = Rc::new(RefCell::new(None));
-            let inner = one_child_nursery(
-                Nursery::new()
-                    .drop_mode(DropMode::BlockingWait)
-                    .grace(ms(500)),
-                cleaning_child(&live, &cleaned),
-                handle.clone(),
-            );
-            assert!(tokio::time::timeout(ms(10), inner).await.is_err());
-            assert_eq!(orphan_count(), 1);
-            assert_eq!(live.live(), 1);
-            orphans_finished().await;
-            assert_eq!(start.elapsed(), ms(15));
-            assert!(cleaned.get());
-            assert_eq!((live.created(), live.live()), (1, 0));
-        }));
-        assert_eq!(panics_on_this_thread(), 0);
+        left_to_the_orphans(
+            Nursery::new()
+                .drop_mode(DropMode::BlockingWait)
+                .grace(ms(500)),
+        )
     });
 }
 
 #[test]
 fn blocking_wait_fallback_keeps_the_grace_period_on_a_local_runtime() {
     bounded("blocking-wait mode, grace", || {
-        count_panics();
-        let runtime = local_runtime();
-        runtime.block_on(common::leak_checked(async {
-            let start = Instant::now();
-            let live = LiveFutures::new();
-            let handle = Rc::new(RefCell::new(None));
-            let guard = live.guard();
-            let stubborn = async move {
-                let _guard = guard;
-                let _not_send = Rc::new(());
-                tokio::time::sleep(HOUR).await; // not a cancellation point
-                Ok::<_, Cancelled>(())
-            };
-            let outer = nursery(|_| async {
-                let inner = one_child_nursery(
-                    Nursery::new()
-                        .drop_mode(DropMode::BlockingWait)
-                        .grace(ms(50)),
-                    stubborn,
-                    handle.clone(),
-                );
-                assert!(tokio::time::timeout(ms(10), inner).await.is_err());
-                assert_eq!(start.elapsed(), ms(10), "the drop did not block");
-                assert_eq!(live.live(), 1);
-                Ok::<_, Cancelled>(())
-            })
-            .await;
-            assert_eq!(outer.unwrap(), Some(()));
-            assert_eq!(
-                start.elapsed(),
-                ms(60),
-                "aborted at the end of the grace period"
-            );
-            assert_eq!((live.created(), live.live()), (1, 0));
-            let handle = handle.borrow_mut().take().unwrap();
-            assert!(matches!(handle.await, Err(JoinError::ChildAborted)));
-        }));
-        assert_eq!(panics_on_this_thread(), 0);
+        grace_kept_after_the_drop(DropMode::BlockingWait)
     });
 }
 
