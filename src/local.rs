@@ -585,7 +585,6 @@ impl<E: CancelError + fmt::Debug> LocalScope<'_, E> {
             let frame = FrameKind::Child {
                 parent: &self.node,
                 scope: task.scope(),
-                task: None,
             };
             let polled = catch_unwind(AssertUnwindSafe(|| {
                 let waker = waker_ref(&waker);

@@ -232,10 +232,9 @@ where
             .as_pin_mut()
             .expect("polled after completion");
         let cell = &**this.cell;
-        let frame = FrameKind::Child {
+        let frame = FrameKind::TaskChild {
             parent: &cell.nursery.node,
             scope: &cell.scope,
-            task: Some(&cell.scope),
         };
         let polled = catch_unwind(AssertUnwindSafe(|| {
             context::enter(frame, || future.poll(cx))
