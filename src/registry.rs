@@ -214,15 +214,6 @@ impl<A, F, L> Registry<A, F, L> {
     }
 
     /// The scopes of the orphaned nurseries adopted here (SPEC O2 shows them).
-    /// How many adoptees (orphaned nurseries, protected works) are alive here.
-    pub(crate) fn adoptees(&self) -> usize {
-        lock(&self.state)
-            .slots
-            .iter()
-            .filter(|(_, slot)| matches!(slot, Slot::Adoptee(_)))
-            .count()
-    }
-
     pub(crate) fn adopted_scopes(&self) -> Vec<Arc<crate::node::Node>> {
         lock(&self.state)
             .slots

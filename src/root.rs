@@ -186,19 +186,19 @@ impl Root {
     {
         let root: Arc<Mutex<Option<NurseryHandle<E>>>> = Arc::default();
         let slot = root.clone();
-        let mut nursery = Nursery::new().name("root").grace(self.grace);
-        if let Some(hook) = self.hook.clone() {
-            nursery = nursery.on_report(move |report| hook(report));
-        }
-        let nursery = nursery.run(move |n: NurseryHandle<E>| {
-            *lock(&slot) = Some(n.clone());
-            async move {
-                let outcome = body(n.clone()).await;
-                // `main` returned: everything else is cancelled (SPEC N13).
-                n.scope().cancel_because(CancelReason::Shutdown);
-                outcome
-            }
-        });
+        let nursery = Nursery::new()
+            .name("root")
+            .grace(self.grace)
+            .report_hook(self.hook.clone())
+            .run(move |n: NurseryHandle<E>| {
+                *lock(&slot) = Some(n.clone());
+                async move {
+                    let outcome = body(n.clone()).await;
+                    // `main` returned: everything else is cancelled (SPEC N13).
+                    n.scope().cancel_because(CancelReason::Shutdown);
+                    outcome
+                }
+            });
         let mut nursery = pin!(nursery);
         let mut received = 0;
         // Reports what was aborted also when a panic is resumed through here.

@@ -231,6 +231,11 @@ impl Nursery {
         }
     }
 
+    /// Sets the report hook as [`on_report`](Self::on_report) does, from one already shared.
+    pub(crate) fn report_hook(self, hook: Option<ReportHook>) -> Self {
+        Nursery { hook, ..self }
+    }
+
     /// Runs `body` with a handle to spawn children, and waits for the body and every child.
     ///
     /// The future yields:
@@ -338,11 +343,7 @@ impl<E: fmt::Debug> Shared<E> {
             }
             Recorded::Later => {}
             Recorded::Orphaned(failure, adopter) => adopter.orphan_report(orphan_failure(failure)),
-            Recorded::Unclaimed(failure) => self.report(&Report::Failure {
-                origin: failure.origin(),
-                error: failure.error(),
-                adopted: false,
-            }),
+            Recorded::Unclaimed(failure) => self.report_failure(&failure),
         }
     }
 }
@@ -668,6 +669,27 @@ impl<E> Shared<E> {
         }
     }
 
+    /// A panic nobody else will see, to the report hook.
+    fn report_panic(&self, panic: &registry::Panic<Origin>) {
+        self.report(&Report::Panic {
+            origin: &panic.label,
+            payload: &*panic.payload,
+            adopted: false,
+        });
+    }
+
+    /// A failure nobody else will see, to the report hook.
+    fn report_failure(&self, failure: &Failure<E>)
+    where
+        E: fmt::Debug,
+    {
+        self.report(&Report::Failure {
+            origin: failure.origin(),
+            error: failure.error(),
+            adopted: false,
+        });
+    }
+
     fn panicked(&self, origin: Origin, payload: Box<dyn std::any::Any + Send>) {
         #[cfg(feature = "tracing")]
         tracing::debug!(origin = %origin, "panic");
@@ -680,11 +702,7 @@ impl<E> Shared<E> {
             }
             Recorded::Later => {}
             Recorded::Orphaned(panic, adopter) => adopter.orphan_report(OrphanReport::Panic(panic)),
-            Recorded::Unclaimed(panic) => self.report(&Report::Panic {
-                origin: &panic.label,
-                payload: &*panic.payload,
-                adopted: false,
-            }),
+            Recorded::Unclaimed(panic) => self.report_panic(&panic),
         }
     }
 
@@ -692,8 +710,7 @@ impl<E> Shared<E> {
     /// with those of adopted nurseries aborted in the cascade, for `aborted_children`, the
     /// `Cancelled` the nursery passes on and a warn-level event. Returns the names.
     fn grace_expired(&self) -> Vec<String> {
-        let mut aborted = child_names(self, |_, _| true);
-        aborted.extend(self.abort_children(true));
+        let aborted = self.abort_named();
         #[cfg(feature = "tracing")]
         if !aborted.is_empty() {
             tracing::warn!(
@@ -703,6 +720,14 @@ impl<E> Shared<E> {
             );
         }
         let _ = self.aborted.set(aborted.clone());
+        aborted
+    }
+
+    /// Aborts every running child and what the nursery adopted, as an expired grace period
+    /// does, and returns their names.
+    fn abort_named(&self) -> Vec<String> {
+        let mut aborted = child_names(self, |_, _| true);
+        aborted.extend(self.abort_children(true));
         aborted
     }
 
@@ -1092,9 +1117,7 @@ impl<E> NurseryHandle<E> {
     /// Aborts every running child and what the nursery adopted (the cascade) as an expired
     /// grace period does, and returns their names (the root's second signal).
     pub(crate) fn abort_named(&self) -> Vec<String> {
-        let mut aborted = child_names(&self.shared, |_, _| true);
-        aborted.extend(self.shared.abort_children(true));
-        aborted
+        self.shared.abort_named()
     }
 
     /// Hands the failures and panics recorded so far to the report hook (the root stops
@@ -1104,25 +1127,13 @@ impl<E> NurseryHandle<E> {
         E: fmt::Debug,
     {
         let (failures, panics) = self.shared.registry.take_reports();
-        for failure in &failures {
-            self.shared.report(&Report::Failure {
-                origin: failure.origin(),
-                error: failure.error(),
-                adopted: false,
-            });
-        }
-        for panic in &panics {
-            self.shared.report(&Report::Panic {
-                origin: &panic.label,
-                payload: &*panic.payload,
-                adopted: false,
-            });
-        }
+        failures.iter().for_each(|f| self.shared.report_failure(f));
+        panics.iter().for_each(|p| self.shared.report_panic(p));
     }
 
     /// How many adopted nurseries and protected works the nursery still holds.
     pub(crate) fn adoptees(&self) -> usize {
-        self.shared.registry.adoptees()
+        self.shared.registry.adopted_scopes().len()
     }
 
     /// The report hook this nursery was given, if any.
@@ -1377,20 +1388,8 @@ where
         let (failures, mut panics) = shared.registry.take_reports();
         if !panics.is_empty() {
             let first = panics.remove(0);
-            for panic in &panics {
-                shared.report(&Report::Panic {
-                    origin: &panic.label,
-                    payload: &*panic.payload,
-                    adopted: false,
-                });
-            }
-            for failure in &failures {
-                shared.report(&Report::Failure {
-                    origin: failure.origin(),
-                    error: failure.error(),
-                    adopted: false,
-                });
-            }
+            panics.iter().for_each(|p| shared.report_panic(p));
+            failures.iter().for_each(|f| shared.report_failure(f));
             node.end(false);
             resume_unwind(first.payload);
         }
