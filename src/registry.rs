@@ -1,26 +1,40 @@
-//! A nursery's child registry: which children are alive, whether the nursery still accepts
-//! children, the failures and panics they reported, and the adoption handoff (SPEC N9).
+//! A nursery's child registry: how many children are alive, whether the nursery still
+//! accepts children, which children can be reached to abort them, the failures and panics
+//! they reported, and the adoption handoff (SPEC N9).
 //!
 //! Written against [`crate::sync`] and generic over the abort handle, so the close/spawn
 //! handoff can be model-checked with loom like the scope tree.
 //!
+//! A child that finishes in its first poll (most of them, in a fan-out of short tasks)
+//! never takes the lock: spawning it and ending it are one atomic read-modify-write each on
+//! the registry's word. Only a child that parks (its first poll returned `Pending`), a
+//! blocking child and an adopted nursery hold a slot, the way for `abort_all` and the task
+//! tree to reach them.
+//!
 //! Invariants (DESIGN.md, "Nurseries"):
 //!
-//! N-1. `live` (the occupied slots) counts children registered and not yet finished; a child is finished once its
-//!      future has been dropped (completed or aborted), so `live == 0` means no child future
-//!      is alive (SPEC N1).
-//! N-2. The nursery closes only when `live == 0`, under the same lock a spawn registers
-//!      under: no child can be added to a closed nursery, none is lost by a close.
-//! N-3. A slot holds the child's stopper from registration until `finished`. The stopper is
-//!      made before the task is spawned; its abort handle is stored after, without this
-//!      lock. A child registered after `abort_all` took the lock learns at registration
-//!      that it must abort itself; one registered before is among those `abort_all` visits,
-//!      and the two sides meet on one read-modify-write each of the child's own state (the
-//!      spawner's "handle stored", `abort_all`'s "abort requested"), so exactly one of them
-//!      sees the other and aborts the child.
+//! N-1. `live` (in the word) counts children entered and not yet finished, and adopted
+//!      nurseries not yet done; a child is finished once its future has been dropped
+//!      (completed or aborted), so `live == 0` means no child future is alive (SPEC N1).
+//! N-2. The nursery closes only when `live == 0`: closing is a compare-and-swap from "open,
+//!      none alive" to "closed" and entering one from "open, k alive" to "open, k + 1", on
+//!      the same word: no child can be added to a closed nursery, none is lost by a close.
+//! N-3. `abort_all` sets `ABORTED` under the lock and then aborts every child holding a
+//!      slot. A child takes its slot when it parks, under the lock, and reads `ABORTED`
+//!      there: set, it aborts itself; not set, `abort_all` finds its slot. A child that has
+//!      not parked reads `ABORTED` at its first poll and, if set, aborts itself instead of
+//!      running. So each child is asked to abort exactly once. Its abort handle is stored by
+//!      its spawner after the spawn, without this lock; the asker and the spawner meet on
+//!      one read-modify-write each of the child's own state (the spawner's "handle stored",
+//!      the asker's "abort requested"), so exactly one of them sees the other and aborts
+//!      the task.
 //! N-4. Once orphaned (wait-mode drop), a registry keeps no report: the ones it had and every
 //!      later one go to its adopter, under the lock that decides it, and the adopter learns
-//!      exactly once that the last child finished.
+//!      exactly once that the last child finished: the decrement that reaches zero is
+//!      followed by taking the lock, and `orphan` closes with a read-modify-write of the
+//!      word under the lock, so it either sees the last child gone (and tells the adopter
+//!      itself) or leaves the adopter where that child's end finds it. The nursery's waker
+//!      and the outlet's are stored and taken the same way.
 //! N-6. No report is kept where nobody will take it: once the nursery took its last
 //!      reports (`take_reports`) or its future is gone (`retire`), a failure or panic with
 //!      no adopter to go to is handed back `Unclaimed`, for the report hook.
@@ -35,7 +49,7 @@ use std::task::{Poll, Waker};
 
 use crate::pages::Pages;
 
-use crate::sync::{Mutex, MutexGuard, lock};
+use crate::sync::{AtomicUsize, Mutex, MutexGuard, Ordering, lock};
 
 /// A nursery (or the orphan registry) that takes over the children of a nursery whose
 /// future was dropped in wait mode (SPEC N9).
@@ -113,12 +127,21 @@ pub(crate) struct Panic<L> {
 }
 
 pub(crate) struct Registry<A, F, L> {
+    /// `live << 2 | ABORTED | CLOSED` (N-1, N-2, N-3).
+    word: AtomicUsize,
     state: Mutex<State<A, F, L>>,
 }
 
+/// The nursery accepts no more children.
+const CLOSED: usize = 1;
+/// Its children were aborted (grace expired, abort drop): so is whatever enters or parks
+/// later (N-3).
+const ABORTED: usize = 2;
+/// One live child in the word.
+const ONE: usize = 4;
+
 struct State<A, F, L> {
-    open: bool,
-    /// One per live child or adopted nursery: their number is `live` (N-1).
+    /// One per parked child, blocking child or adopted nursery (N-3).
     slots: Pages<Slot<A>>,
     /// Failures and panics not yet taken, oldest first.
     incidents: VecDeque<Incident<F, L>>,
@@ -130,8 +153,6 @@ struct State<A, F, L> {
     outlet: Option<Waker>,
     /// Set when the nursery's future was dropped in wait mode (N-4).
     adopter: Option<(Arc<dyn Adopter<L>>, usize)>,
-    /// Its children were aborted (grace expired, abort drop): so is whatever it adopts later.
-    aborted: bool,
     /// The nursery took its last reports, or its future is gone (N-6).
     retired: bool,
 }
@@ -146,38 +167,114 @@ enum Slot<A> {
 #[derive(Debug)]
 pub(crate) struct Closed;
 
+/// A registry's numbers, for the task tree (SPEC O2).
+pub(crate) struct Counts {
+    /// Children alive (N-1).
+    pub(crate) running: usize,
+    /// Of those, the ones without a slot: not polled yet, or in their first poll.
+    pub(crate) unlisted: usize,
+    /// Adopted nurseries not yet done.
+    pub(crate) adopted: usize,
+    pub(crate) open: bool,
+    /// Failures and panics not yet taken.
+    pub(crate) incidents: usize,
+}
+
+/// Who waits for the last child to finish (N-4), to be told once the lock is released.
+struct Last<L> {
+    waiter: Option<Waker>,
+    outlet: Option<Waker>,
+    adopter: Option<(Arc<dyn Adopter<L>>, usize)>,
+}
+
+impl<L> Last<L> {
+    fn tell(self) {
+        if let Some(waiter) = self.waiter {
+            waiter.wake();
+        }
+        if let Some(outlet) = self.outlet {
+            outlet.wake();
+        }
+        if let Some((adopter, key)) = self.adopter {
+            adopter.adoptee_finished(key);
+        }
+    }
+}
+
 impl<A, F, L> Registry<A, F, L> {
     pub(crate) fn new() -> Self {
         Registry {
+            word: AtomicUsize::new(0),
             state: Mutex::new(State {
-                open: true,
                 slots: Pages::new(),
                 incidents: VecDeque::new(),
                 reported: 0,
                 waiter: None,
                 outlet: None,
                 adopter: None,
-                aborted: false,
                 retired: false,
             }),
         }
     }
 
-    /// Registers a child about to be spawned, with the stopper `make` returns for its key
-    /// (N-2). `true` with the key when the nursery has already aborted its children: the
-    /// spawner then aborts this one itself (N-3).
+    /// Counts a child about to be spawned, unless the nursery has closed (N-2). The child
+    /// has no slot until it parks ([`park`](Self::park)), and reads at its first poll
+    /// whether the nursery aborted its children ([`is_aborted`](Self::is_aborted)).
+    pub(crate) fn enter(&self) -> Result<(), Closed> {
+        self.count_in().map(drop)
+    }
+
+    /// One more live child, unless closed; returns whether the nursery had aborted its
+    /// children.
+    fn count_in(&self) -> Result<bool, Closed> {
+        let mut word = self.word.load(Ordering::Relaxed);
+        loop {
+            if word & CLOSED != 0 {
+                return Err(Closed);
+            }
+            match self.word.compare_exchange_weak(
+                word,
+                word + ONE,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Ok(word & ABORTED != 0),
+                Err(now) => word = now,
+            }
+        }
+    }
+
+    /// Registers a child about to be spawned with a slot from the start (a blocking child,
+    /// which never parks), holding the stopper `make` returns for its key (N-2). `true` with
+    /// the key when the nursery has already aborted its children: the spawner then stops
+    /// this one itself (N-3).
     pub(crate) fn register(&self, make: impl FnOnce(usize) -> A) -> Result<(usize, bool), Closed> {
         let mut state = lock(&self.state);
-        if !state.open {
-            return Err(Closed);
-        }
+        let aborted = self.count_in()?;
         let key = state.slots.next_key();
         let inserted = state.slots.insert(Slot::Running(make(key)));
         debug_assert_eq!(inserted, key);
-        Ok((key, state.aborted))
+        Ok((key, aborted))
     }
 
-    /// The first running child's stopper for which `f` says something.
+    /// A child entered with [`enter`](Self::enter) parked for the first time: it takes a
+    /// slot, holding `stopper`, so `abort_all` reaches it. `true` with the key when the
+    /// nursery has already aborted its children: the child then aborts itself (N-3).
+    pub(crate) fn park(&self, stopper: A) -> (usize, bool) {
+        let mut state = lock(&self.state);
+        let key = state.slots.insert(Slot::Running(stopper));
+        (key, self.word.load(Ordering::Relaxed) & ABORTED != 0)
+    }
+
+    /// Whether the nursery aborted its children: a child that has not parked yet reads it
+    /// at its first poll, and aborts itself instead of running (N-3).
+    #[inline]
+    pub(crate) fn is_aborted(&self) -> bool {
+        self.word.load(Ordering::Acquire) & ABORTED != 0
+    }
+
+    /// The first running child's stopper for which `f` says something (among those with a
+    /// slot: a child that has not parked yet has none).
     pub(crate) fn find<R>(&self, f: impl Fn(&A) -> Option<R>) -> Option<R> {
         lock(&self.state)
             .slots
@@ -188,7 +285,7 @@ impl<A, F, L> Registry<A, F, L> {
             })
     }
 
-    /// What `f` says of each running child.
+    /// What `f` says of each running child with a slot.
     pub(crate) fn collect<R>(&self, f: impl Fn(&A) -> Option<R>) -> Vec<R> {
         lock(&self.state)
             .slots
@@ -225,35 +322,46 @@ impl<A, F, L> Registry<A, F, L> {
             .collect()
     }
 
-    /// A child's future has been dropped (N-1), or an adoptee's last child finished. Wakes
-    /// the nursery, or tells the adopter, when it was the last.
-    pub(crate) fn finished(&self, key: usize) {
-        let mut state = lock(&self.state);
-        // Dropped once the lock is released: a stopper may hold the last reference to
-        // anything (N-5).
-        let _removed = state
-            .slots
-            .try_remove(key)
-            .expect("a child slot finishes once");
-        let (waiter, outlet, adopter) = if state.slots.is_empty() {
-            (
-                state.waiter.take(),
-                state.outlet.take(),
-                state.adopter.take(),
-            )
-        } else {
-            (None, None, None)
+    /// A child's future has been dropped (N-1), or an adoptee's last child finished: `slot`
+    /// is its key if it held one. Wakes the nursery, or tells the adopter, when it was the
+    /// last. A child that never parked takes no lock unless it is the last.
+    pub(crate) fn finished(&self, slot: Option<usize>) {
+        let last = match slot {
+            None if !self.leave() => return,
+            None => Self::take_last(lock(&self.state)),
+            Some(key) => {
+                let mut state = lock(&self.state);
+                // Dropped once the lock is released: a stopper may hold the last reference
+                // to anything (N-5).
+                let _removed = state
+                    .slots
+                    .try_remove(key)
+                    .expect("a child slot finishes once");
+                if !self.leave() {
+                    return;
+                }
+                Self::take_last(state)
+            }
         };
-        drop(state);
-        if let Some(waiter) = waiter {
-            waiter.wake();
+        last.tell();
+    }
+
+    /// One child fewer; true if it was the last: its end then takes the lock (N-4).
+    fn leave(&self) -> bool {
+        self.word.fetch_sub(ONE, Ordering::AcqRel) >> 2 == 1
+    }
+
+    /// The last child finished: who waits for it, taken under the lock, told after it.
+    fn take_last(mut state: MutexGuard<'_, State<A, F, L>>) -> Last<L> {
+        Last {
+            waiter: state.waiter.take(),
+            outlet: state.outlet.take(),
+            adopter: state.adopter.take(),
         }
-        if let Some(outlet) = outlet {
-            outlet.wake();
-        }
-        if let Some((adopter, key)) = adopter {
-            adopter.adoptee_finished(key);
-        }
+    }
+
+    fn live_in(word: usize) -> usize {
+        word >> 2
     }
 
     /// Records a failure (N4), or hands it back for the adopter (N-4).
@@ -307,7 +415,8 @@ impl<A, F, L> Registry<A, F, L> {
         if let Some(incident) = state.incidents.pop_front() {
             return Poll::Ready(Some(incident));
         }
-        if state.slots.is_empty() {
+        // Read under the lock, after which the last child's end takes it (N-4).
+        if self.live() == 0 {
             return Poll::Ready(None);
         }
         match &mut state.outlet {
@@ -320,10 +429,8 @@ impl<A, F, L> Registry<A, F, L> {
     /// Registers an orphaned nursery as one adoptee of this one (N9).
     pub(crate) fn adopt(&self, stop: Arc<dyn StopAll>) -> Result<(usize, bool), Closed> {
         let mut state = lock(&self.state);
-        if !state.open {
-            return Err(Closed);
-        }
-        Ok((state.slots.insert(Slot::Adoptee(stop)), state.aborted))
+        let aborted = self.count_in()?;
+        Ok((state.slots.insert(Slot::Adoptee(stop)), aborted))
     }
 
     /// Hands the live children to `adopter` (N-4). Returns the incidents kept so far, for
@@ -335,9 +442,9 @@ impl<A, F, L> Registry<A, F, L> {
         key: usize,
     ) -> (Vec<Incident<F, L>>, bool) {
         let mut state = lock(&self.state);
-        state.open = false;
+        let word = self.word.fetch_or(CLOSED, Ordering::AcqRel);
         let incidents = state.incidents.drain(..).collect();
-        let done = state.slots.is_empty();
+        let done = Self::live_in(word) == 0;
         if !done {
             state.adopter = Some((adopter, key));
         }
@@ -348,16 +455,27 @@ impl<A, F, L> Registry<A, F, L> {
     /// when the last one finishes (N-2).
     pub(crate) fn try_close(&self, waker: &Waker) -> bool {
         let mut state = lock(&self.state);
-        if state.slots.is_empty() {
-            state.open = false;
-            true
-        } else {
-            match &mut state.waiter {
-                Some(existing) if existing.will_wake(waker) => {}
-                slot => *slot = Some(waker.clone()),
+        let mut word = self.word.load(Ordering::Acquire);
+        while Self::live_in(word) == 0 {
+            match self.word.compare_exchange_weak(
+                word,
+                word | CLOSED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    state.waiter = None;
+                    return true;
+                }
+                Err(now) => word = now,
             }
-            false
         }
+        // Stored under the lock, after which the last child's end takes it (N-4).
+        match &mut state.waiter {
+            Some(existing) if existing.will_wake(waker) => {}
+            slot => *slot = Some(waker.clone()),
+        }
+        false
     }
 
     /// The nursery's future is gone: a report arriving from now on, with no adopter to
@@ -368,46 +486,57 @@ impl<A, F, L> Registry<A, F, L> {
 
     /// Closes the nursery to new children whatever is alive (the nursery's future is gone).
     pub(crate) fn close(&self) {
-        lock(&self.state).open = false;
+        self.word.fetch_or(CLOSED, Ordering::AcqRel);
     }
 
     pub(crate) fn is_open(&self) -> bool {
-        lock(&self.state).open
+        self.word.load(Ordering::Acquire) & CLOSED == 0
     }
 
+    /// Children (and adopted nurseries) alive (N-1).
     pub(crate) fn live(&self) -> usize {
-        lock(&self.state).slots.len()
+        Self::live_in(self.word.load(Ordering::Acquire))
     }
 
-    /// Running children, adopted nurseries, whether open, incidents not yet taken.
-    pub(crate) fn counts(&self) -> (usize, usize, bool, usize) {
+    /// What the task tree says of the nursery.
+    pub(crate) fn counts(&self) -> Counts {
         let state = lock(&self.state);
         let adopted = state
             .slots
             .iter()
             .filter(|(_, slot)| matches!(slot, Slot::Adoptee(_)))
             .count();
-        (
-            state.slots.len() - adopted,
+        let word = self.word.load(Ordering::Acquire);
+        let live = Self::live_in(word);
+        Counts {
+            running: live.saturating_sub(adopted),
+            unlisted: live.saturating_sub(state.slots.len()),
             adopted,
-            state.open,
-            state.incidents.len(),
-        )
+            open: word & CLOSED == 0,
+            incidents: state.incidents.len(),
+        }
+    }
+
+    /// Running children without a slot: not polled yet, or in their first poll (N-3).
+    pub(crate) fn unlisted(&self) -> usize {
+        let state = lock(&self.state);
+        self.live().saturating_sub(state.slots.len())
     }
 
     /// Calls `abort` on every running child's stopper, and `later` on those it declines (a
     /// blocking child is told rather than aborted), all after the lock is released: on a
     /// runtime that is shutting down, tokio may drop an aborted task's future inline, and
     /// the child's end takes this lock. Then aborts every adopted nursery's children in turn
-    /// (the cascade), and returns what those named. Later adoptions and spawns are aborted at
-    /// once (`adopt`, N-3).
+    /// (the cascade), and returns what those named. Children that have not parked, later
+    /// adoptions and later spawns abort themselves (N-3).
     pub(crate) fn abort_all(&self, abort: impl Fn(&A) -> bool, later: impl Fn(&A)) -> Vec<String>
     where
         A: Clone,
     {
         let (stoppers, adopted) = {
-            let mut state = lock(&self.state);
-            state.aborted = true;
+            let state = lock(&self.state);
+            // Under the lock, so a child parking now either sees it or is found below (N-3).
+            self.word.fetch_or(ABORTED, Ordering::AcqRel);
             let (mut stoppers, mut adopted) = (Vec::new(), Vec::new());
             for (_, slot) in state.slots.iter() {
                 match slot {
@@ -442,7 +571,6 @@ impl<A, F, L> Registry<A, F, L> {
         (failures, panics)
     }
 }
-
 /// Model checks of the registry's handoffs (SPEC R1):
 /// `RUSTFLAGS="--cfg loom" cargo test --lib --release loom_`.
 #[cfg(all(test, loom))]
@@ -453,32 +581,67 @@ mod loom_tests {
 
     type Plain = Registry<(), (), ()>;
 
-    /// N-2: a spawn registering while the nursery closes either lands before the close (and
-    /// is waited for) or is refused; never a child alive in a closed nursery.
+    /// N-2: a spawn entering (no slot) or registering (a slot) while the nursery closes
+    /// either lands before the close (and is waited for) or is refused; never a child alive
+    /// in a closed nursery.
     #[test]
     fn loom_registering_races_with_closing() {
+        for with_slot in [false, true] {
+            loom::model(move || {
+                let registry = Arc::new(Plain::new());
+                let spawner = {
+                    let registry = registry.clone();
+                    thread::spawn(move || {
+                        let entered = if with_slot {
+                            registry.register(|_| ()).map(|(key, _)| Some(key))
+                        } else {
+                            registry.enter().map(|()| None)
+                        };
+                        match entered {
+                            Ok(slot) => {
+                                registry.finished(slot);
+                                true
+                            }
+                            Err(Closed) => false,
+                        }
+                    })
+                };
+                let closed = registry.try_close(futures::task::noop_waker_ref());
+                let registered = spawner.join().unwrap();
+                if closed {
+                    assert_eq!(registry.live(), 0);
+                }
+                assert!(
+                    registered || closed,
+                    "a refusal means the nursery had closed"
+                );
+                assert_eq!(registry.live(), 0);
+            });
+        }
+    }
+
+    /// N-2, N-4: the last child ends without a slot (no lock unless it is the last) while
+    /// the nursery waits for it: the nursery is woken (a lost wake-up deadlocks the model)
+    /// and closes.
+    #[test]
+    fn loom_the_last_child_without_a_slot_wakes_the_closing_nursery() {
         loom::model(|| {
             let registry = Arc::new(Plain::new());
-            let spawner = {
+            registry.enter().unwrap();
+            let child = {
                 let registry = registry.clone();
-                thread::spawn(move || match registry.register(|_| ()) {
-                    Ok((key, _)) => {
-                        registry.finished(key);
-                        true
-                    }
-                    Err(Closed) => false,
-                })
+                thread::spawn(move || registry.finished(None))
             };
-            let closed = registry.try_close(futures::task::noop_waker_ref());
-            let registered = spawner.join().unwrap();
-            if closed {
-                assert_eq!(registry.live(), 0);
-            }
-            assert!(
-                registered || closed,
-                "a refusal means the nursery had closed"
-            );
-            assert_eq!(registry.live(), 0);
+            crate::sync::block_on(std::future::poll_fn(|cx| {
+                if registry.try_close(cx.waker()) {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            }));
+            child.join().unwrap();
+            assert!(!registry.is_open());
+            assert!(registry.enter().is_err());
         });
     }
 
@@ -504,25 +667,32 @@ mod loom_tests {
         }
     }
 
-    /// N-4: the last child finishing races with the orphaning; the adopter hears exactly
-    /// once that the adoptee is done.
+    /// N-4: the last child finishing (with a slot, or without one and so without the lock)
+    /// races with the orphaning; the adopter hears exactly once that the adoptee is done.
     #[test]
     fn loom_last_child_finishing_races_with_orphaning() {
-        loom::model(|| {
-            let registry = Arc::new(Plain::new());
-            let (key, _) = registry.register(|_| ()).unwrap();
-            let child = {
-                let registry = registry.clone();
-                thread::spawn(move || registry.finished(key))
-            };
-            let adopter = Arc::new(Counting(AtomicU64::new(0)));
-            let (_, done) = registry.orphan(adopter.clone(), 7);
-            if done {
-                adopter.adoptee_finished(7);
-            }
-            child.join().unwrap();
-            assert_eq!(adopter.0.load(Ordering::SeqCst), 1);
-        });
+        for with_slot in [false, true] {
+            loom::model(move || {
+                let registry = Arc::new(Plain::new());
+                let slot = if with_slot {
+                    Some(registry.register(|_| ()).unwrap().0)
+                } else {
+                    registry.enter().unwrap();
+                    None
+                };
+                let child = {
+                    let registry = registry.clone();
+                    thread::spawn(move || registry.finished(slot))
+                };
+                let adopter = Arc::new(Counting(AtomicU64::new(0)));
+                let (_, done) = registry.orphan(adopter.clone(), 7);
+                if done {
+                    adopter.adoptee_finished(7);
+                }
+                child.join().unwrap();
+                assert_eq!(adopter.0.load(Ordering::SeqCst), 1);
+            });
+        }
     }
     /// A child as its stopper sees it: the two bits of `ChildScope`'s state the abort
     /// handshake uses, and how often it was aborted.
@@ -563,11 +733,63 @@ mod loom_tests {
         }
     }
 
-    /// N-3, the abort drop path: a spawn registers its child and stores the abort handle
-    /// outside the lock, while the nursery aborts all its children (`abort_all` asks each
-    /// one it found registered, after the lock). The child is aborted exactly once: by
-    /// its spawner (registered after `abort_all`, or asked before its handle was stored)
-    /// or by `abort_all`.
+    /// The child's first poll, as `ChildTask::poll` does it: a nursery that aborted its
+    /// children already is seen at once; otherwise the child runs, parks, and takes a slot,
+    /// seeing the abort there if it came meanwhile (N-3). Returns its slot.
+    fn first_poll(registry: &Registry<Arc<Task>, (), ()>, task: &Arc<Task>) -> Option<usize> {
+        if registry.is_aborted() {
+            task.stop();
+            return None;
+        }
+        let (key, aborted) = registry.park(task.clone());
+        if aborted {
+            task.stop();
+        }
+        Some(key)
+    }
+
+    /// N-3, the abort drop path: a spawn counts its child (no slot) and stores the abort
+    /// handle outside the lock, while the child's first poll runs on another thread and
+    /// the nursery aborts all its children (`abort_all` asks each one it finds with a slot,
+    /// after the lock). The child is asked to abort exactly once (by itself at its first
+    /// poll or when it parks, or by `abort_all`), and aborted exactly once (by whoever of
+    /// the asker and the spawner comes second).
+    #[test]
+    fn loom_abort_all_races_with_a_spawn_and_its_first_poll() {
+        loom::model(|| {
+            let registry = Arc::new(Registry::<Arc<Task>, (), ()>::new());
+            let spawner = {
+                let registry = registry.clone();
+                thread::spawn(move || {
+                    let task = Arc::new(Task::default());
+                    registry.enter().expect("abort_all does not close");
+                    let polling = {
+                        let (registry, task) = (registry.clone(), task.clone());
+                        thread::spawn(move || first_poll(&registry, &task))
+                    };
+                    task.spawned(false);
+                    let slot = polling.join().unwrap();
+                    (task, slot)
+                })
+            };
+            registry.abort_all(
+                |task| task.stop(),
+                |_| unreachable!("async children are aborted, not told"),
+            );
+            let (task, slot) = spawner.join().unwrap();
+            assert_eq!(
+                task.aborts.load(Ordering::SeqCst),
+                1,
+                "N-3: a child spawned while its nursery aborts is aborted, once"
+            );
+            registry.finished(slot);
+            assert_eq!(registry.live(), 0);
+        });
+    }
+
+    /// N-3 for a child registered with a slot at once (a named or started one): a spawn
+    /// registers it and stores the abort handle outside the lock, while the nursery aborts
+    /// all its children. The child is aborted exactly once.
     #[test]
     fn loom_abort_all_races_with_a_spawn_storing_its_abort_handle() {
         loom::model(|| {
@@ -612,16 +834,19 @@ mod loom_tests {
             let ending = {
                 let registry = registry.clone();
                 // The running child ends (it returned, or tokio dropped it once aborted).
-                thread::spawn(move || registry.finished(key))
+                thread::spawn(move || registry.finished(Some(key)))
             };
             let spawner = {
                 let registry = registry.clone();
                 thread::spawn(move || {
                     let task = Arc::new(Task::default());
-                    let (key, aborted) = registry.register(|_| task.clone()).ok()?;
-                    task.spawned(aborted);
+                    registry.enter().ok()?;
+                    // Its first poll (here before its handle is stored; the other order is
+                    // the model above).
+                    let slot = first_poll(&registry, &task);
+                    task.spawned(false);
                     // Its end (once tokio dropped it) is reported after the joins.
-                    Some((task, key))
+                    Some((task, slot))
                 })
             };
             registry.abort_all(|task| task.stop(), |_| unreachable!());
@@ -631,9 +856,9 @@ mod loom_tests {
                 adopter.adoptee_finished(7);
             }
             ending.join().unwrap();
-            if let Some((task, key)) = spawner.join().unwrap() {
+            if let Some((task, slot)) = spawner.join().unwrap() {
                 assert_eq!(task.aborts.load(Ordering::SeqCst), 1, "N-3");
-                registry.finished(key);
+                registry.finished(slot);
             }
             assert!(registry.register(|_| Arc::new(Task::default())).is_err());
             assert_eq!(registry.live(), 0);
@@ -693,7 +918,7 @@ mod loom_tests {
     fn loom_failures_racing_with_orphaning_are_reported_once() {
         loom::model(|| {
             let registry = Arc::new(Registry::<(), (), ()>::new());
-            let (failing, _) = registry.register(|_| ()).unwrap();
+            registry.enter().unwrap();
             let (panicking, _) = registry.register(|_| ()).unwrap();
             let failer = {
                 let registry = registry.clone();
@@ -705,7 +930,7 @@ mod loom_tests {
                         Recorded::First | Recorded::Later => {}
                         Recorded::Unclaimed(()) => unreachable!("not retired in this model"),
                     }
-                    registry.finished(failing);
+                    registry.finished(None);
                 })
             };
             let panicker = {
@@ -718,7 +943,7 @@ mod loom_tests {
                         Recorded::First | Recorded::Later => {}
                         Recorded::Unclaimed(_) => unreachable!("not retired in this model"),
                     }
-                    registry.finished(panicking);
+                    registry.finished(Some(panicking));
                 })
             };
             let adopter = Arc::new(Recording::default());
@@ -799,7 +1024,7 @@ mod loom_tests {
                         assert!(!aborted);
                         // The adoptee's children run to their end, then the last one tells.
                         work_done.store(true, Ordering::SeqCst);
-                        adopter.finished(key);
+                        adopter.finished(Some(key));
                         true
                     }
                     // Falls through to the next adopter (the orphan registry).

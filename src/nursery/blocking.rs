@@ -113,7 +113,7 @@ struct Finished<E> {
 impl<E> Drop for Finished<E> {
     fn drop(&mut self) {
         self.node.end(false);
-        self.nursery.registry.finished(self.key);
+        self.nursery.registry.finished(Some(self.key));
     }
 }
 

@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use pin_project::{pin_project, pinned_drop};
-use tokio::task::{AbortHandle, JoinHandle};
+use tokio::task::JoinHandle;
 
-use super::Shared;
 pub(crate) use super::child_scope::{ChildScope, TaskScope};
 use super::report::{Failure, Origin};
+use super::{Shared, Stopper};
 use crate::cancelled::{CancelError, Cancelled};
 use crate::context::{self, FrameKind};
 use crate::node::{Node, ScopeId};
@@ -34,24 +34,28 @@ pub(crate) enum ChildOutput<T> {
 /// one pointer: tokio's smallest cell for small futures).
 pub(crate) struct ChildCell<E> {
     pub(crate) nursery: Arc<Shared<E>>,
-    /// Boxed: a name is rare, and a thin pointer keeps every unnamed child 8 bytes smaller.
-    name: Option<Box<Arc<str>>>,
     pub(crate) scope: TaskScope,
 }
 
 impl<E> ChildCell<E> {
     /// A child whose scope is made under its nursery's when needed.
-    pub(crate) fn new(nursery: Arc<Shared<E>>, key: usize, name: Option<Arc<str>>) -> Self {
+    pub(crate) fn new(nursery: Arc<Shared<E>>, name: Option<Arc<str>>) -> Self {
         ChildCell {
             nursery,
-            name: name.map(Box::new),
-            scope: TaskScope::new(key),
+            scope: TaskScope::new(name),
         }
     }
 
-    /// The child's abort handle, once its task was spawned.
-    pub(crate) fn abort_handle(&self) -> Option<&AbortHandle> {
-        self.scope.abort_handle()
+    /// Aborts the child's task (one whose handle is not stored yet is aborted by its
+    /// spawner, registry invariant N-3), unless a parallel borrowing scope runs in it: that
+    /// one is told "grace expired" and aborted when the scope ends (SPEC B2).
+    pub(crate) fn abort(&self) {
+        if self.abort_put_off() {
+            return;
+        }
+        if let Some(abort) = self.scope.request_abort() {
+            abort.abort();
+        }
     }
 
     /// If a parallel borrowing scope runs in this child (SPEC B2), tells it "grace expired"
@@ -67,7 +71,7 @@ impl<E> ChildCell<E> {
     }
 
     pub(crate) fn name(&self) -> Option<&Arc<str>> {
-        self.name.as_deref()
+        self.scope.name()
     }
 
     /// The child's own scope, made now if it had none (under its nursery's); `None` once
@@ -95,7 +99,7 @@ pub(crate) trait ChildInfo: Send + Sync {
 
 impl<E: Send + 'static> ChildInfo for ChildCell<E> {
     fn name(&self) -> Option<&Arc<str>> {
-        self.name.as_deref()
+        self.scope.name()
     }
 
     fn cancel(&self, reason: CancelReason) {
@@ -232,6 +236,13 @@ where
             .as_pin_mut()
             .expect("polled after completion");
         let cell = &**this.cell;
+        // Only a child that parked holds a slot: without one, this is its first poll.
+        let first = cell.scope.slot().is_none();
+        if first && cell.nursery.registry.is_aborted() {
+            // Its nursery aborted its children after it was spawned (N8, N7): it never runs.
+            cell.abort();
+            return Poll::Pending;
+        }
         let frame = FrameKind::TaskChild {
             parent: &cell.nursery.node,
             scope: &cell.scope,
@@ -240,7 +251,12 @@ where
             context::enter(frame, || future.poll(cx))
         }));
         let ready = match polled {
-            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Pending) => {
+                if first {
+                    park(this.cell);
+                }
+                return Poll::Pending;
+            }
             Ok(Poll::Ready(result)) => Ok(result),
             Err(payload) => Err(payload),
         };
@@ -259,6 +275,18 @@ where
         let cancelled = cell.settled().is_cancelled();
         let output = settle(ready, cancelled, &cell.nursery, || origin(cell));
         Poll::Ready(this.route.deliver(output))
+    }
+}
+
+/// A child parked for the first time: it takes a slot in its nursery's registry, where the
+/// nursery's abort and the task tree reach it, and aborts itself if the nursery aborted its
+/// children meanwhile (registry invariant N-3).
+#[cold]
+fn park<E>(cell: &Arc<ChildCell<E>>) {
+    let (key, aborted) = cell.nursery.registry.park(Stopper::Task(cell.clone()));
+    cell.scope.set_slot(key);
+    if aborted {
+        cell.abort();
     }
 }
 
@@ -347,7 +375,7 @@ impl<F, E, R: OnAbort> PinnedDrop for ChildTask<F, E, R> {
         // Once finished, the route has nothing left to send: only an abort is news here.
         this.route.aborted();
         cell.scope.end();
-        cell.nursery.registry.finished(cell.scope.key());
+        cell.nursery.registry.finished(cell.scope.slot());
     }
 }
 

@@ -35,6 +35,9 @@ const PARKED: u8 = 16;
 /// (SPEC N7's unobserved-cancellation warning).
 const OBSERVED: u8 = 32;
 
+/// `TaskScope::slot` of a child that has not parked.
+const NO_SLOT: u32 = u32::MAX;
+
 /// Serialises the making of child scopes (rare: at most once per child, when a handle's
 /// `cancel`, a scope or a waiter inside the child first needs one), striped by cell address
 /// so unrelated children seldom share a lock.
@@ -57,13 +60,17 @@ pub(crate) struct ChildScope {
     node: UnsafeCell<MaybeUninit<Arc<Node>>>,
 }
 
-/// A nursery child's scope with its task's slots: its key in the registry and the abort
-/// handle. Dereferences to its [`ChildScope`].
+/// A nursery child's scope with its task's slots: its key in the registry, its name and
+/// the abort handle. Dereferences to its [`ChildScope`].
 pub(crate) struct TaskScope {
     scope: ChildScope,
     /// The child's slot in its nursery's registry, as 32 bits (a nursery never holds 2^32
-    /// children at once).
-    key: u32,
+    /// children at once); `NO_SLOT` until the child parks (registry invariant N-3). Written
+    /// and read only by the child's own task.
+    slot: AtomicU32,
+    /// The name given at spawn. Boxed: a name is rare, and a thin pointer keeps every
+    /// unnamed child 8 bytes smaller.
+    name: Option<Box<Arc<str>>>,
     /// The task's abort handle, stored right after the spawn (registry invariant N-3).
     abort: UnsafeCell<MaybeUninit<AbortHandle>>,
 }
@@ -89,18 +96,37 @@ impl std::ops::Deref for TaskScope {
 }
 
 impl TaskScope {
-    /// The scope of the child registered under `key`.
-    pub(crate) fn new(key: usize) -> Self {
+    /// The scope of a child about to be spawned: no slot in its registry yet.
+    pub(crate) fn new(name: Option<Arc<str>>) -> Self {
         TaskScope {
             scope: ChildScope::new(),
-            key: u32::try_from(key).expect("a nursery holds fewer than 2^32 children"),
+            slot: AtomicU32::new(NO_SLOT),
+            name: name.map(Box::new),
             abort: UnsafeCell::new(MaybeUninit::uninit()),
         }
     }
 
-    /// The child's slot in its nursery's registry.
-    pub(crate) fn key(&self) -> usize {
-        self.key as usize
+    /// The name given at spawn, if any.
+    pub(crate) fn name(&self) -> Option<&Arc<str>> {
+        self.name.as_deref()
+    }
+
+    /// The child's slot in its nursery's registry, once it parked.
+    #[inline]
+    pub(crate) fn slot(&self) -> Option<usize> {
+        match self.slot.load(Ordering::Relaxed) {
+            NO_SLOT => None,
+            key => Some(key as usize),
+        }
+    }
+
+    /// Records the slot the child took when it parked.
+    pub(crate) fn set_slot(&self, key: usize) {
+        let key = u32::try_from(key)
+            .ok()
+            .filter(|&key| key != NO_SLOT)
+            .expect("a nursery holds fewer than 2^32 - 1 parked children");
+        self.slot.store(key, Ordering::Relaxed);
     }
 
     /// The task's abort handle, once it was spawned.
@@ -298,7 +324,7 @@ mod tests {
     #[test]
     fn child_scope_made_once_and_dropped() {
         let parent = parent();
-        let scope = TaskScope::new(0);
+        let scope = TaskScope::new(None);
         assert!(scope.own().is_none());
         let first = Arc::as_ptr(scope.node(&parent));
         assert_eq!(Arc::as_ptr(scope.node(&parent)), first);

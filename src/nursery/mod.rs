@@ -362,7 +362,7 @@ impl<E: Send + 'static> Adopter<Origin> for Shared<E> {
     }
 
     fn adoptee_finished(&self, key: usize) {
-        self.registry.finished(key);
+        self.registry.finished(Some(key));
     }
 
     fn successor(&self) -> Option<Arc<dyn Adopter<Origin>>> {
@@ -374,23 +374,33 @@ impl<E: Send + 'static> Adopter<Origin> for Shared<E> {
     }
 
     fn describe_child(&self, child: ScopeId) -> Option<Description> {
-        self.registry.find(|stopper| match stopper {
-            Stopper::Task(cell) if cell.scope.id() == child => Some(child_description(cell)),
-            _ => None,
-        })
+        self.registry
+            .find(|stopper| match stopper {
+                Stopper::Task(cell) if cell.scope.id() == child => {
+                    Some(child_description(&cell.scope))
+                }
+                _ => None,
+            })
+            .or_else(|| child_being_polled(child))
     }
 
     fn children_without_scope(&self) -> Vec<(ScopeId, Description)> {
         self.registry.collect(|stopper| match stopper {
             Stopper::Task(cell) if cell.scope.own().is_none() => {
-                Some((cell.scope.id(), child_description(cell)))
+                Some((cell.scope.id(), child_description(&cell.scope)))
             }
             _ => None,
         })
     }
 
     fn describe(&self) -> Description {
-        let (running, adopted, open, incidents) = self.registry.counts();
+        let registry::Counts {
+            running,
+            unlisted,
+            adopted,
+            open,
+            incidents,
+        } = self.registry.counts();
         let mut detail = match (open, self.node.is_cancelled()) {
             // Closed with children still running: its future was dropped and they are
             // finishing under the adopter whose tree shows this (SPEC O2, N9).
@@ -401,6 +411,10 @@ impl<E: Send + 'static> Adopter<Origin> for Shared<E> {
             (true, true) => format!("cancelling, waiting on {}", children(running)),
             (true, false) => format!("running, {}", children(running)),
         };
+        if unlisted > 0 {
+            // Listed once they wait (registry invariant N-3).
+            detail.push_str(&format!(", {unlisted} of them starting"));
+        }
         if adopted > 0 {
             detail.push_str(&format!(", {adopted} adopted nurseries"));
         }
@@ -477,15 +491,36 @@ fn children(count: usize) -> String {
 pub(crate) type Spawned<T> = (JoinHandle<ChildOutput<T>>, Arc<dyn ChildInfo>);
 
 /// How the task tree shows a child (SPEC O2).
-fn child_description<E>(cell: &ChildCell<E>) -> Description {
+fn child_description(scope: &TaskScope) -> Description {
     Description {
         kind: "child",
-        name: cell.name().cloned(),
-        detail: Some(match cell.abort_handle() {
+        name: scope.name().cloned(),
+        detail: Some(match scope.abort_handle() {
             Some(abort) => format!("task {}", abort.id()),
             None => "being spawned".to_string(),
         }),
     }
+}
+
+/// How the task tree shows the child whose scope is `child` when the snapshot is taken from
+/// inside it before it parked for the first time (it has no slot in its registry yet).
+fn child_being_polled(child: ScopeId) -> Option<Description> {
+    context::with_current(|frame| {
+        let mut frame = frame;
+        while let Some(current) = frame {
+            match current.child_task() {
+                Some(task) if task.id() == child => {
+                    let mut description = child_description(task);
+                    if let Some(id) = tokio::task::try_id() {
+                        description.detail = Some(format!("task {id}"));
+                    }
+                    return Some(description);
+                }
+                _ => frame = current.parent(),
+            }
+        }
+        None
+    })
 }
 
 /// What a child's scope node carries, for the task-tree snapshot (SPEC O2).
@@ -640,11 +675,8 @@ impl<E> Stopper<E> {
     fn abort(&self) -> bool {
         match self {
             // A child running a parallel borrowing scope is told instead (SPEC B2).
-            Stopper::Task(cell) if cell.abort_put_off() => false,
             Stopper::Task(cell) => {
-                if let Some(abort) = cell.scope.request_abort() {
-                    abort.abort();
-                }
+                cell.abort();
                 true
             }
             Stopper::Blocking(_) => false,
@@ -727,6 +759,13 @@ impl<E> Shared<E> {
     /// does, and returns their names.
     fn abort_named(&self) -> Vec<String> {
         let mut aborted = child_names(self, |_, _| true);
+        // Children that have not waited yet have no slot to be named from: they abort
+        // themselves before (or instead of) waiting (registry invariant N-3).
+        match self.registry.unlisted() {
+            0 => {}
+            1 => aborted.push("1 child starting".to_string()),
+            n => aborted.push(format!("{n} children starting")),
+        }
         aborted.extend(self.abort_children(true));
         aborted
     }
@@ -896,7 +935,17 @@ where
 
     /// Whether the code being polled runs in one of this nursery's children.
     fn is_own_child(&self) -> bool {
-        let mut scope = context::with_current(|frame| frame.map(|frame| frame.node().clone()));
+        let (mut scope, task_child) = context::with_current(|frame| {
+            // The outermost frame of a nursery child's task is its own: a child that has
+            // not parked yet has no slot to be found by below.
+            let mut task_child = None;
+            let mut outer = frame;
+            while let Some(current) = outer {
+                task_child = current.child_task().map(|task| task.id()).or(task_child);
+                outer = current.parent();
+            }
+            (frame.map(|frame| frame.node().clone()), task_child)
+        });
         while let Some(node) = scope {
             let parent = node.parent();
             if parent
@@ -905,11 +954,12 @@ where
             {
                 // Under the nursery's scope: a child's scope, or one of the body's own.
                 let id = node.id();
-                return self.shared.registry.find(|stopper| match stopper {
-                    Stopper::Task(cell) if cell.scope.id() == id => Some(()),
-                    Stopper::Blocking(child) if child.id() == id => Some(()),
-                    _ => None,
-                }) == Some(());
+                return task_child == Some(id)
+                    || self.shared.registry.find(|stopper| match stopper {
+                        Stopper::Task(cell) if cell.scope.id() == id => Some(()),
+                        Stopper::Blocking(child) if child.id() == id => Some(()),
+                        _ => None,
+                    }) == Some(());
             }
             scope = parent;
         }
@@ -992,19 +1042,23 @@ where
         parent: Option<&Arc<Node>>,
     ) -> Result<Arc<ChildCell<E>>, SpawnError> {
         let shared = &self.shared;
-        let mut made = None;
-        let (_, aborted) = shared.registry.register(|key| {
-            let cell = Arc::new(ChildCell::new(shared.clone(), key, name));
-            made = Some(cell.clone());
-            Stopper::Task(cell)
-        })?;
-        let cell = made.expect("a registered child has its cell");
-        if aborted {
-            // Registered after the nursery aborted its children (N-3): its spawner aborts it.
-            cell.scope.request_abort();
+        let listed = name.is_some() || parent.is_some();
+        let cell = Arc::new(ChildCell::new(shared.clone(), name));
+        if listed {
+            // A named child is in the task tree from its spawn, and a started one runs under
+            // its starter's scopes from the start (SPEC N3, O2): both hold a slot at once.
+            let (key, aborted) = shared.registry.register(|_| Stopper::Task(cell.clone()))?;
+            cell.scope.set_slot(key);
+            if aborted {
+                // Registered after the nursery aborted its children (N-3).
+                cell.abort();
+            }
+        } else {
+            // Counted, with no slot until it parks; if the nursery aborted its children, the
+            // child aborts itself at its first poll (registry invariant N-3).
+            shared.registry.enter()?;
         }
         if let Some(parent) = parent {
-            // A started child runs under its starter's scopes from the start (SPEC N3).
             cell.scope.node(parent);
         }
         Ok(cell)
