@@ -5,11 +5,11 @@
 //! Written against [`crate::sync`] and generic over the abort handle, so the close/spawn
 //! handoff can be model-checked with loom like the scope tree.
 //!
-//! A child that finishes in its first poll (most of them, in a fan-out of short tasks)
-//! never takes the lock: spawning it and ending it are one atomic read-modify-write each on
-//! the registry's word. Only a child that parks (its first poll returned `Pending`), a
-//! blocking child and an adopted nursery hold a slot, the way for `abort_all` and the task
-//! tree to reach them.
+//! An unnamed child that finishes in its first poll (most of them, in a fan-out of short
+//! tasks) never takes the lock: spawning it and ending it are one atomic read-modify-write
+//! each on the registry's word. Only a child that parks (its first poll returned
+//! `Pending`), a named or started child (from its spawn), a blocking child and an adopted
+//! nursery hold a slot, the way for `abort_all` and the task tree to reach them.
 //!
 //! Invariants (DESIGN.md, "Nurseries"):
 //!
@@ -23,18 +23,21 @@
 //!      slot. A child takes its slot when it parks, under the lock, and reads `ABORTED`
 //!      there: set, it aborts itself; not set, `abort_all` finds its slot. A child that has
 //!      not parked reads `ABORTED` at its first poll and, if set, aborts itself instead of
-//!      running. So each child is asked to abort exactly once. Its abort handle is stored by
+//!      running (one already in its first poll runs on until it parks, as tokio's abort
+//!      lets a running task finish its poll). A child registered with a slot learns the
+//!      bit at registration, under the lock. So each child is asked to abort exactly once. Its abort handle is stored by
 //!      its spawner after the spawn, without this lock; the asker and the spawner meet on
 //!      one read-modify-write each of the child's own state (the spawner's "handle stored",
 //!      the asker's "abort requested"), so exactly one of them sees the other and aborts
 //!      the task.
 //! N-4. Once orphaned (wait-mode drop), a registry keeps no report: the ones it had and every
 //!      later one go to its adopter, under the lock that decides it, and the adopter learns
-//!      exactly once that the last child finished: the decrement that reaches zero is
-//!      followed by taking the lock, and `orphan` closes with a read-modify-write of the
-//!      word under the lock, so it either sees the last child gone (and tells the adopter
-//!      itself) or leaves the adopter where that child's end finds it. The nursery's waker
-//!      and the outlet's are stored and taken the same way.
+//!      exactly once that the last child finished: a child whose decrement reaches zero
+//!      then takes the lock and, if the count is still zero there, takes the adopter;
+//!      `orphan` closes with a read-modify-write of the word under the lock, so it either
+//!      sees the last child gone (and tells the adopter itself) or leaves the adopter where
+//!      the end of the last child alive then finds it. The nursery's waker and the outlet's
+//!      are stored and taken the same way.
 //! N-6. No report is kept where nobody will take it: once the nursery took its last
 //!      reports (`take_reports`) or its future is gone (`retire`), a failure or panic with
 //!      no adopter to go to is handed back `Unclaimed`, for the report hook.
@@ -244,8 +247,9 @@ impl<A, F, L> Registry<A, F, L> {
         }
     }
 
-    /// Registers a child about to be spawned with a slot from the start (a blocking child,
-    /// which never parks), holding the stopper `make` returns for its key (N-2). `true` with
+    /// Registers a child about to be spawned with a slot from the start (a named or started
+    /// child, which the task tree shows at once, or a blocking child, which never parks),
+    /// holding the stopper `make` returns for its key (N-2). `true` with
     /// the key when the nursery has already aborted its children: the spawner then stops
     /// this one itself (N-3).
     pub(crate) fn register(&self, make: impl FnOnce(usize) -> A) -> Result<(usize, bool), Closed> {
@@ -328,19 +332,30 @@ impl<A, F, L> Registry<A, F, L> {
     pub(crate) fn finished(&self, slot: Option<usize>) {
         let last = match slot {
             None if !self.leave() => return,
-            None => Self::take_last(lock(&self.state)),
+            None => {
+                let mut state = lock(&self.state);
+                // Still the last under the lock: a spawn may have entered since the
+                // decrement, and an orphaning then left the adopter for that child (N-4).
+                if self.live() != 0 {
+                    return;
+                }
+                Self::take_last(&mut state)
+            }
             Some(key) => {
                 let mut state = lock(&self.state);
-                // Dropped once the lock is released: a stopper may hold the last reference
-                // to anything (N-5).
-                let _removed = state
+                let removed = state
                     .slots
                     .try_remove(key)
                     .expect("a child slot finishes once");
-                if !self.leave() {
-                    return;
+                let last = self.leave().then(|| Self::take_last(&mut state));
+                drop(state);
+                // Dropped once the lock is released: a stopper may hold the last reference
+                // to anything (N-5).
+                drop(removed);
+                match last {
+                    Some(last) => last,
+                    None => return,
                 }
-                Self::take_last(state)
             }
         };
         last.tell();
@@ -352,7 +367,7 @@ impl<A, F, L> Registry<A, F, L> {
     }
 
     /// The last child finished: who waits for it, taken under the lock, told after it.
-    fn take_last(mut state: MutexGuard<'_, State<A, F, L>>) -> Last<L> {
+    fn take_last(state: &mut State<A, F, L>) -> Last<L> {
         Last {
             waiter: state.waiter.take(),
             outlet: state.outlet.take(),
@@ -618,6 +633,37 @@ mod loom_tests {
                 assert_eq!(registry.live(), 0);
             });
         }
+    }
+
+    /// N-4: a child without a slot ends (its decrement, then the lock) while another one is
+    /// spawned and the nursery is orphaned in between: the adopter is told only when the
+    /// second one ends, never while it runs.
+    #[test]
+    fn loom_an_end_racing_with_a_spawn_and_the_orphaning_does_not_tell_early() {
+        loom::model(|| {
+            let registry = Arc::new(Plain::new());
+            registry.enter().unwrap();
+            let ending = {
+                let registry = registry.clone();
+                thread::spawn(move || registry.finished(None))
+            };
+            let spawned = registry.enter().is_ok();
+            let adopter = Arc::new(Counting(AtomicU64::new(0)));
+            let (_, done) = registry.orphan(adopter.clone(), 7);
+            if done {
+                adopter.adoptee_finished(7);
+            }
+            ending.join().unwrap();
+            if spawned {
+                assert_eq!(
+                    adopter.0.load(Ordering::SeqCst),
+                    0,
+                    "told while a child is alive"
+                );
+                registry.finished(None);
+            }
+            assert_eq!(adopter.0.load(Ordering::SeqCst), 1);
+        });
     }
 
     /// N-2, N-4: the last child ends without a slot (no lock unless it is the last) while

@@ -119,3 +119,65 @@ fn n07_a_cancellation_nobody_observed_is_reported_with_the_childrens_names() {
         "{events:#?}"
     );
 }
+
+/// SPEC N7 on a multi-thread runtime: an unnamed child busy in its first poll (it holds no
+/// slot in its registry yet, so it cannot be named) is counted by the warning; it spins
+/// until the warning was recorded.
+#[test]
+fn n07_a_child_busy_in_its_first_poll_is_counted_by_the_warning() {
+    let recorded = Recorded::default();
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(recorded.clone()));
+    let on_workers = dispatch.clone();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .on_thread_start(move || {
+            std::mem::forget(tracing::dispatcher::set_default(&on_workers));
+        })
+        .build()
+        .unwrap();
+    let warned = {
+        let recorded = recorded.clone();
+        move || {
+            recorded
+                .0
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|e| e.contains("not observed"))
+        }
+    };
+    let out = common::nursery::within_hang_bound(move || {
+        let _default = tracing::dispatcher::set_default(&dispatch);
+        runtime.block_on(async move {
+            Nursery::new()
+                .warn_unobserved_after(Some(Duration::from_millis(10)))
+                .run(|n| async move {
+                    let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                    let running = started.clone();
+                    n.spawn(async move {
+                        running.store(true, std::sync::atomic::Ordering::SeqCst);
+                        while !warned() {
+                            std::hint::spin_loop();
+                        }
+                        Ok::<_, Cancelled>(())
+                    });
+                    common::wait_until("the child runs", || {
+                        started.load(std::sync::atomic::Ordering::SeqCst)
+                    })
+                    .await;
+                    n.cancel();
+                    Ok::<_, Cancelled>(())
+                })
+                .await
+        })
+    });
+    assert_eq!(out.unwrap(), Some(()));
+    let events = recorded.0.lock().unwrap().clone();
+    let warnings: Vec<_> = events
+        .iter()
+        .filter(|e| e.contains("not observed"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{events:#?}");
+    assert!(warnings[0].contains("1 child starting"), "{}", warnings[0]);
+}

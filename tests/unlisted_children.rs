@@ -232,3 +232,24 @@ async fn a_child_in_its_first_poll_is_known_as_the_nurserys_own() {
     })
     .await
 }
+
+/// SPEC O2: a child cancelled through its handle before its first poll has a scope of its
+/// own and no slot yet: the tree still shows it as a child, with its name.
+#[tokio::test(start_paused = true)]
+async fn the_tree_shows_a_child_cancelled_before_its_first_poll_as_a_child() {
+    common::leak_checked(async move {
+        let out = nursery(|n| async move {
+            let child = n.spawn(common::nursery::sleep_forever::<Cancelled>());
+            child.cancel();
+            let tree = TaskTree::of(&n.scope());
+            let kinds: Vec<_> = tree.entries().iter().map(|e| e.kind).collect();
+            assert_eq!(kinds, ["nursery", "child"], "{tree}");
+            let detail = tree.entries()[1].detail.clone().unwrap_or_default();
+            assert_eq!(detail, format!("task {}", child.id()), "{tree}");
+            Ok::<_, Cancelled>(())
+        })
+        .await;
+        assert_eq!(out.unwrap(), Some(()));
+    })
+    .await
+}

@@ -16,7 +16,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::task::AbortHandle;
 
-use crate::node::{Node, ScopeId, UnmadeChild, WaiterIndex};
+use super::ChildLabel;
+use crate::node::{Attachment, Node, ScopeId, UnmadeChild, WaiterIndex};
 use crate::sync::lock;
 
 /// `node` holds an initialised `Arc<Node>`.
@@ -66,7 +67,9 @@ pub(crate) struct TaskScope {
     scope: ChildScope,
     /// The child's slot in its nursery's registry, as 32 bits (a nursery never holds 2^32
     /// children at once); `NO_SLOT` until the child parks (registry invariant N-3). Written
-    /// and read only by the child's own task.
+    /// once, by the spawner before the spawn (a named or started child) or by the child's
+    /// task when it first parks; read by the child's task (its polls, its end), after
+    /// either write in tokio's order of the task's runs.
     slot: AtomicU32,
     /// The name given at spawn. Boxed: a name is rare, and a thin pointer keeps every
     /// unnamed child 8 bytes smaller.
@@ -109,6 +112,40 @@ impl TaskScope {
     /// The name given at spawn, if any.
     pub(crate) fn name(&self) -> Option<&Arc<str>> {
         self.name.as_deref()
+    }
+
+    /// Its own scope, made now under `parent` if needed. Only while the child runs.
+    pub(crate) fn node(&self, parent: &Arc<Node>) -> &Arc<Node> {
+        self.node_unless_ended(parent)
+            .expect("a child's scope is only asked for while the child runs")
+    }
+
+    /// Its own scope, made now under `parent` if needed, unless the child has ended. A
+    /// scope made while the child holds no slot in its registry carries the child's label,
+    /// since the task tree cannot find the child there (SPEC O2).
+    pub(crate) fn node_unless_ended(&self, parent: &Arc<Node>) -> Option<&Arc<Node>> {
+        match self.scope.own() {
+            Some(node) => Some(node),
+            None => self.scope.make_node(parent, || self.label()),
+        }
+    }
+
+    /// How the task tree shows a child without a slot: its name and its task, known from
+    /// its abort handle (a handle's `cancel`) or because the scope is made in the child's
+    /// own task (its frame).
+    fn label(&self) -> Option<Arc<dyn Attachment>> {
+        if self.slot().is_some() {
+            return None;
+        }
+        let task = self
+            .abort_handle()
+            .map(AbortHandle::id)
+            .or_else(tokio::task::try_id)?;
+        Some(Arc::new(ChildLabel {
+            kind: "child",
+            name: self.name().cloned(),
+            task,
+        }))
     }
 
     /// The child's slot in its nursery's registry, once it parked.
@@ -214,12 +251,18 @@ impl ChildScope {
     pub(crate) fn node_unless_ended(&self, parent: &Arc<Node>) -> Option<&Arc<Node>> {
         match self.own() {
             Some(node) => Some(node),
-            None => self.make_node(parent),
+            None => self.make_node(parent, || None),
         }
     }
 
+    /// Makes the scope, with the attachment `label` returns, unless it was made or the
+    /// child ended meanwhile.
     #[cold]
-    fn make_node(&self, parent: &Arc<Node>) -> Option<&Arc<Node>> {
+    fn make_node(
+        &self,
+        parent: &Arc<Node>,
+        label: impl FnOnce() -> Option<Arc<dyn Attachment>>,
+    ) -> Option<&Arc<Node>> {
         let stripe = (self as *const Self as usize / 64) % MAKING.len();
         let _making = lock(&MAKING[stripe]);
         // Under the stripe's lock: no other `make_node` of this child runs. `end` does not
@@ -233,6 +276,9 @@ impl ChildScope {
             return None;
         }
         let node = Arc::new(Node::new(self.id, false, None));
+        if let Some(label) = label() {
+            node.attach(label);
+        }
         node.enter(Some(parent), parent.timer());
         // SAFETY: `NODE_SET` is not set and only a `make_node` holding the stripe's lock
         // writes the slot, so nothing reads or writes it now.

@@ -759,13 +759,8 @@ impl<E> Shared<E> {
     /// does, and returns their names.
     fn abort_named(&self) -> Vec<String> {
         let mut aborted = child_names(self, |_, _| true);
-        // Children that have not waited yet have no slot to be named from: they abort
-        // themselves before (or instead of) waiting (registry invariant N-3).
-        match self.registry.unlisted() {
-            0 => {}
-            1 => aborted.push("1 child starting".to_string()),
-            n => aborted.push(format!("{n} children starting")),
-        }
+        // They abort themselves before (or instead of) waiting (registry invariant N-3).
+        aborted.extend(unlisted_children(self));
         aborted.extend(self.abort_children(true));
         aborted
     }
@@ -1654,9 +1649,9 @@ fn blocking_wait<E>(shared: &Shared<E>, grace: Duration) -> Waited {
     }
 }
 
-/// The names (or scope ids) of the nursery's children still running that match `filter`.
-/// The names of the running children `filter` accepts, given each child's own scope (if it
-/// has one) and whether it observed a cancellation before it had one.
+/// The names (or scope ids) of the running children with a slot in the registry that
+/// `filter` accepts, given each child's own scope (if it has one) and whether it observed a
+/// cancellation before it had one.
 fn child_names<E>(shared: &Shared<E>, filter: impl Fn(Option<&Node>, bool) -> bool) -> Vec<String> {
     shared.registry.collect(|stopper| {
         let (scope, name) = match stopper {
@@ -1675,17 +1670,30 @@ fn child_names<E>(shared: &Shared<E>, filter: impl Fn(Option<&Node>, bool) -> bo
     })
 }
 
+/// The children running without a slot in the registry (not polled yet, or busy in their
+/// first poll: registry invariant N-3), which cannot be named: "3 children starting".
+fn unlisted_children<E>(shared: &Shared<E>) -> Option<String> {
+    match shared.registry.unlisted() {
+        0 => None,
+        1 => Some("1 child starting".to_string()),
+        n => Some(format!("{n} children starting")),
+    }
+}
+
 /// The unobserved-cancellation warning (SPEC N7): names the children still running that
-/// have not reached a cancellation point since the cancellation.
+/// have not reached a cancellation point since the cancellation, and counts those that
+/// have not waited once since they were spawned (they have not returned from their first
+/// poll, so they have not stopped for it either).
 fn warn_unobserved<E>(shared: &Shared<E>, after: Duration) {
     let node = &shared.node;
     // A child without a scope of its own is cancelled with the nursery, and marks its own
     // state when it observes a cancellation.
     let cancelled = node.is_cancelled();
-    let names = child_names(shared, |child, observed_before| match child {
+    let mut names = child_names(shared, |child, observed_before| match child {
         Some(child) => child.is_cancelled() && !child.observed() && !observed_before,
         None => cancelled && !observed_before,
     });
+    names.extend(unlisted_children(shared));
     if names.is_empty() {
         return;
     }
