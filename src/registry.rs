@@ -7,37 +7,43 @@
 //!
 //! An unnamed child that finishes in its first poll (most of them, in a fan-out of short
 //! tasks) never takes the lock: spawning it and ending it are one atomic read-modify-write
-//! each on the registry's word. Only a child that parks (its first poll returned
-//! `Pending`), a named or started child (from its spawn), a blocking child and an adopted
-//! nursery hold a slot, the way for `abort_all` and the task tree to reach them.
+//! each on the registry's word, which counts the children without a slot. Only a child that
+//! parks (its first poll returned `Pending`: it moves from the word to a slot), a named or
+//! started child (from its spawn), a blocking child and an adopted nursery hold a slot, the
+//! way for `abort_all` and the task tree to reach them; their ends take the lock and leave
+//! the word alone.
 //!
 //! Invariants (DESIGN.md, "Nurseries"):
 //!
-//! N-1. `live` (in the word) counts children entered and not yet finished, and adopted
-//!      nurseries not yet done; a child is finished once its future has been dropped
-//!      (completed or aborted), so `live == 0` means no child future is alive (SPEC N1).
-//! N-2. The nursery closes only when `live == 0`: closing is a compare-and-swap from "open,
-//!      none alive" to "closed" and entering one from "open, k alive" to "open, k + 1", on
-//!      the same word: no child can be added to a closed nursery, none is lost by a close.
+//! N-1. `live` is the slots (running children and adopted nurseries not yet done) plus the
+//!      children counted in the word (entered, no slot, not finished); a child is finished
+//!      once its future has been dropped (completed or aborted), so `live == 0` means no
+//!      child future is alive (SPEC N1). A child moves from the word to a slot under the
+//!      lock, so under the lock `live` is exact.
+//! N-2. The nursery closes only when `live == 0`: under the lock, with no slot, closing is
+//!      a compare-and-swap from "open, none counted" to "closed" and entering one from
+//!      "open, k counted" to "open, k + 1", on the same word; a registration with a slot
+//!      checks "open" under the lock. No child can be added to a closed nursery, none is
+//!      lost by a close.
 //! N-3. `abort_all` sets `ABORTED` under the lock and then aborts every child holding a
 //!      slot. A child takes its slot when it parks, under the lock, and reads `ABORTED`
 //!      there: set, it aborts itself; not set, `abort_all` finds its slot. A child that has
 //!      not parked reads `ABORTED` at its first poll and, if set, aborts itself instead of
 //!      running (one already in its first poll runs on until it parks, as tokio's abort
 //!      lets a running task finish its poll). A child registered with a slot learns the
-//!      bit at registration, under the lock. So each child is asked to abort exactly once. Its abort handle is stored by
-//!      its spawner after the spawn, without this lock; the asker and the spawner meet on
-//!      one read-modify-write each of the child's own state (the spawner's "handle stored",
-//!      the asker's "abort requested"), so exactly one of them sees the other and aborts
-//!      the task.
+//!      bit at registration, under the lock. So each child is asked to abort exactly once.
+//!      Its abort handle is stored by its spawner after the spawn, without this lock; the
+//!      asker and the spawner meet on one read-modify-write each of the child's own state
+//!      (the spawner's "handle stored", the asker's "abort requested"), so exactly one of
+//!      them sees the other and aborts the task.
 //! N-4. Once orphaned (wait-mode drop), a registry keeps no report: the ones it had and every
 //!      later one go to its adopter, under the lock that decides it, and the adopter learns
-//!      exactly once that the last child finished: a child whose decrement reaches zero
-//!      then takes the lock and, if the count is still zero there, takes the adopter;
-//!      `orphan` closes with a read-modify-write of the word under the lock, so it either
-//!      sees the last child gone (and tells the adopter itself) or leaves the adopter where
-//!      the end of the last child alive then finds it. The nursery's waker and the outlet's
-//!      are stored and taken the same way.
+//!      exactly once that the last child finished: a child's end that may be the last
+//!      (a slot removed, or the word's count brought to zero) checks `live == 0` under the
+//!      lock and only then takes the adopter; `orphan` closes under the lock and reads
+//!      `live` there, so it either sees the last child gone (and tells the adopter itself)
+//!      or leaves the adopter where the end of the last child alive then finds it. The
+//!      nursery's waker and the outlet's are stored and taken the same way.
 //! N-6. No report is kept where nobody will take it: once the nursery took its last
 //!      reports (`take_reports`) or its future is gone (`retire`), a failure or panic with
 //!      no adopter to go to is handed back `Unclaimed`, for the report hook.
@@ -130,7 +136,8 @@ pub(crate) struct Panic<L> {
 }
 
 pub(crate) struct Registry<A, F, L> {
-    /// `live << 2 | ABORTED | CLOSED` (N-1, N-2, N-3).
+    /// `counted << 2 | ABORTED | CLOSED`: the children alive without a slot, and the
+    /// nursery's two bits (N-1, N-2, N-3).
     word: AtomicUsize,
     state: Mutex<State<A, F, L>>,
 }
@@ -140,7 +147,7 @@ const CLOSED: usize = 1;
 /// Its children were aborted (grace expired, abort drop): so is whatever enters or parks
 /// later (N-3).
 const ABORTED: usize = 2;
-/// One live child in the word.
+/// One child counted in the word.
 const ONE: usize = 4;
 
 struct State<A, F, L> {
@@ -224,12 +231,6 @@ impl<A, F, L> Registry<A, F, L> {
     /// has no slot until it parks ([`park`](Self::park)), and reads at its first poll
     /// whether the nursery aborted its children ([`is_aborted`](Self::is_aborted)).
     pub(crate) fn enter(&self) -> Result<(), Closed> {
-        self.count_in().map(drop)
-    }
-
-    /// One more live child, unless closed; returns whether the nursery had aborted its
-    /// children.
-    fn count_in(&self) -> Result<bool, Closed> {
         let mut word = self.word.load(Ordering::Relaxed);
         loop {
             if word & CLOSED != 0 {
@@ -241,7 +242,7 @@ impl<A, F, L> Registry<A, F, L> {
                 Ordering::AcqRel,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return Ok(word & ABORTED != 0),
+                Ok(_) => return Ok(()),
                 Err(now) => word = now,
             }
         }
@@ -249,25 +250,31 @@ impl<A, F, L> Registry<A, F, L> {
 
     /// Registers a child about to be spawned with a slot from the start (a named or started
     /// child, which the task tree shows at once, or a blocking child, which never parks),
-    /// holding the stopper `make` returns for its key (N-2). `true` with
-    /// the key when the nursery has already aborted its children: the spawner then stops
-    /// this one itself (N-3).
+    /// holding the stopper `make` returns for its key (N-2). `true` with the key when the
+    /// nursery has already aborted its children: the spawner then stops this one itself
+    /// (N-3).
     pub(crate) fn register(&self, make: impl FnOnce(usize) -> A) -> Result<(usize, bool), Closed> {
         let mut state = lock(&self.state);
-        let aborted = self.count_in()?;
+        // CLOSED and ABORTED are set under the lock: read here, they hold until it is released.
+        let word = self.word.load(Ordering::Relaxed);
+        if word & CLOSED != 0 {
+            return Err(Closed);
+        }
         let key = state.slots.next_key();
         let inserted = state.slots.insert(Slot::Running(make(key)));
         debug_assert_eq!(inserted, key);
-        Ok((key, aborted))
+        Ok((key, word & ABORTED != 0))
     }
 
-    /// A child entered with [`enter`](Self::enter) parked for the first time: it takes a
-    /// slot, holding `stopper`, so `abort_all` reaches it. `true` with the key when the
-    /// nursery has already aborted its children: the child then aborts itself (N-3).
+    /// A child entered with [`enter`](Self::enter) parked for the first time: it moves from
+    /// the word's count to a slot holding `stopper`, so `abort_all` reaches it. `true` with
+    /// the key when the nursery has already aborted its children: the child then aborts
+    /// itself (N-3).
     pub(crate) fn park(&self, stopper: A) -> (usize, bool) {
         let mut state = lock(&self.state);
         let key = state.slots.insert(Slot::Running(stopper));
-        (key, self.word.load(Ordering::Relaxed) & ABORTED != 0)
+        let word = self.word.fetch_sub(ONE, Ordering::AcqRel);
+        (key, word & ABORTED != 0)
     }
 
     /// Whether the nursery aborted its children: a child that has not parked yet reads it
@@ -328,18 +335,14 @@ impl<A, F, L> Registry<A, F, L> {
 
     /// A child's future has been dropped (N-1), or an adoptee's last child finished: `slot`
     /// is its key if it held one. Wakes the nursery, or tells the adopter, when it was the
-    /// last. A child that never parked takes no lock unless it is the last.
+    /// last. A child without a slot takes no lock unless the word's count reached zero.
     pub(crate) fn finished(&self, slot: Option<usize>) {
-        let last = match slot {
-            None if !self.leave() => return,
+        let (last, removed) = match slot {
             None => {
-                let mut state = lock(&self.state);
-                // Still the last under the lock: a spawn may have entered since the
-                // decrement, and an orphaning then left the adopter for that child (N-4).
-                if self.live() != 0 {
+                if Self::counted(self.word.fetch_sub(ONE, Ordering::AcqRel)) != 1 {
                     return;
                 }
-                Self::take_last(&mut state)
+                (self.take_last(&mut lock(&self.state)), None)
             }
             Some(key) => {
                 let mut state = lock(&self.state);
@@ -347,35 +350,38 @@ impl<A, F, L> Registry<A, F, L> {
                     .slots
                     .try_remove(key)
                     .expect("a child slot finishes once");
-                let last = self.leave().then(|| Self::take_last(&mut state));
-                drop(state);
-                // Dropped once the lock is released: a stopper may hold the last reference
-                // to anything (N-5).
-                drop(removed);
-                match last {
-                    Some(last) => last,
-                    None => return,
-                }
+                (self.take_last(&mut state), Some(removed))
             }
         };
-        last.tell();
-    }
-
-    /// One child fewer; true if it was the last: its end then takes the lock (N-4).
-    fn leave(&self) -> bool {
-        self.word.fetch_sub(ONE, Ordering::AcqRel) >> 2 == 1
-    }
-
-    /// The last child finished: who waits for it, taken under the lock, told after it.
-    fn take_last(state: &mut State<A, F, L>) -> Last<L> {
-        Last {
-            waiter: state.waiter.take(),
-            outlet: state.outlet.take(),
-            adopter: state.adopter.take(),
+        // Dropped once the lock is released: a stopper may hold the last reference to
+        // anything (N-5).
+        drop(removed);
+        if let Some(last) = last {
+            last.tell();
         }
     }
 
-    fn live_in(word: usize) -> usize {
+    /// If no child is alive, who waits for that, taken under the lock to be told after it:
+    /// a spawn may have entered since the caller's decrement, and an orphaning then left
+    /// the adopter for that child (N-4).
+    fn take_last(&self, state: &mut State<A, F, L>) -> Option<Last<L>> {
+        if !self.none_alive(state) {
+            return None;
+        }
+        Some(Last {
+            waiter: state.waiter.take(),
+            outlet: state.outlet.take(),
+            adopter: state.adopter.take(),
+        })
+    }
+
+    /// `live == 0`, exact under the lock (N-1).
+    fn none_alive(&self, state: &State<A, F, L>) -> bool {
+        state.slots.is_empty() && Self::counted(self.word.load(Ordering::Acquire)) == 0
+    }
+
+    /// The children without a slot, in a value of the word.
+    fn counted(word: usize) -> usize {
         word >> 2
     }
 
@@ -431,7 +437,7 @@ impl<A, F, L> Registry<A, F, L> {
             return Poll::Ready(Some(incident));
         }
         // Read under the lock, after which the last child's end takes it (N-4).
-        if self.live() == 0 {
+        if self.none_alive(&state) {
             return Poll::Ready(None);
         }
         match &mut state.outlet {
@@ -444,8 +450,12 @@ impl<A, F, L> Registry<A, F, L> {
     /// Registers an orphaned nursery as one adoptee of this one (N9).
     pub(crate) fn adopt(&self, stop: Arc<dyn StopAll>) -> Result<(usize, bool), Closed> {
         let mut state = lock(&self.state);
-        let aborted = self.count_in()?;
-        Ok((state.slots.insert(Slot::Adoptee(stop)), aborted))
+        // CLOSED and ABORTED are set under the lock: read here, they hold until it is released.
+        let word = self.word.load(Ordering::Relaxed);
+        if word & CLOSED != 0 {
+            return Err(Closed);
+        }
+        Ok((state.slots.insert(Slot::Adoptee(stop)), word & ABORTED != 0))
     }
 
     /// Hands the live children to `adopter` (N-4). Returns the incidents kept so far, for
@@ -457,9 +467,9 @@ impl<A, F, L> Registry<A, F, L> {
         key: usize,
     ) -> (Vec<Incident<F, L>>, bool) {
         let mut state = lock(&self.state);
-        let word = self.word.fetch_or(CLOSED, Ordering::AcqRel);
+        self.word.fetch_or(CLOSED, Ordering::AcqRel);
         let incidents = state.incidents.drain(..).collect();
-        let done = Self::live_in(word) == 0;
+        let done = self.none_alive(&state);
         if !done {
             state.adopter = Some((adopter, key));
         }
@@ -471,7 +481,7 @@ impl<A, F, L> Registry<A, F, L> {
     pub(crate) fn try_close(&self, waker: &Waker) -> bool {
         let mut state = lock(&self.state);
         let mut word = self.word.load(Ordering::Acquire);
-        while Self::live_in(word) == 0 {
+        while state.slots.is_empty() && Self::counted(word) == 0 {
             match self.word.compare_exchange_weak(
                 word,
                 word | CLOSED,
@@ -501,6 +511,7 @@ impl<A, F, L> Registry<A, F, L> {
 
     /// Closes the nursery to new children whatever is alive (the nursery's future is gone).
     pub(crate) fn close(&self) {
+        let _state = lock(&self.state);
         self.word.fetch_or(CLOSED, Ordering::AcqRel);
     }
 
@@ -510,7 +521,8 @@ impl<A, F, L> Registry<A, F, L> {
 
     /// Children (and adopted nurseries) alive (N-1).
     pub(crate) fn live(&self) -> usize {
-        Self::live_in(self.word.load(Ordering::Acquire))
+        let state = lock(&self.state);
+        state.slots.len() + Self::counted(self.word.load(Ordering::Acquire))
     }
 
     /// What the task tree says of the nursery.
@@ -522,10 +534,10 @@ impl<A, F, L> Registry<A, F, L> {
             .filter(|(_, slot)| matches!(slot, Slot::Adoptee(_)))
             .count();
         let word = self.word.load(Ordering::Acquire);
-        let live = Self::live_in(word);
+        let unlisted = Self::counted(word);
         Counts {
-            running: live.saturating_sub(adopted),
-            unlisted: live.saturating_sub(state.slots.len()),
+            running: state.slots.len() + unlisted - adopted,
+            unlisted,
             adopted,
             open: word & CLOSED == 0,
             incidents: state.incidents.len(),
@@ -534,8 +546,7 @@ impl<A, F, L> Registry<A, F, L> {
 
     /// Running children without a slot: not polled yet, or in their first poll (N-3).
     pub(crate) fn unlisted(&self) -> usize {
-        let state = lock(&self.state);
-        self.live().saturating_sub(state.slots.len())
+        Self::counted(self.word.load(Ordering::Acquire))
     }
 
     /// Calls `abort` on every running child's stopper, and `later` on those it declines (a
@@ -663,6 +674,49 @@ mod loom_tests {
                 registry.finished(None);
             }
             assert_eq!(adopter.0.load(Ordering::SeqCst), 1);
+        });
+    }
+
+    /// N-1, N-4: one child parks (it moves from the word to a slot) and ends, another ends
+    /// without a slot, while the nursery waits for both: it is woken once neither is alive
+    /// (a lost wake-up deadlocks the model), never before.
+    #[test]
+    fn loom_a_child_parking_and_another_ending_race_with_the_closing_nursery() {
+        loom::model(|| {
+            let registry = Arc::new(Plain::new());
+            registry.enter().unwrap();
+            registry.enter().unwrap();
+            let ended = Arc::new(AtomicU64::new(0));
+            let parking = {
+                let (registry, ended) = (registry.clone(), ended.clone());
+                thread::spawn(move || {
+                    let (key, _) = registry.park(());
+                    ended.fetch_add(1, Ordering::SeqCst);
+                    registry.finished(Some(key));
+                })
+            };
+            let ending = {
+                let (registry, ended) = (registry.clone(), ended.clone());
+                thread::spawn(move || {
+                    ended.fetch_add(1, Ordering::SeqCst);
+                    registry.finished(None);
+                })
+            };
+            crate::sync::block_on(std::future::poll_fn(|cx| {
+                if registry.try_close(cx.waker()) {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            }));
+            assert_eq!(
+                ended.load(Ordering::SeqCst),
+                2,
+                "closed while a child lived"
+            );
+            parking.join().unwrap();
+            ending.join().unwrap();
+            assert_eq!(registry.live(), 0);
         });
     }
 
