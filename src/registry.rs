@@ -6,8 +6,9 @@
 //! handoff can be model-checked with loom like the scope tree.
 //!
 //! An unnamed child that finishes in its first poll (most of them, in a fan-out of short
-//! tasks) never takes the lock: spawning it and ending it are one atomic read-modify-write
-//! each on the registry's word, which counts the children without a slot. Only a child that
+//! tasks) takes no lock unless it is the last one alive: spawning it and ending it are one
+//! atomic read-modify-write each on the registry's word, which counts the children without
+//! a slot. Only a child that
 //! parks (its first poll returned `Pending`: it moves from the word to a slot), a named or
 //! started child (from its spawn), a blocking child and an adopted nursery hold a slot, the
 //! way for `abort_all` and the task tree to reach them; their ends take the lock and leave
@@ -31,7 +32,8 @@
 //!      not parked reads `ABORTED` at its first poll and, if set, aborts itself instead of
 //!      running (one already in its first poll runs on until it parks, as tokio's abort
 //!      lets a running task finish its poll). A child registered with a slot learns the
-//!      bit at registration, under the lock. So each child is asked to abort exactly once.
+//!      bit at registration, under the lock. So each `abort_all` asks each child to abort
+//!      exactly once (a second `abort_all` asks again: asking is idempotent).
 //!      Its abort handle is stored by its spawner after the spawn, without this lock; the
 //!      asker and the spawner meet on one read-modify-write each of the child's own state
 //!      (the spawner's "handle stored", the asker's "abort requested"), so exactly one of
@@ -44,12 +46,12 @@
 //!      `live` there, so it either sees the last child gone (and tells the adopter itself)
 //!      or leaves the adopter where the end of the last child alive then finds it. The
 //!      nursery's waker and the outlet's are stored and taken the same way.
-//! N-6. No report is kept where nobody will take it: once the nursery took its last
-//!      reports (`take_reports`) or its future is gone (`retire`), a failure or panic with
-//!      no adopter to go to is handed back `Unclaimed`, for the report hook.
 //! N-5. Nothing that may run a child's drop (aborting a task, which tokio may carry out
 //!      inline during runtime shutdown) or user code (waking) happens under the lock: a
 //!      child's end takes this lock.
+//! N-6. No report is kept where nobody will take it: once the nursery took its last
+//!      reports (`take_reports`) or its future is gone (`retire`), a failure or panic with
+//!      no adopter to go to is handed back `Unclaimed`, for the report hook.
 
 use std::any::Any;
 use std::collections::VecDeque;
@@ -308,6 +310,21 @@ impl<A, F, L> Registry<A, F, L> {
             .collect()
     }
 
+    /// What `f` says of each running child with a slot, and how many run without one,
+    /// read together under the lock (a child moves from one to the other under it).
+    pub(crate) fn collect_counting<R>(&self, f: impl Fn(&A) -> Option<R>) -> (Vec<R>, usize) {
+        let state = lock(&self.state);
+        let listed = state
+            .slots
+            .iter()
+            .filter_map(|(_, slot)| match slot {
+                Slot::Running(stopper) => f(stopper),
+                _ => None,
+            })
+            .collect();
+        (listed, Self::counted(self.word.load(Ordering::Acquire)))
+    }
+
     /// Whether failures or panics are waiting to be reported.
     pub(crate) fn has_incidents(&self) -> bool {
         !lock(&self.state).incidents.is_empty()
@@ -489,7 +506,10 @@ impl<A, F, L> Registry<A, F, L> {
                 Ordering::Acquire,
             ) {
                 Ok(_) => {
-                    state.waiter = None;
+                    let stale = state.waiter.take();
+                    drop(state);
+                    // A waker may run its executor's code when dropped (N-5).
+                    drop(stale);
                     return true;
                 }
                 Err(now) => word = now,
@@ -542,11 +562,6 @@ impl<A, F, L> Registry<A, F, L> {
             open: word & CLOSED == 0,
             incidents: state.incidents.len(),
         }
-    }
-
-    /// Running children without a slot: not polled yet, or in their first poll (N-3).
-    pub(crate) fn unlisted(&self) -> usize {
-        Self::counted(self.word.load(Ordering::Acquire))
     }
 
     /// Calls `abort` on every running child's stopper, and `later` on those it declines (a

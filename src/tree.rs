@@ -16,6 +16,10 @@ use crate::scope::ScopeHandle;
 /// A snapshot of a subtree of scopes, taken at one moment (each node is read once, so a
 /// tree changing meanwhile may show a mix of before and after).
 ///
+/// Named children are listed from their spawn; an unnamed child once it has waited for the
+/// first time (until then its nursery's line counts it as "starting"; see
+/// [chapter 8](crate::guide::ch08_task_tree)).
+///
 /// ```
 /// use tokio_nursery::{nursery, Cancelled, TaskTree};
 ///

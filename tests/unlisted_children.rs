@@ -253,3 +253,51 @@ async fn the_tree_shows_a_child_cancelled_before_its_first_poll_as_a_child() {
     })
     .await
 }
+
+/// SPEC O2 on a multi-thread runtime: a collector's `cancel_all` makes the scope of children
+/// that another thread is still spawning (no slot, abort handle not stored yet): their
+/// tree entries never carry the canceller's task id, only their own (a scope made from
+/// outside a child without its abort handle gets no label; the registry describes the
+/// child once it parks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scope_made_from_another_task_never_carries_that_tasks_id() {
+    common::nursery::bounded(async {
+        let out = nursery(|n| async move {
+            let collector = Arc::new(n.collector::<()>());
+            let stop = Arc::new(AtomicBool::new(false));
+            let canceller = {
+                let (collector, stop) = (collector.clone(), stop.clone());
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        collector.cancel_all();
+                        tokio::task::yield_now().await;
+                    }
+                })
+            };
+            let mut ids = std::collections::HashSet::new();
+            for _ in 0..5_000 {
+                let control = collector.spawn(async {
+                    std::future::pending::<()>().await;
+                    Ok::<_, Cancelled>(())
+                });
+                ids.insert(format!("task {}", control.id()));
+            }
+            stop.store(true, Ordering::Relaxed);
+            canceller.await.unwrap();
+            let tree = TaskTree::of(&n.scope());
+            let wrong: Vec<_> = tree
+                .entries()
+                .iter()
+                .filter(|e| e.kind == "child")
+                .filter(|e| !e.detail.as_ref().is_some_and(|d| ids.contains(d)))
+                .map(|e| e.detail.clone())
+                .collect();
+            collector.abort_all();
+            assert!(wrong.is_empty(), "labelled with another task: {wrong:?}");
+            Ok::<_, Cancelled>(())
+        })
+        .await;
+        assert_eq!(out.unwrap(), Some(()));
+    })
+    .await
+}

@@ -15,6 +15,15 @@
 //! starts at the outermost scope around the caller, and
 //! [`TaskTree::orphans()`](crate::TaskTree::orphans) shows the runtime's orphans.
 //!
+//! Name the children you want to see: a child spawned with
+//! [`spawn_named`](crate::NurseryHandle::spawn_named) is listed from its spawn. An unnamed
+//! child is listed once it has waited for the first time (its first poll returned
+//! `Pending`); until then its nursery's line counts it ("running, 3 children, 2 of them
+//! starting"). That keeps the many short children of a fan-out, which finish in their first
+//! poll, from ever touching the nursery's lock; a child that is stuck is waiting, or busy in
+//! its first poll, where the count shows it. A grace expiry and the warning below count
+//! such children the same way ("2 children starting").
+//!
 //! # The grace period
 //!
 //! A nursery's [`grace`](crate::Nursery::grace) period starts when it is cancelled; children

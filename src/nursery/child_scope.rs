@@ -14,7 +14,7 @@ use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::task::AbortHandle;
+use tokio::task::{AbortHandle, Id};
 
 use super::ChildLabel;
 use crate::node::{Attachment, Node, ScopeId, UnmadeChild, WaiterIndex};
@@ -69,7 +69,8 @@ pub(crate) struct TaskScope {
     /// children at once); `NO_SLOT` until the child parks (registry invariant N-3). Written
     /// once, by the spawner before the spawn (a named or started child) or by the child's
     /// task when it first parks; read by the child's task (its polls, its end), after
-    /// either write in tokio's order of the task's runs.
+    /// either write in tokio's order of the task's runs, and by whoever makes the child's
+    /// scope (only to skip a label the registry makes unneeded).
     slot: AtomicU32,
     /// The name given at spawn. Boxed: a name is rare, and a thin pointer keeps every
     /// unnamed child 8 bytes smaller.
@@ -114,33 +115,36 @@ impl TaskScope {
         self.name.as_deref()
     }
 
-    /// Its own scope, made now under `parent` if needed. Only while the child runs.
+    /// Its own scope, made now under `parent` if needed: asked by the child's own code
+    /// (its frame), so while it runs, in its own task.
     pub(crate) fn node(&self, parent: &Arc<Node>) -> &Arc<Node> {
-        self.node_unless_ended(parent)
-            .expect("a child's scope is only asked for while the child runs")
+        let made = match self.scope.own() {
+            Some(node) => Some(node),
+            None => self
+                .scope
+                .make_node(parent, || self.label(tokio::task::try_id)),
+        };
+        made.expect("a child's scope is only asked for while the child runs")
     }
 
-    /// Its own scope, made now under `parent` if needed, unless the child has ended. A
-    /// scope made while the child holds no slot in its registry carries the child's label,
-    /// since the task tree cannot find the child there (SPEC O2).
+    /// Its own scope, made now under `parent` if needed, unless the child has ended: asked
+    /// from anywhere (a handle's `cancel`).
     pub(crate) fn node_unless_ended(&self, parent: &Arc<Node>) -> Option<&Arc<Node>> {
         match self.scope.own() {
             Some(node) => Some(node),
-            None => self.scope.make_node(parent, || self.label()),
+            None => self.scope.make_node(parent, || self.label(|| None)),
         }
     }
 
-    /// How the task tree shows a child without a slot: its name and its task, known from
-    /// its abort handle (a handle's `cancel`) or because the scope is made in the child's
-    /// own task (its frame).
-    fn label(&self) -> Option<Arc<dyn Attachment>> {
+    /// What a scope made for a child without a slot in its registry carries, since the
+    /// task tree cannot find the child there (SPEC O2): its name and its task, from its
+    /// abort handle, else from `own_task` (the current task's id, when the scope is made
+    /// by the child's own code); no label if neither knows the task.
+    fn label(&self, own_task: impl FnOnce() -> Option<Id>) -> Option<Arc<dyn Attachment>> {
         if self.slot().is_some() {
             return None;
         }
-        let task = self
-            .abort_handle()
-            .map(AbortHandle::id)
-            .or_else(tokio::task::try_id)?;
+        let task = self.abort_handle().map(AbortHandle::id).or_else(own_task)?;
         Some(Arc::new(ChildLabel {
             kind: "child",
             name: self.name().cloned(),

@@ -674,7 +674,8 @@ impl<E> Stopper<E> {
     /// lock (it runs wakers).
     fn abort(&self) -> bool {
         match self {
-            // A child running a parallel borrowing scope is told instead (SPEC B2).
+            // One running a parallel borrowing scope is told "grace expired" instead, and
+            // aborted when that scope ends (SPEC B2): `ChildCell::abort`.
             Stopper::Task(cell) => {
                 cell.abort();
                 true
@@ -758,9 +759,9 @@ impl<E> Shared<E> {
     /// Aborts every running child and what the nursery adopted, as an expired grace period
     /// does, and returns their names.
     fn abort_named(&self) -> Vec<String> {
+        // Those counted as starting abort themselves before (or instead of) waiting
+        // (registry invariant N-3).
         let mut aborted = child_names(self, |_, _| true);
-        // They abort themselves before (or instead of) waiting (registry invariant N-3).
-        aborted.extend(unlisted_children(self));
         aborted.extend(self.abort_children(true));
         aborted
     }
@@ -871,7 +872,9 @@ where
             .unwrap_or_else(|error| panic!("tokio-nursery: {error}"))
     }
 
-    /// Like [`spawn`](Self::spawn), with a name for reports.
+    /// Like [`spawn`](Self::spawn), with a name for reports, the warnings and the task tree,
+    /// which lists a named child from its spawn (an unnamed one once it has waited for the
+    /// first time: a spawn that costs no lock of the nursery).
     pub fn spawn_named<F, T>(&self, name: &str, future: F) -> ChildHandle<T>
     where
         F: Future<Output = Result<T, E>> + Send + 'static,
@@ -1651,9 +1654,11 @@ fn blocking_wait<E>(shared: &Shared<E>, grace: Duration) -> Waited {
 
 /// The names (or scope ids) of the running children with a slot in the registry that
 /// `filter` accepts, given each child's own scope (if it has one) and whether it observed a
-/// cancellation before it had one.
+/// cancellation before it had one; then, read under the same lock, how many run without a
+/// slot (not polled yet, or busy in their first poll: registry invariant N-3), which cannot
+/// be named: "3 children starting".
 fn child_names<E>(shared: &Shared<E>, filter: impl Fn(Option<&Node>, bool) -> bool) -> Vec<String> {
-    shared.registry.collect(|stopper| {
+    let (mut names, unlisted) = shared.registry.collect_counting(|stopper| {
         let (scope, name) = match stopper {
             Stopper::Task(cell)
                 if filter(cell.scope.own().map(|node| &**node), cell.scope.observed()) =>
@@ -1667,17 +1672,13 @@ fn child_names<E>(shared: &Shared<E>, filter: impl Fn(Option<&Node>, bool) -> bo
             Some(name) => format!("{name:?} ({scope})"),
             None => scope.to_string(),
         })
-    })
-}
-
-/// The children running without a slot in the registry (not polled yet, or busy in their
-/// first poll: registry invariant N-3), which cannot be named: "3 children starting".
-fn unlisted_children<E>(shared: &Shared<E>) -> Option<String> {
-    match shared.registry.unlisted() {
-        0 => None,
-        1 => Some("1 child starting".to_string()),
-        n => Some(format!("{n} children starting")),
+    });
+    match unlisted {
+        0 => {}
+        1 => names.push("1 child starting".to_string()),
+        n => names.push(format!("{n} children starting")),
     }
+    names
 }
 
 /// The unobserved-cancellation warning (SPEC N7): names the children still running that
@@ -1689,11 +1690,11 @@ fn warn_unobserved<E>(shared: &Shared<E>, after: Duration) {
     // A child without a scope of its own is cancelled with the nursery, and marks its own
     // state when it observes a cancellation.
     let cancelled = node.is_cancelled();
-    let mut names = child_names(shared, |child, observed_before| match child {
+    let names = child_names(shared, |child, observed_before| match child {
         Some(child) => child.is_cancelled() && !child.observed() && !observed_before,
         None => cancelled && !observed_before,
     });
-    names.extend(unlisted_children(shared));
+
     if names.is_empty() {
         return;
     }
