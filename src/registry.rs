@@ -622,6 +622,18 @@ mod loom_tests {
 
     type Plain = Registry<(), (), ()>;
 
+    /// The nursery's end: waits (parked on a loom `Notify`) until no child is alive and
+    /// closes. A lost wake-up deadlocks the model.
+    fn close_when_empty<A, F, L>(registry: &Registry<A, F, L>) {
+        crate::sync::block_on(std::future::poll_fn(|cx| {
+            if registry.try_close(cx.waker()) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        }));
+    }
+
     /// N-2: a spawn entering (no slot) or registering (a slot) while the nursery closes
     /// either lands before the close (and is waited for) or is refused; never a child alive
     /// in a closed nursery.
@@ -717,13 +729,7 @@ mod loom_tests {
                     registry.finished(None);
                 })
             };
-            crate::sync::block_on(std::future::poll_fn(|cx| {
-                if registry.try_close(cx.waker()) {
-                    Poll::Ready(())
-                } else {
-                    Poll::Pending
-                }
-            }));
+            close_when_empty(&registry);
             assert_eq!(
                 ended.load(Ordering::SeqCst),
                 2,
@@ -747,13 +753,7 @@ mod loom_tests {
                 let registry = registry.clone();
                 thread::spawn(move || registry.finished(None))
             };
-            crate::sync::block_on(std::future::poll_fn(|cx| {
-                if registry.try_close(cx.waker()) {
-                    Poll::Ready(())
-                } else {
-                    Poll::Pending
-                }
-            }));
+            close_when_empty(&registry);
             child.join().unwrap();
             assert!(!registry.is_open());
             assert!(registry.enter().is_err());
@@ -1146,13 +1146,7 @@ mod loom_tests {
                     Err(Closed) => false,
                 })
             };
-            crate::sync::block_on(std::future::poll_fn(|cx| {
-                if adopter.try_close(cx.waker()) {
-                    Poll::Ready(())
-                } else {
-                    Poll::Pending
-                }
-            }));
+            close_when_empty(&adopter);
             let done_at_close = work_done.load(Ordering::SeqCst);
             assert!(!adopter.is_open());
             let adopted = orphaned.join().unwrap();
