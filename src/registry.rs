@@ -170,7 +170,8 @@ struct State<A, F, L> {
 }
 
 enum Slot<A> {
-    Running(A),
+    /// A child that can be reached, and its place in spawn order (see `in_spawn_order`).
+    Running(A, u64),
     /// An orphaned nursery this one adopted (N-4), and how to abort its children.
     Adoptee(Arc<dyn StopAll>),
 }
@@ -255,7 +256,14 @@ impl<A, F, L> Registry<A, F, L> {
     /// holding the stopper `make` returns for its key (N-2). `true` with the key when the
     /// nursery has already aborted its children: the spawner then stops this one itself
     /// (N-3).
-    pub(crate) fn register(&self, make: impl FnOnce(usize) -> A) -> Result<(usize, bool), Closed> {
+    ///
+    /// `order` is the child's place in spawn order (its scope id: ids increase as a thread
+    /// makes them), by which `abort_all` aborts.
+    pub(crate) fn register(
+        &self,
+        order: u64,
+        make: impl FnOnce(usize) -> A,
+    ) -> Result<(usize, bool), Closed> {
         let mut state = lock(&self.state);
         // CLOSED and ABORTED are set under the lock: read here, they hold until it is released.
         let word = self.word.load(Ordering::Relaxed);
@@ -263,7 +271,7 @@ impl<A, F, L> Registry<A, F, L> {
             return Err(Closed);
         }
         let key = state.slots.next_key();
-        let inserted = state.slots.insert(Slot::Running(make(key)));
+        let inserted = state.slots.insert(Slot::Running(make(key), order));
         debug_assert_eq!(inserted, key);
         Ok((key, word & ABORTED != 0))
     }
@@ -271,10 +279,10 @@ impl<A, F, L> Registry<A, F, L> {
     /// A child entered with [`enter`](Self::enter) parked for the first time: it moves from
     /// the word's count to a slot holding `stopper`, so `abort_all` reaches it. `true` with
     /// the key when the nursery has already aborted its children: the child then aborts
-    /// itself (N-3).
-    pub(crate) fn park(&self, stopper: A) -> (usize, bool) {
+    /// itself (N-3). `order` is as for [`register`](Self::register).
+    pub(crate) fn park(&self, order: u64, stopper: A) -> (usize, bool) {
         let mut state = lock(&self.state);
-        let key = state.slots.insert(Slot::Running(stopper));
+        let key = state.slots.insert(Slot::Running(stopper, order));
         let word = self.word.fetch_sub(ONE, Ordering::AcqRel);
         (key, word & ABORTED != 0)
     }
@@ -293,7 +301,7 @@ impl<A, F, L> Registry<A, F, L> {
             .slots
             .iter()
             .find_map(|(_, slot)| match slot {
-                Slot::Running(stopper) => f(stopper),
+                Slot::Running(stopper, _) => f(stopper),
                 _ => None,
             })
     }
@@ -304,7 +312,7 @@ impl<A, F, L> Registry<A, F, L> {
             .slots
             .iter()
             .filter_map(|(_, slot)| match slot {
-                Slot::Running(stopper) => f(stopper),
+                Slot::Running(stopper, _) => f(stopper),
                 _ => None,
             })
             .collect()
@@ -318,7 +326,7 @@ impl<A, F, L> Registry<A, F, L> {
             .slots
             .iter()
             .filter_map(|(_, slot)| match slot {
-                Slot::Running(stopper) => f(stopper),
+                Slot::Running(stopper, _) => f(stopper),
                 _ => None,
             })
             .collect();
@@ -578,10 +586,12 @@ impl<A, F, L> Registry<A, F, L> {
             let state = lock(&self.state);
             // Under the lock, so a child parking now either sees it or is found below (N-3).
             self.word.fetch_or(ABORTED, Ordering::AcqRel);
-            let (mut stoppers, mut adopted) = (Vec::new(), Vec::new());
+            let (mut stoppers, mut adopted) = (Vec::with_capacity(state.slots.len()), Vec::new());
             for (_, slot) in state.slots.iter() {
                 match slot {
-                    Slot::Running(stopper) => stoppers.push(stopper.clone()),
+                    Slot::Running(stopper, order) => {
+                        stoppers.push((*order, Some(stopper.clone())));
+                    }
                     Slot::Adoptee(stop) => adopted.push(stop.clone()),
                 }
             }
@@ -589,9 +599,26 @@ impl<A, F, L> Registry<A, F, L> {
         };
         // Each stopper is dropped right after its use, while its cell is still in cache: a
         // separate pass to drop them costs a cache miss per child in a large nursery.
-        for stopper in stoppers {
+        let stop = |stopper: A| {
             if !abort(&stopper) {
                 later(&stopper);
+            }
+        };
+        match spawn_order(&stoppers) {
+            None => stoppers
+                .into_iter()
+                .flat_map(|(_, stopper)| stopper)
+                .for_each(stop),
+            Some(order) => {
+                let mut stoppers = stoppers;
+                for i in order {
+                    stop(
+                        stoppers[i as usize]
+                            .1
+                            .take()
+                            .expect("each child is aborted once"),
+                    );
+                }
             }
         }
         adopted.iter().flat_map(|stop| stop.stop_all()).collect()
@@ -612,6 +639,71 @@ impl<A, F, L> Registry<A, F, L> {
         (failures, panics)
     }
 }
+/// The order in which `abort_all` aborts `stoppers`: spawn order (by their `order`, unique),
+/// as indices, or `None` if they are in that order already (one thread polled them). tokio
+/// drops each aborted task in the order it was aborted and unlinks it from its task list,
+/// which is in spawn order, touching its two neighbours there. Children take their slots in
+/// the order they park, which two workers interleave; aborting in that order made a million
+/// parked children on multi_thread 1.3x slower to abort (DESIGN.md, "Nursery budgets").
+/// Dense orders (a nursery's children spawned from one thread) are placed in one pass over
+/// a table of `u32` indices; sparse ones are sorted.
+fn spawn_order<A>(stoppers: &[(u64, Option<A>)]) -> Option<Vec<u32>> {
+    if stoppers.is_sorted_by_key(|(order, _)| *order) {
+        return None;
+    }
+    let index = |i: usize| u32::try_from(i).expect("fewer than 2^32 children with a slot");
+    let (min, max) = stoppers
+        .iter()
+        .fold((u64::MAX, 0), |(min, max), (order, _)| {
+            (min.min(*order), max.max(*order))
+        });
+    let span = usize::try_from(max - min).unwrap_or(usize::MAX);
+    if span / 4 > stoppers.len() {
+        let mut sorted: Vec<u32> = (0..stoppers.len()).map(index).collect();
+        sorted.sort_unstable_by_key(|&i| stoppers[i as usize].0);
+        return Some(sorted);
+    }
+    let mut at = vec![u32::MAX; span + 1];
+    for (i, (order, _)) in stoppers.iter().enumerate() {
+        at[(order - min) as usize] = index(i);
+    }
+    Some(at.into_iter().filter(|&i| i != u32::MAX).collect())
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::spawn_order;
+
+    fn stoppers(orders: &[u64]) -> Vec<(u64, Option<()>)> {
+        orders.iter().map(|&order| (order, Some(()))).collect()
+    }
+
+    fn ordered(orders: &[u64]) -> Vec<u64> {
+        let stoppers = stoppers(orders);
+        match spawn_order(&stoppers) {
+            None => orders.to_vec(),
+            Some(order) => order.iter().map(|&i| stoppers[i as usize].0).collect(),
+        }
+    }
+
+    #[test]
+    fn spawn_order_keeps_ordered_stoppers_as_they_are() {
+        assert!(spawn_order(&stoppers(&[3, 5, 9, 10])).is_none());
+        assert!(spawn_order::<()>(&[]).is_none());
+    }
+
+    #[test]
+    fn spawn_order_places_dense_orders_and_sorts_sparse_ones() {
+        // Dense: two workers' interleaving of one spawner's children.
+        assert_eq!(ordered(&[7, 3, 8, 4, 5, 9, 6]), [3, 4, 5, 6, 7, 8, 9]);
+        // Sparse: children spawned from threads far apart in scope ids.
+        assert_eq!(
+            ordered(&[1_000_000, 2, 50_000, 1]),
+            [1, 2, 50_000, 1_000_000]
+        );
+    }
+}
+
 /// Model checks of the registry's handoffs (SPEC R1):
 /// `RUSTFLAGS="--cfg loom" cargo test --lib --release loom_`.
 #[cfg(all(test, loom))]
@@ -646,7 +738,7 @@ mod loom_tests {
                     let registry = registry.clone();
                     thread::spawn(move || {
                         let entered = if with_slot {
-                            registry.register(|_| ()).map(|(key, _)| Some(key))
+                            registry.register(0, |_| ()).map(|(key, _)| Some(key))
                         } else {
                             registry.enter().map(|()| None)
                         };
@@ -717,7 +809,7 @@ mod loom_tests {
             let parking = {
                 let (registry, ended) = (registry.clone(), ended.clone());
                 thread::spawn(move || {
-                    let (key, _) = registry.park(());
+                    let (key, _) = registry.park(0, ());
                     ended.fetch_add(1, Ordering::SeqCst);
                     registry.finished(Some(key));
                 })
@@ -790,7 +882,7 @@ mod loom_tests {
             loom::model(move || {
                 let registry = Arc::new(Plain::new());
                 let slot = if with_slot {
-                    Some(registry.register(|_| ()).unwrap().0)
+                    Some(registry.register(0, |_| ()).unwrap().0)
                 } else {
                     registry.enter().unwrap();
                     None
@@ -856,7 +948,7 @@ mod loom_tests {
             task.stop();
             return None;
         }
-        let (key, aborted) = registry.park(task.clone());
+        let (key, aborted) = registry.park(0, task.clone());
         if aborted {
             task.stop();
         }
@@ -914,7 +1006,7 @@ mod loom_tests {
                 thread::spawn(move || {
                     let task = Arc::new(Task::default());
                     let (_, aborted) = registry
-                        .register(|_| task.clone())
+                        .register(0, |_| task.clone())
                         .expect("abort_all does not close");
                     task.spawned(aborted);
                     task
@@ -944,7 +1036,7 @@ mod loom_tests {
         loom::model(|| {
             let registry = Arc::new(Registry::<Arc<Task>, (), ()>::new());
             let running = Arc::new(Task::default());
-            let (key, _) = registry.register(|_| running.clone()).unwrap();
+            let (key, _) = registry.register(0, |_| running.clone()).unwrap();
             running.spawned(false);
             let ending = {
                 let registry = registry.clone();
@@ -975,7 +1067,7 @@ mod loom_tests {
                 assert_eq!(task.aborts.load(Ordering::SeqCst), 1, "N-3");
                 registry.finished(slot);
             }
-            assert!(registry.register(|_| Arc::new(Task::default())).is_err());
+            assert!(registry.register(0, |_| Arc::new(Task::default())).is_err());
             assert_eq!(registry.live(), 0);
             assert_eq!(
                 adopter.finished.load(Ordering::SeqCst),
@@ -1034,7 +1126,7 @@ mod loom_tests {
         loom::model(|| {
             let registry = Arc::new(Registry::<(), (), ()>::new());
             registry.enter().unwrap();
-            let (panicking, _) = registry.register(|_| ()).unwrap();
+            let (panicking, _) = registry.register(0, |_| ()).unwrap();
             let failer = {
                 let registry = registry.clone();
                 thread::spawn(move || {

@@ -175,7 +175,7 @@ where
         let node = Arc::new(Node::new(ScopeId::next(), false, None));
         let (key, _) = shared
             .registry
-            .register(|_| Stopper::Blocking(node.clone()))?;
+            .register(node.id().as_u64(), |_| Stopper::Blocking(node.clone()))?;
         node.enter(Some(&shared.node), shared.node.timer());
         let finished = Finished {
             nursery: shared.clone(),

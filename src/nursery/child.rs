@@ -243,6 +243,11 @@ where
             cell.abort();
             return Poll::Pending;
         }
+        if cell.scope.abort_requested() {
+            // Aborted before its spawner stored the abort handle (registry invariant N-3):
+            // the spawner aborts the task when it stores it; meanwhile the child never runs.
+            return Poll::Pending;
+        }
         let frame = FrameKind::TaskChild {
             parent: &cell.nursery.node,
             scope: &cell.scope,
@@ -283,7 +288,11 @@ where
 /// children meanwhile (registry invariant N-3).
 #[cold]
 fn park<E>(cell: &Arc<ChildCell<E>>) {
-    let (key, aborted) = cell.nursery.registry.park(Stopper::Task(cell.clone()));
+    let order = cell.scope.id().as_u64();
+    let (key, aborted) = cell
+        .nursery
+        .registry
+        .park(order, Stopper::Task(cell.clone()));
     cell.scope.set_slot(key);
     if aborted {
         cell.abort();

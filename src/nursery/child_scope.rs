@@ -199,6 +199,13 @@ impl TaskScope {
         self.scope.state.fetch_or(ABORT_SET, Ordering::AcqRel) & ABORT_REQUESTED != 0
     }
 
+    /// Whether an abort of the child was requested ([`request_abort`](Self::request_abort)):
+    /// its task is then aborted, by the asker or by its spawner once it stores the handle.
+    #[inline]
+    pub(crate) fn abort_requested(&self) -> bool {
+        self.scope.state.load(Ordering::Acquire) & ABORT_REQUESTED != 0
+    }
+
     /// The nursery asks to abort the child: its abort handle if it was stored (the caller
     /// aborts the task), else `None` and the spawner aborts it once it stores the handle
     /// (registry invariant N-3). One read-modify-write on each side: one of the two sees

@@ -1045,7 +1045,10 @@ where
         if listed {
             // A named child is in the task tree from its spawn, and a started one runs under
             // its starter's scopes from the start (SPEC N3, O2): both hold a slot at once.
-            let (key, aborted) = shared.registry.register(|_| Stopper::Task(cell.clone()))?;
+            let order = cell.scope.id().as_u64();
+            let (key, aborted) = shared
+                .registry
+                .register(order, |_| Stopper::Task(cell.clone()))?;
             cell.scope.set_slot(key);
             if aborted {
                 // Registered after the nursery aborted its children (N-3).
