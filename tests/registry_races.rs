@@ -426,24 +426,25 @@ async fn spawns_race_with_the_close(i: usize) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spawns_racing_with_the_close_are_run_or_refused_2_workers() {
+/// Runs `scenario` `iterations` times, each under the hang bound, then checks that no task
+/// is left.
+async fn repeated<F: Future<Output = ()>>(iterations: usize, scenario: impl Fn(usize) -> F) {
     leak_checked(async {
-        for i in 0..ITERATIONS {
-            bounded(spawns_race_with_the_close(i)).await;
+        for i in 0..iterations {
+            bounded(scenario(i)).await;
         }
     })
     .await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spawns_racing_with_the_close_are_run_or_refused_2_workers() {
+    repeated(ITERATIONS, spawns_race_with_the_close).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn spawns_racing_with_the_close_are_run_or_refused_4_workers() {
-    leak_checked(async {
-        for i in 0..ITERATIONS / 2 {
-            bounded(spawns_race_with_the_close(i)).await;
-        }
-    })
-    .await
+    repeated(ITERATIONS / 2, spawns_race_with_the_close).await
 }
 
 // ---------------------------------------------------------------------------------------
@@ -573,22 +574,12 @@ async fn abort_all_races_with_spawns(i: usize, workers: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abort_all_racing_with_spawns_and_first_polls_2_workers() {
-    leak_checked(async {
-        for i in 0..ITERATIONS {
-            bounded(abort_all_races_with_spawns(i, 2)).await;
-        }
-    })
-    .await
+    repeated(ITERATIONS, |i| abort_all_races_with_spawns(i, 2)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn abort_all_racing_with_spawns_and_first_polls_4_workers() {
-    leak_checked(async {
-        for i in 0..ITERATIONS / 2 {
-            bounded(abort_all_races_with_spawns(i, 4)).await;
-        }
-    })
-    .await
+    repeated(ITERATIONS / 2, |i| abort_all_races_with_spawns(i, 4)).await
 }
 
 /// N-3 for a child spawned after its nursery aborted its children: it must never run. An
@@ -756,22 +747,12 @@ async fn abort_drop_races_with_spawns(i: usize, workers: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abort_drop_racing_with_spawns_and_first_polls_2_workers() {
-    leak_checked(async {
-        for i in 0..ITERATIONS {
-            bounded(abort_drop_races_with_spawns(i, 2)).await;
-        }
-    })
-    .await
+    repeated(ITERATIONS, |i| abort_drop_races_with_spawns(i, 2)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn abort_drop_racing_with_spawns_and_first_polls_4_workers() {
-    leak_checked(async {
-        for i in 0..ITERATIONS / 2 {
-            bounded(abort_drop_races_with_spawns(i, 4)).await;
-        }
-    })
-    .await
+    repeated(ITERATIONS / 2, |i| abort_drop_races_with_spawns(i, 4)).await
 }
 
 // ---------------------------------------------------------------------------------------
@@ -858,20 +839,10 @@ async fn wait_drop_races_with_spawns(i: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wait_drop_racing_with_spawns_leaves_every_child_to_the_adopter_2_workers() {
-    leak_checked(async {
-        for i in 0..ITERATIONS {
-            bounded(wait_drop_races_with_spawns(i)).await;
-        }
-    })
-    .await
+    repeated(ITERATIONS, wait_drop_races_with_spawns).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_wait_drop_racing_with_spawns_leaves_every_child_to_the_adopter_4_workers() {
-    leak_checked(async {
-        for i in 0..ITERATIONS / 2 {
-            bounded(wait_drop_races_with_spawns(i)).await;
-        }
-    })
-    .await
+    repeated(ITERATIONS / 2, wait_drop_races_with_spawns).await
 }
