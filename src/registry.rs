@@ -308,14 +308,7 @@ impl<A, F, L> Registry<A, F, L> {
 
     /// What `f` says of each running child with a slot.
     pub(crate) fn collect<R>(&self, f: impl Fn(&A) -> Option<R>) -> Vec<R> {
-        lock(&self.state)
-            .slots
-            .iter()
-            .filter_map(|(_, slot)| match slot {
-                Slot::Running(stopper, _) => f(stopper),
-                _ => None,
-            })
-            .collect()
+        self.collect_counting(f).0
     }
 
     /// What `f` says of each running child with a slot, and how many run without one,

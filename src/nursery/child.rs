@@ -239,13 +239,12 @@ where
         // Only a child that parked holds a slot: without one, this is its first poll.
         let first = cell.scope.slot().is_none();
         if first && cell.nursery.registry.is_aborted() {
-            // Its nursery aborted its children after it was spawned (N8, N7): it never runs.
+            // Its nursery aborted its children after it was spawned (N8, N7).
             cell.abort();
-            return Poll::Pending;
         }
         if cell.scope.abort_requested() {
-            // Aborted before its spawner stored the abort handle (registry invariant N-3):
-            // the spawner aborts the task when it stores it; meanwhile the child never runs.
+            // Aborted, perhaps before its spawner stored the abort handle (registry
+            // invariant N-3): whoever holds the handle aborts the task; it never runs again.
             return Poll::Pending;
         }
         let frame = FrameKind::TaskChild {

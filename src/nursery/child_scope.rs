@@ -1,7 +1,8 @@
 //! A child's scope, made the first time something needs it ([`ChildScope`]), and, for a
 //! nursery child, its task's abort handle ([`TaskScope`]): the part of a child's shared
-//! state that is written once after the spawn. Local children ([`crate::local_scope`]) have
-//! no task, so they keep the scope alone (24 bytes; 40 with the task's slots).
+//! state that is written once after the spawn, with the child's name and registry slot.
+//! Local children ([`crate::local_scope`]) have no task, so they keep the scope alone (24
+//! bytes; 48 with the task's fields).
 //!
 //! Every child pays for these fields whether or not it ever needs a scope, so they are
 //! packed: write-once slots and one state byte, where two `OnceLock`s took 32 bytes and a
@@ -118,22 +119,15 @@ impl TaskScope {
     /// Its own scope, made now under `parent` if needed: asked by the child's own code
     /// (its frame), so while it runs, in its own task.
     pub(crate) fn node(&self, parent: &Arc<Node>) -> &Arc<Node> {
-        let made = match self.scope.own() {
-            Some(node) => Some(node),
-            None => self
-                .scope
-                .make_node(parent, || self.label(tokio::task::try_id)),
-        };
-        made.expect("a child's scope is only asked for while the child runs")
+        self.scope
+            .labelled_node(parent, || self.label(tokio::task::try_id))
+            .expect("a child's scope is only asked for while the child runs")
     }
 
     /// Its own scope, made now under `parent` if needed, unless the child has ended: asked
     /// from anywhere (a handle's `cancel`).
     pub(crate) fn node_unless_ended(&self, parent: &Arc<Node>) -> Option<&Arc<Node>> {
-        match self.scope.own() {
-            Some(node) => Some(node),
-            None => self.scope.make_node(parent, || self.label(|| None)),
-        }
+        self.scope.labelled_node(parent, || self.label(|| None))
     }
 
     /// What a scope made for a child without a slot in its registry carries, since the
@@ -260,9 +254,19 @@ impl ChildScope {
 
     /// Its own scope, made now under `parent` if needed, unless the child has ended.
     pub(crate) fn node_unless_ended(&self, parent: &Arc<Node>) -> Option<&Arc<Node>> {
+        self.labelled_node(parent, || None)
+    }
+
+    /// Its own scope, made now under `parent` with the attachment `label` returns if
+    /// needed, unless the child has ended.
+    fn labelled_node(
+        &self,
+        parent: &Arc<Node>,
+        label: impl FnOnce() -> Option<Arc<dyn Attachment>>,
+    ) -> Option<&Arc<Node>> {
         match self.own() {
             Some(node) => Some(node),
-            None => self.make_node(parent, || None),
+            None => self.make_node(parent, label),
         }
     }
 

@@ -374,14 +374,10 @@ impl<E: Send + 'static> Adopter<Origin> for Shared<E> {
     }
 
     fn describe_child(&self, child: ScopeId) -> Option<Description> {
-        self.registry
-            .find(|stopper| match stopper {
-                Stopper::Task(cell) if cell.scope.id() == child => {
-                    Some(child_description(&cell.scope))
-                }
-                _ => None,
-            })
-            .or_else(|| child_being_polled(child))
+        self.registry.find(|stopper| match stopper {
+            Stopper::Task(cell) if cell.scope.id() == child => Some(child_description(&cell.scope)),
+            _ => None,
+        })
     }
 
     fn children_without_scope(&self) -> Vec<(ScopeId, Description)> {
@@ -500,27 +496,6 @@ fn child_description(scope: &TaskScope) -> Description {
             None => "being spawned".to_string(),
         }),
     }
-}
-
-/// How the task tree shows the child whose scope is `child` when the snapshot is taken from
-/// inside it before it parked for the first time (it has no slot in its registry yet).
-fn child_being_polled(child: ScopeId) -> Option<Description> {
-    context::with_current(|frame| {
-        let mut frame = frame;
-        while let Some(current) = frame {
-            match current.child_task() {
-                Some(task) if task.id() == child => {
-                    let mut description = child_description(task);
-                    if let Some(id) = tokio::task::try_id() {
-                        description.detail = Some(format!("task {id}"));
-                    }
-                    return Some(description);
-                }
-                _ => frame = current.parent(),
-            }
-        }
-        None
-    })
 }
 
 /// What a child's scope node carries, for the task-tree snapshot (SPEC O2).
