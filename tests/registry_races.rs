@@ -288,6 +288,31 @@ async fn spawner_task(n: NurseryHandle<Cancelled>, probe: Arc<Probe>, seed: usiz
     probe.spawners_done.fetch_add(1, SeqCst);
 }
 
+/// Starts the spawners of iteration `i` on `n`: `THREADS` threads and one task.
+fn start_spawners(
+    n: &NurseryHandle<Cancelled>,
+    probe: &Arc<Probe>,
+    i: usize,
+    named: bool,
+) -> (
+    Vec<thread::JoinHandle<()>>,
+    Option<tokio::task::JoinHandle<()>>,
+) {
+    let threads = (0..THREADS)
+        .map(|t| spawner_thread(n.clone(), probe.clone(), i * 7 + t, named))
+        .collect();
+    let task = tokio::spawn(spawner_task(n.clone(), probe.clone(), i * 5, named));
+    (threads, Some(task))
+}
+
+/// Spawns one child of each leaf kind, unnamed and named.
+fn spawn_leaves(n: &NurseryHandle<Cancelled>, probe: &Arc<Probe>) {
+    for kind in LEAVES {
+        spawn_child(n, probe, kind, false).unwrap();
+        spawn_child(n, probe, kind, true).unwrap();
+    }
+}
+
 /// Joins a spawner thread without blocking the runtime (so the hang bound still works),
 /// resuming its panic.
 async fn join(thread: thread::JoinHandle<()>) {
@@ -365,21 +390,10 @@ async fn spawns_race_with_the_close(i: usize) {
     let mut threads = Vec::new();
     let mut task = None;
     let out = nursery(|n: NurseryHandle<Cancelled>| {
-        threads = (0..THREADS)
-            .map(|t| spawner_thread(n.clone(), probe.clone(), i * 7 + t, false))
-            .collect();
-        task = Some(tokio::spawn(spawner_task(
-            n.clone(),
-            probe.clone(),
-            i * 5,
-            false,
-        )));
+        (threads, task) = start_spawners(&n, &probe, i, false);
         let probe = probe.clone();
         async move {
-            for kind in LEAVES {
-                spawn_child(&n, &probe, kind, false).unwrap();
-                spawn_child(&n, &probe, kind, true).unwrap();
-            }
+            spawn_leaves(&n, &probe);
             spawn_child(&n, &probe, Kind::Forks { named: true }, i % 2 == 0).unwrap();
             if i % 3 == 0 {
                 // The spawners are under way when the body returns.
@@ -509,23 +523,12 @@ async fn abort_all_races_with_spawns(i: usize, workers: usize) {
     let mut threads = Vec::new();
     let mut task = None;
     let out = nursery(|n: NurseryHandle<Cancelled>| {
-        threads = (0..THREADS)
-            .map(|t| spawner_thread(n.clone(), probe.clone(), i * 7 + t, true))
-            .collect();
-        task = Some(tokio::spawn(spawner_task(
-            n.clone(),
-            probe.clone(),
-            i * 5,
-            true,
-        )));
+        (threads, task) = start_spawners(&n, &probe, i, true);
         let probe = probe.clone();
         async move {
             spawn_child(&n, &probe, Kind::Spins, false).unwrap();
             spawn_child(&n, &probe, Kind::Spins, true).unwrap();
-            for kind in LEAVES {
-                spawn_child(&n, &probe, kind, false).unwrap();
-                spawn_child(&n, &probe, kind, true).unwrap();
-            }
+            spawn_leaves(&n, &probe);
             spawn_child(&n, &probe, Kind::Forks { named: true }, false).unwrap();
             match (blocked, i % 4) {
                 (false, 1) => wait_until("a child ran", || Probe::count(&probe.ran) > 0).await,
@@ -540,10 +543,7 @@ async fn abort_all_races_with_spawns(i: usize, workers: usize) {
             n.abort_all();
             probe.mark.store(true, SeqCst);
             // Spawned after the abort: they abort themselves (or are aborted by this spawn).
-            for kind in LEAVES {
-                spawn_child(&n, &probe, kind, false).unwrap();
-                spawn_child(&n, &probe, kind, true).unwrap();
-            }
+            spawn_leaves(&n, &probe);
             if let Some(blocker) = blocker {
                 blocker.release().await;
             }
@@ -689,23 +689,12 @@ async fn abort_drop_races_with_spawns(i: usize, workers: usize) {
     {
         let mut running = pin!(Nursery::new().drop_mode(DropMode::Abort).run(
             |n: NurseryHandle<Cancelled>| {
-                threads = (0..THREADS)
-                    .map(|t| spawner_thread(n.clone(), probe.clone(), i * 7 + t, false))
-                    .collect();
-                task = Some(tokio::spawn(spawner_task(
-                    n.clone(),
-                    probe.clone(),
-                    i * 5,
-                    false,
-                )));
+                (threads, task) = start_spawners(&n, &probe, i, false);
                 let probe = probe.clone();
                 async move {
                     spawn_child(&n, &probe, Kind::Spins, false).unwrap();
                     spawn_child(&n, &probe, Kind::Spins, true).unwrap();
-                    for kind in LEAVES {
-                        spawn_child(&n, &probe, kind, false).unwrap();
-                        spawn_child(&n, &probe, kind, true).unwrap();
-                    }
+                    spawn_leaves(&n, &probe);
                     spawn_child(&n, &probe, Kind::Forks { named: false }, false).unwrap();
                     std::future::pending::<Result<(), Cancelled>>().await
                 }
