@@ -49,12 +49,14 @@
 //!
 //! # How it stays sound: the backstop
 //!
-//! A child's future is boxed, its lifetime erased to `'static` (the module's one unsafe
-//! operation, a transmute of the trait object's lifetime bound; the other `unsafe` blocks
-//! call the functions whose contracts lead to it), and put in a *cell*: a small lock around
-//! an `Option` of the future. The tokio task runs a shell
-//! that locks the cell for each poll. Whoever ends the future, its completion, its task being
-//! dropped (an abort) or the scope's backstop, drops it *while holding the cell's lock*.
+//! A child lives in a *cell*, one allocation shared by its tokio task, the scope's list and
+//! its handle: the future (behind a small lock) and, once it ended, its value (behind
+//! another). The cell's lifetime is erased to `'static` (the module's unsafe operations: two
+//! transmutes of trait objects' lifetime bounds in one place, `Children::register`, and
+//! pinning the future where it lies in the cell; the other `unsafe` blocks call the
+//! functions whose contracts lead to them). The tokio task runs a shell that locks the cell
+//! for each poll. Whoever ends the future, its completion, its task being dropped (an
+//! abort) or the scope's backstop, drops it *while holding the cell's lock*.
 //!
 //! The scope never finishes, by completing or by being dropped, before its backstop has run:
 //! it closes the scope to new children and empties every cell, dropping the futures that are
@@ -68,17 +70,22 @@
 //! blocks its thread for ever (a poll that never returns) blocks that wait for ever, as it
 //! would block any runtime.
 //!
-//! A child's value travels in a slot shared with its [`ParallelHandle`], not in tokio's task
-//! output (which tokio may drop after the task counted as finished), and the error type is
-//! `'static`: nothing that borrows the caller's stack outlives the backstop, except what
-//! the borrow checker tracks (the handles).
+//! A child's value waits in its cell for the handle, not in tokio's task output (which
+//! tokio may drop after the task counted as finished); a value whose handle is gone is
+//! dropped at once: by the child's task, under the future's lock, if the handle went first,
+//! by the handle's drop otherwise. None is left in a cell for tokio to drop late. A dropped
+//! handle leaves its join handle in the cell, so that tokio's task is usually freed by the
+//! scope, on the thread that spawned it, rather than by whichever worker ran the child last
+//! (freeing another thread's memory takes glibc's lock of that thread's arena). The error type is `'static`: nothing that
+//! borrows the caller's stack outlives the backstop, except what the borrow checker tracks
+//! (the handles and their values).
 
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::pin::Pin;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Mutex, OnceLock, TryLockError};
 use std::task::{Context, Poll};
 
@@ -104,7 +111,7 @@ use crate::sync::{Arc, Ordering, lock};
 /// from what outlives the scope.
 pub struct ParallelScope<'env, E> {
     nursery: NurseryHandle<E>,
-    children: Arc<Children<Result<(), E>>>,
+    children: Arc<Children<E>>,
     /// Invariant in `'env`: a scope for a long borrow cannot pass for one of a shorter borrow,
     /// so children cannot borrow the body's own locals (which die before the children).
     _env: PhantomData<&'env mut &'env ()>,
@@ -117,7 +124,8 @@ where
     /// Spawns a child that may borrow from the caller's stack. It runs as a task on the
     /// runtime's workers, in parallel with the body and its siblings, in a scope under the
     /// parallel scope's (cancellation and deadlines reach it). Its value may borrow too: it
-    /// waits for the handle in a slot of the scope, and is dropped with the handle.
+    /// waits in the child's cell for the handle, and is dropped with the handle (at once,
+    /// if the handle was dropped first).
     ///
     /// # Panics
     ///
@@ -152,26 +160,22 @@ where
         F: Future<Output = Result<T, E>> + Send + 'env,
         T: Send + 'env,
     {
-        let value = Arc::new(Mutex::new(None));
-        let deliver = value.clone();
-        let child: Pin<Box<dyn Future<Output = Result<(), E>> + Send + 'env>> =
-            Box::pin(async move {
-                let value = future.await?;
-                *lock(&deliver) = Some(value);
-                Ok(())
-            });
         // SAFETY: `register`'s contract is that the children's backstop runs before `'env`
-        // ends. A `ParallelScope` is made only by `running`, inside the nursery of a `Running`
+        // ends and that the value's end is dropped within `'env` unless `T` outlives it. A
+        // `ParallelScope` is made only by `running`, inside the nursery of a `Running`
         // future whose makers promise it is not leaked before it completes; `Running` runs
         // the backstop (`self.children`'s) before it returns its output, before it resumes
         // a panic, and in its `Drop`. `'env` outlives that `Running` (its type holds `'env`),
         // and the scope holds `'env` invariantly, so its children borrow only what outlives
-        // the backstop. After the backstop, `register` refuses.
-        let shell = unsafe { self.children.register(child) };
-        let cell = shell.cell.clone();
+        // the backstop. After the backstop, `register` refuses. The value's end goes into the
+        // handle, whose type carries `T`: the handle ends within `T`'s lifetime.
+        let (shell, value) = unsafe { self.children.register(future) };
         let child = self.nursery.spawn(shell);
-        let _ = cell.task.set(child.id());
-        ParallelHandle { child, value }
+        let _ = value.task().set(child.id());
+        ParallelHandle {
+            child: Some(child),
+            value,
+        }
     }
 
     /// The parallel scope's cancel scope: cancel it (the scope absorbs its own
@@ -194,30 +198,48 @@ impl<E> fmt::Debug for ParallelScope<'_, E> {
 /// end shows as the same [`JoinError`] markers (the scope owns failures and panics).
 /// Dropping the handle detaches nothing: the scope still waits for the child.
 pub struct ParallelHandle<T> {
-    child: ChildHandle<()>,
-    value: Arc<Mutex<Option<T>>>,
+    /// `Some` until the handle is dropped.
+    child: Option<ChildHandle<()>>,
+    /// The child's cell, for its value (see [`Children::register`]).
+    value: Arc<dyn Value<T>>,
+}
+
+impl<T> Drop for ParallelHandle<T> {
+    fn drop(&mut self) {
+        // A value not taken is dropped here or, still to come, by the child's task: never
+        // after the scope's backstop.
+        self.value.abandon(self.child.take());
+    }
 }
 
 impl<T> ParallelHandle<T> {
     /// The child's tokio task id.
     pub fn id(&self) -> tokio::task::Id {
-        self.child.id()
+        self.child().id()
     }
 
     /// Cancels this child alone, cooperatively. Not a failure.
     pub fn cancel(&self) {
-        self.child.cancel();
+        self.child().cancel();
     }
 
     /// Aborts this child alone: tokio drops its future at its next scheduling (and the scope
     /// waits for that). Not a failure.
     pub fn abort(&self) {
-        self.child.abort();
+        self.child().abort();
     }
 
     /// Whether the child has finished.
     pub fn is_finished(&self) -> bool {
-        self.child.is_finished()
+        self.child().is_finished()
+    }
+}
+
+const HANDLE_ALIVE: &str = "tokio-nursery: a parallel handle's child is there until its drop";
+
+impl<T> ParallelHandle<T> {
+    fn child(&self) -> &ChildHandle<()> {
+        self.child.as_ref().expect(HANDLE_ALIVE)
     }
 }
 
@@ -226,10 +248,12 @@ impl<T> Future for ParallelHandle<T> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        match Pin::new(&mut this.child).poll(cx) {
+        let child = this.child.as_mut().expect(HANDLE_ALIVE);
+        match Pin::new(child).poll(cx) {
             Poll::Pending => Poll::Pending,
             // The child stored its value before its task returned.
-            Poll::Ready(Ok(())) => Poll::Ready(Ok(lock(&this.value)
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(this
+                .value
                 .take()
                 .expect("tokio-nursery: a parallel child that returned left its value"))),
             Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
@@ -515,7 +539,7 @@ struct Running<'env, F, E> {
     /// The scope's nursery, until it completed (or panicked).
     #[pin]
     nursery: Option<F>,
-    children: Arc<Children<Result<(), E>>>,
+    children: Arc<Children<E>>,
     multi_thread_only: bool,
     started: bool,
     /// While it runs, the crate neither aborts the task awaiting it nor lets a hard scope
@@ -614,13 +638,85 @@ fn wait_blocking(wait: &mut dyn FnMut()) {
 // names a task id), so Miri runs it on its own.
 // ---------------------------------------------------------------------------------------
 
-/// A child future whose lifetime was erased (see [`Children::register`]).
-type Erased<O> = Pin<Box<dyn Future<Output = O> + Send + 'static>>;
+/// What the backstop and the task (through its [`Shell`]) reach of a child, whatever its
+/// future: a cell whose lifetime was erased (see [`Children::register`]).
+trait Child<E>: Send + Sync {
+    /// The parts that do not depend on the future's type.
+    fn common(&self) -> &Common;
+
+    /// Polls the future under the cell's lock; when it ends, drops it there and hands its
+    /// value to the handle (or drops the value too, if the handle is gone). `Pending` once
+    /// the future is gone.
+    fn poll_future(&self, cx: &mut Context<'_>) -> Poll<Result<(), E>>;
+
+    /// Drops the future, if it is still there, under the cell's lock with the thread marked
+    /// as its runner. With `wait` false, returns `false` without dropping anything if the
+    /// lock is held (a poll or a drop in progress); otherwise returns `true`. A panic of the
+    /// future's drop propagates (the lock is then poisoned, and the future gone).
+    fn drop_future(&self, wait: bool) -> bool;
+
+    /// Whether the future is still in the cell.
+    #[cfg(test)]
+    fn has_future(&self) -> bool;
+}
+
+/// What a [`ParallelHandle`] reaches of its child's cell: the value.
+trait Value<T>: Send + Sync {
+    /// The child's value, once: there once the child's task returned `Ok`.
+    fn take(&self) -> Option<T>;
+
+    /// The handle is gone: the value, there or still to come, is dropped at once. The
+    /// handle's join handle stays with the cell, so that tokio's task is freed when the cell
+    /// is (usually by the scope, on the thread that spawned it; see `Delivery::join`).
+    fn abandon(&self, join: Option<ChildHandle<()>>);
+
+    /// Where the cell keeps its task's id, for reports.
+    fn task(&self) -> &OnceLock<tokio::task::Id>;
+}
+
+/// A child cell's parts that do not depend on its future.
+struct Common {
+    /// The [`thread_token`] of the thread running the future's code (a poll or its drop)
+    /// under the lock, else 0.
+    runner: AtomicUsize,
+    /// The child's task, for reports.
+    task: OnceLock<tokio::task::Id>,
+    /// The future is gone (ended or dropped): set under the cell's lock once its drop
+    /// returned, so the backstop may forget the cell.
+    ended: AtomicBool,
+}
+
+/// One child, in one allocation shared by its task's shell, the backstop's list and its
+/// handle: the future, reached only under its lock, and the value, reached only briefly
+/// (so that a handle never waits for a poll).
+struct Cell<F, T> {
+    common: Common,
+    /// `Some` until the future ends or is dropped. Pinned: the cell is never moved out of
+    /// its `Arc`, and the future is dropped in place (set to `None`) before the `Arc` frees
+    /// the cell.
+    future: Mutex<Option<F>>,
+    value: Mutex<Delivery<T>>,
+}
+
+/// A child's value on its way to the handle.
+struct Delivery<T> {
+    value: Option<T>,
+    /// The handle was dropped: a value that comes is dropped, not kept.
+    abandoned: bool,
+    /// The dropped handle's join handle.
+    join: Option<ChildHandle<()>>,
+}
+
+/// What tokio runs for a child: polls the child's future under its cell's lock. One fat
+/// pointer, so that the nursery's task around it fits tokio's smaller task cell.
+struct Shell<E> {
+    cell: Arc<dyn Child<E>>,
+}
 
 /// The children of a parallel scope: every cell not yet emptied, and whether the scope still
 /// takes children.
-struct Children<O> {
-    state: Mutex<ChildrenState<O>>,
+struct Children<E> {
+    state: Mutex<ChildrenState<E>>,
     /// The scope's id, for reports.
     scope: OnceLock<ScopeId>,
     /// How many cells the backstop had to wait for (a poll or a drop in progress elsewhere).
@@ -628,34 +724,22 @@ struct Children<O> {
     waited: AtomicUsize,
 }
 
-struct ChildrenState<O> {
-    cells: Pages<Arc<Cell<O>>>,
+/// The backstop's list. Children do not leave it when they end (that would take this lock
+/// once more per child, on whichever worker ends it): registration forgets the ended ones
+/// from time to time (`compact`).
+struct ChildrenState<E> {
+    cells: Pages<Arc<dyn Child<E>>>,
+    /// The list's length at which registration compacts it next.
+    compact_at: usize,
     closed: bool,
 }
 
-/// One child: its future, reached only under the lock, and who holds the lock to run its
-/// code.
-struct Cell<O> {
-    future: Mutex<Option<Erased<O>>>,
-    /// The [`thread_token`] of the thread running the future's code (a poll or its drop)
-    /// under the lock, else 0.
-    runner: AtomicUsize,
-    /// The child's task, for reports.
-    task: OnceLock<tokio::task::Id>,
-}
-
-/// What tokio runs for a child: polls the child's future under its cell's lock.
-struct Shell<O> {
-    cell: Arc<Cell<O>>,
-    key: usize,
-    children: Arc<Children<O>>,
-}
-
-impl<O> Children<O> {
+impl<E> Children<E> {
     fn new() -> Self {
         Children {
             state: Mutex::new(ChildrenState {
                 cells: Pages::new(),
+                compact_at: COMPACT_AT_LEAST,
                 closed: false,
             }),
             scope: OnceLock::new(),
@@ -664,7 +748,8 @@ impl<O> Children<O> {
         }
     }
 
-    /// Registers a child future, erasing its lifetime, and returns the shell to run it.
+    /// Registers a child future, erasing its lifetime, and returns the shell to run it and
+    /// its value's end for the handle.
     ///
     /// # Panics
     ///
@@ -672,48 +757,64 @@ impl<O> Children<O> {
     ///
     /// # Safety
     ///
-    /// [`sweep`](Self::sweep) must run on these children, and return, before `'env` ends.
-    /// (The output is `'static`: tokio may keep it after that.)
-    unsafe fn register<'env>(
-        self: &Arc<Self>,
-        future: Pin<Box<dyn Future<Output = O> + Send + 'env>>,
-    ) -> Shell<O>
+    /// [`sweep`](Self::sweep) must run on these children, and return, before `'env` ends,
+    /// and the returned value's end must be dropped (its value taken or abandoned) before
+    /// `'env` ends unless `T` outlives it. (The task's output is `'static`: tokio may keep
+    /// it after that.)
+    unsafe fn register<'env, F, T>(self: &Arc<Self>, future: F) -> (Shell<E>, Arc<dyn Value<T>>)
     where
-        O: 'static,
+        F: Future<Output = Result<T, E>> + Send + 'env,
+        T: Send + 'env,
+        E: Send + 'static,
     {
+        let cell = Arc::new(Cell {
+            common: Common {
+                runner: AtomicUsize::new(0),
+                task: OnceLock::new(),
+                ended: AtomicBool::new(false),
+            },
+            future: Mutex::new(Some(future)),
+            value: Mutex::new(Delivery {
+                value: None,
+                abandoned: false,
+                join: None,
+            }),
+        });
+        let child: Arc<dyn Child<E> + 'env> = cell.clone();
+        let value: Arc<dyn Value<T> + 'env> = cell;
+        // SAFETY: only the lifetime bounds of the trait objects change (the same pointers and
+        // vtables). From here on the future is reached only through its cell's lock, and is
+        // dropped under that lock by the first of: its completion (`poll_future`), its
+        // shell's drop, or `sweep`. The caller runs `sweep` before `'env` ends; registration
+        // and closing share `state`'s lock, so the cell is either registered before the sweep
+        // closes the scope (and the sweep finds it) or refused below (the cell, with its
+        // future, dropped before this returns). The sweep returns only once every registered
+        // cell's future is gone, waiting for the lock where a poll or a drop of the future
+        // runs on another thread. So no code of the future runs, and the future is not
+        // dropped, after `'env` ends. The value: stored under the future's lock, and dropped
+        // there if the handle is gone (`abandon` and the store share the value's lock), so a
+        // value no handle holds never outlives the sweep; a handle's value is the caller's
+        // (the handle carries `T`). What outlives `'env` (the shell in tokio's hands, the
+        // cell) holds no future and no unclaimed value, and its drop reads neither.
+        let (child, value) = unsafe {
+            (
+                std::mem::transmute::<Arc<dyn Child<E> + 'env>, Arc<dyn Child<E> + 'static>>(child),
+                std::mem::transmute::<Arc<dyn Value<T> + 'env>, Arc<dyn Value<T> + 'static>>(value),
+            )
+        };
         let mut state = lock(&self.state);
         if state.closed {
             drop(state);
-            drop(future);
+            drop(child); // with the future, which never ran
+            drop(value);
             panic!("tokio-nursery: spawned into a parallel scope that has ended");
         }
-        // SAFETY: only the lifetime bound of the trait object changes (same layout: the same
-        // box and vtable). From here on the future is reached only through its cell's lock,
-        // and is dropped under that lock by the first of: its completion (`Shell::poll`), its
-        // shell's drop, or `sweep`. The caller runs `sweep` before `'env` ends; registration
-        // and closing share `state`'s lock, so the cell is either registered before the sweep
-        // closes the scope (and the sweep finds it) or refused above. The sweep returns only
-        // once every registered cell is empty, waiting for the lock where a poll or a drop of
-        // the future runs on another thread. So no code of the future runs, and the future
-        // is not dropped, after `'env` ends; what outlives it (the shell, the empty cell) holds
-        // nothing that borrows.
-        let future = unsafe {
-            std::mem::transmute::<
-                Pin<Box<dyn Future<Output = O> + Send + 'env>>,
-                Pin<Box<dyn Future<Output = O> + Send + 'static>>,
-            >(future)
-        };
-        let cell = Arc::new(Cell {
-            future: Mutex::new(Some(future)),
-            runner: AtomicUsize::new(0),
-            task: OnceLock::new(),
-        });
-        let key = state.cells.insert(cell.clone());
-        Shell {
-            cell,
-            key,
-            children: self.clone(),
+        state.cells.insert(child.clone());
+        if state.cells.len() >= state.compact_at {
+            state.compact();
         }
+        drop(state);
+        (Shell { cell: child }, value)
     }
 
     /// The backstop: closes the scope to new children and drops every child future still
@@ -721,26 +822,15 @@ impl<O> Children<O> {
     /// for the ones being polled or dropped on other threads. When it returns, no child future
     /// is alive. A panic in a child's drop is reported, never propagated.
     fn sweep(&self, wait: fn(&mut dyn FnMut())) {
-        let cells: Vec<Arc<Cell<O>>> = {
+        let cells: Vec<Arc<dyn Child<E>>> = {
             let mut state = lock(&self.state);
             state.closed = true;
             state.cells.drain().collect()
         };
         let mut busy = Vec::new();
         for cell in cells {
-            let busy_now = match cell.future.try_lock() {
-                Ok(slot) => {
-                    self.drop_in(&cell, slot);
-                    false
-                }
-                Err(TryLockError::Poisoned(poisoned)) => {
-                    self.drop_in(&cell, poisoned.into_inner());
-                    false
-                }
-                Err(TryLockError::WouldBlock) => true,
-            };
-            if busy_now {
-                if cell.runner.load(Ordering::Acquire) == thread_token() {
+            if !self.drop_in(&*cell, false) {
+                if cell.common().runner.load(Ordering::Acquire) == thread_token() {
                     reentrant_drop();
                 }
                 busy.push(cell);
@@ -753,43 +843,144 @@ impl<O> Children<O> {
         self.waited.fetch_add(busy.len(), Ordering::SeqCst);
         wait(&mut || {
             for cell in busy.drain(..) {
-                let slot = lock(&cell.future);
-                self.drop_in(&cell, slot);
+                self.drop_in(&*cell, true);
             }
         });
     }
 
-    /// Drops the future in `cell`, if any, under its lock (`slot`), reporting a panic.
-    fn drop_in(&self, cell: &Cell<O>, mut slot: std::sync::MutexGuard<'_, Option<Erased<O>>>) {
-        let Some(future) = slot.take() else { return };
-        let runner = Runner::mark(cell);
-        let dropped = catch_unwind(AssertUnwindSafe(move || drop(future)));
-        // Unmarked before the lock is released (another thread may mark it next).
-        drop(runner);
-        drop(slot);
-        if let Err(payload) = dropped {
-            let origin = match (cell.task.get(), self.scope.get()) {
-                (Some(id), _) => Origin::Child {
-                    id: *id,
-                    name: None,
-                },
-                (None, Some(scope)) => Origin::Local { scope: *scope },
-                (None, None) => Origin::Body,
-            };
-            report(&Report::Panic {
-                origin: &origin,
-                payload: &*payload,
-                adopted: false,
-            });
-        }
+    /// Drops the future in `cell`, if any (see [`Child::drop_future`]), reporting a panic.
+    fn drop_in(&self, cell: &dyn Child<E>, wait: bool) -> bool {
+        let dropped = catch_unwind(AssertUnwindSafe(|| cell.drop_future(wait)));
+        let payload = match dropped {
+            Ok(dropped) => return dropped,
+            Err(payload) => payload,
+        };
+        let origin = match (cell.common().task.get(), self.scope.get()) {
+            (Some(id), _) => Origin::Child {
+                id: *id,
+                name: None,
+            },
+            (None, Some(scope)) => Origin::Local { scope: *scope },
+            (None, None) => Origin::Body,
+        };
+        report(&Report::Panic {
+            origin: &origin,
+            payload: &*payload,
+            adopted: false,
+        });
+        true
+    }
+}
+
+impl<E> ChildrenState<E> {
+    /// Forgets the cells whose future has ended, and sets the next compaction to twice the
+    /// cells left (at least [`COMPACT_AT_LEAST`]): registration, which calls it, stays O(1)
+    /// amortised, and the list holds at most about twice the live children. The cells
+    /// themselves are not freed here unless nothing else holds them.
+    fn compact(&mut self) {
+        self.cells
+            .retain(|cell| !cell.common().ended.load(Ordering::Acquire));
+        self.compact_at = (2 * self.cells.len()).max(COMPACT_AT_LEAST);
+    }
+}
+
+/// The fewest cells a scope's list compacts at.
+const COMPACT_AT_LEAST: usize = 64;
+
+impl<F, T, E> Child<E> for Cell<F, T>
+where
+    F: Future<Output = Result<T, E>> + Send,
+    T: Send,
+    E: Send,
+{
+    fn common(&self) -> &Common {
+        &self.common
     }
 
-    /// A shell is gone: its cell no longer needs the backstop.
-    fn unregister(&self, key: usize) {
-        let mut state = lock(&self.state);
-        if !state.closed {
-            state.cells.try_remove(key);
+    fn poll_future(&self, cx: &mut Context<'_>) -> Poll<Result<(), E>> {
+        let mut slot = lock(&self.future);
+        let Some(future) = slot.as_mut() else {
+            // Emptied by the backstop, which runs only after the scope's nursery aborted this
+            // task: tokio drops it at its next scheduling without polling it.
+            return Poll::Pending;
+        };
+        let running = Runner::mark(&self.common);
+        // SAFETY: the future is pinned where it is: the cell lives in an `Arc` it is never
+        // moved out of, and the future leaves its place only by being dropped in place
+        // (`*slot = None`, here or in `drop_future`), before the `Arc` frees the cell.
+        let poll = unsafe { Pin::new_unchecked(future) }.poll(cx);
+        let Poll::Ready(outcome) = poll else {
+            return Poll::Pending;
+        };
+        // Ended: dropped now, under the lock (a panic here is the child's, SPEC N6).
+        *slot = None;
+        self.common.ended.store(true, Ordering::Release);
+        let outcome = match outcome {
+            Ok(value) => {
+                let mut delivery = lock(&self.value);
+                if delivery.abandoned {
+                    drop(delivery);
+                    // Still under the future's lock: the backstop waits for this drop.
+                    drop(value);
+                } else {
+                    delivery.value = Some(value);
+                }
+                Ok(())
+            }
+            Err(error) => Err(error),
+        };
+        drop(running);
+        Poll::Ready(outcome)
+    }
+
+    fn drop_future(&self, wait: bool) -> bool {
+        if self.common.ended.load(Ordering::Acquire) {
+            return true;
         }
+        let mut slot = if wait {
+            lock(&self.future)
+        } else {
+            match self.future.try_lock() {
+                Ok(slot) => slot,
+                Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+                Err(TryLockError::WouldBlock) => return false,
+            }
+        };
+        if slot.is_some() {
+            let running = Runner::mark(&self.common);
+            *slot = None;
+            self.common.ended.store(true, Ordering::Release);
+            drop(running);
+        }
+        true
+    }
+
+    #[cfg(test)]
+    fn has_future(&self) -> bool {
+        lock(&self.future).is_some()
+    }
+}
+
+impl<F, T> Value<T> for Cell<F, T>
+where
+    F: Send,
+    T: Send,
+{
+    fn take(&self) -> Option<T> {
+        lock(&self.value).value.take()
+    }
+
+    fn abandon(&self, join: Option<ChildHandle<()>>) {
+        let mut delivery = lock(&self.value);
+        delivery.abandoned = true;
+        delivery.join = join;
+        let value = delivery.value.take();
+        drop(delivery);
+        drop(value);
+    }
+
+    fn task(&self) -> &OnceLock<tokio::task::Id> {
+        &self.common.task
     }
 }
 
@@ -800,7 +991,7 @@ struct Runner<'a> {
 }
 
 impl<'a> Runner<'a> {
-    fn mark<O>(cell: &'a Cell<O>) -> Self {
+    fn mark(cell: &'a Common) -> Self {
         cell.runner.store(thread_token(), Ordering::Release);
         Runner {
             runner: &cell.runner,
@@ -845,43 +1036,18 @@ fn report(report: &Report<'_>) {
     eprintln!("tokio-nursery: {report}");
 }
 
-impl<O> Future for Shell<O> {
-    type Output = O;
+impl<E> Future for Shell<E> {
+    type Output = Result<(), E>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<O> {
-        let cell = &*self.cell;
-        let mut slot = lock(&cell.future);
-        let Some(future) = slot.as_mut() else {
-            // Emptied by the backstop, which runs only after the scope's nursery aborted this
-            // task: tokio drops it at its next scheduling without polling it.
-            return Poll::Pending;
-        };
-        let running = Runner::mark(cell);
-        let poll = future.as_mut().poll(cx);
-        if poll.is_ready() {
-            // Completed: dropped now, under the lock (a panic here is the child's, SPEC N6).
-            *slot = None;
-        }
-        drop(running);
-        poll
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), E>> {
+        self.cell.poll_future(cx)
     }
 }
 
-impl<O> Drop for Shell<O> {
+impl<E> Drop for Shell<E> {
     fn drop(&mut self) {
-        // Unregistered even if the child's drop panics (the panic is the child's).
-        struct Unregister<'a, O>(&'a Children<O>, usize);
-        impl<O> Drop for Unregister<'_, O> {
-            fn drop(&mut self) {
-                self.0.unregister(self.1);
-            }
-        }
-        let _unregister = Unregister(&self.children, self.key);
-        let mut slot = lock(&self.cell.future);
-        if let Some(future) = slot.take() {
-            let _running = Runner::mark(&self.cell);
-            drop(future);
-        }
+        // The task was dropped: an abort, or the end of a task whose future ended.
+        self.cell.drop_future(true);
     }
 }
 
@@ -920,33 +1086,35 @@ mod tests {
     fn pending_child<'a>(
         data: &'a [u64],
         dropped: &'a AtomicUsize,
-    ) -> Pin<Box<dyn Future<Output = u64> + Send + 'a>> {
+    ) -> Pin<Box<dyn Future<Output = Result<u64, ()>> + Send + 'a>> {
         Box::pin(async move {
             let guard = ReadsOnDrop { data, dropped };
             std::future::pending::<()>().await;
-            guard.data.len() as u64
+            Ok(guard.data.len() as u64)
         })
     }
 
     #[test]
     fn no_child_outlives_the_borrow_when_an_executor_keeps_the_shells() {
-        let children = Arc::new(Children::<u64>::new());
-        let mut shells: Vec<Shell<u64>> = Vec::new();
+        let children = Arc::new(Children::<()>::new());
+        let mut shells: Vec<Shell<()>> = Vec::new();
         {
             let data = vec![1u64, 2, 3]; // on the heap: Miri sees a use after free
             let dropped = AtomicUsize::new(0);
             for _ in 0..3 {
                 // SAFETY: `sweep` runs below, before `data` and `dropped` go away.
-                let mut shell = unsafe { children.register(pending_child(&data, &dropped)) };
+                let (mut shell, _value) =
+                    unsafe { children.register(pending_child(&data, &dropped)) };
                 assert!(poll_once(Pin::new(&mut shell)).is_pending());
                 shells.push(shell);
             }
             // A completed child is dropped in its poll.
             // SAFETY: as above.
-            let mut done =
-                unsafe { children.register(Box::pin(async { data.iter().sum::<u64>() })) };
-            assert_eq!(poll_once(Pin::new(&mut done)), Poll::Ready(6));
-            assert!(lock_is_empty(&done));
+            let (mut done, value) =
+                unsafe { children.register(async { Ok::<_, ()>(data.iter().sum::<u64>()) }) };
+            assert_eq!(poll_once(Pin::new(&mut done)), Poll::Ready(Ok(())));
+            assert!(!done.cell.has_future());
+            assert_eq!(value.take(), Some(6));
             shells.push(done);
             children.sweep(|wait| wait());
             assert_eq!(
@@ -965,10 +1133,6 @@ mod tests {
         });
         executor.join().unwrap();
         assert!(lock(&children.state).cells.is_empty());
-    }
-
-    fn lock_is_empty<O>(shell: &Shell<O>) -> bool {
-        shell.cell.future.lock().unwrap().is_none()
     }
 
     fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -998,9 +1162,10 @@ mod tests {
                 })
                 .await;
                 drop(guard);
+                Ok::<_, ()>(())
             });
             // SAFETY: `sweep` runs below, before the borrowed locals go away.
-            let mut shell = unsafe { children.register(child) };
+            let (mut shell, _value) = unsafe { children.register(child) };
             let poller = threads.spawn(move || {
                 assert!(poll_once(Pin::new(&mut shell)).is_pending());
                 shell // kept alive past the sweep, emptied
@@ -1017,29 +1182,102 @@ mod tests {
                 "dropped once the poll returned, before the sweep did"
             );
             let shell = poller.join().unwrap();
-            assert!(lock_is_empty(&shell));
+            assert!(!shell.cell.has_future());
         });
         assert!(sweeping.load(Ordering::SeqCst));
     }
 
+    /// A value whose handle is gone is dropped at once: by the child's poll if the handle went
+    /// first, by the handle's drop if the value came first; never left in a cell that an
+    /// executor may keep after the borrow ended.
     #[test]
-    fn a_shell_dropped_by_its_task_drops_its_child_and_unregisters() {
-        let children = Arc::new(Children::<u64>::new());
+    fn an_abandoned_value_is_dropped_by_whoever_comes_second() {
+        let children = Arc::new(Children::<()>::new());
+        let mut shells = Vec::new();
+        {
+            let data = vec![1u64, 2, 3]; // on the heap: Miri sees a use after free
+            let dropped = AtomicUsize::new(0);
+            let (data_ref, dropped_ref) = (&data, &dropped);
+            let value_of = move || async move {
+                Ok::<_, ()>(ReadsOnDrop {
+                    data: data_ref,
+                    dropped: dropped_ref,
+                })
+            };
+            // The handle first.
+            // SAFETY: `sweep` runs below, before `data` and `dropped` go away.
+            let (mut shell, value) = unsafe { children.register(value_of()) };
+            value.abandon(None);
+            drop(value);
+            assert_eq!(poll_once(Pin::new(&mut shell)), Poll::Ready(Ok(())));
+            assert_eq!(dropped.load(Ordering::SeqCst), 1, "dropped by the poll");
+            shells.push(shell);
+            // The value first.
+            // SAFETY: as above.
+            let (mut shell, value) = unsafe { children.register(value_of()) };
+            assert_eq!(poll_once(Pin::new(&mut shell)), Poll::Ready(Ok(())));
+            assert_eq!(dropped.load(Ordering::SeqCst), 1, "kept for the handle");
+            value.abandon(None);
+            assert_eq!(dropped.load(Ordering::SeqCst), 2, "dropped by the handle");
+            drop(value);
+            shells.push(shell);
+            children.sweep(|wait| wait());
+        }
+        // The "executor" drops the shells (and with them the cells) after the borrow ended.
+        drop(shells);
+    }
+
+    #[test]
+    fn a_shell_dropped_by_its_task_drops_its_child_and_is_forgotten_later() {
+        let children = Arc::new(Children::<()>::new());
         let data = vec![1u64, 2, 3];
         let dropped = AtomicUsize::new(0);
         // SAFETY: `sweep` runs below, before the borrowed locals go away.
-        let mut shell = unsafe { children.register(pending_child(&data, &dropped)) };
+        let (mut shell, _value) = unsafe { children.register(pending_child(&data, &dropped)) };
         assert!(poll_once(Pin::new(&mut shell)).is_pending());
         assert_eq!(lock(&children.state).cells.len(), 1);
         drop(shell); // an aborted task
         assert_eq!(dropped.load(Ordering::SeqCst), 1);
+        lock(&children.state).compact();
         assert!(lock(&children.state).cells.is_empty());
         children.sweep(|wait| wait());
     }
 
+    /// Children that end leave the backstop's list at its next compaction: a long-lived
+    /// scope's list holds about twice its live children, however many it ran.
+    #[test]
+    fn the_list_stays_within_twice_the_live_children() {
+        let children = Arc::new(Children::<()>::new());
+        let data = vec![1u64, 2, 3];
+        let dropped = AtomicUsize::new(0);
+        let mut parked = Vec::new();
+        for round in 0..2_000 {
+            if round % 10 == 0 {
+                // SAFETY: `sweep` runs below, before the borrowed locals go away.
+                let (mut shell, value) =
+                    unsafe { children.register(pending_child(&data, &dropped)) };
+                assert!(poll_once(Pin::new(&mut shell)).is_pending());
+                parked.push((shell, value));
+            }
+            // SAFETY: as above.
+            let (mut shell, value) =
+                unsafe { children.register(async { Ok::<_, ()>(data.len()) }) };
+            assert_eq!(poll_once(Pin::new(&mut shell)), Poll::Ready(Ok(())));
+            drop((shell, value));
+            let listed = lock(&children.state).cells.len();
+            assert!(
+                listed <= (2 * parked.len()).max(super::COMPACT_AT_LEAST) + 1,
+                "{listed} cells listed for {} live children",
+                parked.len()
+            );
+        }
+        children.sweep(|wait| wait());
+        assert_eq!(dropped.load(Ordering::SeqCst), parked.len());
+    }
+
     #[test]
     fn a_closed_scope_refuses_children_and_drops_them() {
-        let children = Arc::new(Children::<u64>::new());
+        let children = Arc::new(Children::<()>::new());
         children.sweep(|wait| wait());
         let data = vec![1u64, 2, 3];
         let dropped = AtomicUsize::new(0);
@@ -1109,6 +1347,61 @@ mod tests {
         });
         drop(runtime);
         assert_eq!(dropped.load(Ordering::SeqCst), 3);
+    }
+
+    /// A child's value lives in its cell, which tokio's task may keep after the scope: a
+    /// value whose handle was dropped is dropped by the child's task, inside the scope, and
+    /// a handle that leaves the scope (returned by the body) still gets its value afterwards.
+    /// Under Miri, a value dropped after its borrow ended is a use after free.
+    #[test]
+    fn values_never_outlive_their_borrow_and_handles_may_outlive_the_scope() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let dropped = AtomicUsize::new(0);
+        runtime.block_on(async {
+            let data = vec![1u64, 2, 3]; // on the heap: Miri sees a use after free
+            let kept = {
+                let (data, dropped) = (&data, &dropped);
+                // SAFETY (of the test): awaited to completion; the runtime outlives it.
+                let out = unsafe {
+                    running(
+                        |s| async move {
+                            let gone = s.spawn(async move {
+                                tokio::task::yield_now().await;
+                                Ok::<_, Cancelled>(ReadsOnDrop { data, dropped })
+                            });
+                            drop(gone); // before its child finished
+                            let done = s.spawn(async move {
+                                Ok::<_, Cancelled>(ReadsOnDrop { data, dropped })
+                            });
+                            tokio::task::yield_now().await;
+                            Ok::<_, Cancelled>(done)
+                        },
+                        false,
+                    )
+                }
+                .await;
+                assert_eq!(
+                    dropped.load(Ordering::SeqCst),
+                    1,
+                    "the abandoned value, by its child's task"
+                );
+                out.unwrap().unwrap().unwrap()
+            };
+            let value = kept.await.expect("the child's value");
+            assert_eq!(value.data.len(), 3);
+            drop(value);
+            assert_eq!(dropped.load(Ordering::SeqCst), 2);
+            drop(data);
+            // Let the runtime drop the finished tasks' shells and cells.
+            for _ in 0..8 {
+                tokio::task::yield_now().await;
+            }
+        });
+        drop(runtime);
+        assert_eq!(dropped.load(Ordering::SeqCst), 2);
     }
 
     /// The whole scope to completion under Miri: values borrow, a failure is returned.

@@ -1409,7 +1409,9 @@ where
             }
         }
 
-        if this.body.is_some() || !shared.registry.try_close(cx.waker()) {
+        // Asked through `as_mut`: a shared reference to the whole `Option` would retag every
+        // byte of a body that borrows from itself across its `.await` (Miri, Stacked Borrows).
+        if this.body.as_mut().as_pin_mut().is_some() || !shared.registry.try_close(cx.waker()) {
             return Poll::Pending;
         }
 
