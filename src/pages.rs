@@ -131,18 +131,6 @@ impl<T> Pages<T> {
         self.len == 0
     }
 
-    /// Removes the values for which `keep` returns `false` (their keys become vacant).
-    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
-        for key in 0..self.used {
-            let Some(value) = self.get_mut(key) else {
-                continue;
-            };
-            if !keep(value) {
-                self.try_remove(key);
-            }
-        }
-    }
-
     /// Takes every value out, in key order, leaving the pages empty.
     pub(crate) fn drain(&mut self) -> impl Iterator<Item = T> + use<T> {
         let Pages { pages, used, .. } = std::mem::take(self);
@@ -227,20 +215,5 @@ mod tests {
         assert_eq!(drained.len(), 5000 - 1667 + 1);
         assert!(pages.is_empty());
         assert_eq!(pages.insert(1), 0, "drained pages start over");
-    }
-
-    #[test]
-    fn pages_retain_vacates_what_it_drops() {
-        let mut pages = Pages::new();
-        for i in 0..3000 {
-            pages.insert(i);
-        }
-        pages.retain(|&value| value % 4 == 0);
-        assert_eq!(pages.len(), 750);
-        let kept: Vec<usize> = pages.iter().map(|(_, &value)| value).collect();
-        assert_eq!(kept, (0..3000).step_by(4).collect::<Vec<_>>());
-        // The vacated keys are reused before new ones.
-        let key = pages.insert(1);
-        assert!(key < 3000 && key % 4 != 0);
     }
 }

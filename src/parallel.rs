@@ -229,7 +229,10 @@ impl<T> ParallelHandle<T> {
         self.child().abort();
     }
 
-    /// Whether the child has finished.
+    /// Whether the child's task has finished, as tokio sees it. Tokio marks a task finished
+    /// a moment after its future ended, and the nursery counts a child as ended when its
+    /// future is, so just after the nursery (or scope) returned this may still be `false`
+    /// for a short while; awaiting the handle gives the child's outcome either way.
     pub fn is_finished(&self) -> bool {
         self.child().is_finished()
     }
@@ -650,9 +653,10 @@ trait Child<E>: Send + Sync {
     fn poll_future(&self, cx: &mut Context<'_>) -> Poll<Result<(), E>>;
 
     /// Drops the future, if it is still there, under the cell's lock with the thread marked
-    /// as its runner. With `wait` false, returns `false` without dropping anything if the
-    /// lock is held (a poll or a drop in progress); otherwise returns `true`. A panic of the
-    /// future's drop propagates (the lock is then poisoned, and the future gone).
+    /// as its runner; an ended cell (`Common::ended`) is passed over without the lock. With
+    /// `wait` false, returns `false` without dropping anything if the lock is held (a poll
+    /// or a drop in progress); otherwise returns `true`. A panic of the future's drop
+    /// propagates (the lock is then poisoned, and the future gone).
     fn drop_future(&self, wait: bool) -> bool;
 
     /// Whether the future is still in the cell.
@@ -667,7 +671,9 @@ trait Value<T>: Send + Sync {
 
     /// The handle is gone: the value, there or still to come, is dropped at once. The
     /// handle's join handle stays with the cell, so that tokio's task is freed when the cell
-    /// is (usually by the scope, on the thread that spawned it; see `Delivery::join`).
+    /// is: usually by the scope's compaction or sweep, on the thread that spawned it, rather
+    /// than by whichever worker ran the child last (freeing memory of another thread's
+    /// arena takes glibc's lock of that arena).
     fn abandon(&self, join: Option<ChildHandle<()>>);
 
     /// Where the cell keeps its task's id, for reports.
@@ -681,8 +687,9 @@ struct Common {
     runner: AtomicUsize,
     /// The child's task, for reports.
     task: OnceLock<tokio::task::Id>,
-    /// The future is gone (ended or dropped): set under the cell's lock once its drop
-    /// returned, so the backstop may forget the cell.
+    /// The future is gone (ended or dropped) and so is any value no handle holds: set under
+    /// the cell's lock once those drops returned, so the backstop may pass over the cell
+    /// without its lock, and the compaction forget it.
     ended: AtomicBool,
 }
 
@@ -703,7 +710,7 @@ struct Delivery<T> {
     value: Option<T>,
     /// The handle was dropped: a value that comes is dropped, not kept.
     abandoned: bool,
-    /// The dropped handle's join handle.
+    /// The dropped handle's join handle (see [`Value::abandon`]).
     join: Option<ChildHandle<()>>,
 }
 
@@ -810,10 +817,14 @@ impl<E> Children<E> {
             panic!("tokio-nursery: spawned into a parallel scope that has ended");
         }
         state.cells.insert(child.clone());
-        if state.cells.len() >= state.compact_at {
-            state.compact();
-        }
+        let forgotten = if state.cells.len() >= state.compact_at {
+            state.compact()
+        } else {
+            Vec::new()
+        };
         drop(state);
+        // Outside the lock: the last reference to a cell drops the join handle it keeps.
+        drop(forgotten);
         (Shell { cell: child }, value)
     }
 
@@ -873,14 +884,23 @@ impl<E> Children<E> {
 }
 
 impl<E> ChildrenState<E> {
-    /// Forgets the cells whose future has ended, and sets the next compaction to twice the
-    /// cells left (at least [`COMPACT_AT_LEAST`]): registration, which calls it, stays O(1)
-    /// amortised, and the list holds at most about twice the live children. The cells
-    /// themselves are not freed here unless nothing else holds them.
-    fn compact(&mut self) {
-        self.cells
-            .retain(|cell| !cell.common().ended.load(Ordering::Acquire));
+    /// Forgets the cells that ended and returns them (for the caller to drop outside the
+    /// lock), packing the others into fresh pages, and sets the next compaction to twice the
+    /// cells left (at least [`COMPACT_AT_LEAST`]). A compaction visits only the cells listed
+    /// (the pages start over, so a past peak is not visited again), at least half of which
+    /// registered since the last one: registration stays O(1) amortised, and the list holds
+    /// at most about twice the live children.
+    fn compact(&mut self) -> Vec<Arc<dyn Child<E>>> {
+        let mut forgotten = Vec::new();
+        for cell in self.cells.drain() {
+            if cell.common().ended.load(Ordering::Acquire) {
+                forgotten.push(cell);
+            } else {
+                self.cells.insert(cell);
+            }
+        }
         self.compact_at = (2 * self.cells.len()).max(COMPACT_AT_LEAST);
+        forgotten
     }
 }
 
@@ -914,7 +934,6 @@ where
         };
         // Ended: dropped now, under the lock (a panic here is the child's, SPEC N6).
         *slot = None;
-        self.common.ended.store(true, Ordering::Release);
         let outcome = match outcome {
             Ok(value) => {
                 let mut delivery = lock(&self.value);
@@ -929,6 +948,9 @@ where
             }
             Err(error) => Err(error),
         };
+        // Only now: a value no handle holds was dropped above, and the backstop and the
+        // compaction pass over an ended cell without waiting for its lock.
+        self.common.ended.store(true, Ordering::Release);
         drop(running);
         Poll::Ready(outcome)
     }
@@ -1241,6 +1263,32 @@ mod tests {
         lock(&children.state).compact();
         assert!(lock(&children.state).cells.is_empty());
         children.sweep(|wait| wait());
+    }
+
+    /// A compaction packs the cells left into fresh pages: a later one does not visit the
+    /// keys of a past peak again (registration would slow down after a burst of children).
+    #[test]
+    fn a_compaction_after_a_peak_packs_the_cells_left() {
+        let children = Arc::new(Children::<()>::new());
+        let data = vec![1u64, 2, 3];
+        let dropped = AtomicUsize::new(0);
+        let mut parked = Vec::new();
+        for _ in 0..1_000 {
+            // SAFETY: `sweep` runs below, before the borrowed locals go away.
+            let (mut shell, value) = unsafe { children.register(pending_child(&data, &dropped)) };
+            assert!(poll_once(Pin::new(&mut shell)).is_pending());
+            parked.push((shell, value));
+        }
+        parked.truncate(10); // the others' tasks are dropped: aborted
+        let forgotten = lock(&children.state).compact();
+        assert_eq!(forgotten.len(), 990);
+        let state = lock(&children.state);
+        assert_eq!(state.cells.len(), 10);
+        assert_eq!(state.cells.next_key(), 10, "packed into the lowest keys");
+        assert_eq!(state.compact_at, super::COMPACT_AT_LEAST);
+        drop(state);
+        children.sweep(|wait| wait());
+        assert_eq!(dropped.load(Ordering::SeqCst), 1_000);
     }
 
     /// Children that end leave the backstop's list at its next compaction: a long-lived

@@ -449,7 +449,10 @@ impl<T> ChildHandle<T> {
         }
     }
 
-    /// Whether the child has finished.
+    /// Whether the child's task has finished, as tokio sees it. Tokio marks a task finished
+    /// a moment after its future ended, and the nursery counts a child as ended when its
+    /// future is, so just after the nursery (or scope) returned this may still be `false`
+    /// for a short while; awaiting the handle gives the child's outcome either way.
     pub fn is_finished(&self) -> bool {
         self.join.is_finished()
     }
