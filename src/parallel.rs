@@ -106,9 +106,9 @@ use crate::sync::{Arc, Ordering, lock};
 /// may borrow anything that outlives the scope (`'env`).
 ///
 /// Made by [`parallel_scope`] (which lends it to the body) and [`parallel_scope_async`]
-/// (which gives it to the body). Only the body spawns: a child cannot hold the scope.
-/// Children cannot borrow from the body's own locals, which die before the children: only
-/// from what outlives the scope.
+/// (which gives it to the body, which may pass it on, to a child too). Children cannot
+/// borrow from the body's own locals, which die before the children: only from what
+/// outlives the scope.
 pub struct ParallelScope<'env, E> {
     nursery: NurseryHandle<E>,
     children: Arc<Children<E>>,
@@ -129,8 +129,10 @@ where
     ///
     /// # Panics
     ///
-    /// If the scope has ended, which only the body's drop code can observe (a guard that
-    /// spawns when the body is dropped early).
+    /// If the scope has ended (its backstop ran): the future is dropped first. Only code that
+    /// runs after the scope's end can observe it: the body's drop code (a guard that spawns
+    /// when the body is dropped early), or a [`parallel_scope_async`] body that moved the
+    /// scope somewhere that outlives it.
     ///
     /// ```
     /// use tokio_nursery::{Cancelled, parallel_scope};
@@ -765,9 +767,9 @@ impl<E> Children<E> {
     /// # Safety
     ///
     /// [`sweep`](Self::sweep) must run on these children, and return, before `'env` ends,
-    /// and the returned value's end must be dropped (its value taken or abandoned) before
-    /// `'env` ends unless `T` outlives it. (The task's output is `'static`: tokio may keep
-    /// it after that.)
+    /// and the returned value's end must not be dropped (nor its value taken) after `'env`
+    /// ends unless `T` outlives it; leaking it is harmless. (The task's output is `'static`:
+    /// tokio may keep it after that.)
     unsafe fn register<'env, F, T>(self: &Arc<Self>, future: F) -> (Shell<E>, Arc<dyn Value<T>>)
     where
         F: Future<Output = Result<T, E>> + Send + 'env,
@@ -797,8 +799,12 @@ impl<E> Children<E> {
         // closes the scope (and the sweep finds it) or refused below (the cell, with its
         // future, dropped before this returns). The sweep returns only once every registered
         // cell's future is gone, waiting for the lock where a poll or a drop of the future
-        // runs on another thread. So no code of the future runs, and the future is not
-        // dropped, after `'env` ends. The value: stored under the future's lock, and dropped
+        // runs on another thread; it passes over a cell without its lock only if the cell's
+        // `ended` is set (`Release`, read with `Acquire`), which happens under that lock after
+        // every drop it must follow; the compaction forgets only such cells; and the sweep
+        // keeps every cell referenced until all futures are gone, so a panic while dropping a
+        // cell (user code: a waker kept by a dropped handle) cannot cut it short. So no code
+        // of the future runs, and the future is not dropped, after `'env` ends. The value: stored under the future's lock, and dropped
         // there if the handle is gone (`abandon` and the store share the value's lock), so a
         // value no handle holds never outlives the sweep; a handle's value is the caller's
         // (the handle carries `T`). What outlives `'env` (the shell in tokio's hands, the
@@ -824,7 +830,7 @@ impl<E> Children<E> {
         };
         drop(state);
         // Outside the lock: the last reference to a cell drops the join handle it keeps.
-        drop(forgotten);
+        self.forget(forgotten);
         (Shell { cell: child }, value)
     }
 
@@ -838,24 +844,54 @@ impl<E> Children<E> {
             state.closed = true;
             state.cells.drain().collect()
         };
+        // Every cell stays referenced until every future is gone: dropping the last reference
+        // to one drops the join handle it may keep, and with it a waker (user code, whose
+        // drop may panic), which must not cut the sweep short.
         let mut busy = Vec::new();
-        for cell in cells {
-            if !self.drop_in(&*cell, false) {
+        for (index, cell) in cells.iter().enumerate() {
+            if !self.drop_in(&**cell, false) {
                 if cell.common().runner.load(Ordering::Acquire) == thread_token() {
                     reentrant_drop();
                 }
-                busy.push(cell);
+                busy.push(index);
             }
         }
-        if busy.is_empty() {
+        if !busy.is_empty() {
+            #[cfg(test)]
+            self.waited.fetch_add(busy.len(), Ordering::SeqCst);
+            wait(&mut || {
+                for &index in &busy {
+                    self.drop_in(&*cells[index], true);
+                }
+            });
+        }
+        self.forget(cells);
+    }
+
+    /// Drops cells the list no longer holds, reporting a panic (a waker's drop, through the
+    /// join handle a cell keeps) rather than propagating it. Dropping a `Vec` goes on with
+    /// the other elements after one panicked.
+    fn forget(&self, cells: Vec<Arc<dyn Child<E>>>) {
+        if cells.is_empty() {
             return;
         }
-        #[cfg(test)]
-        self.waited.fetch_add(busy.len(), Ordering::SeqCst);
-        wait(&mut || {
-            for cell in busy.drain(..) {
-                self.drop_in(&*cell, true);
-            }
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(move || drop(cells))) {
+            self.report_panic(None, &*payload);
+        }
+    }
+
+    /// Reports a panic of a child's drop (of its future, its value or what its cell keeps)
+    /// that no nursery hears of.
+    fn report_panic(&self, task: Option<tokio::task::Id>, payload: &(dyn std::any::Any + Send)) {
+        let origin = match (task, self.scope.get()) {
+            (Some(id), _) => Origin::Child { id, name: None },
+            (None, Some(scope)) => Origin::Local { scope: *scope },
+            (None, None) => Origin::Body,
+        };
+        report(&Report::Panic {
+            origin: &origin,
+            payload,
+            adopted: false,
         });
     }
 
@@ -866,19 +902,7 @@ impl<E> Children<E> {
             Ok(dropped) => return dropped,
             Err(payload) => payload,
         };
-        let origin = match (cell.common().task.get(), self.scope.get()) {
-            (Some(id), _) => Origin::Child {
-                id: *id,
-                name: None,
-            },
-            (None, Some(scope)) => Origin::Local { scope: *scope },
-            (None, None) => Origin::Body,
-        };
-        report(&Report::Panic {
-            origin: &origin,
-            payload: &*payload,
-            adopted: false,
-        });
+        self.report_panic(cell.common().task.get().copied(), &*payload);
         true
     }
 }
@@ -971,9 +995,11 @@ where
         if slot.is_some() {
             let running = Runner::mark(&self.common);
             *slot = None;
-            self.common.ended.store(true, Ordering::Release);
             drop(running);
         }
+        // The future is gone, and so is any value no handle holds (dropped under this lock,
+        // or its drop unwound): also after a drop that panicked, so the cell can be forgotten.
+        self.common.ended.store(true, Ordering::Release);
         true
     }
 
