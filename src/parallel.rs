@@ -1142,6 +1142,22 @@ mod tests {
         })
     }
 
+    /// Registers a [`pending_child`] and polls it once: parked.
+    ///
+    /// # Safety
+    ///
+    /// `register`'s: the children's `sweep` runs before `data` and `dropped` go away.
+    unsafe fn park<'a>(
+        children: &Arc<Children<()>>,
+        data: &'a [u64],
+        dropped: &'a AtomicUsize,
+    ) -> (Shell<()>, Arc<dyn super::Value<u64>>) {
+        // SAFETY: the caller's.
+        let (mut shell, value) = unsafe { children.register(pending_child(data, dropped)) };
+        assert!(poll_once(Pin::new(&mut shell)).is_pending());
+        (shell, value)
+    }
+
     #[test]
     fn no_child_outlives_the_borrow_when_an_executor_keeps_the_shells() {
         let children = Arc::new(Children::<()>::new());
@@ -1151,10 +1167,7 @@ mod tests {
             let dropped = AtomicUsize::new(0);
             for _ in 0..3 {
                 // SAFETY: `sweep` runs below, before `data` and `dropped` go away.
-                let (mut shell, _value) =
-                    unsafe { children.register(pending_child(&data, &dropped)) };
-                assert!(poll_once(Pin::new(&mut shell)).is_pending());
-                shells.push(shell);
+                shells.push(unsafe { park(&children, &data, &dropped) }.0);
             }
             // A completed child is dropped in its poll.
             // SAFETY: as above.
@@ -1281,8 +1294,7 @@ mod tests {
         let data = vec![1u64, 2, 3];
         let dropped = AtomicUsize::new(0);
         // SAFETY: `sweep` runs below, before the borrowed locals go away.
-        let (mut shell, _value) = unsafe { children.register(pending_child(&data, &dropped)) };
-        assert!(poll_once(Pin::new(&mut shell)).is_pending());
+        let (shell, _value) = unsafe { park(&children, &data, &dropped) };
         assert_eq!(lock(&children.state).cells.len(), 1);
         drop(shell); // an aborted task
         assert_eq!(dropped.load(Ordering::SeqCst), 1);
@@ -1301,9 +1313,7 @@ mod tests {
         let mut parked = Vec::new();
         for _ in 0..1_000 {
             // SAFETY: `sweep` runs below, before the borrowed locals go away.
-            let (mut shell, value) = unsafe { children.register(pending_child(&data, &dropped)) };
-            assert!(poll_once(Pin::new(&mut shell)).is_pending());
-            parked.push((shell, value));
+            parked.push(unsafe { park(&children, &data, &dropped) });
         }
         parked.truncate(10); // the others' tasks are dropped: aborted
         let forgotten = lock(&children.state).compact();
@@ -1328,10 +1338,7 @@ mod tests {
         for round in 0..2_000 {
             if round % 10 == 0 {
                 // SAFETY: `sweep` runs below, before the borrowed locals go away.
-                let (mut shell, value) =
-                    unsafe { children.register(pending_child(&data, &dropped)) };
-                assert!(poll_once(Pin::new(&mut shell)).is_pending());
-                parked.push((shell, value));
+                parked.push(unsafe { park(&children, &data, &dropped) });
             }
             // SAFETY: as above.
             let (mut shell, value) =
