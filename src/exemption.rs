@@ -63,8 +63,9 @@ impl Drop for Exemption {
                 // The task's abort was put off: now.
                 Some((node, Some(abort))) if Arc::ptr_eq(node, scope) => abort.abort(),
                 // Its abort handle was not stored yet when the exemption began (a first poll
-                // racing with its spawner): it was told instead, which stands.
-                Some((node, None)) if Arc::ptr_eq(node, scope) => {}
+                // racing with its spawner): the task carries the abort out at its next poll
+                // (it reads the put-off mark in its own scope, `ChildTask::poll`).
+                Some((node, None)) if Arc::ptr_eq(node, scope) => wake = true,
                 // A hard scope's drop was put off: it drops its body when polled again.
                 _ => wake = true,
             }

@@ -59,10 +59,12 @@ impl<E> ChildCell<E> {
     }
 
     /// If a parallel borrowing scope runs in this child (SPEC B2), tells it "grace expired"
-    /// instead of aborting it, and returns true: the abort happens when the scope ends.
+    /// instead of aborting it, and returns true: the abort happens when the scope ends (by
+    /// the scope's exemption, or by the child's task at its next poll, see `ChildTask::poll`).
     pub(crate) fn abort_put_off(&self) -> bool {
         match self.scope.own() {
             Some(node) if node.defer_if_exempt() => {
+                self.scope.put_off_abort();
                 node.cancel(CancelReason::GraceExpired);
                 true
             }
@@ -240,6 +242,13 @@ where
         let first = cell.scope.slot().is_none();
         if first && cell.nursery.registry.is_aborted() {
             // Its nursery aborted its children after it was spawned (N8, N7).
+            cell.abort();
+        }
+        if cell.scope.abort_was_put_off() {
+            // An abort put off while a parallel scope ran in it (B2) is carried out once none
+            // runs (`abort` puts it off again otherwise). The scope's exemption aborts the
+            // task itself when it ends, if the abort handle was stored when it began; if not,
+            // it wakes the task to get here.
             cell.abort();
         }
         if cell.scope.abort_requested() {

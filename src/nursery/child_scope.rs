@@ -36,6 +36,10 @@ const PARKED: u8 = 16;
 /// Code in the child reached a cancellation point while cancelled, before it had a node
 /// (SPEC N7's unobserved-cancellation warning).
 const OBSERVED: u8 = 32;
+/// An abort of the child was put off while a parallel borrowing scope ran in it (SPEC B2):
+/// the child's task carries it out at its next poll once no such scope runs (the scope's
+/// exemption wakes the task when it ends).
+const ABORT_PUT_OFF: u8 = 64;
 
 /// `TaskScope::slot` of a child that has not parked.
 const NO_SLOT: u32 = u32::MAX;
@@ -191,6 +195,17 @@ impl TaskScope {
         // slot before `ABORT_SET` is published below: no other access to it exists now.
         unsafe { (*self.abort.get()).write(abort) };
         self.scope.state.fetch_or(ABORT_SET, Ordering::AcqRel) & ABORT_REQUESTED != 0
+    }
+
+    /// Records that an abort of the child was put off (see `ABORT_PUT_OFF`).
+    pub(crate) fn put_off_abort(&self) {
+        self.scope.state.fetch_or(ABORT_PUT_OFF, Ordering::Release);
+    }
+
+    /// Whether an abort of the child was ever put off (see `ABORT_PUT_OFF`).
+    #[inline]
+    pub(crate) fn abort_was_put_off(&self) -> bool {
+        self.scope.state.load(Ordering::Acquire) & ABORT_PUT_OFF != 0
     }
 
     /// Whether an abort of the child was requested ([`request_abort`](Self::request_abort)):
