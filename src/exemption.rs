@@ -21,14 +21,17 @@ use crate::node::Node;
 pub(crate) struct Exemption {
     /// Every scope of the task around the parallel scope, innermost first.
     scopes: Vec<Arc<Node>>,
-    /// The task, if it is a nursery child: its scope and how to abort it.
+    /// The task, if it is a child (of a nursery, or of a local scope): its scope and, for a
+    /// nursery child whose spawner had stored it when the exemption began, how to abort it.
     task: Option<(Arc<Node>, Option<AbortHandle>)>,
+    /// The waker the parallel scope was first polled with: the task's own, unless a
+    /// combinator (a `FuturesUnordered`, say) sits between the scope and the task.
     waker: Waker,
 }
 
 /// Exempts the task being polled, whose scopes are the current frame and its enclosing
-/// ones, until the returned guard is dropped. `waker` is the task's: it wakes a hard scope
-/// whose drop was put off.
+/// ones, until the returned guard is dropped. `waker` wakes a hard scope whose drop was put
+/// off, and a task that must carry out a put-off abort itself.
 pub(crate) fn exempt_current(waker: &Waker) -> Exemption {
     let (scopes, task) = context::with_current(|frame| {
         let (mut scopes, mut task) = (Vec::new(), None);
@@ -52,6 +55,24 @@ pub(crate) fn exempt_current(waker: &Waker) -> Exemption {
     }
 }
 
+/// Whether the current thread is polling the nursery child whose scope is `node`.
+fn in_own_poll(node: &Arc<Node>) -> bool {
+    context::with_current(|frame| {
+        let mut frame = frame;
+        while let Some(current) = frame {
+            let own = current
+                .child_task()
+                .and_then(|task| task.own())
+                .is_some_and(|own| Arc::ptr_eq(own, node));
+            if own {
+                return true;
+            }
+            frame = current.parent();
+        }
+        false
+    })
+}
+
 impl Drop for Exemption {
     fn drop(&mut self) {
         let mut wake = false;
@@ -60,11 +81,17 @@ impl Drop for Exemption {
                 continue;
             }
             match &self.task {
-                // The task's abort was put off: now.
+                // The task's abort was put off. Ended in the task's own poll: the task carries
+                // it out when its future returns (`ChildTask::poll` reads the put-off mark in
+                // its scope), since it may have begun another parallel scope meanwhile.
+                Some((node, _)) if Arc::ptr_eq(node, scope) && in_own_poll(node) => {}
+                // Ended elsewhere (the backstop of an enclosing scope dropping the task's
+                // future, the task's drop): now.
                 Some((node, Some(abort))) if Arc::ptr_eq(node, scope) => abort.abort(),
                 // Its abort handle was not stored yet when the exemption began (a first poll
-                // racing with its spawner): the task carries the abort out at its next poll
-                // (it reads the put-off mark in its own scope, `ChildTask::poll`).
+                // racing with its spawner): woken, the task carries the abort out at its next
+                // poll. (A waker that is not the task's own, a combinator's around the scope,
+                // may not poll the task again.)
                 Some((node, None)) if Arc::ptr_eq(node, scope) => wake = true,
                 // A hard scope's drop was put off: it drops its body when polled again.
                 _ => wake = true,

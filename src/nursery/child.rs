@@ -62,14 +62,17 @@ impl<E> ChildCell<E> {
     /// instead of aborting it, and returns true: the abort happens when the scope ends (by
     /// the scope's exemption, or by the child's task at its next poll, see `ChildTask::poll`).
     pub(crate) fn abort_put_off(&self) -> bool {
-        match self.scope.own() {
-            Some(node) if node.defer_if_exempt() => {
-                self.scope.put_off_abort();
-                node.cancel(CancelReason::GraceExpired);
-                true
-            }
-            _ => false,
+        let Some(node) = self.scope.own() else {
+            return false;
+        };
+        // Marked before the exemption is asked, so that whoever ends the exemption right
+        // after sees the mark (a mark left when the abort goes ahead is harmless).
+        self.scope.put_off_abort();
+        if !node.defer_if_exempt() {
+            return false;
         }
+        node.cancel(CancelReason::GraceExpired);
+        true
     }
 
     pub(crate) fn name(&self) -> Option<&Arc<str>> {
@@ -267,6 +270,12 @@ where
             Ok(Poll::Pending) => {
                 if first {
                     park(this.cell);
+                }
+                if cell.scope.abort_was_put_off() {
+                    // A put-off abort whose parallel scope ended in this poll (the exemption
+                    // leaves it to this task then: another scope may have begun since, and
+                    // `abort` puts it off again).
+                    cell.abort();
                 }
                 return Poll::Pending;
             }

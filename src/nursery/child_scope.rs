@@ -55,8 +55,8 @@ static MAKING: [Mutex<()>; 8] = [const { Mutex::new(()) }; 8];
 /// point needs (its cancellation is its nursery's), and costs no node.
 pub(crate) struct ChildScope {
     id: ScopeId,
-    /// `NODE_SET | ENDED | ABORT_SET | ABORT_REQUESTED | PARKED | OBSERVED`, never
-    /// cleared. A slot's bit is set (`Release`) once the slot is written; a slot is written
+    /// `NODE_SET | ENDED | ABORT_SET | ABORT_REQUESTED | PARKED | OBSERVED | ABORT_PUT_OFF`,
+    /// never cleared. A slot's bit is set (`Release`) once the slot is written; a slot is written
     /// at most once. The abort bits are [`TaskScope`]'s.
     state: AtomicU8,
     /// The place of the child's waiter among its parent's node's waiters while it has no
