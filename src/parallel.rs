@@ -770,7 +770,7 @@ impl<E> Children<E> {
     /// and the returned value's end must not be dropped (nor its value taken) after `'env`
     /// ends unless `T` outlives it; leaking it is harmless. (The task's output is `'static`:
     /// tokio may keep it after that.)
-    unsafe fn register<'env, F, T>(self: &Arc<Self>, future: F) -> (Shell<E>, Arc<dyn Value<T>>)
+    unsafe fn register<'env, F, T>(&self, future: F) -> (Shell<E>, Arc<dyn Value<T>>)
     where
         F: Future<Output = Result<T, E>> + Send + 'env,
         T: Send + 'env,
@@ -804,11 +804,12 @@ impl<E> Children<E> {
         // every drop it must follow; the compaction forgets only such cells; and the sweep
         // keeps every cell referenced until all futures are gone, so a panic while dropping a
         // cell (user code: a waker kept by a dropped handle) cannot cut it short. So no code
-        // of the future runs, and the future is not dropped, after `'env` ends. The value: stored under the future's lock, and dropped
-        // there if the handle is gone (`abandon` and the store share the value's lock), so a
-        // value no handle holds never outlives the sweep; a handle's value is the caller's
-        // (the handle carries `T`). What outlives `'env` (the shell in tokio's hands, the
-        // cell) holds no future and no unclaimed value, and its drop reads neither.
+        // of the future runs, and the future is not dropped, after `'env` ends. The value:
+        // stored under the future's lock, and dropped there if the handle is gone (`abandon`
+        // and the store share the value's lock), so a value no handle holds never outlives
+        // the sweep; a handle's value is the caller's (the handle carries `T`). What outlives
+        // `'env` (the shell in tokio's hands, the cell) holds no future and no unclaimed
+        // value, and its drop reads neither.
         let (child, value) = unsafe {
             (
                 std::mem::transmute::<Arc<dyn Child<E> + 'env>, Arc<dyn Child<E> + 'static>>(child),
