@@ -247,13 +247,6 @@ where
             // Its nursery aborted its children after it was spawned (N8, N7).
             cell.abort();
         }
-        if cell.scope.abort_was_put_off() {
-            // An abort put off while a parallel scope ran in it (B2) is carried out once none
-            // runs (`abort` puts it off again otherwise). The scope's exemption aborts the
-            // task itself when it ends, if the abort handle was stored when it began; if not,
-            // it wakes the task to get here.
-            cell.abort();
-        }
         if cell.scope.abort_requested() {
             // Aborted, perhaps before its spawner stored the abort handle (registry
             // invariant N-3): whoever holds the handle aborts the task; it never runs again.
@@ -272,9 +265,11 @@ where
                     park(this.cell);
                 }
                 if cell.scope.abort_was_put_off() {
-                    // A put-off abort whose parallel scope ended in this poll (the exemption
-                    // leaves it to this task then: another scope may have begun since, and
-                    // `abort` puts it off again).
+                    // An abort put off while a parallel scope ran in it (B2), carried out
+                    // once none runs (`abort` puts it off again otherwise): the scope's
+                    // exemption leaves it to this task when it ends in this poll (another
+                    // scope may have begun since), or when it could not abort the task
+                    // itself and woke it.
                     cell.abort();
                 }
                 return Poll::Pending;
