@@ -10,6 +10,8 @@
 //! Every test holds `SERIAL`: the leak test counts live allocations process-wide.
 #![cfg(feature = "rt-multi-thread")]
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
@@ -18,6 +20,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use common::{GRACE_SPINS, HANG_BOUND, spin_until};
 use tokio_nursery::{Cancelled, ParallelHandle, parallel_scope, parallel_scope_async};
 
 // ----------------------------------------------------------------------------------------
@@ -70,19 +73,6 @@ fn serial() -> MutexGuard<'static, ()> {
     SERIAL
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-const HANG_BOUND: Duration = Duration::from_secs(10);
-
-/// Yields this many times at most while a scope's drop that should wait may instead return.
-const GRACE_SPINS: usize = 200_000;
-
-fn spin_until(flag: &AtomicBool, what: &str) {
-    let hang = Instant::now() + HANG_BOUND;
-    while !flag.load(SeqCst) {
-        assert!(Instant::now() < hang, "hang: waiting for {what}");
-        std::thread::yield_now();
-    }
 }
 
 fn runtime() -> tokio::runtime::Runtime {

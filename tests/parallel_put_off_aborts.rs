@@ -2,21 +2,13 @@
 //! is carried out once no such scope runs, never by dropping one (`src/exemption.rs`).
 #![cfg(feature = "rt-multi-thread")]
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
-use std::time::{Duration, Instant};
 
+use common::wait_until;
 use tokio_nursery::*;
-
-const HANG_BOUND: Duration = Duration::from_secs(10);
-
-async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let hang = Instant::now() + HANG_BOUND;
-    while !condition() {
-        assert!(Instant::now() < hang, "hang: waiting for {what}");
-        tokio::task::yield_now().await;
-    }
-}
 
 /// Sets its flag when dropped before `finish`ed: a future cut short.
 struct Unfinished<'a> {

@@ -8,27 +8,17 @@
 //! and ends at once when it did return (as tests/parallel_cells.rs does).
 #![cfg(feature = "rt-multi-thread")]
 
+mod common;
+
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::task::{Context, Wake, Waker};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use common::{GRACE_SPINS, HANG_BOUND, spin_until};
 use tokio_nursery::{Cancelled, parallel_scope_async};
-
-const HANG_BOUND: Duration = Duration::from_secs(10);
-
-/// Yields this many times at most while a scope's drop that should wait may instead return.
-const GRACE_SPINS: usize = 200_000;
-
-fn spin_until(flag: &AtomicBool, what: &str) {
-    let hang = Instant::now() + HANG_BOUND;
-    while !flag.load(SeqCst) {
-        assert!(Instant::now() < hang, "hang: waiting for {what}");
-        std::thread::yield_now();
-    }
-}
 
 /// The waker's last clone panics when dropped, once armed.
 static ARMED: AtomicBool = AtomicBool::new(false);

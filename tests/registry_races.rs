@@ -110,6 +110,21 @@ struct Probe {
 }
 
 impl Probe {
+    /// After the nursery returned: no child was dropped after the return and no child
+    /// future (nor a refused one) is alive. `rule` names the SPEC line in the messages.
+    fn assert_none_left(&self, rule: &str) {
+        assert_eq!(
+            Probe::count(&self.late),
+            0,
+            "{rule}: a child dropped after the return"
+        );
+        assert_eq!(
+            self.live.live(),
+            0,
+            "{rule}: a child future (or a refused one) is alive after the nursery returned"
+        );
+    }
+
     fn new(blocked: bool) -> Arc<Self> {
         Arc::new(Probe {
             live: LiveFutures::new(),
@@ -422,16 +437,7 @@ async fn spawns_race_with_the_close(i: usize) {
         spawns.len(),
         "N1: every child the nursery accepted ran to its end before the nursery returned"
     );
-    assert_eq!(
-        Probe::count(&probe.late),
-        0,
-        "N1: a child dropped after the return"
-    );
-    assert_eq!(
-        probe.live.live(),
-        0,
-        "N1: a child future (or a refused one) is alive after the nursery returned"
-    );
+    probe.assert_none_left("N1");
     for spawn in spawns {
         let kind = spawn.rec.kind;
         assert!(spawn.rec.ran.load(SeqCst), "{kind:?} child never ran");
@@ -559,16 +565,7 @@ async fn abort_all_races_with_spawns(i: usize, workers: usize) {
     assert_eq!(out.unwrap(), Some(()));
 
     join_all(threads, task).await;
-    assert_eq!(
-        Probe::count(&probe.late),
-        0,
-        "N1: a child dropped after the return"
-    );
-    assert_eq!(
-        probe.live.live(),
-        0,
-        "N1: a child future is alive after the nursery returned"
-    );
+    probe.assert_none_left("N1");
     check_aborted(probe.take_spawns(), &probe, true).await;
 }
 
@@ -809,16 +806,7 @@ async fn wait_drop_races_with_spawns(i: usize) {
         spawns.len(),
         "N9: the outer nursery returned before every adopted child finished"
     );
-    assert_eq!(
-        Probe::count(&probe.late),
-        0,
-        "N9: a child dropped after the return"
-    );
-    assert_eq!(
-        probe.live.live(),
-        0,
-        "N9: a child future is alive after the return"
-    );
+    probe.assert_none_left("N9");
     for spawn in spawns {
         let kind = spawn.rec.kind;
         let joined = spawn.handle.await;

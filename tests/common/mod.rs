@@ -6,7 +6,8 @@
 //! - [`settle_tasks`] waits until the runtime's count of alive tasks reaches an expected
 //!   value, so a test can prove that the tasks the crate runs for itself (the deadline
 //!   service) exist only while they have work (SPEC R3).
-//! - [`wait_until`] spins on a condition with a hang bound.
+//! - [`wait_until`] spins on a condition with a hang bound; [`spin_until`] does the same on a
+//!   flag for code that cannot await.
 //! - [`leak_checked`] runs a test's body, then checks that no task is left on the runtime
 //!   (SPEC R3); every `#[tokio::test]` of the integration tests runs its body in it.
 //! - [`nursery`] holds the helpers of the nursery test crates (tests/spec_nursery.rs,
@@ -225,6 +226,24 @@ pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
         tokio::task::yield_now().await;
     }
 }
+
+/// Spins (yielding the thread, for code that cannot await: a drop, a poll that blocks)
+/// until `flag` is set. Panics past [`HANG_BOUND`] of real time, naming `what` it waited for.
+pub fn spin_until(flag: &std::sync::atomic::AtomicBool, what: &str) {
+    let hang = std::time::Instant::now() + HANG_BOUND;
+    while !flag.load(Ordering::SeqCst) {
+        assert!(
+            std::time::Instant::now() < hang,
+            "hang: still waiting for {what} after {HANG_BOUND:?}"
+        );
+        std::thread::yield_now();
+    }
+}
+
+/// Yields this many times at most while something that should wait (a parallel scope's
+/// drop) may instead return: a chance for a bug to show, not a timing threshold (the spin
+/// ends at once when the awaited thing happened).
+pub const GRACE_SPINS: usize = 200_000;
 
 /// The default stack size of a spawned Rust thread (2 MiB).
 pub const DEFAULT_STACK: usize = 2 * 1024 * 1024;
