@@ -259,10 +259,13 @@ where
             }
         }
         match self.stage.state() {
-            State::Running | State::Polling => {
+            State::Running => {
                 let _tell = Tell(self, Some(outcome));
                 self.stage.drop_future();
             }
+            // Called by the scope's poll loop after a child's poll returned or unwound, and
+            // by the scope's drop: never within the child's poll.
+            State::Polling => unreachable!("a local child's future dropped within its own poll"),
             // Its poll returned and the future's drop panicked: not told yet.
             State::Ended => self.deliver(Err(outcome)),
             State::Finished | State::Taken => {}
@@ -282,11 +285,14 @@ impl<F, T, E> Outcome<T> for LocalTask<'_, F, T, E> {
         if polled_by(&self.scope) {
             panic!("tokio-nursery: a local child awaited its own handle (it would never finish)");
         }
-        let waiter = match self.waiter.take() {
-            Some(waiter) if waiter.will_wake(waker) => waiter,
-            _ => waker.clone(),
-        };
-        self.waiter.set(Some(waiter));
+        let old = self.waiter.take();
+        let keep = old.as_ref().is_some_and(|old| old.will_wake(waker));
+        self.waiter.set(old);
+        if !keep {
+            // The new waker is stored before the old one is dropped: a waker's clone or drop
+            // may panic, and the handle must not be left with none.
+            self.waiter.set(Some(waker.clone()));
+        }
         None
     }
 }

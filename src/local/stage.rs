@@ -6,8 +6,9 @@
 //! future has no niche to spare (an `Option` of it is 8 bytes larger), and an enum in a
 //! `Cell` is read by moving it out and back (24 bytes each way), which measured 40% slower
 //! per child than reading one byte. The module's `unsafe` is here and only here: every
-//! access to the union is behind a check of the state, and the state changes before the
-//! bytes do.
+//! access to the union is behind a check of the state; the state says a future is gone
+//! before it is dropped (so a drop that panics still counts), and says an outcome is there
+//! once it is written.
 
 use std::cell::{Cell, UnsafeCell};
 use std::future::Future;
