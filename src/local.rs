@@ -92,6 +92,7 @@ struct Fresh<'env, E> {
     len: usize,
 }
 
+/// A local child as its scope holds it.
 type Task<'env, E> = Pin<Rc<dyn Run<'env, E> + 'env>>;
 
 impl<'env, E> Fresh<'env, E> {
