@@ -264,6 +264,23 @@ impl<'a> Frame<'a> {
         }
     }
 
+    /// The nearest node at or above this frame whose cancellation reaches it (none past a
+    /// shielded helper scope without a node), without making one: a nursery child without a
+    /// scope of its own answers its nursery's.
+    pub(crate) fn nearest_node(&self) -> Option<&Arc<Node>> {
+        let mut frame = self;
+        while let Some(inline) = frame.unlinked() {
+            match frame.parent {
+                Some(parent) if !inline.shield => frame = parent,
+                _ => return None,
+            }
+        }
+        Some(match frame.unmade_child() {
+            Some((parent, _)) => parent,
+            None => frame.node(),
+        })
+    }
+
     /// The unlinked state, if this frame has no node yet.
     fn unlinked(&self) -> Option<&'a Unlinked> {
         match self.kind {
@@ -291,6 +308,11 @@ impl<'a> Frame<'a> {
             Some((parent, _)) => parent,
             None => frame.node(),
         };
+        if origin.is_some() {
+            // A helper scope's own timer fired: deadlines above it that passed by now are
+            // fired too, so the outermost of them is named (SPEC S4).
+            node.fire_passed_deadlines();
+        }
         match node.origin() {
             Some(node) => Some(Origin::Node(node)),
             None => origin,

@@ -835,6 +835,46 @@ impl Node {
         self.cancel_locked(inner, CancelReason::Deadline, Some(key.at));
     }
 
+    /// Fires the deadlines of this scope and of its ancestors up to the nearest shield that
+    /// have passed on the timer's clock but whose alarm has not gone off yet (SPEC S2). A
+    /// helper scope without a node, whose own timer fired, asks this before it names the
+    /// scope a `Cancelled` is for or absorbs one (S4, S9): the deadline service may not have
+    /// run yet for a deadline that passed in the same tick, or earlier, and every deadline
+    /// passed by then counts (as Trio expires them all in one batch before anything runs).
+    pub(crate) fn fire_passed_deadlines(self: &Arc<Self>) {
+        let mut node = self.clone();
+        loop {
+            let mut inner = lock(&node.inner);
+            let parent = inner.parent.clone();
+            let passed = inner.armed().filter(|key| {
+                let now = inner
+                    .timer
+                    .as_ref()
+                    .map_or_else(Instant::now, |timer| timer.now());
+                key.at <= now && node.bits() & ENDED == 0
+            });
+            match passed {
+                Some(key) => {
+                    inner.take_armed();
+                    if let Some(timer) = &inner.timer {
+                        timer.disarm(key);
+                    }
+                    #[cfg(feature = "tracing")]
+                    tracing::debug!(scope = %node.id, "deadline passed");
+                    node.cancel_locked(inner, CancelReason::Deadline, Some(key.at));
+                }
+                None => drop(inner),
+            }
+            if node.is_shielded() {
+                return;
+            }
+            match parent {
+                Some(parent) => node = parent,
+                None => return,
+            }
+        }
+    }
+
     /// Ends the scope: records whether it absorbed a cancellation, unlinks it from its
     /// parent and disarms its deadline. Idempotent.
     pub(crate) fn end(&self, caught: bool) {

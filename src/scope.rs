@@ -631,7 +631,7 @@ fn enter_lazy(deadline: DeadlineSpec, shield: bool) -> Unlinked {
 fn finish_lazy<T, E: CancelError>(out: Result<T, E>, inline: &Unlinked) -> Exit<T, E> {
     let absorbs = || match inline.node.get() {
         Some(node) => node.absorbs(),
-        None => inline.expired() && (inline.shield || !enclosing_is_cancelled()),
+        None => inline.expired() && (inline.shield || !enclosing_deadline_or_cancellation()),
     };
     let exit = exit_of(out, absorbs, || match inline.node.get() {
         Some(node) => Absorbed::Node(node.clone()),
@@ -767,6 +767,22 @@ pub(crate) fn cancelled_here(node: &Arc<Node>) -> Cancelled {
 /// Whether the scope around a helper scope is cancelled, asked without linking it.
 fn enclosing_is_cancelled() -> bool {
     context::with_current(|frame| frame.is_some_and(|frame| frame.is_cancelled_here()))
+}
+
+/// Whether the enclosing scope is cancelled, once the deadlines above that have passed are
+/// fired: a helper scope without a node whose own timer fired must not absorb a cancellation
+/// that an enclosing scope's deadline, passed as well, makes that scope's (SPEC S9).
+#[cold]
+fn enclosing_deadline_or_cancellation() -> bool {
+    context::with_current(|frame| {
+        let Some(frame) = frame else {
+            return false;
+        };
+        if let Some(node) = frame.nearest_node() {
+            node.fire_passed_deadlines();
+        }
+        frame.is_cancelled_here()
+    })
 }
 
 /// The deadline timer for a scope entered under `parent`: the parent's, else the current

@@ -132,3 +132,75 @@ async fn ended_scope_keeps_its_inherited_cancellation() {
     })
     .await
 }
+
+/// Session 10's review: a helper scope without a node whose own timer fires after an
+/// enclosing scope's deadline passed (in the same timer tick, before the deadline service
+/// ran) must not absorb: the enclosing scope's deadline counts too, and the outermost
+/// cancelled scope absorbs (SPEC S2, S9), whether or not the inner scope made a node.
+#[tokio::test(start_paused = true)]
+async fn a_helper_scope_does_not_absorb_when_an_enclosing_deadline_passed_in_the_same_tick() {
+    for link_inner in [false, true] {
+        for outer_first in [false, true] {
+            let start = tokio::time::Instant::now();
+            let inner_at = start + Duration::from_millis(1001);
+            // The same instant, or half a millisecond earlier: one tick of tokio's timer.
+            let outer_at = if outer_first {
+                start + Duration::from_micros(1_000_500)
+            } else {
+                inner_at
+            };
+            let outer = CancelScope::new().with_deadline(outer_at);
+            let outer_handle = outer.handle();
+            let mut inner_out = None;
+            let out = outer
+                .run(async {
+                    let inner = move_on_at(inner_at, async {
+                        if link_inner {
+                            let _ = current_scope();
+                        }
+                        Err::<(), Cancelled>(cancelled().await)
+                    })
+                    .await;
+                    let passed = inner.clone().map(|_| ());
+                    inner_out = Some(inner);
+                    passed
+                })
+                .await;
+            let case = format!("link_inner {link_inner}, outer_first {outer_first}");
+            let inner = inner_out.expect("the inner scope returned");
+            let cancelled = inner.expect_err(&case);
+            assert!(
+                matches!(cancelled.reason(), CancelReason::Deadline),
+                "{case}"
+            );
+            assert!(matches!(out, Ok(None)), "{case}: the outer scope absorbs");
+            assert!(outer_handle.cancel_called(), "{case}");
+            assert!(outer_handle.cancelled_caught(), "{case}");
+        }
+    }
+}
+
+/// The same, where the body asks for the cancellation only after both deadlines passed:
+/// the `Cancelled` names the outer scope (the outermost cancelled one, SPEC S4).
+#[tokio::test(start_paused = true)]
+async fn a_cancellation_raised_after_two_deadlines_passed_names_the_outer_scope() {
+    let start = tokio::time::Instant::now();
+    let at = start + Duration::from_secs(1);
+    let outer = CancelScope::new().with_deadline(at);
+    let outer_handle = outer.handle();
+    let mut seen = None;
+    let out = outer
+        .run(async {
+            let inner = move_on_at(at, async {
+                let cancelled = cancelled().await;
+                seen = Some(cancelled.clone());
+                Err::<(), Cancelled>(cancelled)
+            })
+            .await;
+            inner.map(|_| ())
+        })
+        .await;
+    assert!(matches!(out, Ok(None)));
+    let seen = seen.expect("the body saw the cancellation");
+    assert_eq!(seen.scope(), outer_handle.id());
+}
