@@ -33,9 +33,12 @@ pub type BoxError = Box<dyn Error + Send + Sync>;
 /// Per request:
 ///
 /// - **No deadline header**: the inner service runs as is (in whatever scope polls it).
-/// - **A deadline**: the inner service's future runs in a new scope with that deadline, so
-///   its cancellation points, [`current_deadline`](crate::current_deadline) and every
-///   nursery it opens see it; the [`IncomingDeadline`](crate::IncomingDeadline) is also in
+/// - **A deadline**: the inner service is called, and its future runs, in a new scope with
+///   that deadline, so its `call` (a proxy's [`PropagateDeadlineLayer`] forwarding the
+///   deadline), its cancellation points, [`current_deadline`](crate::current_deadline) and
+///   every nursery it opens see it. The call is made at the response future's first poll,
+///   with the service that was ready (a clone takes its place, as tower's services that
+///   call their inner service from their future do: hence `S: Clone`); the [`IncomingDeadline`](crate::IncomingDeadline) is also in
 ///   the request's extensions. The scope is a child of the scope polling the service (e.g.
 ///   a connection task spawned into a server's nursery by
 ///   [`NurseryExecutor`](crate::NurseryExecutor)), so a server shutdown reaches it too.
@@ -145,12 +148,12 @@ impl<S> DeadlineService<S> {
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for DeadlineService<S>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
     ResBody: Default,
 {
     type Response = Response<ResBody>;
     type Error = S::Error;
-    type Future = DeadlineFuture<S::Future, ResBody>;
+    type Future = DeadlineFuture<S, Request<ReqBody>, ResBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -183,8 +186,12 @@ where
         } else {
             scope
         };
-        let future = scope.run(Infallibly {
-            future: self.inner.call(request),
+        // The service that was made ready is the one called; a clone waits for the next.
+        let ready = self.inner.clone();
+        let service = std::mem::replace(&mut self.inner, ready);
+        let future = scope.run(CallInScope::Ready {
+            service: Some(service),
+            request: Some(request),
         });
         DeadlineFuture {
             state: State::Scoped { future, grpc },
@@ -233,16 +240,16 @@ impl Refusal {
     }
 }
 
-/// The future of [`DeadlineService`].
+/// The future of [`DeadlineService`] wrapping `S`, for requests `Req`.
 #[pin_project]
 #[must_use = "futures do nothing unless polled"]
-pub struct DeadlineFuture<F, B> {
+pub struct DeadlineFuture<S: Service<Req>, Req, B> {
     #[pin]
-    state: State<F, B>,
+    state: State<S, Req, B>,
 }
 
 #[pin_project(project = StateProj)]
-enum State<F, B> {
+enum State<S: Service<Req>, Req, B> {
     Refused {
         refusal: Refusal,
         grpc: bool,
@@ -250,16 +257,16 @@ enum State<F, B> {
     },
     Plain {
         #[pin]
-        future: F,
+        future: S::Future,
     },
     Scoped {
         #[pin]
-        future: Scoped<Infallibly<F>>,
+        future: Scoped<CallInScope<S, Req>>,
         grpc: bool,
     },
 }
 
-impl<F, B> DeadlineFuture<F, B> {
+impl<S: Service<Req>, Req, B> DeadlineFuture<S, Req, B> {
     fn refused(refusal: Refusal, grpc: bool) -> Self {
         DeadlineFuture {
             state: State::Refused {
@@ -271,12 +278,12 @@ impl<F, B> DeadlineFuture<F, B> {
     }
 }
 
-impl<F, B, E> Future for DeadlineFuture<F, B>
+impl<S, Req, B> Future for DeadlineFuture<S, Req, B>
 where
-    F: Future<Output = Result<Response<B>, E>>,
+    S: Service<Req, Response = Response<B>>,
     B: Default,
 {
-    type Output = Result<Response<B>, E>;
+    type Output = Result<Response<B>, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
@@ -296,24 +303,42 @@ where
     }
 }
 
-impl<F, B> fmt::Debug for DeadlineFuture<F, B> {
+impl<S: Service<Req>, Req, B> fmt::Debug for DeadlineFuture<S, Req, B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DeadlineFuture").finish_non_exhaustive()
     }
 }
 
 /// The handler's future as a scope body: its output is the value, never a `Cancelled`.
-#[pin_project]
-struct Infallibly<F> {
-    #[pin]
-    future: F,
+/// Calls the inner service at its first poll, so inside the request's scope, then runs
+/// its future; its output as a scope body's (the scope adds no error of its own).
+#[pin_project(project = CallProj)]
+enum CallInScope<S: Service<Req>, Req> {
+    Ready {
+        service: Option<S>,
+        request: Option<Req>,
+    },
+    Called {
+        #[pin]
+        future: S::Future,
+    },
 }
 
-impl<F: Future> Future for Infallibly<F> {
-    type Output = Result<F::Output, Cancelled>;
+impl<S: Service<Req>, Req> Future for CallInScope<S, Req> {
+    type Output = Result<Result<S::Response, S::Error>, Cancelled>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.project().future.poll(cx).map(Ok)
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let CallProj::Ready { service, request } = self.as_mut().project() {
+            let (Some(mut service), Some(request)) = (service.take(), request.take()) else {
+                panic!("a DeadlineService call polled after it panicked");
+            };
+            let future = service.call(request);
+            self.set(CallInScope::Called { future });
+        }
+        match self.project() {
+            CallProj::Called { future } => future.poll(cx).map(Ok),
+            CallProj::Ready { .. } => unreachable!("called above"),
+        }
     }
 }
 

@@ -1948,3 +1948,33 @@ async fn no_hang_real<F: Future>(future: F) -> F::Output {
         .await
         .expect("hang")
 }
+
+/// Session 10's review: the inner service is called inside the request's scope, so a proxy
+/// (`DeadlineLayer` around `PropagateDeadlineLayer` around a client) forwards the incoming
+/// deadline; it forwarded none (its `call` ran outside the scope and cleared the headers).
+#[tokio::test(start_paused = true)]
+async fn d01_a_proxy_forwards_the_incoming_deadline() {
+    let backend = service_fn(|request: Request<()>| async move {
+        let header = request
+            .headers()
+            .get("x-request-timeout-ms")
+            .map(|value| value.to_str().unwrap().to_owned());
+        Ok::<_, Infallible>(Response::new(header))
+    });
+    let proxy = DeadlineLayer::new().layer(PropagateDeadlineLayer::new().layer(backend));
+    let request = request_with(&[("x-request-timeout-ms", "800")]);
+    let response = proxy.oneshot(request).await.unwrap();
+    assert_eq!(response.body().as_deref(), Some("800"));
+}
+
+/// The same, seen from a handler that reads the deadline in its `call`, before its future.
+#[tokio::test(start_paused = true)]
+async fn d01_the_inner_services_call_runs_under_the_incoming_deadline() {
+    let service = DeadlineLayer::new().layer(service_fn(|_: Request<()>| {
+        let left = current_deadline().remaining();
+        async move { Ok::<_, Infallible>(Response::new(left)) }
+    }));
+    let request = request_with(&[("x-request-timeout-ms", "800")]);
+    let response = service.oneshot(request).await.unwrap();
+    assert_eq!(*response.body(), Some(Duration::from_millis(800)));
+}
