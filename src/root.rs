@@ -1,7 +1,7 @@
 //! The root of a program (SPEC N13): it owns the runtime, runs `main` (or a server) in a
 //! nursery, and on return or on Ctrl-C / SIGTERM cancels everything with reason
 //! [`Shutdown`](crate::CancelReason::Shutdown), waits up to a grace period, aborts the rest
-//! except protected work ([`protect`](crate::protect)), which it waits for until that work
+//! (after a signal, `main` too) except protected work ([`protect`](crate::protect)), which it waits for until that work
 //! ends by itself (its own deadline) or a second Ctrl-C / SIGTERM, reports what it had to
 //! cut short ([`Report::ShutdownCutShort`]), and shuts the runtime down with a bound.
 //!
@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::{Either, select};
+use tokio::sync::Notify;
 
 use crate::cancelled::CancelError;
 use crate::nursery::{
@@ -81,6 +82,9 @@ impl Root {
     }
 
     /// How long children may take to stop after the shutdown began before they are aborted.
+    /// After a signal, `main` itself is dropped when it runs longer (it ends with the
+    /// shutdown's cancellation, and the report names it); protected work is still waited for,
+    /// until it ends or a second signal comes.
     pub fn grace(self, grace: Duration) -> Self {
         Root { grace, ..self }
     }
@@ -102,7 +106,8 @@ impl Root {
     }
 
     /// Whether Ctrl-C and SIGTERM start the shutdown (default: with the `signal` feature).
-    /// A second signal aborts what is still running.
+    /// A second signal aborts what is still running; a signal while the root waits for
+    /// orphans (nurseries dropped in wait mode with nowhere else to go) stops that wait.
     pub fn handle_signals(self, signals: bool) -> Self {
         Root { signals, ..self }
     }
@@ -186,6 +191,9 @@ impl Root {
     {
         let root: Arc<Mutex<Option<NurseryHandle<E>>>> = Arc::default();
         let slot = root.clone();
+        // Told when the grace after a shutdown signal ran out with `main` still running.
+        let cut_main = Arc::new(Notify::new());
+        let cut = cut_main.clone();
         let nursery = Nursery::new()
             .name("root")
             .grace(self.grace)
@@ -193,7 +201,14 @@ impl Root {
             .run(move |n: NurseryHandle<E>| {
                 *lock(&slot) = Some(n.clone());
                 async move {
-                    let outcome = body(n.clone()).await;
+                    let outcome = match select(pin!(body(n.clone())), pin!(cut.notified())).await {
+                        Either::Left((outcome, _)) => outcome,
+                        // Dropped, as the root's children are aborted (SPEC N13): `main`
+                        // ends with the shutdown's cancellation.
+                        Either::Right(((), _)) => {
+                            Err(E::from(crate::scope::cancelled_here(&n.scope().node)))
+                        }
+                    };
                     // `main` returned: everything else is cancelled (SPEC N13).
                     n.scope().cancel_because(CancelReason::Shutdown);
                     outcome
@@ -204,17 +219,35 @@ impl Root {
         // Reports what was aborted also when a panic is resumed through here.
         let mut cut_short = CutShort {
             root: &root,
+            main_cut: false,
             second_signal: None,
             orphans_left: 0,
             reported: false,
         };
         // Installed once: a signal arriving while the loop goes round is not missed.
         let mut signals = Signals::install(self.signals);
+        // Runs from the first signal: when it ends, `main` is dropped if it still runs.
+        let mut grace = None;
         let outcome = loop {
             let signal = pin!(signals.next());
-            match select(nursery.as_mut(), signal).await {
+            let grace_over = pin!(async {
+                match &mut grace {
+                    Some(sleep) => sleep.await,
+                    None => std::future::pending().await,
+                }
+            });
+            match select(nursery.as_mut(), select(signal, grace_over)).await {
                 Either::Left((outcome, _)) => break outcome,
-                Either::Right(((), _)) => {
+                Either::Right((Either::Right(((), _)), _)) => {
+                    // The grace ran out: the nursery aborted its children; `main` goes too.
+                    // Protected work is still waited for, until a second signal.
+                    grace = None;
+                    #[cfg(feature = "tracing")]
+                    tracing::warn!("the shutdown's grace period ran out: dropping main");
+                    cut_short.main_cut = true;
+                    cut_main.notify_one();
+                }
+                Either::Right((Either::Left(((), _)), _)) => {
                     received += 1;
                     let Some(handle) = lock(&root).clone() else {
                         continue;
@@ -223,6 +256,7 @@ impl Root {
                         #[cfg(feature = "tracing")]
                         tracing::info!("shutdown signal: cancelling everything");
                         handle.scope().cancel_because(CancelReason::Shutdown);
+                        grace = Some(Box::pin(tokio::time::sleep(self.grace)));
                     } else {
                         // A second signal: stop waiting, even for protected work (C1).
                         #[cfg(feature = "tracing")]
@@ -230,7 +264,13 @@ impl Root {
                             "second shutdown signal: aborting what is still running and \
                              abandoning protected work"
                         );
-                        let aborted = handle.abort_named();
+                        // Those the grace aborted already, then those aborted now.
+                        let mut aborted = handle.aborted_children().to_vec();
+                        for name in handle.abort_named() {
+                            if !aborted.contains(&name) {
+                                aborted.push(name);
+                            }
+                        }
                         handle.report_incidents();
                         let abandoned = handle.adoptees();
                         let cancelled = crate::scope::cancelled_here(&handle.scope().node)
@@ -242,12 +282,25 @@ impl Root {
             }
         };
         // Nurseries dropped in wait mode with nowhere else to go, protected work outside any
-        // nursery: a wait bounded by the grace period, none after a second signal.
-        let orphans = match cut_short.second_signal {
-            None => tokio::time::timeout(self.grace, orphans_finished()).await,
-            Some(_) => tokio::time::timeout(Duration::ZERO, orphans_finished()).await,
+        // nursery: a wait bounded by the grace period and ended by a signal, none after a
+        // second signal.
+        let finished = match cut_short.second_signal {
+            None => {
+                let wait = pin!(tokio::time::timeout(self.grace, orphans_finished()));
+                match select(wait, pin!(signals.next())).await {
+                    Either::Left((waited, _)) => waited.is_ok(),
+                    Either::Right(((), _)) => {
+                        #[cfg(feature = "tracing")]
+                        tracing::warn!("shutdown signal: no longer waiting for orphans");
+                        false
+                    }
+                }
+            }
+            Some(_) => tokio::time::timeout(Duration::ZERO, orphans_finished())
+                .await
+                .is_ok(),
         };
-        if orphans.is_err() {
+        if !finished {
             cut_short.orphans_left = orphan_count();
         }
         cut_short.report();
@@ -265,6 +318,8 @@ impl Default for Root {
 /// or while a panic resumed by the root nursery unwinds through it.
 struct CutShort<'a, E> {
     root: &'a Mutex<Option<NurseryHandle<E>>>,
+    /// The grace after a shutdown signal ran out with `main` still running: it was dropped.
+    main_cut: bool,
     /// At a second signal: what it aborted, and how many adoptees it abandoned.
     second_signal: Option<(Vec<String>, usize)>,
     orphans_left: usize,
@@ -284,11 +339,16 @@ impl<E> CutShort<'_, E> {
             Some((aborted, abandoned)) => (aborted.as_slice(), *abandoned),
             None => (handle.aborted_children(), 0),
         };
-        if aborted.is_empty() && abandoned == 0 && self.orphans_left == 0 {
+        let mut named = Vec::new();
+        if self.main_cut {
+            named.push("main".to_string());
+        }
+        named.extend_from_slice(aborted);
+        if named.is_empty() && abandoned == 0 && self.orphans_left == 0 {
             return;
         }
         handle.report(&Report::ShutdownCutShort {
-            aborted,
+            aborted: &named,
             abandoned,
             orphans_left: self.orphans_left,
             second_signal: self.second_signal.is_some(),

@@ -1,0 +1,164 @@
+//! SPEC N13 with real signals, from session 10's review of the root: the grace after a
+//! signal ends `main` too, a signal ends the wait for orphans, and a second signal's report
+//! names what the grace aborted before it. A signal reaches every root in the process, so
+//! these tests run one at a time (a lock), in their own binary. Real time, bounded only
+//! against hangs (20 s), as the signals are real.
+#![cfg(all(unix, feature = "signal"))]
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_nursery::*;
+
+/// One root at a time in this process.
+static ONE_ROOT: Mutex<()> = Mutex::new(());
+
+/// Sends `signal` (`TERM`, `INT`) to this process (the root's handlers take it).
+fn signal_self(signal: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(std::process::id().to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+}
+
+/// Runs `f` on a thread; fails if it has not returned after 20 s (a hang, not a timing).
+fn within_hang_bound<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(20))
+        .expect("hang: the root did not return")
+}
+
+fn reports_of(reports: Arc<Mutex<Vec<Vec<String>>>>) -> impl Fn(&Report<'_>) + Send + Sync {
+    move |report| {
+        if let Report::ShutdownCutShort { aborted, .. } = report {
+            reports.lock().unwrap().push(aborted.to_vec());
+        }
+    }
+}
+
+#[test]
+fn n13_the_grace_after_a_signal_ends_main_too() {
+    let _one = ONE_ROOT.lock().unwrap_or_else(|e| e.into_inner());
+    let seen = Arc::new(AtomicBool::new(false));
+    let saw = seen.clone();
+    let reports = Arc::new(Mutex::new(Vec::new()));
+    let hook = reports_of(reports.clone());
+    let out = within_hang_bound(move || {
+        Root::new()
+            .current_thread()
+            .handle_signals(true)
+            .grace(Duration::from_millis(50))
+            .on_report(hook)
+            .run(|_root: NurseryHandle<Cancelled>| async move {
+                tokio::task::yield_now().await;
+                signal_self("TERM");
+                let cancelled = cancelled().await;
+                assert!(matches!(cancelled.reason(), CancelReason::Shutdown));
+                saw.store(true, Ordering::SeqCst);
+                // Ignores the shutdown: not a cancellation point.
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok::<_, Cancelled>(())
+            })
+    });
+    assert!(seen.load(Ordering::SeqCst));
+    assert!(matches!(out, Ok(None)), "{out:?}");
+    assert_eq!(*reports.lock().unwrap(), [vec!["main".to_string()]]);
+}
+
+#[test]
+fn n13_a_signal_ends_the_wait_for_orphans() {
+    let _one = ONE_ROOT.lock().unwrap_or_else(|e| e.into_inner());
+    static SENT: AtomicBool = AtomicBool::new(false);
+    let out = within_hang_bound(move || {
+        Root::new()
+            .current_thread()
+            .handle_signals(true)
+            .grace(Duration::from_secs(3600))
+            .shutdown_bound(Duration::ZERO)
+            .run(|root: NurseryHandle<Cancelled>| async move {
+                let (parked_tx, parked_rx) = tokio::sync::oneshot::channel();
+                // A nursery dropped in wait mode in a plain task: its child is an orphan.
+                tokio::spawn(async move {
+                    let inner = Nursery::new().drop_mode(DropMode::Wait).run(
+                        move |m: NurseryHandle<Cancelled>| async move {
+                            m.spawn_named("orphan", async move {
+                                parked_tx.send(()).unwrap();
+                                // Once the root nursery has closed (the root then waits
+                                // for orphans, an hour at most), Ctrl-C.
+                                while root.is_open() {
+                                    tokio::task::yield_now().await;
+                                }
+                                signal_self("INT");
+                                SENT.store(true, Ordering::SeqCst);
+                                std::future::pending::<()>().await;
+                                Ok(())
+                            });
+                            std::future::pending::<Result<(), Cancelled>>().await
+                        },
+                    );
+                    let mut inner = Box::pin(inner);
+                    tokio::select! {
+                        _ = &mut inner => unreachable!(),
+                        _ = parked_rx => {}
+                    }
+                });
+                while orphan_count() == 0 {
+                    tokio::task::yield_now().await;
+                }
+                Ok::<_, Cancelled>(())
+            })
+    });
+    assert!(SENT.load(Ordering::SeqCst));
+    assert!(matches!(out, Ok(Some(()))), "{out:?}");
+}
+
+#[test]
+fn n13_a_second_signals_report_names_the_children_the_grace_aborted() {
+    let _one = ONE_ROOT.lock().unwrap_or_else(|e| e.into_inner());
+    let reports = Arc::new(Mutex::new(Vec::new()));
+    let hook = reports_of(reports.clone());
+    let out = within_hang_bound(move || {
+        Root::new()
+            .current_thread()
+            .handle_signals(true)
+            .grace(Duration::from_millis(20))
+            .on_report(hook)
+            .run(|n: NurseryHandle<Cancelled>| async move {
+                n.spawn_named("stubborn", std::future::pending::<Result<(), Cancelled>>());
+                let root = n.clone();
+                // Protected work that never ends: the root waits for it past its grace; once
+                // the grace aborted "stubborn", Ctrl-C again.
+                drop(protect(async move {
+                    while root.aborted_children().is_empty() {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    signal_self("INT");
+                    std::future::pending::<()>().await
+                }));
+                tokio::task::yield_now().await;
+                signal_self("TERM");
+                Err::<(), _>(cancelled().await)
+            })
+    });
+    let reports = reports.lock().unwrap().clone();
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert!(
+        reports[0].iter().any(|name| name.contains("stubborn")),
+        "{reports:?}"
+    );
+    match out {
+        Err(NurseryError::Cancelled(c)) => assert!(
+            c.aborted_children()
+                .iter()
+                .any(|name| name.contains("stubborn")),
+            "{c:?}"
+        ),
+        other => panic!("{other:?}"),
+    }
+}
