@@ -2,37 +2,20 @@
 //! signal ends `main` too, a signal ends the wait for orphans, and a second signal's report
 //! names what the grace aborted before it. A signal reaches every root in the process, so
 //! these tests run one at a time (a lock), in their own binary. Real time, bounded only
-//! against hangs (20 s), as the signals are real.
+//! against hangs (`common::HANG_BOUND`), as the signals are real.
 #![cfg(all(unix, feature = "signal"))]
+
+mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::nursery::{signal_self, within_hang_bound};
 use tokio_nursery::*;
 
 /// One root at a time in this process.
 static ONE_ROOT: Mutex<()> = Mutex::new(());
-
-/// Sends `signal` (`TERM`, `INT`) to this process (the root's handlers take it).
-fn signal_self(signal: &str) {
-    let status = std::process::Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(std::process::id().to_string())
-        .status()
-        .expect("run kill");
-    assert!(status.success());
-}
-
-/// Runs `f` on a thread; fails if it has not returned after 20 s (a hang, not a timing).
-fn within_hang_bound<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(Duration::from_secs(20))
-        .expect("hang: the root did not return")
-}
 
 fn reports_of(reports: Arc<Mutex<Vec<Vec<String>>>>) -> impl Fn(&Report<'_>) + Send + Sync {
     move |report| {

@@ -2263,16 +2263,8 @@ async fn pause_and_measure_lateness() -> u128 {
     since(probe) - 1
 }
 
-/// Sends `signal` (`TERM`, `INT`) to this process.
 #[cfg(all(unix, feature = "signal"))]
-fn signal_self(signal: &str) {
-    let status = std::process::Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(std::process::id().to_string())
-        .status()
-        .expect("run kill");
-    assert!(status.success());
-}
+use common::nursery::signal_self;
 
 #[cfg(all(unix, feature = "signal"))]
 #[test]

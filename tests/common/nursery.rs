@@ -83,6 +83,17 @@ pub fn within_hang_bound<R: Send + 'static>(test: impl FnOnce() -> R + Send + 's
     }
 }
 
+/// Sends `signal` (`TERM`, `INT`) to this process (the root's handlers take it).
+#[cfg(unix)]
+pub fn signal_self(signal: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(std::process::id().to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+}
+
 /// Spawns a plain task that calls `action` at `at` (tokio's clock).
 pub fn at(at: Instant, action: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
     tokio::spawn(async move {
