@@ -17,6 +17,14 @@ use tokio_nursery::*;
 /// One root at a time in this process.
 static ONE_ROOT: Mutex<()> = Mutex::new(());
 
+/// A root on a current-thread runtime that handles signals, with this grace.
+fn signalled_root(grace: Duration) -> Root {
+    Root::new()
+        .current_thread()
+        .handle_signals(true)
+        .grace(grace)
+}
+
 fn reports_of(reports: Arc<Mutex<Vec<Vec<String>>>>) -> impl Fn(&Report<'_>) + Send + Sync {
     move |report| {
         if let Report::ShutdownCutShort { aborted, .. } = report {
@@ -33,10 +41,7 @@ fn n13_the_grace_after_a_signal_ends_main_too() {
     let reports = Arc::new(Mutex::new(Vec::new()));
     let hook = reports_of(reports.clone());
     let out = within_hang_bound(move || {
-        Root::new()
-            .current_thread()
-            .handle_signals(true)
-            .grace(Duration::from_millis(50))
+        signalled_root(Duration::from_millis(50))
             .on_report(hook)
             .run(|_root: NurseryHandle<Cancelled>| async move {
                 tokio::task::yield_now().await;
@@ -59,10 +64,7 @@ fn n13_a_signal_ends_the_wait_for_orphans() {
     let _one = ONE_ROOT.lock().unwrap_or_else(|e| e.into_inner());
     static SENT: AtomicBool = AtomicBool::new(false);
     let out = within_hang_bound(move || {
-        Root::new()
-            .current_thread()
-            .handle_signals(true)
-            .grace(Duration::from_secs(3600))
+        signalled_root(Duration::from_secs(3600))
             .shutdown_bound(Duration::ZERO)
             .run(|root: NurseryHandle<Cancelled>| async move {
                 let (parked_tx, parked_rx) = tokio::sync::oneshot::channel();
@@ -107,10 +109,7 @@ fn n13_a_second_signals_report_names_the_children_the_grace_aborted() {
     let reports = Arc::new(Mutex::new(Vec::new()));
     let hook = reports_of(reports.clone());
     let out = within_hang_bound(move || {
-        Root::new()
-            .current_thread()
-            .handle_signals(true)
-            .grace(Duration::from_millis(20))
+        signalled_root(Duration::from_millis(20))
             .on_report(hook)
             .run(|n: NurseryHandle<Cancelled>| async move {
                 n.spawn_named("stubborn", std::future::pending::<Result<(), Cancelled>>());
