@@ -281,6 +281,26 @@ impl<'a> Frame<'a> {
         })
     }
 
+    /// Expires the deadline `at` where it is set, in the unshielded chain above (and
+    /// including) this frame: a helper scope without a node counts as expired, a scope with
+    /// one is cancelled (see [`Node::expire_deadline`]).
+    pub(crate) fn expire_deadline(&self, at: Instant) {
+        let mut frame = self;
+        while let Some(inline) = frame.unlinked() {
+            if inline.deadline == Some(at) {
+                inline.expired.set(Some(true));
+                return;
+            }
+            match frame.parent {
+                Some(parent) if !inline.shield => frame = parent,
+                _ => return,
+            }
+        }
+        if let Some(node) = frame.nearest_node() {
+            node.expire_deadline(at);
+        }
+    }
+
     /// The unlinked state, if this frame has no node yet.
     fn unlinked(&self) -> Option<&'a Unlinked> {
         match self.kind {

@@ -612,7 +612,11 @@ impl DeadlineHeaders {
 
     /// Writes the effective deadline of the code being polled ([`current_deadline`]) into
     /// `headers`: see [`write`](Self::write). When the scope is effectively cancelled the
-    /// error carries its [`Cancelled`].
+    /// error carries its [`Cancelled`]. When the deadline has passed on the clock but was not
+    /// fired yet, or is too close to be written (under a millisecond with the milliseconds
+    /// header), the scope it belongs to is cancelled there and then (reason
+    /// [`Deadline`](crate::CancelReason::Deadline)), and the error carries that cancellation:
+    /// returned through the scope, it is an echo the scope absorbs, not a failure.
     pub fn write_current(
         &self,
         headers: &mut HeaderMap,
@@ -625,7 +629,23 @@ impl DeadlineHeaders {
                     cancelled: check_cancelled().err(),
                 })
             }
-            deadline => self.write(deadline, headers),
+            deadline => self.write(deadline, headers).map_err(|passed| {
+                // Passed on the clock before the deadline service fired it, or too close to
+                // be written: the scope whose deadline it is expires now, so the error is an
+                // echo of its cancellation (a scope absorbs it, a nursery child is not
+                // failed by it: SPEC S15).
+                if let Some(at) = passed.deadline {
+                    crate::context::with_current(|frame| {
+                        if let Some(frame) = frame {
+                            frame.expire_deadline(at.into_std());
+                        }
+                    });
+                }
+                DeadlinePassed {
+                    cancelled: check_cancelled().err(),
+                    ..passed
+                }
+            }),
         }
     }
 

@@ -875,6 +875,31 @@ impl Node {
         }
     }
 
+    /// Cancels, with reason `Deadline`, the scope in the unshielded chain above (and
+    /// including) this one whose own deadline is `at`: code that cannot go on before `at`
+    /// (a request whose remaining time its headers cannot carry) expires it now, so what it
+    /// returns is an echo of that cancellation (SPEC S15, D1).
+    pub(crate) fn expire_deadline(self: &Arc<Self>, at: Instant) {
+        let mut node = self.clone();
+        loop {
+            let (deadline, parent) = {
+                let inner = lock(&node.inner);
+                (inner.deadline(), inner.parent.clone())
+            };
+            if deadline == Some(at) {
+                node.cancel(CancelReason::Deadline);
+                return;
+            }
+            if node.is_shielded() {
+                return;
+            }
+            match parent {
+                Some(parent) => node = parent,
+                None => return,
+            }
+        }
+    }
+
     /// Ends the scope: records whether it absorbed a cancellation, unlinks it from its
     /// parent and disarms its deadline. Idempotent.
     pub(crate) fn end(&self, caught: bool) {

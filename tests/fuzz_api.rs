@@ -769,7 +769,11 @@ async fn ops_in_scope(
             Op::LockCancellable => {
                 let was_cancelled = is_cancelled();
                 match mutex.lock_cancellable(async |v: &mut u32| *v).await {
-                    Err(_) if was_cancelled => {}
+                    // Waiting for the lock is a cancellation point: a cancellation may also
+                    // come while it waits (it yields when tokio's budget runs out, and a
+                    // blocking child fails on its own thread, in real time). It stays
+                    // (level-triggered), so the scope is cancelled now if it was then.
+                    Err(_) if was_cancelled || is_cancelled() => {}
                     Err(c) => ledger.problem(format!(
                         "lock_cancellable cancelled outside a cancelled scope: {c:?}"
                     )),

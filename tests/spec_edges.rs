@@ -1978,3 +1978,45 @@ async fn d01_the_inner_services_call_runs_under_the_incoming_deadline() {
     let response = service.oneshot(request).await.unwrap();
     assert_eq!(*response.body(), Some(Duration::from_millis(800)));
 }
+
+/// Session 10's review: under a millisecond left with the milliseconds header on, the request
+/// is not sent, and the error is an echo of the scope's deadline (the scope is cancelled
+/// there and then): a scope absorbs it and a nursery child is not failed by it. It was a
+/// plain error before the deadline service fired, 1 ms later.
+#[tokio::test(start_paused = true)]
+async fn d01_a_deadline_too_close_to_write_is_an_echo_of_the_scopes_deadline() {
+    common::leak_checked(async {
+        let sent = |mut request: Request<()>| {
+            propagate_deadline(&mut request).map_err(io::Error::from)?;
+            Ok::<_, io::Error>("sent")
+        };
+        let out = move_on_after(Duration::from_micros(500), async { sent(Request::new(())) }).await;
+        assert!(matches!(out, Ok(None)), "{out:?}");
+
+        // Linked scope (a node), the same.
+        let scope = CancelScope::new().with_timeout(Duration::from_micros(500));
+        let handle = scope.handle();
+        let out = scope
+            .run(async {
+                let _ = current_scope();
+                sent(Request::new(()))
+            })
+            .await;
+        assert!(matches!(out, Ok(None)), "{out:?}");
+        assert!(handle.cancelled_caught());
+
+        // A nursery child under that deadline: cancelled, not failed (no fail-fast, no
+        // failure reported): the nursery passes the deadline's cancellation on.
+        let out = move_on_after(Duration::from_micros(500), async {
+            Nursery::new()
+                .run(|n: NurseryHandle<io::Error>| async move {
+                    n.spawn(async move { sent(Request::new(())).map(|_| ()) });
+                    Err::<(), _>(io::Error::from(cancelled().await))
+                })
+                .await
+        })
+        .await;
+        assert!(matches!(out, Ok(None)), "{out:?}");
+    })
+    .await;
+}
