@@ -199,11 +199,15 @@ where
     }
 }
 
-/// Whether a request is gRPC (its response must then be a gRPC status).
+/// Whether a request is gRPC (its response must then be a gRPC status): its content type is
+/// `application/grpc`, maybe with a `+format` or `;parameters` (not `application/grpcfoo`).
 fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(CONTENT_TYPE)
-        .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"))
+    headers.get(CONTENT_TYPE).is_some_and(|value| {
+        value
+            .as_bytes()
+            .strip_prefix(b"application/grpc")
+            .is_some_and(|rest| matches!(rest.first(), None | Some(b'+' | b';')))
+    })
 }
 
 /// Why [`DeadlineService`] answered instead of its inner service.

@@ -745,6 +745,7 @@ async fn d01_no_time_left_answers_504_at_once() {
             .unwrap();
         assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
         let response = service
+            .clone()
             .oneshot(request_with(&[
                 ("content-type", "application/grpc"),
                 ("grpc-timeout", "0n"),
@@ -752,6 +753,31 @@ async fn d01_no_time_left_answers_504_at_once() {
             .await
             .unwrap();
         assert_eq!(response.headers()["grpc-status"], "4"); // DEADLINE_EXCEEDED
+        // gRPC's content types, with a format or parameters; not a longer subtype.
+        for (content_type, grpc) in [
+            ("application/grpc;charset=utf-8", true),
+            ("application/grpc+json", true),
+            ("application/grpcfoo", false),
+            ("application/grpc-web", false),
+        ] {
+            let response = service
+                .clone()
+                .oneshot(request_with(&[
+                    ("content-type", content_type),
+                    ("x-request-timeout-ms", "0"),
+                ]))
+                .await
+                .unwrap();
+            let status = response.headers().get("grpc-status");
+            assert_eq!(status.is_some(), grpc, "{content_type}");
+            if !grpc {
+                assert_eq!(
+                    response.status(),
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "{content_type}"
+                );
+            }
+        }
         assert!(!called.load(Ordering::SeqCst));
     })
     .await
