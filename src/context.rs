@@ -284,6 +284,7 @@ impl<'a> Frame<'a> {
     /// Expires the deadline `at` where it is set, in the unshielded chain above (and
     /// including) this frame: a helper scope without a node counts as expired, a scope with
     /// one is cancelled (see [`Node::expire_deadline`]).
+    #[cfg(all(not(loom), feature = "http"))]
     pub(crate) fn expire_deadline(&self, at: Instant) {
         let mut frame = self;
         while let Some(inline) = frame.unlinked() {

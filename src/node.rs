@@ -879,6 +879,7 @@ impl Node {
     /// including) this one whose own deadline is `at`: code that cannot go on before `at`
     /// (a request whose remaining time its headers cannot carry) expires it now, so what it
     /// returns is an echo of that cancellation (SPEC S15, D1).
+    #[cfg(all(not(loom), feature = "http"))]
     pub(crate) fn expire_deadline(self: &Arc<Self>, at: Instant) {
         let mut node = self.clone();
         loop {
