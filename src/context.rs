@@ -16,7 +16,8 @@
 //! This module holds one of the crate's four places with `unsafe` (the others erase the
 //! lifetime of parallel borrowing children, in `parallel`, publish a child's write-once
 //! slots, in `nursery::child_scope`, and keep a local child's future and then its outcome in
-//! one union, in `local::stage`): the thread-local points at a frame on the stack of an enclosing `poll` call.
+//! one union, in `local::stage`): the thread-local points at a frame on the stack of an
+//! enclosing `poll` call.
 
 use std::cell::{Cell, OnceCell};
 use std::ptr;
