@@ -23,6 +23,7 @@
 use std::any::Any;
 use std::fmt;
 use std::num::{NonZeroU32, NonZeroU64};
+use std::ops::ControlFlow;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::task::Waker;
 use std::time::{Duration, Instant};
@@ -842,10 +843,7 @@ impl Node {
     /// run yet for a deadline that passed in the same tick, or earlier, and every deadline
     /// passed by then counts (as Trio expires them all in one batch before anything runs).
     pub(crate) fn fire_passed_deadlines(self: &Arc<Self>) {
-        let mut node = self.clone();
-        loop {
-            let mut inner = lock(&node.inner);
-            let parent = inner.parent.clone();
+        self.visit_unshielded(|node, mut inner| {
             let passed = inner.armed().filter(|key| {
                 let now = inner
                     .timer
@@ -853,26 +851,17 @@ impl Node {
                     .map_or_else(Instant::now, |timer| timer.now());
                 key.at <= now && node.bits() & ENDED == 0
             });
-            match passed {
-                Some(key) => {
-                    inner.take_armed();
-                    if let Some(timer) = &inner.timer {
-                        timer.disarm(key);
-                    }
-                    #[cfg(feature = "tracing")]
-                    tracing::debug!(scope = %node.id, "deadline passed");
-                    node.cancel_locked(inner, CancelReason::Deadline, Some(key.at));
+            if let Some(key) = passed {
+                inner.take_armed();
+                if let Some(timer) = &inner.timer {
+                    timer.disarm(key);
                 }
-                None => drop(inner),
+                #[cfg(feature = "tracing")]
+                tracing::debug!(scope = %node.id, "deadline passed");
+                node.cancel_locked(inner, CancelReason::Deadline, Some(key.at));
             }
-            if node.is_shielded() {
-                return;
-            }
-            match parent {
-                Some(parent) => node = parent,
-                None => return,
-            }
-        }
+            ControlFlow::Continue(())
+        });
     }
 
     /// Cancels, with reason `Deadline`, the scope in the unshielded chain above (and
@@ -881,24 +870,14 @@ impl Node {
     /// returns is an echo of that cancellation (SPEC S15, D1).
     #[cfg(all(not(loom), feature = "http"))]
     pub(crate) fn expire_deadline(self: &Arc<Self>, at: Instant) {
-        let mut node = self.clone();
-        loop {
-            let (deadline, parent) = {
-                let inner = lock(&node.inner);
-                (inner.deadline(), inner.parent.clone())
-            };
-            if deadline == Some(at) {
-                node.cancel(CancelReason::Deadline);
-                return;
+        self.visit_unshielded(|node, inner| {
+            if inner.deadline() != Some(at) {
+                return ControlFlow::Continue(());
             }
-            if node.is_shielded() {
-                return;
-            }
-            match parent {
-                Some(parent) => node = parent,
-                None => return,
-            }
-        }
+            drop(inner);
+            node.cancel(CancelReason::Deadline);
+            ControlFlow::Break(())
+        });
     }
 
     /// Ends the scope: records whether it absorbed a cancellation, unlinks it from its
@@ -1060,22 +1039,32 @@ impl Node {
     /// nearest shielded one (SPEC S7).
     pub(crate) fn effective_deadline(self: &Arc<Self>) -> Option<Instant> {
         let mut earliest: Option<Instant> = None;
-        let mut node = self.clone();
-        loop {
-            let (deadline, parent) = {
-                let inner = lock(&node.inner);
-                (inner.deadline(), inner.parent.clone())
-            };
-            earliest = match (earliest, deadline) {
+        self.visit_unshielded(|_, inner| {
+            earliest = match (earliest, inner.deadline()) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            if node.is_shielded() {
-                return earliest;
+            ControlFlow::Continue(())
+        });
+        earliest
+    }
+
+    /// Visits this scope and its ancestors up to and including the nearest shielded one,
+    /// each with its lock held (`visit` may release it), until `visit` breaks.
+    fn visit_unshielded(
+        self: &Arc<Self>,
+        mut visit: impl FnMut(&Arc<Node>, MutexGuard<'_, Inner>) -> ControlFlow<()>,
+    ) {
+        let mut node = self.clone();
+        loop {
+            let inner = lock(&node.inner);
+            let parent = inner.parent.clone();
+            if visit(&node, inner).is_break() || node.is_shielded() {
+                return;
             }
             match parent {
                 Some(parent) => node = parent,
-                None => return earliest,
+                None => return,
             }
         }
     }
