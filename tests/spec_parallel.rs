@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::ThreadId;
 use std::time::Duration;
 
-use common::{HANG_BOUND, LiveFutures, settle_tasks, wait_until};
+use common::{HANG_BOUND, LiveFutures, settle_tasks, spin_until, spin_until_that, wait_until};
 use tokio_nursery::*;
 
 /// Blocks the calling thread until `count` callers have arrived: a barrier that only
@@ -25,24 +25,9 @@ use tokio_nursery::*;
 /// bound instead of hanging.
 fn meet(arrived: &AtomicUsize, count: usize) {
     arrived.fetch_add(1, SeqCst);
-    let hang = std::time::Instant::now() + HANG_BOUND;
-    while arrived.load(SeqCst) < count {
-        assert!(
-            std::time::Instant::now() < hang,
-            "hang: {} of {count} children met; they do not run in parallel",
-            arrived.load(SeqCst)
-        );
-        std::thread::yield_now();
-    }
-}
-
-/// Spins (blocking the thread) until `flag` is set, failing past the hang bound.
-fn spin_until(flag: &AtomicBool, what: &str) {
-    let hang = std::time::Instant::now() + HANG_BOUND;
-    while !flag.load(SeqCst) {
-        assert!(std::time::Instant::now() < hang, "hang: waiting for {what}");
-        std::thread::yield_now();
-    }
+    spin_until_that("the children to meet (they do not run in parallel)", || {
+        arrived.load(SeqCst) >= count
+    });
 }
 
 fn cancelled_of<E: std::fmt::Debug>(error: NurseryError<E>) -> Cancelled {

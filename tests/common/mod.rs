@@ -230,8 +230,14 @@ pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
 /// Spins (yielding the thread, for code that cannot await: a drop, a poll that blocks)
 /// until `flag` is set. Panics past [`HANG_BOUND`] of real time, naming `what` it waited for.
 pub fn spin_until(flag: &std::sync::atomic::AtomicBool, what: &str) {
+    spin_until_that(what, || flag.load(Ordering::SeqCst));
+}
+
+/// Spins (yielding the thread) until `condition` holds. Panics past [`HANG_BOUND`] of real
+/// time, naming `what` it waited for.
+pub fn spin_until_that(what: &str, mut condition: impl FnMut() -> bool) {
     let hang = std::time::Instant::now() + HANG_BOUND;
-    while !flag.load(Ordering::SeqCst) {
+    while !condition() {
         assert!(
             std::time::Instant::now() < hang,
             "hang: still waiting for {what} after {HANG_BOUND:?}"
