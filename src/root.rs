@@ -1,9 +1,14 @@
 //! The root of a program (SPEC N13): it owns the runtime, runs `main` (or a server) in a
 //! nursery, and on return or on Ctrl-C / SIGTERM cancels everything with reason
 //! [`Shutdown`](crate::CancelReason::Shutdown), waits up to a grace period, aborts the rest
-//! (after a signal, `main` too) except protected work ([`protect`](crate::protect)), which it waits for until that work
-//! ends by itself (its own deadline) or a second Ctrl-C / SIGTERM, reports what it had to
-//! cut short ([`Report::ShutdownCutShort`]), and shuts the runtime down with a bound.
+//! (after a signal, `main` too) except protected work ([`protect`](crate::protect)), which
+//! it waits for until that work ends by itself (its own deadline) or a signal during the
+//! shutdown (a second one, or the first after `main` returned), reports what it had to cut
+//! short ([`Report::ShutdownCutShort`]), and shuts the runtime down with a bound. The
+//! runtime's orphans (nurseries dropped in wait mode outside any nursery, protected work
+//! started outside any nursery) are then waited for in the same way: up to a grace period,
+//! after which what can be aborted is, and protected work is waited for until it ends or a
+//! signal comes.
 //!
 //! What it cannot protect: tasks started with a plain `tokio::spawn` (they belong to no
 //! nursery; tokio drops them at runtime shutdown), and anything `std::process::exit` or an
@@ -12,6 +17,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,6 +27,7 @@ use tokio::sync::Notify;
 use crate::cancelled::CancelError;
 use crate::nursery::{
     Nursery, NurseryError, NurseryHandle, Report, ReportHook, orphan_count, orphans_finished,
+    stop_orphans,
 };
 use crate::reason::CancelReason;
 use crate::sync::lock;
@@ -84,7 +91,8 @@ impl Root {
     /// How long children may take to stop after the shutdown began before they are aborted.
     /// After a signal, `main` itself is dropped when it runs longer (it ends with the
     /// shutdown's cancellation, and the report names it); protected work is still waited for,
-    /// until it ends or a second signal comes.
+    /// until it ends or a signal cuts the shutdown short. The runtime's orphans get the same
+    /// grace once the root nursery has ended.
     pub fn grace(self, grace: Duration) -> Self {
         Root { grace, ..self }
     }
@@ -106,8 +114,10 @@ impl Root {
     }
 
     /// Whether Ctrl-C and SIGTERM start the shutdown (default: with the `signal` feature).
-    /// A second signal aborts what is still running; a signal while the root waits for
-    /// orphans (nurseries dropped in wait mode with nowhere else to go) stops that wait.
+    /// A signal during the shutdown (a second one, or the first after `main` returned)
+    /// aborts what is still running and stops waiting for protected work; a signal while the
+    /// root waits for orphans (nurseries dropped in wait mode with nowhere else to go,
+    /// protected work outside any nursery) stops that wait.
     pub fn handle_signals(self, signals: bool) -> Self {
         Root { signals, ..self }
     }
@@ -194,6 +204,10 @@ impl Root {
         // Told when the grace after a shutdown signal ran out with `main` still running.
         let cut_main = Arc::new(Notify::new());
         let cut = cut_main.clone();
+        // Set when `main` returned by itself: the shutdown has begun, and the next signal
+        // is the one that cuts it short.
+        let main_returned = Arc::new(AtomicBool::new(false));
+        let returned = main_returned.clone();
         let nursery = Nursery::new()
             .name("root")
             .grace(self.grace)
@@ -202,7 +216,10 @@ impl Root {
                 *lock(&slot) = Some(n.clone());
                 async move {
                     let outcome = match select(pin!(body(n.clone())), pin!(cut.notified())).await {
-                        Either::Left((outcome, _)) => outcome,
+                        Either::Left((outcome, _)) => {
+                            returned.store(true, Ordering::Release);
+                            outcome
+                        }
                         // Dropped, as the root's children are aborted (SPEC N13): `main`
                         // ends with the shutdown's cancellation.
                         Either::Right(((), _)) => {
@@ -221,6 +238,7 @@ impl Root {
             root: &root,
             main_cut: false,
             second_signal: None,
+            orphans_aborted: Vec::new(),
             orphans_left: 0,
             reported: false,
         };
@@ -240,7 +258,7 @@ impl Root {
                 Either::Left((outcome, _)) => break outcome,
                 Either::Right((Either::Right(((), _)), _)) => {
                     // The grace ran out: the nursery aborted its children; `main` goes too.
-                    // Protected work is still waited for, until a second signal.
+                    // Protected work is still waited for, until a signal.
                     grace = None;
                     #[cfg(feature = "tracing")]
                     tracing::warn!("the shutdown's grace period ran out: dropping main");
@@ -252,17 +270,18 @@ impl Root {
                     let Some(handle) = lock(&root).clone() else {
                         continue;
                     };
-                    if received == 1 {
+                    if received == 1 && !main_returned.load(Ordering::Acquire) {
                         #[cfg(feature = "tracing")]
                         tracing::info!("shutdown signal: cancelling everything");
                         handle.scope().cancel_because(CancelReason::Shutdown);
                         grace = Some(Box::pin(tokio::time::sleep(self.grace)));
                     } else {
-                        // A second signal: stop waiting, even for protected work (C1).
+                        // A second signal, or one after `main` returned (the shutdown had
+                        // begun): stop waiting, even for protected work (C1).
                         #[cfg(feature = "tracing")]
                         tracing::warn!(
-                            "second shutdown signal: aborting what is still running and \
-                             abandoning protected work"
+                            "shutdown signal during the shutdown: aborting what is still \
+                             running and abandoning protected work"
                         );
                         // Those the grace aborted already, then those aborted now.
                         let mut aborted = handle.aborted_children().to_vec();
@@ -282,13 +301,22 @@ impl Root {
             }
         };
         // Nurseries dropped in wait mode with nowhere else to go, protected work outside any
-        // nursery: a wait bounded by the grace period and ended by a signal, none after a
-        // second signal.
+        // nursery: waited for as the root nursery waits for its children (up to the grace
+        // period, then what can be aborted is, and protected work is waited for until it
+        // ends), a wait a signal ends; none after a second signal.
         let finished = match cut_short.second_signal {
             None => {
-                let wait = pin!(tokio::time::timeout(self.grace, orphans_finished()));
-                match select(wait, pin!(signals.next())).await {
-                    Either::Left((waited, _)) => waited.is_ok(),
+                let graced = pin!(async {
+                    if tokio::time::timeout(self.grace, orphans_finished())
+                        .await
+                        .is_err()
+                    {
+                        cut_short.orphans_aborted = stop_orphans();
+                        orphans_finished().await;
+                    }
+                });
+                match select(graced, pin!(signals.next())).await {
+                    Either::Left(((), _)) => true,
                     Either::Right(((), _)) => {
                         #[cfg(feature = "tracing")]
                         tracing::warn!("shutdown signal: no longer waiting for orphans");
@@ -320,8 +348,10 @@ struct CutShort<'a, E> {
     root: &'a Mutex<Option<NurseryHandle<E>>>,
     /// The grace after a shutdown signal ran out with `main` still running: it was dropped.
     main_cut: bool,
-    /// At a second signal: what it aborted, and how many adoptees it abandoned.
+    /// At a signal during the shutdown: what it aborted, how many adoptees it abandoned.
     second_signal: Option<(Vec<String>, usize)>,
+    /// What the grace for the orphans aborted when it ran out.
+    orphans_aborted: Vec<String>,
     orphans_left: usize,
     reported: bool,
 }
@@ -344,6 +374,7 @@ impl<E> CutShort<'_, E> {
             named.push("main".to_string());
         }
         named.extend_from_slice(aborted);
+        named.extend_from_slice(&self.orphans_aborted);
         if named.is_empty() && abandoned == 0 && self.orphans_left == 0 {
             return;
         }

@@ -141,9 +141,10 @@ fn n13_a_clean_shutdown_reports_nothing() {
 }
 
 #[test]
-fn n13_the_root_reports_orphans_it_stopped_waiting_for() {
+fn n13_the_root_aborts_orphans_that_outlive_its_grace_and_reports_them() {
     // A nursery dropped in wait mode in a plain task (no enclosing nursery): its child goes to
-    // the runtime's orphans. It never stops; the root waits for it only up to its grace.
+    // the runtime's orphans. It never stops; the root waits for it up to its grace, then
+    // aborts it as it aborts its own children.
     let reports = Reports::default();
     let (dropped_tx, dropped_rx) = std::sync::mpsc::channel::<()>();
     let outcome = Root::new()
@@ -179,9 +180,46 @@ fn n13_the_root_reports_orphans_it_stopped_waiting_for() {
             Ok::<_, Cancelled>(())
         });
     assert_eq!(outcome.unwrap(), Some(()));
-    // The runtime's shutdown dropped the orphan.
-    assert!(dropped_rx.recv().is_err());
-    assert_eq!(reports.take(), [(Vec::new(), 1, false)]);
+    assert!(dropped_rx.recv().is_err(), "the orphan was dropped");
+    let reports = reports.take();
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    let (aborted, orphans_left, second_signal) = &reports[0];
+    assert_eq!(aborted.len(), 1, "{aborted:?}");
+    assert!(
+        aborted[0].starts_with("\"ignores everything\""),
+        "{aborted:?}"
+    );
+    assert_eq!((*orphans_left, *second_signal), (0, false));
+}
+
+#[test]
+fn n13_the_root_waits_for_protected_work_outside_any_nursery_past_its_grace() {
+    // Protected work started in a plain task belongs to the runtime's orphans. The root's
+    // grace runs out long before it ends; protected work is not aborted, so the root waits
+    // for it (SPEC N13, C1) instead of leaving it to the runtime's shutdown.
+    let reports = Reports::default();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let outcome = Root::new()
+        .current_thread()
+        .handle_signals(false)
+        .grace(Duration::from_millis(10))
+        .shutdown_bound(Duration::ZERO)
+        .on_report(reports.hook())
+        .run(|_n| async move {
+            tokio::spawn(async move {
+                drop(protect(async move {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    done_tx.send("done").unwrap();
+                }));
+            })
+            .await
+            .unwrap();
+            assert_eq!(orphan_count(), 1);
+            Ok::<_, Cancelled>(())
+        });
+    assert_eq!(outcome.unwrap(), Some(()));
+    assert_eq!(done_rx.recv(), Ok("done"));
+    assert!(reports.take().is_empty(), "nothing was cut short");
 }
 
 /// Sends nothing: its drop closes the channel, which the test sees.

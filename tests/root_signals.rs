@@ -144,3 +144,38 @@ fn n13_a_second_signals_report_names_the_children_the_grace_aborted() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn n13_after_main_returns_one_signal_stops_the_wait_for_protected_work() {
+    // `main` returned: the shutdown has begun without a signal. Protected work that never
+    // ends holds the root up past its grace; the first Ctrl-C is the one that cuts the
+    // shutdown short (it used to only cancel again, so a second press was needed).
+    let _one = ONE_ROOT.lock().unwrap_or_else(|e| e.into_inner());
+    let reports = Arc::new(Mutex::new(Vec::new()));
+    let seen = reports.clone();
+    let out = within_hang_bound(move || {
+        signalled_root(Duration::from_millis(20))
+            .on_report(move |report| {
+                if let Report::ShutdownCutShort {
+                    abandoned,
+                    second_signal,
+                    ..
+                } = report
+                {
+                    seen.lock().unwrap().push((*abandoned, *second_signal));
+                }
+            })
+            .run(|_root: NurseryHandle<Cancelled>| async move {
+                drop(protect(async move {
+                    // Told when the root's grace ran out, then Ctrl-C once.
+                    let told = cancelled().await;
+                    assert!(matches!(told.reason(), CancelReason::GraceExpired));
+                    signal_self("INT");
+                    std::future::pending::<()>().await
+                }));
+                Ok::<_, Cancelled>(())
+            })
+    });
+    assert!(matches!(out, Err(NurseryError::Cancelled(_))), "{out:?}");
+    assert_eq!(*reports.lock().unwrap(), [(1, true)]);
+}

@@ -2318,7 +2318,8 @@ fn n13_sigterm_starts_the_shutdown_and_a_second_signal_aborts_what_is_left() {
             assert_eq!(
                 reports.events(),
                 [format!(
-                    "the root's shutdown was cut short: a second shutdown signal came; aborted: \
+                    "the root's shutdown was cut short: a shutdown signal came during the shutdown; \
+                     aborted: \
                      {}; 1 adopted nurseries or protected works still running are dropped with \
                      the runtime",
                     c.aborted_children()[0]

@@ -217,8 +217,8 @@
 //! runtime, runs `main` in a nursery, and when `main` returns or at the first Ctrl-C /
 //! SIGTERM it cancels everything with reason [`Shutdown`](crate::CancelReason::Shutdown),
 //! waits up to a grace period, aborts what is left (except protected work, which it waits
-//! for; a second signal abandons that too), waits for orphans, and shuts the runtime down
-//! with a bound. What it cannot save: tasks from a plain `tokio::spawn` (tokio drops them at
+//! for; a signal during the shutdown abandons that too), waits for orphans the same way,
+//! and shuts the runtime down with a bound. What it cannot save: tasks from a plain `tokio::spawn` (tokio drops them at
 //! runtime shutdown) and anything `std::process::exit` ends.
 //!
 //! ```

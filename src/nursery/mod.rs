@@ -432,6 +432,14 @@ impl<E: Send + 'static> Adopter<Origin> for Shared<E> {
     }
 }
 
+/// Aborts what the current runtime's orphans still run (the root, when its grace for them
+/// ran out); returns the names of what was aborted.
+pub(crate) fn stop_orphans() -> Vec<String> {
+    Orphans::of_current()
+        .map(|orphans| orphans.stop_all())
+        .unwrap_or_default()
+}
+
 /// The scopes held by the current runtime's orphan registry (for `TaskTree::orphans`).
 pub(crate) fn orphan_scopes() -> Vec<Arc<Node>> {
     Orphans::of_current()

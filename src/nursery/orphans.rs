@@ -72,6 +72,19 @@ impl Orphans {
     pub(crate) fn of_current() -> Option<Arc<Orphans>> {
         Self::current()
     }
+
+    /// Aborts what every orphan still runs, as a nursery whose grace ran out aborts its
+    /// children (protected work and blocking children are told, not aborted); returns the
+    /// names of what it aborted.
+    pub(crate) fn stop_all(&self) -> Vec<String> {
+        let adoptees: Vec<_> = lock(&self.state)
+            .adoptees
+            .iter()
+            .map(|(_, stop)| stop.clone())
+            .collect();
+        // Outside the lock: an aborted task may be dropped inline, and its end takes it.
+        adoptees.iter().flat_map(|stop| stop.stop_all()).collect()
+    }
 }
 
 impl Adopter<Origin> for Orphans {

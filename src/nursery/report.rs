@@ -208,14 +208,15 @@ pub enum Report<'a> {
         /// What was aborted: the root's children and those of nurseries it adopted, by name
         /// or scope id.
         aborted: &'a [String],
-        /// At a second signal: nurseries the root adopted and protected work
+        /// At a signal during the shutdown: nurseries the root adopted and protected work
         /// ([`protect`](crate::protect)) it stopped waiting for.
         abandoned: usize,
         /// Entries of the runtime's orphan registry (SPEC N9: nurseries dropped in wait
         /// mode with no enclosing nursery, protected work outside any nursery) still
-        /// running when the root stopped waiting for them.
+        /// running when a signal stopped the root's wait for them.
         orphans_left: usize,
-        /// A second Ctrl-C / SIGTERM ended the wait (otherwise the grace period ran out).
+        /// A Ctrl-C / SIGTERM during the shutdown (a second one, or the first after `main`
+        /// returned) ended the wait; otherwise a grace period ran out.
         second_signal: bool,
     },
 }
@@ -249,7 +250,7 @@ impl fmt::Display for Report<'_> {
                 second_signal,
             } => {
                 let cause = match second_signal {
-                    true => "a second shutdown signal came",
+                    true => "a shutdown signal came during the shutdown",
                     false => "the grace period ran out",
                 };
                 write!(f, "the root's shutdown was cut short: {cause}")?;
