@@ -102,7 +102,7 @@ where
     F: Future<Output = Result<T, E>>,
     E: CancelError + From<TimedOut>,
 {
-    fail_scope(DeadlineSpec::After(timeout), body)
+    fail_scope(DeadlineSpec::After(timeout), Some(timeout), body)
 }
 
 /// Runs `body` in a scope that is cancelled at `deadline`. See [`fail_after`].
@@ -111,11 +111,12 @@ where
     F: Future<Output = Result<T, E>>,
     E: CancelError + From<TimedOut>,
 {
-    fail_scope(DeadlineSpec::At(deadline), body)
+    fail_scope(DeadlineSpec::At(deadline), None, body)
 }
 
-fn fail_scope<F>(deadline: DeadlineSpec, body: F) -> FailScoped<F> {
+fn fail_scope<F>(deadline: DeadlineSpec, timeout: Option<Duration>, body: F) -> FailScoped<F> {
     FailScoped {
+        timeout,
         core: ScopeCore::new(
             body,
             Plan::Lazy {
@@ -133,6 +134,8 @@ fn fail_scope<F>(deadline: DeadlineSpec, body: F) -> FailScoped<F> {
 pub struct FailScoped<F> {
     #[pin]
     core: ScopeCore<F>,
+    /// `fail_after`'s timeout, for the error's message.
+    timeout: Option<Duration>,
 }
 
 impl<F, T, E> Future for FailScoped<F>
@@ -143,13 +146,18 @@ where
     type Output = Result<T, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut core = self.project().core;
+        let this = self.project();
+        let (mut core, timeout) = (this.core, *this.timeout);
         core.as_mut().poll_exit(cx).map(|exit| match exit {
             Exit::Value(value) => Ok(value),
             Exit::Error(error) => Err(error),
             Exit::Absorbed(absorbed) => {
                 let (reason, deadline) = core.absorbed(absorbed);
-                Err(E::from(TimedOut { deadline, reason }))
+                Err(E::from(TimedOut {
+                    deadline,
+                    timeout,
+                    reason,
+                }))
             }
         })
     }
@@ -165,6 +173,7 @@ impl<F> fmt::Debug for FailScoped<F> {
 #[derive(Clone, Debug)]
 pub struct TimedOut {
     deadline: Option<Instant>,
+    timeout: Option<Duration>,
     reason: CancelReason,
 }
 
@@ -172,6 +181,11 @@ impl TimedOut {
     /// The scope's deadline.
     pub fn deadline(&self) -> Option<Instant> {
         self.deadline
+    }
+
+    /// The timeout a [`fail_after`] scope was given (`None` for [`fail_at`]).
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout
     }
 
     /// Why the scope was cancelled: [`CancelReason::Deadline`] for a real timeout.
@@ -182,9 +196,10 @@ impl TimedOut {
 
 impl fmt::Display for TimedOut {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.reason {
-            CancelReason::Deadline => f.write_str("timed out: the scope's deadline passed"),
-            reason => write!(f, "timed out: the fail scope was cancelled ({reason})"),
+        match (&self.reason, self.timeout) {
+            (CancelReason::Deadline, Some(timeout)) => write!(f, "timed out after {timeout:?}"),
+            (CancelReason::Deadline, None) => f.write_str("timed out: the scope's deadline passed"),
+            (reason, _) => write!(f, "timed out: the fail scope was cancelled ({reason})"),
         }
     }
 }

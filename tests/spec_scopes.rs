@@ -1973,7 +1973,8 @@ async fn s10_fail_after_and_at_yield_timed_out_naming_the_deadline() {
             Err(AppError::TimedOut(t)) => {
                 assert_eq!(t.deadline(), Some(t0 + ms(10)));
                 assert!(t.reason().is_deadline());
-                assert!(t.to_string().contains("timed out"), "{t}");
+                assert_eq!(t.timeout(), Some(ms(10)));
+                assert_eq!(t.to_string(), "timed out after 10ms");
             }
             other => panic!("expected TimedOut, got {other:?}"),
         }
@@ -1988,6 +1989,8 @@ async fn s10_fail_after_and_at_yield_timed_out_naming_the_deadline() {
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         let t = err.get_ref().unwrap().downcast_ref::<TimedOut>().unwrap();
         assert_eq!(t.deadline(), Some(t0 + ms(30)));
+        assert_eq!(t.timeout(), None);
+        assert_eq!(t.to_string(), "timed out: the scope's deadline passed");
         assert!(
             err.as_cancelled().is_none(),
             "a timeout is not a cancellation echo"
