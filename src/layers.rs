@@ -234,7 +234,7 @@ impl Refusal {
             let headers = response.headers_mut();
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
             headers.insert("grpc-status", HeaderValue::from_static(code));
-            if let Ok(message) = HeaderValue::from_str(message) {
+            if let Ok(message) = HeaderValue::from_str(&grpc_percent_encode(message)) {
                 headers.insert("grpc-message", message);
             }
         } else {
@@ -242,6 +242,20 @@ impl Refusal {
         }
         response
     }
+}
+
+/// `message` as gRPC's `grpc-message` carries it: UTF-8, with `%` and every byte outside
+/// printable ASCII percent-encoded (the gRPC HTTP/2 protocol's Percent-Encoded).
+fn grpc_percent_encode(message: &str) -> String {
+    use std::fmt::Write;
+    let mut encoded = String::with_capacity(message.len());
+    for byte in message.bytes() {
+        match byte {
+            b' '..=b'~' if byte != b'%' => encoded.push(char::from(byte)),
+            _ => write!(encoded, "%{byte:02X}").expect("writing to a String"),
+        }
+    }
+    encoded
 }
 
 /// The future of [`DeadlineService`] wrapping `S`, for requests `Req`.

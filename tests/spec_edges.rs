@@ -715,6 +715,7 @@ async fn d01_malformed_headers_get_400_and_the_handler_is_not_called() {
 
         // gRPC callers get a gRPC status: INVALID_ARGUMENT.
         let response = service
+            .clone()
             .oneshot(request_with(&[
                 ("content-type", "application/grpc+proto"),
                 ("grpc-timeout", "soon"),
@@ -724,6 +725,25 @@ async fn d01_malformed_headers_get_400_and_the_handler_is_not_called() {
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(response.headers()["grpc-status"], "3");
         assert_eq!(response.headers()["content-type"], "application/grpc");
+        assert_eq!(
+            response.headers()["grpc-message"],
+            "malformed grpc-timeout header: the value is not a whole number"
+        );
+
+        // grpc-message is percent-encoded (gRPC's wire format): here a '%' of the caller's,
+        // quoted in the message.
+        let response = service
+            .oneshot(request_with(&[
+                ("content-type", "application/grpc"),
+                ("grpc-timeout", "5%"),
+            ]))
+            .await
+            .unwrap();
+        assert_eq!(response.headers()["grpc-status"], "3");
+        assert_eq!(
+            response.headers()["grpc-message"],
+            "malformed grpc-timeout header: unknown unit '%25' (expected one of H M S m u n)"
+        );
         assert!(!called.load(Ordering::SeqCst));
     })
     .await
