@@ -25,6 +25,13 @@ pub(crate) struct DeadlineService {
     me: Weak<DeadlineService>,
     runtime: Handle,
     id: runtime::Id,
+    /// Where the service serves since `runtime` refused its task (it had shut down while a
+    /// scope entered there lives on in another runtime): the runtime that armed it then.
+    moved: Mutex<Option<Handle>>,
+    /// `moved` is set (read first, so that the usual case takes no lock).
+    has_moved: AtomicBool,
+    /// The task last spawned was dropped unpolled: its runtime had shut down.
+    refused: AtomicBool,
     state: Mutex<State>,
     /// Wakes the task when an earlier alarm is armed or the map empties.
     changed: Notify,
@@ -60,6 +67,9 @@ impl DeadlineService {
             me: me.clone(),
             runtime,
             id,
+            moved: Mutex::new(None),
+            has_moved: AtomicBool::new(false),
+            refused: AtomicBool::new(false),
             state: Mutex::new(State {
                 alarms: BTreeMap::new(),
                 next_seq: 0,
@@ -72,14 +82,60 @@ impl DeadlineService {
         Some(service)
     }
 
+    /// Runs `f` with the runtime the service serves on.
+    fn with_runtime<R>(&self, f: impl FnOnce(&Handle) -> R) -> R {
+        if self.has_moved.load(Ordering::Acquire) {
+            if let Some(moved) = lock(&self.moved).clone() {
+                return f(&moved);
+            }
+        }
+        f(&self.runtime)
+    }
+
     /// The runtime's clock: tokio's, so a paused clock is honoured.
     fn runtime_now(&self) -> Instant {
-        let _enter = self.runtime.enter();
-        tokio::time::Instant::now().into_std()
+        self.with_runtime(|runtime| {
+            let _enter = runtime.enter();
+            tokio::time::Instant::now().into_std()
+        })
+    }
+
+    /// Spawns the task that serves the alarms. A runtime that has shut down drops the task
+    /// unpolled, inside `spawn`: the service then moves to the runtime of the thread arming
+    /// it, if that is another one (else the next alarm tries again).
+    fn start_serving(&self, service: Arc<DeadlineService>) {
+        let mut tried = None;
+        loop {
+            let runtime = self.with_runtime(Handle::clone);
+            if tried == Some(runtime.id()) {
+                return;
+            }
+            tried = Some(runtime.id());
+            let task = service.clone().serve(Unstarted(Some(service.clone())));
+            spawn_detached(&runtime, task);
+            if !self.refused.swap(false, Ordering::AcqRel) {
+                return;
+            }
+            let Ok(current) = Handle::try_current() else {
+                return;
+            };
+            if current.id() == runtime.id() {
+                return;
+            }
+            let mut state = lock(&self.state);
+            if state.serving {
+                return; // another alarm started a task meanwhile
+            }
+            state.serving = true;
+            drop(state);
+            *lock(&self.moved) = Some(current);
+            self.has_moved.store(true, Ordering::Release);
+        }
     }
 
     /// Fires due alarms until none is left; sleeps in between.
-    async fn serve(self: Arc<Self>) {
+    async fn serve(self: Arc<Self>, mut unstarted: Unstarted) {
+        unstarted.0 = None;
         let mut stop = StopGuard(Some(&self));
         loop {
             let now = tokio::time::Instant::now().into_std();
@@ -114,6 +170,19 @@ impl DeadlineService {
     }
 }
 
+/// Held by the service's task until its first poll: dropped before that, the task was
+/// refused by its runtime (shut down), which `start_serving` learns.
+struct Unstarted(Option<Arc<DeadlineService>>);
+
+impl Drop for Unstarted {
+    fn drop(&mut self) {
+        if let Some(service) = self.0.take() {
+            lock(&service.state).serving = false;
+            service.refused.store(true, Ordering::Release);
+        }
+    }
+}
+
 /// Clears `serving` if the task is dropped before it exits by itself (runtime shutdown).
 struct StopGuard<'a>(Option<&'a Arc<DeadlineService>>);
 
@@ -137,8 +206,10 @@ impl DeadlineTimer for DeadlineService {
             // Without a time driver the service's sleep would panic inside its own task and
             // the deadline would silently never fire: fail here, in the caller, with tokio's
             // own message ("timers are disabled ... enable_time").
-            let _enter = self.runtime.enter();
-            drop(tokio::time::sleep_until(tokio::time::Instant::from_std(at)));
+            self.with_runtime(|runtime| {
+                let _enter = runtime.enter();
+                drop(tokio::time::sleep_until(tokio::time::Instant::from_std(at)));
+            });
             self.timers_checked.store(true, Ordering::Relaxed);
         }
         let mut state = lock(&self.state);
@@ -153,7 +224,7 @@ impl DeadlineTimer for DeadlineService {
             state.serving = true;
             drop(state);
             if let Some(service) = self.me.upgrade() {
-                spawn_detached(&self.runtime, service.serve());
+                self.start_serving(service);
             }
         } else if earliest {
             drop(state);

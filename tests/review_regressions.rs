@@ -204,3 +204,44 @@ async fn a_cancellation_raised_after_two_deadlines_passed_names_the_outer_scope(
     let seen = seen.expect("the body saw the cancellation");
     assert_eq!(seen.scope(), outer_handle.id());
 }
+
+/// Session 10's review A: a scope entered under one whose runtime has shut down shares that
+/// runtime's deadline service; the service's task, spawned there, was dropped unpolled and
+/// the service stayed marked as serving, so no deadline armed on it ever fired (a hang). The
+/// service now moves to the runtime that arms it.
+#[test]
+fn a_deadline_armed_after_the_enclosing_scopes_runtime_shut_down_still_fires() {
+    let paused = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap()
+    };
+    let (first, second) = (paused(), paused());
+    let mut outer = Box::pin(CancelScope::new().run(async {
+        // Parks once (entered on the first runtime), then runs on the second.
+        tokio::task::yield_now().await;
+        let start = tokio::time::Instant::now();
+        let inner = CancelScope::new()
+            .with_timeout(Duration::from_millis(10))
+            .run(async { Err::<(), _>(cancelled().await) })
+            .await;
+        Ok::<_, Cancelled>((inner, start.elapsed()))
+    }));
+    first.block_on(futures::future::poll_fn(|cx| {
+        assert!(outer.as_mut().poll(cx).is_pending());
+        std::task::Poll::Ready(())
+    }));
+    drop(first);
+    let out = second.block_on(async {
+        tokio::time::timeout(Duration::from_secs(3600), outer)
+            .await
+            .expect("the inner scope's deadline fires")
+    });
+    let (inner, waited) = out.unwrap().unwrap();
+    assert!(inner.unwrap().is_none(), "the inner scope timed out");
+    // Its deadline was set on the first runtime's clock (it had not moved yet), which the
+    // second one's paused clock does not share to the microsecond: not later than 10 ms.
+    assert!(waited <= Duration::from_millis(10), "{waited:?}");
+}
