@@ -131,8 +131,12 @@ impl From<Cancelled> for io::Error {
 /// body's `Err` (SPEC S15).
 ///
 /// Implemented for `Cancelled`, `io::Error`, boxed std errors and, with the `anyhow`
-/// feature, `anyhow::Error`; those look through the error's `source()` chain. Implement it
-/// for your own error enum by returning the `Cancelled` variant:
+/// feature, `anyhow::Error`; those look through the error's `source()` chain and into the
+/// error an `io::Error` wraps (a `Cancelled` that `?` made an `io::Error` and then boxed is
+/// found). One conversion hides it: an `anyhow::Error` turned into a `Box<dyn Error>` keeps
+/// its own error out of reach of `source()` and downcasts; keep `anyhow::Error` as the
+/// error type, or convert the `Cancelled` before it goes into anyhow. Implement it for your
+/// own error enum by returning the `Cancelled` variant:
 ///
 /// ```
 /// use tokio_nursery::{CancelError, Cancelled};
@@ -169,13 +173,18 @@ impl CancelError for Cancelled {
     }
 }
 
-/// Finds a `Cancelled` in an error or its `source()` chain.
+/// Finds a `Cancelled` in an error or its `source()` chain. An `io::Error`'s `source()` is
+/// the source of the error it wraps, skipping that error itself: the walk steps into the
+/// wrapped error instead (a `Cancelled` made an `io::Error` by `?`, then boxed).
 fn find<'e>(mut error: &'e (dyn Error + 'static)) -> Option<&'e Cancelled> {
     loop {
         if let Some(cancelled) = error.downcast_ref::<Cancelled>() {
             return Some(cancelled);
         }
-        error = error.source()?;
+        error = match error.downcast_ref::<io::Error>() {
+            Some(io) => io.get_ref()?,
+            None => error.source()?,
+        };
     }
 }
 
@@ -201,6 +210,6 @@ impl CancelError for Box<dyn Error> {
 #[cfg(feature = "anyhow")]
 impl CancelError for anyhow::Error {
     fn as_cancelled(&self) -> Option<&Cancelled> {
-        self.chain().find_map(|e| e.downcast_ref::<Cancelled>())
+        self.chain().find_map(find)
     }
 }

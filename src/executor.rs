@@ -395,7 +395,7 @@ impl Stopper {
 
 impl StopAll for Stopper {
     /// Aborts the executor's task; names it by its scope.
-    fn stop_all(&self) -> Vec<String> {
+    fn stop_all(&self, _grace_expired: bool) -> Vec<String> {
         let mut abort = lock(&self.abort);
         let handle = match &*abort {
             Abort::Started(handle) => Some(handle.clone()),

@@ -100,7 +100,9 @@ pub(crate) trait Adopter<L>: Send + Sync {
 /// past an ancestor's grace, abort cascades to every descendant whatever its drop mode).
 pub(crate) trait StopAll: Send + Sync {
     /// Aborts; returns the names (or scope ids) of what it aborted, for its adopter's report.
-    fn stop_all(&self) -> Vec<String>;
+    /// `grace_expired`: the adopter's grace ran out (SPEC N7's cascade), rather than its
+    /// future being dropped in abort mode (N8), which protected work is not told about (C1).
+    fn stop_all(&self, grace_expired: bool) -> Vec<String>;
     /// The adopted nursery's scope, for the task tree.
     fn scope(&self) -> Option<Arc<crate::node::Node>>;
 }
@@ -571,7 +573,12 @@ impl<A, F, L> Registry<A, F, L> {
     /// the child's end takes this lock. Then aborts every adopted nursery's children in turn
     /// (the cascade), and returns what those named. Children that have not parked, later
     /// adoptions and later spawns abort themselves (N-3).
-    pub(crate) fn abort_all(&self, abort: impl Fn(&A) -> bool, later: impl Fn(&A)) -> Vec<String>
+    pub(crate) fn abort_all(
+        &self,
+        grace_expired: bool,
+        abort: impl Fn(&A) -> bool,
+        later: impl Fn(&A),
+    ) -> Vec<String>
     where
         A: Clone,
     {
@@ -614,7 +621,10 @@ impl<A, F, L> Registry<A, F, L> {
                 }
             }
         }
-        adopted.iter().flat_map(|stop| stop.stop_all()).collect()
+        adopted
+            .iter()
+            .flat_map(|stop| stop.stop_all(grace_expired))
+            .collect()
     }
 
     /// The failures and the panics not taken from the outlet, each in the order they
@@ -973,6 +983,7 @@ mod loom_tests {
                 })
             };
             registry.abort_all(
+                true,
                 |task| task.stop(),
                 |_| unreachable!("async children are aborted, not told"),
             );
@@ -1006,6 +1017,7 @@ mod loom_tests {
                 })
             };
             registry.abort_all(
+                true,
                 |task| task.stop(),
                 |_| unreachable!("async children are aborted, not told"),
             );
@@ -1049,7 +1061,7 @@ mod loom_tests {
                     Some((task, slot))
                 })
             };
-            registry.abort_all(|task| task.stop(), |_| unreachable!());
+            registry.abort_all(true, |task| task.stop(), |_| unreachable!());
             let adopter = Arc::new(Recording::default());
             let (_, done) = registry.orphan(adopter.clone(), 7);
             if done {
@@ -1198,7 +1210,7 @@ mod loom_tests {
     struct Stop(AtomicU64);
 
     impl StopAll for Stop {
-        fn stop_all(&self) -> Vec<String> {
+        fn stop_all(&self, _: bool) -> Vec<String> {
             self.0.fetch_add(1, Ordering::SeqCst);
             Vec::new()
         }
@@ -1258,12 +1270,12 @@ mod loom_tests {
                 thread::spawn(move || {
                     let (key, aborted) = adopter.adopt(stop.clone()).expect("open");
                     if aborted {
-                        let _ = stop.stop_all();
+                        let _ = stop.stop_all(true);
                     }
                     key
                 })
             };
-            adopter.abort_all(|_| true, |_| {});
+            adopter.abort_all(true, |_| true, |_| {});
             orphaned.join().unwrap();
             assert_eq!(stop.0.load(Ordering::SeqCst), 1, "stopped exactly once");
         });

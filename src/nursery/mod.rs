@@ -530,9 +530,14 @@ impl Attachment for ChildLabel {
 /// An orphaned nursery's children are aborted when its adopter's are (SPEC N7's cascade).
 impl<E: Send + 'static> StopAll for Shared<E> {
     /// The adopter's grace ran out (SPEC N7's cascade): these children are aborted and
-    /// named as if this nursery's own grace had, and the adopter is told their names.
-    fn stop_all(&self) -> Vec<String> {
-        self.grace_expired()
+    /// named as if this nursery's own grace had, and the adopter is told their names. The
+    /// adopter was dropped in abort mode (N8): they are aborted as by this nursery's own
+    /// abort-mode drop.
+    fn stop_all(&self, grace_expired: bool) -> Vec<String> {
+        match grace_expired {
+            true => self.grace_expired(),
+            false => self.abort_named(false),
+        }
     }
 
     fn scope(&self) -> Option<Arc<Node>> {
@@ -726,7 +731,7 @@ impl<E> Shared<E> {
     /// with those of adopted nurseries aborted in the cascade, for `aborted_children`, the
     /// `Cancelled` the nursery passes on and a warn-level event. Returns the names.
     fn grace_expired(&self) -> Vec<String> {
-        let aborted = self.abort_named();
+        let aborted = self.abort_named(true);
         #[cfg(feature = "tracing")]
         if !aborted.is_empty() {
             tracing::warn!(
@@ -740,12 +745,12 @@ impl<E> Shared<E> {
     }
 
     /// Aborts every running child and what the nursery adopted, as an expired grace period
-    /// does, and returns their names.
-    fn abort_named(&self) -> Vec<String> {
+    /// (or an abort-mode drop) does, and returns their names.
+    fn abort_named(&self, grace_expired: bool) -> Vec<String> {
         // Those counted as starting abort themselves before (or instead of) waiting
         // (registry invariant N-3).
         let mut aborted = child_names(self, |_, _| true);
-        aborted.extend(self.abort_children(true));
+        aborted.extend(self.abort_children(grace_expired));
         aborted
     }
 
@@ -759,7 +764,9 @@ impl<E> Shared<E> {
             CancelReason::Explicit(None)
         };
         self.registry
-            .abort_all(Stopper::abort, |stopper| stopper.tell(reason.clone()))
+            .abort_all(grace_expired, Stopper::abort, |stopper| {
+                stopper.tell(reason.clone())
+            })
     }
 }
 
@@ -1155,7 +1162,7 @@ impl<E> NurseryHandle<E> {
     /// Aborts every running child and what the nursery adopted (the cascade) as an expired
     /// grace period does, and returns their names (the root's second signal).
     pub(crate) fn abort_named(&self) -> Vec<String> {
-        self.shared.abort_named()
+        self.shared.abort_named(true)
     }
 
     /// Hands the failures and panics recorded so far to the report hook (the root stops

@@ -83,7 +83,10 @@ impl Orphans {
             .map(|(_, stop)| stop.clone())
             .collect();
         // Outside the lock: an aborted task may be dropped inline, and its end takes it.
-        adoptees.iter().flat_map(|stop| stop.stop_all()).collect()
+        adoptees
+            .iter()
+            .flat_map(|stop| stop.stop_all(true))
+            .collect()
     }
 }
 

@@ -13,7 +13,7 @@ use std::fmt;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use tokio::runtime::Handle;
@@ -25,6 +25,7 @@ use crate::context::{self, FrameKind};
 use crate::node::{Node, ScopeId};
 use crate::reason::CancelReason;
 use crate::registry::{Adopter, OrphanReport, Panic, StopAll};
+use crate::sync::lock;
 
 /// The handle of protected work: await it for the value. Dropping it does not stop the
 /// work. Cancel-safe; not a cancellation point (race it with
@@ -32,18 +33,68 @@ use crate::registry::{Adopter, OrphanReport, Panic, StopAll};
 #[must_use = "dropping the handle is fine: the protected work keeps running"]
 pub struct Protected<T> {
     join: JoinHandle<Option<T>>,
+    panic: Arc<PanicSlot>,
+}
+
+/// Where a panic of protected work goes: to its handle while one is held (it resumes the
+/// payload, SPEC N6), else to the adopting nursery's report hook; never both, never lost.
+struct PanicSlot {
+    state: Mutex<Watch>,
+    adopter: Arc<dyn Adopter<Origin>>,
+}
+
+enum Watch {
+    /// The handle is held; the work has not panicked.
+    Held,
+    /// The work panicked while the handle was held: the handle takes the payload.
+    Panicked(Panic<Origin>),
+    /// The handle was dropped (or took the payload).
+    Gone,
+}
+
+impl PanicSlot {
+    /// The work panicked: the payload goes to the handle if it is held, else to the hook.
+    fn panicked(&self, panic: Panic<Origin>) {
+        let mut state = lock(&self.state);
+        match *state {
+            Watch::Held => *state = Watch::Panicked(panic),
+            _ => {
+                drop(state);
+                self.adopter.orphan_report(OrphanReport::Panic(panic));
+            }
+        }
+    }
+
+    /// The handle is done with the slot; a payload it did not take goes to the hook.
+    fn release(&self) -> Option<Panic<Origin>> {
+        match std::mem::replace(&mut *lock(&self.state), Watch::Gone) {
+            Watch::Panicked(panic) => Some(panic),
+            _ => None,
+        }
+    }
+}
+
+impl<T> Drop for Protected<T> {
+    fn drop(&mut self) {
+        if let Some(panic) = self.panic.release() {
+            self.panic.adopter.orphan_report(OrphanReport::Panic(panic));
+        }
+    }
 }
 
 impl<T> Future for Protected<T> {
     type Output = T;
 
-    /// The work's value. If the work panicked, this panics too (the original payload went
-    /// to the adopting nursery's report hook).
+    /// The work's value. If the work panicked, this resumes its panic, original payload
+    /// included (the report hook does not see it then).
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
         match Pin::new(&mut self.join).poll(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Ok(Some(value))) => Poll::Ready(value),
-            Poll::Ready(Ok(None)) => panic!("tokio-nursery: the protected work panicked"),
+            Poll::Ready(Ok(None)) => match self.panic.release() {
+                Some(panic) => std::panic::resume_unwind(panic.payload),
+                None => panic!("tokio-nursery: the protected work panicked"),
+            },
             Poll::Ready(Err(error)) => match error.try_into_panic() {
                 Ok(payload) => std::panic::resume_unwind(payload),
                 Err(_) => {
@@ -66,9 +117,12 @@ impl<T> fmt::Debug for Protected<T> {
 struct Shielded(Arc<Node>);
 
 impl StopAll for Shielded {
-    /// Protected work is told, never aborted (SPEC C1): nothing to name.
-    fn stop_all(&self) -> Vec<String> {
-        self.0.cancel(CancelReason::GraceExpired);
+    /// Protected work is told that a grace period ran out, never aborted, and not told about
+    /// an abort-mode drop (SPEC C1): nothing to name.
+    fn stop_all(&self, grace_expired: bool) -> Vec<String> {
+        if grace_expired {
+            self.0.cancel(CancelReason::GraceExpired);
+        }
         Vec::new()
     }
 
@@ -117,14 +171,27 @@ where
     let node = Arc::new(Node::new(ScopeId::next(), true, None));
     node.enter(caller.as_ref(), crate::scope::timer_for(caller.as_ref()));
     let stop: Arc<dyn StopAll> = Arc::new(Shielded(node.clone()));
-    let (adopter, key, _) = nearest_adopter(caller, &runtime, stop);
+    let (adopter, key, aborted) = nearest_adopter(caller, &runtime, stop);
+    if aborted {
+        // The adopter's grace ran out already: told as if it ran out now (registry
+        // invariant N-3, as for every adoptee).
+        node.cancel(CancelReason::GraceExpired);
+    }
     let task_node = node.clone();
+    let panic = Arc::new(PanicSlot {
+        state: Mutex::new(Watch::Held),
+        adopter: adopter.clone(),
+    });
+    let slot = panic.clone();
+    // Made before the spawn and moved into the task: a runtime that drops the task unpolled
+    // (it is shutting down) still tells the adopter, which would otherwise wait for ever.
+    let done = Done {
+        adopter,
+        key,
+        node: task_node,
+    };
     let join = runtime.spawn(async move {
-        let done = Done {
-            adopter,
-            key,
-            node: task_node,
-        };
+        let done = done;
         let node = &done.node;
         let mut work = std::pin::pin!(work);
         let outcome = std::future::poll_fn(|cx| {
@@ -140,19 +207,20 @@ where
         match outcome {
             Ok(value) => Some(value),
             Err(payload) => {
-                // Reported to the adopter, which never resumes it; the handle resumes it.
-                done.adopter.orphan_report(OrphanReport::Panic(Panic {
+                // Before `done` tells the adopter the work finished: the hook gets the
+                // panic while the adopter still waits.
+                slot.panicked(Panic {
                     label: Origin::Child {
                         id: tokio::task::id(),
                         name: Some(Arc::from("protected work")),
                     },
                     payload,
-                }));
+                });
                 None
             }
         }
     });
-    Protected { join }
+    Protected { join, panic }
 }
 
 /// Tells the adopter the protected work finished, however its task ends.
