@@ -163,8 +163,9 @@ struct State<A, F, L> {
     reported: usize,
     /// The nursery's task, waiting for `live` to reach zero.
     waiter: Option<Waker>,
-    /// A task waiting on the outlet for the next incident (SPEC N5).
-    outlet: Option<Waker>,
+    /// The tasks waiting on the outlet for the next incident (SPEC N5): any clone of the
+    /// nursery's handle may wait there, all are woken.
+    outlet: Vec<Waker>,
     /// Set when the nursery's future was dropped in wait mode (N-4).
     adopter: Option<(Arc<dyn Adopter<L>>, usize)>,
     /// The nursery took its last reports, or its future is gone (N-6).
@@ -198,7 +199,7 @@ pub(crate) struct Counts {
 /// Who waits for the last child to finish (N-4), to be told once the lock is released.
 struct Last<L> {
     waiter: Option<Waker>,
-    outlet: Option<Waker>,
+    outlet: Vec<Waker>,
     adopter: Option<(Arc<dyn Adopter<L>>, usize)>,
 }
 
@@ -207,9 +208,7 @@ impl<L> Last<L> {
         if let Some(waiter) = self.waiter {
             waiter.wake();
         }
-        if let Some(outlet) = self.outlet {
-            outlet.wake();
-        }
+        self.outlet.into_iter().for_each(Waker::wake);
         if let Some((adopter, key)) = self.adopter {
             adopter.adoptee_finished(key);
         }
@@ -225,7 +224,7 @@ impl<A, F, L> Registry<A, F, L> {
                 incidents: VecDeque::new(),
                 reported: 0,
                 waiter: None,
-                outlet: None,
+                outlet: Vec::new(),
                 adopter: None,
                 retired: false,
             }),
@@ -390,7 +389,7 @@ impl<A, F, L> Registry<A, F, L> {
         }
         Some(Last {
             waiter: state.waiter.take(),
-            outlet: state.outlet.take(),
+            outlet: std::mem::take(&mut state.outlet),
             adopter: state.adopter.take(),
         })
     }
@@ -437,11 +436,9 @@ impl<A, F, L> Registry<A, F, L> {
         state.incidents.push_back(incident);
         state.reported += 1;
         let first = state.reported == 1;
-        let outlet = state.outlet.take();
+        let outlet = std::mem::take(&mut state.outlet);
         drop(state);
-        if let Some(outlet) = outlet {
-            outlet.wake();
-        }
+        outlet.into_iter().for_each(Waker::wake);
         if first {
             Recorded::First
         } else {
@@ -460,9 +457,8 @@ impl<A, F, L> Registry<A, F, L> {
         if self.none_alive(&state) {
             return Poll::Ready(None);
         }
-        match &mut state.outlet {
-            Some(existing) if existing.will_wake(waker) => {}
-            slot => *slot = Some(waker.clone()),
+        if !state.outlet.iter().any(|outlet| outlet.will_wake(waker)) {
+            state.outlet.push(waker.clone());
         }
         Poll::Pending
     }

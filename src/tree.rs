@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::context;
-use crate::node::{Node, ScopeId};
+use crate::node::{Node, NodeView, ScopeId};
 use crate::reason::CancelReason;
 use crate::scope::ScopeHandle;
 
@@ -112,10 +112,15 @@ impl TaskTree {
             /// A child running in its parent's scope, without one of its own.
             Leaf(TreeEntry),
         }
+        // A root taken from inside a tree (`TaskTree::of` a child's scope) keeps what its
+        // ancestors give it: their cancellation, and its parent's owner that names it.
         let mut stack: Vec<_> = roots
             .into_iter()
             .rev()
-            .map(|root| Item::Scope(root, 0, None, None))
+            .map(|root| {
+                let (inherited, parent) = seed(&root);
+                Item::Scope(root, 0, inherited, parent)
+            })
             .collect();
         while let Some(item) = stack.pop() {
             let (node, depth, inherited, parent) = match item {
@@ -129,26 +134,7 @@ impl TaskTree {
             if view.description.is_none() {
                 view.description = parent.and_then(|parent| parent.describe_child(view.id));
             }
-            let own = match (&view.reason, view.cancelled_at, view.cancel_called) {
-                (Some(reason), Some(at), true) => Some((reason.clone(), Instant::from_std(at))),
-                _ => None,
-            };
-            let cancellation = if view.cancelled {
-                own.clone().or_else(|| {
-                    if view.shielded {
-                        None
-                    } else {
-                        inherited.clone()
-                    }
-                })
-            } else {
-                None
-            };
-            let passed_down = if view.shielded {
-                own
-            } else {
-                cancellation.clone()
-            };
+            let (cancellation, passed_down) = cancellation_of(&view, inherited);
             // Siblings by scope id: the order their scopes were made on each thread (children:
             // spawn order, for those spawned from one thread), those without a scope of
             // their own among them.
@@ -222,6 +208,46 @@ impl TaskTree {
     pub fn entries(&self) -> &[TreeEntry] {
         &self.entries
     }
+}
+
+/// A scope's cancellation as the tree shows it (its own, else what it inherits unless it is
+/// shielded), and what it passes down to its children.
+fn cancellation_of(
+    view: &NodeView,
+    inherited: Option<(CancelReason, Instant)>,
+) -> (Cancellation, Cancellation) {
+    let own = match (&view.reason, view.cancelled_at, view.cancel_called) {
+        (Some(reason), Some(at), true) => Some((reason.clone(), Instant::from_std(at))),
+        _ => None,
+    };
+    let cancellation = match view.cancelled {
+        true => own.clone().or(if view.shielded { None } else { inherited }),
+        false => None,
+    };
+    let passed_down = if view.shielded {
+        own
+    } else {
+        cancellation.clone()
+    };
+    (cancellation, passed_down)
+}
+
+type Cancellation = Option<(CancelReason, Instant)>;
+
+/// What `root`'s ancestors give it in the tree: the cancellation passed down to it, and its
+/// parent's owner (which describes children without a label of their own).
+fn seed(root: &Arc<Node>) -> (Cancellation, Option<Arc<dyn crate::node::Attachment>>) {
+    let mut ancestors = Vec::new();
+    let mut next = root.parent();
+    while let Some(ancestor) = next {
+        next = ancestor.parent();
+        ancestors.push(ancestor);
+    }
+    let owner = ancestors.first().and_then(|parent| parent.attachment());
+    let inherited = ancestors.iter().rev().fold(None, |inherited, ancestor| {
+        cancellation_of(&ancestor.view(), inherited).1
+    });
+    (inherited, owner)
 }
 
 impl fmt::Display for TaskTree {

@@ -366,7 +366,7 @@ fn check_start(
         (StartKid::FailBefore, Ok(Err(StartError::Failed(e)))) => ledger.error(&e, "start"),
         (StartKid::NoSignal, Ok(Err(StartError::NoSignal))) => {}
         (StartKid::PanicBefore, Err(p)) => ledger.payload(&*p, "start"),
-        (_, Ok(Err(StartError::Closed(SpawnError::Closed)))) => {}
+        (_, Ok(Err(StartError::Spawn(SpawnError::Closed)))) => {}
         (_, Ok(Err(StartError::Aborted))) => {}
         // A signal while the caller's scope is cancelled does not move the child (Trio).
         (StartKid::SignalThenFail, Ok(Err(StartError::Failed(e)))) if cancelled => {
@@ -530,7 +530,7 @@ async fn after_the_end(ledger: &Ledger, n: &NurseryHandle<AppError>) {
         .start(|_r: Ready<()>| async { Ok::<(), AppError>(()) })
         .await
     {
-        Err(StartError::Closed(SpawnError::Closed)) => {}
+        Err(StartError::Spawn(SpawnError::Closed)) => {}
         other => ledger.problem(format!("start after the end gave {other:?}")),
     }
     if n.next_incident().now_or_never().is_none() {

@@ -693,7 +693,7 @@ async fn trio_test_nursery_start() {
             .start(|ready: Ready<u64>| sleep_then_start(7, ready))
             .await;
         assert!(
-            matches!(outcome, Err(StartError::Closed(SpawnError::Closed))),
+            matches!(outcome, Err(StartError::Spawn(SpawnError::Closed))),
             "{outcome:?}"
         );
         assert_eq!(t0.elapsed(), Duration::ZERO);

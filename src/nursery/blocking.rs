@@ -6,12 +6,16 @@
 //! leaves it to an adopter until it returns (SPEC N7, N8, N9).
 
 use std::fmt;
+use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use tokio::time::Instant;
 
-use super::child::{ChildHandle, origin_of, settle};
+use super::child::{ChildHandle, ChildInfo, ChildOutput, origin_of, settle};
 use super::{ChildLabel, NurseryHandle, Shared, SpawnError, Stopper, acquire_slot};
 use crate::cancelled::{CancelError, Cancelled};
 use crate::context::{self, FrameKind};
@@ -84,23 +88,78 @@ impl fmt::Debug for BlockingContext {
 /// A blocking child's slot under the nursery's concurrency limit.
 enum Slot {
     Free,
-    Held(tokio::sync::OwnedSemaphorePermit),
-    Wait(Arc<tokio::sync::Semaphore>),
+    Held(OwnedSemaphorePermit),
+    /// None free: the child waits for one in an async task, holding no blocking thread
+    /// meanwhile (waiting in a blocking thread could take the pool's every thread, and the
+    /// children holding the slots may need one to finish).
+    Wait(Arc<Semaphore>),
 }
 
-impl Slot {
-    /// The permit to hold while the child runs, waiting for one in this (blocking) thread
-    /// unless the child is cancelled first.
-    fn take(self) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, Cancelled> {
-        match self {
-            Slot::Free => Ok(None),
-            Slot::Held(permit) => Ok(Some(permit)),
-            Slot::Wait(limit) => {
-                let runtime = tokio::runtime::Handle::current();
-                runtime.block_on(acquire_slot(limit)).map(Some)
-            }
-        }
+/// A blocking child that waited for a slot: the state its async task and its handle's
+/// `abort` agree on, so that an abort either keeps it from starting or, once it started,
+/// only cancels it (a blocking closure cannot be aborted).
+struct Queued {
+    node: Arc<Node>,
+    /// `WAITING`, `STARTED` or `ABORTED`.
+    state: AtomicU8,
+}
+
+const WAITING: u8 = 0;
+const STARTED: u8 = 1;
+const ABORTED: u8 = 2;
+
+impl ChildInfo for Queued {
+    fn name(&self) -> Option<&Arc<str>> {
+        None
     }
+
+    fn cancel(&self, reason: CancelReason) {
+        self.node.cancel(reason);
+    }
+
+    /// Told, and aborted only if it has not started (then it never does).
+    fn abort_put_off(&self) -> bool {
+        self.node.cancel(CancelReason::Explicit(None));
+        self.state
+            .compare_exchange(WAITING, ABORTED, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+    }
+}
+
+/// Polls `future` in `node`'s scope (its cancellation points see that scope).
+async fn in_scope<F: Future>(node: &Arc<Node>, future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    std::future::poll_fn(|cx| context::enter(FrameKind::Linked(node), || future.as_mut().poll(cx)))
+        .await
+}
+
+/// Runs a blocking child's closure in its scope (not at all without its slot: cancelled
+/// while it waited) and settles its end. The slot is released before `finished` tells the
+/// registry, so a spawn after the nursery ended gets `Closed`.
+fn run<F, T, E>(
+    slot: Result<Option<OwnedSemaphorePermit>, Cancelled>,
+    finished: Finished<E>,
+    child: F,
+) -> ChildOutput<T>
+where
+    F: FnOnce(BlockingContext) -> Result<T, E>,
+    E: CancelError + fmt::Debug + Send + 'static,
+{
+    let context = BlockingContext {
+        node: finished.node.clone(),
+    };
+    let node = &finished.node;
+    let ended = catch_unwind(AssertUnwindSafe(|| {
+        context::enter(FrameKind::Linked(node), || {
+            let _slot = match slot {
+                Ok(slot) => slot,
+                Err(cancelled) => return Err(E::from(cancelled)),
+            };
+            child(context)
+        })
+    }));
+    let origin = || origin_of(None, node.id());
+    settle(ended, node.is_cancelled(), &finished.nursery, origin)
 }
 
 /// Ends a blocking child's scope and tells its nursery, however the closure ends.
@@ -151,8 +210,8 @@ where
     }
 
     /// Blocking children count against the concurrency limit (SPEC N11): without a free
-    /// slot, `queue` makes the child wait for one in its own thread (and end as cancelled
-    /// without running if cancelled meanwhile); otherwise it is `Full`.
+    /// slot, `queue` makes the child wait for one in an async task of its own (and end as
+    /// cancelled without running if cancelled meanwhile); otherwise it is `Full`.
     fn spawn_blocking_inner<F, T>(
         &self,
         child: F,
@@ -173,43 +232,69 @@ where
             },
         };
         let node = Arc::new(Node::new(ScopeId::next(), false, None));
-        let (key, _) = shared
+        let (key, aborted) = shared
             .registry
             .register(node.id().as_u64(), |_| Stopper::Blocking(node.clone()))?;
         node.enter(Some(&shared.node), shared.node.timer());
+        if aborted {
+            // Registered after the nursery's children were aborted (a grace that ran out,
+            // `abort_all`): told as they were (registry invariant N-3, SPEC N7).
+            node.cancel(CancelReason::GraceExpired);
+        }
         let finished = Finished {
             nursery: shared.clone(),
             node: node.clone(),
             key,
         };
-        let label_node = node.clone();
-        // One capture, dropped field by field in order if tokio drops the closure unrun (a
-        // child aborted before it started): the concurrency slot is released before the
-        // registry hears of the end, so a spawn after the nursery ended gets `Closed`.
-        let parts = (slot, finished);
-        let join = shared.runtime.spawn_blocking(move || {
-            let (slot, finished) = parts;
-            let context = BlockingContext {
-                node: finished.node.clone(),
-            };
-            let node = &finished.node;
-            let ended = catch_unwind(AssertUnwindSafe(|| {
-                context::enter(FrameKind::Linked(node), || {
-                    let _slot = match slot.take() {
-                        Ok(slot) => slot,
-                        Err(cancelled) => return Err(E::from(cancelled)),
+        let runtime = shared.runtime.clone();
+        let (join, info): (_, Arc<dyn ChildInfo>) = match slot {
+            Slot::Wait(limit) => {
+                let queued = Arc::new(Queued {
+                    node: node.clone(),
+                    state: AtomicU8::new(WAITING),
+                });
+                let gate = queued.clone();
+                let join = shared.runtime.spawn(async move {
+                    let slot = in_scope(&finished.node, acquire_slot(limit)).await;
+                    let Ok(slot) = slot else {
+                        return run(slot.map(Some), finished, child);
                     };
-                    child(context)
-                })
-            }));
-            let origin = || origin_of(None, node.id());
-            settle(ended, node.is_cancelled(), &finished.nursery, origin)
-        });
-        label_node.attach(Arc::new(ChildLabel {
+                    if gate
+                        .state
+                        .compare_exchange(WAITING, STARTED, Ordering::AcqRel, Ordering::Acquire)
+                        .is_err()
+                    {
+                        return ChildOutput::Aborted;
+                    }
+                    runtime
+                        .spawn_blocking(move || run(Ok(Some(slot)), finished, child))
+                        .await
+                        // The closure catches its panics: only a runtime shutting down
+                        // drops it unrun.
+                        .unwrap_or(ChildOutput::Aborted)
+                });
+                (join, queued)
+            }
+            slot => {
+                let slot = match slot {
+                    Slot::Held(permit) => Some(permit),
+                    _ => None,
+                };
+                // One capture: if tokio drops the closure unrun (a child aborted before it
+                // started), the slot is released before `finished` tells the registry.
+                let parts = (slot, finished);
+                let join = runtime.spawn_blocking(move || {
+                    let (slot, finished) = parts;
+                    run(Ok(slot), finished, child)
+                });
+                (join, Arc::new(node.clone()))
+            }
+        };
+        node.attach(Arc::new(ChildLabel {
             kind: "blocking child",
             name: None,
             task: join.id(),
         }));
-        Ok(ChildHandle::new(join, Arc::new(node)))
+        Ok(ChildHandle::new(join, info))
     }
 }

@@ -171,7 +171,9 @@ impl Nursery {
     /// awaits the new child waits for a slot it holds itself: a deadlock. From children, use
     /// [`try_spawn`](NurseryHandle::try_spawn) or
     /// [`spawn_when_free`](NurseryHandle::spawn_when_free), which return
-    /// [`SpawnError::Full`] in that case.
+    /// [`SpawnError::Full`] in that case; [`start`](NurseryHandle::start) from a child into
+    /// its own full nursery fails with [`StartError::Spawn`]`(`[`SpawnError::Full`]`)` rather
+    /// than wait for a signal that may never come.
     ///
     /// # Panics
     ///
@@ -934,6 +936,17 @@ where
             }
             (frame.map(|frame| frame.node().clone()), task_child)
         });
+        // A child with a slot (named, started): found by its task's own scope, wherever its
+        // scope hangs (a started child's is under its caller's until it signals).
+        if let Some(id) = task_child {
+            let found = self.shared.registry.find(|stopper| match stopper {
+                Stopper::Task(cell) if cell.scope.id() == id => Some(()),
+                _ => None,
+            });
+            if found.is_some() {
+                return true;
+            }
+        }
         while let Some(node) = scope {
             let parent = node.parent();
             if parent
@@ -1139,8 +1152,10 @@ impl<E> NurseryHandle<E> {
     /// The outlet (SPEC N5): the next failure or panic not yet taken, in the order they
     /// happened; `None` once no child is alive and none is left. A taken incident is yours:
     /// the nursery no longer returns or resumes it. Meant for supervisor nurseries; in a
-    /// fail-fast one the first failure still cancels the rest. Not a cancellation point;
-    /// cancel-safe.
+    /// fail-fast one the first failure still cancels the rest. Several tasks may wait here
+    /// at once (each incident goes to one of them). A child of the nursery waiting here
+    /// never sees `None`, as it is alive itself: read the outlet from the body or from
+    /// outside the nursery. Not a cancellation point; cancel-safe.
     pub async fn next_incident(&self) -> Option<Incident<E>> {
         let incident =
             std::future::poll_fn(|cx| self.shared.registry.poll_incident(cx.waker())).await?;

@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 
 use super::child::{EarlyEnd, Starting, ToStarter};
 use super::report::{Failure, Origin};
-use super::{NurseryHandle, SpawnError};
+use super::{ChildLabel, NurseryHandle, SpawnError};
 use crate::cancelled::{CancelError, Cancelled};
 use crate::context;
 use crate::handoff::{Handoff, Outcome};
@@ -74,8 +74,10 @@ pub enum StartError<E> {
     NoSignal,
     /// The child was aborted before signalling.
     Aborted,
-    /// The nursery had closed: nothing was started.
-    Closed(SpawnError),
+    /// Nothing was started: the nursery had closed, or it is full and the caller is one of
+    /// its children ([`SpawnError::Full`]: waiting for a slot the caller may hold itself
+    /// could deadlock, SPEC N11).
+    Spawn(SpawnError),
 }
 
 impl<E> From<Cancelled> for StartError<E> {
@@ -104,7 +106,7 @@ impl<E: fmt::Display> fmt::Display for StartError<E> {
                 f.write_str("the started child returned without signalling readiness")
             }
             StartError::Aborted => f.write_str("the started child was aborted before it was ready"),
-            StartError::Closed(error) => error.fmt(f),
+            StartError::Spawn(error) => error.fmt(f),
         }
     }
 }
@@ -148,7 +150,7 @@ where
         let this = &mut *self;
         let Some(state) = this.state.as_ref() else {
             let closed = this.closed.take().expect("polled after completion");
-            return Poll::Ready(Err(StartError::Closed(closed)));
+            return Poll::Ready(Err(StartError::Spawn(closed)));
         };
         let outcome = match state.poll(cx.waker()) {
             Poll::Pending => return Poll::Pending,
@@ -270,6 +272,22 @@ where
         V: Send + 'static,
         T: Send + 'static,
     {
+        // A child starting a child into its own full nursery would wait for the signal while
+        // the started child waits for a slot, maybe the caller's own (SPEC N11): `Full`.
+        let slot = match &self.shared.limit {
+            Some(limit) => match limit.clone().try_acquire_owned() {
+                Ok(slot) => Some(slot),
+                Err(_) if self.shared.registry.is_open() && self.is_own_child() => {
+                    return Start {
+                        state: None,
+                        closed: Some(SpawnError::Full),
+                        orphaned_end: None,
+                    };
+                }
+                Err(_) => None,
+            },
+            None => None,
+        };
         let state = Arc::new(StartState::new(self.shared.node.clone()));
         let ready = Ready {
             state: state.clone(),
@@ -279,17 +297,28 @@ where
         let caller = context::with_current(|frame| frame.map(|frame| frame.node().clone()));
         let parent = caller.as_ref().unwrap_or(&self.shared.node);
         let route_state = state.clone();
-        let spawned = self.spawn_task(name.clone(), Some(parent), None, future, move |child| {
-            route_state.link(
-                child
-                    .scope
-                    .own()
-                    .expect("a started child's scope is made at once"),
-            );
+        let mut started = None;
+        let scope = &mut started;
+        let spawned = self.spawn_task(name.clone(), Some(parent), slot, future, move |child| {
+            let node = child
+                .scope
+                .own()
+                .expect("a started child's scope is made at once");
+            route_state.link(node);
+            *scope = Some(node.clone());
             ToStarter(Some(route_state))
         });
         match spawned {
             Ok((join, _)) => {
+                // Until it signals, its scope hangs under the caller's, whose owner does not
+                // know it: the scope names the child itself for the task tree (SPEC O2).
+                if let Some(node) = started {
+                    node.attach(Arc::new(ChildLabel {
+                        kind: "child",
+                        name: name.clone(),
+                        task: join.id(),
+                    }));
+                }
                 let shared = self.shared.clone();
                 let origin = Origin::Child {
                     id: join.id(),
