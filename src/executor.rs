@@ -90,7 +90,7 @@ impl NurseryExecutor {
         NurseryExecutor {
             target: Arc::new(IntoNursery {
                 nursery: nursery.clone(),
-                parent: node.parent(),
+                around: ancestry(node.parent()),
                 node,
                 runtime: Handle::try_current().ok(),
             }),
@@ -119,7 +119,10 @@ impl NurseryExecutor {
         let scope = context::with_current(|frame| frame.map(|frame| frame.node().clone()))
             .ok_or(ExecutorError::NoScope)?;
         Ok(NurseryExecutor {
-            target: Arc::new(IntoScope { scope, runtime }),
+            target: Arc::new(IntoScope {
+                scopes: ancestry(Some(scope)),
+                runtime,
+            }),
         })
     }
 
@@ -189,11 +192,21 @@ struct IntoNursery<E> {
     nursery: NurseryHandle<E>,
     /// The nursery's scope.
     node: Arc<Node>,
-    /// The scope around the nursery when the executor was built: where a future handed
-    /// over after the nursery closed looks for an adopter (an ended scope forgets its
-    /// parent).
-    parent: Option<Arc<Node>>,
+    /// The scopes around the nursery when the executor was built, nearest first: a future
+    /// handed over after the nursery closed runs under the nearest that has not ended (an
+    /// ended scope forgets its parent, so the walk up cannot start from an ended one).
+    around: Vec<Arc<Node>>,
     runtime: Option<Handle>,
+}
+
+/// `scope` and the scopes around it, nearest first.
+fn ancestry(scope: Option<Arc<Node>>) -> Vec<Arc<Node>> {
+    std::iter::successors(scope, |scope| scope.parent()).collect()
+}
+
+/// The nearest of `scopes` that has not ended.
+fn nearest_live(scopes: &[Arc<Node>]) -> Option<Arc<Node>> {
+    scopes.iter().find(|scope| !scope.is_ended()).cloned()
 }
 
 impl<E> Target for IntoNursery<E>
@@ -223,7 +236,7 @@ where
                 let Some(task) = lock(&slot).take() else {
                     return;
                 };
-                self.adopt(self.parent.clone(), task, true);
+                self.adopt(nearest_live(&self.around), task, true);
             }
         }
     }
@@ -253,17 +266,19 @@ impl<E> IntoNursery<E> {
 
 /// Adoptees of the nearest nursery at or above a scope.
 struct IntoScope {
-    scope: Arc<Node>,
+    /// The scope current when the executor was built, then those around it: a future runs
+    /// under the nearest that has not ended.
+    scopes: Vec<Arc<Node>>,
     runtime: Handle,
 }
 
 impl Target for IntoScope {
     fn execute(&self, task: Task) {
-        adopt(Some(self.scope.clone()), &self.runtime, task, false);
+        adopt(nearest_live(&self.scopes), &self.runtime, task, false);
     }
 
     fn scope(&self) -> ScopeId {
-        self.scope.id()
+        self.scopes[0].id()
     }
 }
 

@@ -489,7 +489,6 @@ impl Node {
     }
 
     /// Whether the scope has ended.
-    #[cfg(test)]
     pub(crate) fn is_ended(&self) -> bool {
         self.bits() & ENDED != 0
     }

@@ -75,9 +75,11 @@ pub enum DropMode {
     /// [`grace`](Nursery::grace). Hazards: it holds a runtime worker
     /// (`tokio::task::block_in_place`) and works only on a multi-thread runtime. For a
     /// nursery on a current-thread or local runtime (wherever its future is dropped, even
-    /// outside the runtime: only that runtime's `block_on` runs its children), on a
-    /// current-thread runtime's thread, during runtime shutdown, or inside a `LocalSet` it
-    /// falls back to [`Wait`](DropMode::Wait): never a deadlock or a panic in `Drop`. Inside a
+    /// outside the runtime: only that runtime's `block_on` runs its children), for one with
+    /// `!Send` children ([`spawn_local`](NurseryHandle::spawn_local): only their
+    /// `LocalSet`'s thread runs them), on a current-thread runtime's thread, during runtime
+    /// shutdown, or inside a `LocalSet` it falls back to [`Wait`](DropMode::Wait): never a
+    /// deadlock or a panic in `Drop`. Inside a
     /// `LocalSet` the fallback is found by catching the panic `block_in_place` raises there
     /// (tokio offers no other test): the panic hook still prints that message, and under
     /// `panic = "abort"` the process aborts; use [`Wait`](DropMode::Wait) there. Past an
@@ -328,6 +330,9 @@ pub(crate) struct Shared<E> {
     pub(crate) limit: Option<Arc<Semaphore>>,
     /// The children aborted when the grace period ran out (SPEC N7), once it did.
     aborted: std::sync::OnceLock<Vec<String>>,
+    /// A `!Send` child was spawned (SPEC N12): only its `LocalSet`'s thread can run it, so a
+    /// blocking wait (N9b) could not help it finish.
+    has_local: std::sync::atomic::AtomicBool,
 }
 
 impl<E: fmt::Debug> Shared<E> {
@@ -605,6 +610,9 @@ pub(crate) fn nearest_adopter(
 ) -> (Arc<dyn Adopter<Origin>>, usize, bool) {
     let mut ancestor = scope;
     while let Some(scope) = ancestor {
+        // Read before this scope's nursery is asked: one that refuses may be orphaning right
+        // now, and its scope forgets its parent once ended (its successor is set by then).
+        ancestor = scope.parent();
         let adopter = scope.attachment().and_then(|attachment| {
             let link = attachment.as_any().downcast_ref::<AdopterRef>()?;
             link.0.upgrade()
@@ -618,7 +626,6 @@ pub(crate) fn nearest_adopter(
                 Err(_) => candidate = adopter.successor(),
             }
         }
-        ancestor = scope.parent();
     }
     let orphans: Arc<dyn Adopter<Origin>> = Orphans::of(runtime);
     let (key, aborted) = orphans
@@ -1093,6 +1100,9 @@ where
         let cell = self
             .prepare(None, None)
             .unwrap_or_else(|error| panic!("tokio-nursery: {error}"));
+        self.shared
+            .has_local
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         // Outside a LocalSet this panics; the task is dropped on the way out and tells the
         // registry, so nothing is left behind.
         let join = tokio::task::spawn_local(ChildTask::new(future, cell.clone(), ToHandle));
@@ -1357,6 +1367,7 @@ where
                 ),
                 limit: this.config.limit.map(|k| Arc::new(Semaphore::new(k))),
                 aborted: std::sync::OnceLock::new(),
+                has_local: std::sync::atomic::AtomicBool::new(false),
             });
             let adopter: Arc<dyn Adopter<Origin>> = shared.clone();
             let link = AdopterRef(Arc::downgrade(&adopter));
@@ -1619,7 +1630,10 @@ fn blocking_wait<E>(shared: &Shared<E>, grace: Duration) -> Waited {
             tokio::runtime::RuntimeFlavor::MultiThread
         )
     };
-    if !multi_thread(&shared.runtime) {
+    // Local children (SPEC N12) run only on their `LocalSet`'s thread, which this may be,
+    // outside the set: blocking it would only make them wait out the grace.
+    let has_local = shared.has_local.load(std::sync::atomic::Ordering::Relaxed);
+    if !multi_thread(&shared.runtime) || has_local {
         return Waited::CannotBlock;
     }
     // During shutdown tokio cancels new tasks at once; blocking then could deadlock. The
