@@ -252,3 +252,37 @@ async fn n11_a_started_child_waiting_for_its_own_slot_gets_full() {
     let out = out.expect("hang: a started child waits for the slot it holds (N11)");
     assert_eq!(out.unwrap().unwrap().unwrap(), Some(true));
 }
+
+/// N11 + N15 (session 11's review): a collector in a limited nursery refuses with `Full` as
+/// the nursery's handle does, and waits for a slot with `spawn_when_free`.
+#[tokio::test(start_paused = true)]
+async fn n15_a_collector_honours_the_concurrency_limit() {
+    common::leak_checked(async move {
+        let out = Nursery::new()
+            .limit(1)
+            .run(|n: NurseryHandle<Cancelled>| async move {
+                let mut collector = n.collector::<u32>();
+                collector.spawn(async {
+                    tokio::time::sleep(ms(10)).await;
+                    Ok(1)
+                });
+                assert!(matches!(
+                    collector.try_spawn(async { Ok(2) }),
+                    Err(SpawnError::Full)
+                ));
+                // Waits for the first child's slot (10 ms), then runs.
+                let start = tokio::time::Instant::now();
+                collector.spawn_when_free(async { Ok(3) }).await.unwrap();
+                assert_eq!(start.elapsed(), ms(10));
+                let mut values = Vec::new();
+                while let Some((_, value)) = collector.join_next().await {
+                    values.push(value.unwrap());
+                }
+                assert_eq!(values, [1, 3]);
+                Ok(())
+            })
+            .await;
+        assert!(matches!(out, Ok(Some(()))), "{out:?}");
+    })
+    .await
+}

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 
 use slab::Slab;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::{AbortHandle, Id};
 
 use super::child::{ChildInfo, ChildOutput, OnAbort, Route, joined};
@@ -190,7 +191,7 @@ where
     where
         F: Future<Output = Result<T, E>> + Send + 'static,
     {
-        self.spawn_inner(None, future)
+        self.spawn_inner(None, None, future)
             .unwrap_or_else(|error| panic!("tokio-nursery: {error}"))
     }
 
@@ -199,25 +200,44 @@ where
     where
         F: Future<Output = Result<T, E>> + Send + 'static,
     {
-        self.spawn_inner(Some(Arc::from(name)), future)
+        self.spawn_inner(Some(Arc::from(name)), None, future)
             .unwrap_or_else(|error| panic!("tokio-nursery: {error}"))
     }
 
-    /// Spawns a child, or returns [`SpawnError`] if the nursery has closed.
+    /// Spawns a child, or returns [`SpawnError::Closed`] if the nursery has closed, or
+    /// [`SpawnError::Full`] if its concurrency limit is reached (never waits), as
+    /// [`NurseryHandle::try_spawn`] does.
     pub fn try_spawn<F>(&self, future: F) -> Result<ChildControl, SpawnError>
     where
         F: Future<Output = Result<T, E>> + Send + 'static,
     {
-        self.spawn_inner(None, future)
+        let slot = self.nursery.free_slot()?;
+        self.spawn_inner(None, slot, future)
     }
 
-    fn spawn_inner<F>(&self, name: Option<Arc<str>>, future: F) -> Result<ChildControl, SpawnError>
+    /// Waits until the nursery's concurrency limit leaves a slot, then spawns, as
+    /// [`NurseryHandle::spawn_when_free`] does (a cancellation point; cancel-safe; `Full`
+    /// for a child of the nursery, which might wait for its own slot).
+    pub async fn spawn_when_free<F>(&self, future: F) -> Result<ChildControl, SpawnError>
+    where
+        F: Future<Output = Result<T, E>> + Send + 'static,
+    {
+        let slot = self.nursery.slot_when_free().await?;
+        self.spawn_inner(None, slot, future)
+    }
+
+    fn spawn_inner<F>(
+        &self,
+        name: Option<Arc<str>>,
+        slot: Option<OwnedSemaphorePermit>,
+        future: F,
+    ) -> Result<ChildControl, SpawnError>
     where
         F: Future<Output = Result<T, E>> + Send + 'static,
     {
         let queue = &self.queue;
         let mut sink_key = None;
-        let (join, child) = self.nursery.spawn_task(name, None, None, future, |child| {
+        let (join, child) = self.nursery.spawn_task(name, None, slot, future, |child| {
             let key = lock(&queue.state).members.insert(Member {
                 id: None,
                 child: child.clone(),

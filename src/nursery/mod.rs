@@ -890,17 +890,36 @@ where
         F: Future<Output = Result<T, E>> + Send + 'static,
         T: Send + 'static,
     {
-        let slot = match &self.shared.limit {
-            Some(limit) => match limit.clone().try_acquire_owned() {
-                Ok(slot) => Some(slot),
-                // A nursery that ended may still hold slots for a moment: say it is closed.
-                Err(_) if !self.shared.registry.is_open() => return Err(SpawnError::Closed),
-                Err(_) => return Err(SpawnError::Full),
-            },
-            None => None,
-        };
+        let slot = self.free_slot()?;
         let (join, child) = self.spawn_task(None, None, slot, future, |_| ToHandle)?;
         Ok(ChildHandle::new(join, child))
+    }
+
+    /// A free slot of the concurrency limit (`None` without a limit), or `Full` (SPEC N11).
+    pub(crate) fn free_slot(&self) -> Result<Option<OwnedSemaphorePermit>, SpawnError> {
+        match &self.shared.limit {
+            Some(limit) => match limit.clone().try_acquire_owned() {
+                Ok(slot) => Ok(Some(slot)),
+                // A nursery that ended may still hold slots for a moment: say it is closed.
+                Err(_) if !self.shared.registry.is_open() => Err(SpawnError::Closed),
+                Err(_) => Err(SpawnError::Full),
+            },
+            None => Ok(None),
+        }
+    }
+
+    /// Waits for a slot of the concurrency limit (`None` without a limit): `Full` for a
+    /// child of this nursery, which might wait for its own slot (SPEC N11).
+    pub(crate) async fn slot_when_free(&self) -> Result<Option<OwnedSemaphorePermit>, SpawnError> {
+        Ok(match &self.shared.limit {
+            None => None,
+            Some(limit) => match limit.clone().try_acquire_owned() {
+                Ok(slot) => Some(slot),
+                Err(_) if !self.shared.registry.is_open() => return Err(SpawnError::Closed),
+                Err(_) if self.is_own_child() => return Err(SpawnError::Full),
+                Err(_) => Some(acquire_slot(limit.clone()).await?),
+            },
+        })
     }
 
     /// Waits until the nursery's concurrency limit leaves a slot, then spawns (SPEC N11).
@@ -917,15 +936,7 @@ where
         F: Future<Output = Result<T, E>> + Send + 'static,
         T: Send + 'static,
     {
-        let slot = match &self.shared.limit {
-            None => None,
-            Some(limit) => match limit.clone().try_acquire_owned() {
-                Ok(slot) => Some(slot),
-                Err(_) if !self.shared.registry.is_open() => return Err(SpawnError::Closed),
-                Err(_) if self.is_own_child() => return Err(SpawnError::Full),
-                Err(_) => Some(acquire_slot(limit.clone()).await?),
-            },
-        };
+        let slot = self.slot_when_free().await?;
         let (join, child) = self.spawn_task(None, None, slot, future, |_| ToHandle)?;
         Ok(ChildHandle::new(join, child))
     }
