@@ -60,7 +60,7 @@ impl<F: Future> Future for Carried<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
         match this.node {
-            Some(node) => context::enter(FrameKind::Linked(node), || this.future.poll(cx)),
+            Some(node) => context::enter(FrameKind::Carried(node), || this.future.poll(cx)),
             None => this.future.poll(cx),
         }
     }

@@ -38,6 +38,10 @@ pub(crate) struct Frame<'a> {
 pub(crate) enum FrameKind<'a> {
     /// The scope has a node in the tree.
     Linked(&'a Arc<Node>),
+    /// Another task's scope, carried into this one ([`carry_scope`](crate::carry_scope)):
+    /// a linked scope for every question, but not one of the polled task's own (a parallel
+    /// borrowing scope inside does not exempt it, SPEC B2).
+    Carried(&'a Arc<Node>),
     /// A helper scope without a node (see [`Unlinked`]), polled with this waker.
     Unlinked(&'a Unlinked, &'a Waker),
     /// A nursery child: it runs in the nursery's scope (`parent`) until something needs a
@@ -158,7 +162,7 @@ impl<'a> Frame<'a> {
     #[inline]
     pub(crate) fn is_cancelled(&self) -> bool {
         match self.kind {
-            FrameKind::Linked(node) => node.is_cancelled(),
+            FrameKind::Linked(node) | FrameKind::Carried(node) => node.is_cancelled(),
             FrameKind::Unlinked(inline, _) => self.is_cancelled_unlinked(inline),
             FrameKind::Child { parent, scope } => scope.settled(parent).is_cancelled(),
             FrameKind::TaskChild { parent, scope } => scope.settled(parent).is_cancelled(),
@@ -217,9 +221,15 @@ impl<'a> Frame<'a> {
         }
     }
 
-    /// The enclosing frame, if any (all of them belong to the task being polled).
+    /// The enclosing frame, if any (all of them belong to the task being polled, though a
+    /// carried frame's scope is another task's).
     pub(crate) fn parent(&self) -> Option<&'a Frame<'a>> {
         self.parent
+    }
+
+    /// Whether this frame is another task's scope carried into this one.
+    pub(crate) fn is_carried(&self) -> bool {
+        matches!(self.kind, FrameKind::Carried(_))
     }
 
     /// The scope of a nursery child's frame (its task's outermost).
@@ -255,7 +265,7 @@ impl<'a> Frame<'a> {
     /// The node of this frame, linking it into the tree first if it was unlinked.
     pub(crate) fn node(&self) -> &Arc<Node> {
         match self.kind {
-            FrameKind::Linked(node) => node,
+            FrameKind::Linked(node) | FrameKind::Carried(node) => node,
             FrameKind::Unlinked(inline, _) => inline.node.get_or_init(|| {
                 let parent = self.parent.map(Frame::node);
                 crate::scope::materialize(inline, parent)
@@ -317,7 +327,7 @@ impl<'a> Frame<'a> {
         let mut origin = None;
         let mut frame = self;
         while let Some(inline) = frame.unlinked() {
-            if inline.expired() {
+            if inline.expired_now() {
                 origin = Some(Origin::Inline(inline.id()));
             }
             match frame.parent {

@@ -19,9 +19,10 @@ use crate::cancelled::CancelError;
 use crate::context::{self, FrameKind};
 use crate::node::{Attachment, Description, Node, ScopeId};
 use crate::nursery::{NurseryHandle, Origin, SpawnError, nearest_adopter};
+use crate::reason::CancelReason;
 use crate::registry::{Adopter, OrphanReport, Panic, StopAll};
 use crate::scope::timer_for;
-use crate::sync::{Arc, Mutex, lock};
+use crate::sync::{Arc, AtomicBool, Mutex, Ordering, lock};
 
 /// What the executor runs: any `'static + Send` future with no output.
 type Task = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
@@ -304,6 +305,7 @@ fn adopt(scope: Option<Arc<Node>>, runtime: &Handle, task: Task, closed: bool) {
     let stopper = Arc::new(Stopper {
         node: node.clone(),
         abort: Mutex::new(Abort::NotStarted),
+        put_off: AtomicBool::new(false),
     });
     let (adopter, key, aborted) = nearest_adopter(scope, runtime, stopper.clone());
     #[cfg(feature = "tracing")]
@@ -331,7 +333,11 @@ fn adopt(scope: Option<Arc<Node>>, runtime: &Handle, task: Task, closed: bool) {
     let _ = closed;
     let done = Done { adopter, key, node };
     let label_node = done.node.clone();
-    let join = runtime.spawn(Adopted { task, done });
+    let join = runtime.spawn(Adopted {
+        task,
+        done,
+        stopper: stopper.clone(),
+    });
     label_node.attach(Arc::new(TaskLabel(join.id())));
     stopper.started(join.abort_handle(), aborted);
 }
@@ -340,6 +346,8 @@ fn adopt(scope: Option<Arc<Node>>, runtime: &Handle, task: Task, closed: bool) {
 struct Adopted {
     task: Task,
     done: Done,
+    /// Where an abort put off by a parallel borrowing scope is marked (SPEC B2).
+    stopper: Arc<Stopper>,
 }
 
 impl Future for Adopted {
@@ -352,6 +360,13 @@ impl Future for Adopted {
         match catch_unwind(AssertUnwindSafe(|| {
             context::enter(FrameKind::Linked(node), || task.as_mut().poll(cx))
         })) {
+            // An abort put off while a parallel borrowing scope ran in the task: carried out
+            // once it ended (its end wakes the task), by ending here, which drops the task.
+            Ok(Poll::Pending)
+                if this.stopper.put_off.load(Ordering::Acquire) && !node.is_exempt() =>
+            {
+                Poll::Ready(())
+            }
             Ok(poll) => poll,
             Err(payload) => {
                 // Reported to the adopter, which never resumes it (as for protected work).
@@ -387,6 +402,8 @@ impl Drop for Done {
 struct Stopper {
     node: Arc<Node>,
     abort: Mutex<Abort>,
+    /// An abort was put off because a parallel borrowing scope runs in the task (SPEC B2).
+    put_off: AtomicBool,
 }
 
 enum Abort {
@@ -409,8 +426,17 @@ impl Stopper {
 }
 
 impl StopAll for Stopper {
-    /// Aborts the executor's task; names it by its scope.
+    /// Aborts the executor's task; names it by its scope. While a parallel borrowing scope
+    /// runs in the task (SPEC B2), it is told "grace expired" instead, and ends when that
+    /// scope has ended (`Adopted::poll`).
     fn stop_all(&self, _grace_expired: bool) -> Vec<String> {
+        // Marked before the exemption is asked, so that whoever ends the exemption right
+        // after finds the mark (a mark left when the abort goes ahead is harmless).
+        self.put_off.store(true, Ordering::Release);
+        if self.node.defer_if_exempt() {
+            self.node.cancel(CancelReason::GraceExpired);
+            return Vec::new();
+        }
         let mut abort = lock(&self.abort);
         let handle = match &*abort {
             Abort::Started(handle) => Some(handle.clone()),

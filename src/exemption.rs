@@ -37,6 +37,12 @@ pub(crate) fn exempt_current(waker: &Waker) -> Exemption {
         let (mut scopes, mut task) = (Vec::new(), None);
         let mut frame = frame;
         while let Some(current) = frame {
+            frame = current.parent();
+            // Another task's scope, carried here: that task does not run this parallel
+            // scope, and its aborts and hard drops must not wait for it.
+            if current.is_carried() {
+                continue;
+            }
             let node = current.node().clone();
             node.exempt();
             if current.child_scope().is_some() {
@@ -44,7 +50,6 @@ pub(crate) fn exempt_current(waker: &Waker) -> Exemption {
                 task = Some((node.clone(), abort.cloned()));
             }
             scopes.push(node);
-            frame = current.parent();
         }
         (scopes, task)
     });

@@ -161,6 +161,9 @@ struct Cold {
     /// A relative deadline, turned absolute at entry (SPEC S5).
     timeout: Option<Duration>,
     armed: Option<TimerKey>,
+    /// The scope an inherited cancellation came from, kept when the scope ended (it then
+    /// leaves its parent, so `origin` cannot walk there any more).
+    frozen_origin: Option<Arc<Node>>,
     /// Parallel borrowing scopes running under this scope in its task (SPEC B2): while
     /// non-zero, the crate neither aborts the task nor lets a hard scope drop its body.
     exempt: usize,
@@ -887,9 +890,16 @@ impl Node {
         if self.bits() & ENDED != 0 {
             return;
         }
+        // An inherited cancellation is kept (invariant 7): so is the scope it names.
+        let frozen = (self.bits() & INHERITED != 0)
+            .then(|| self.parent().and_then(|parent| parent.origin()))
+            .flatten();
         let mut inner = lock(&self.inner);
         if self.bits() & ENDED != 0 {
             return;
+        }
+        if frozen.is_some() {
+            inner.cold().frozen_origin = frozen;
         }
         let extra = if caught { ENDED | CAUGHT } else { ENDED };
         self.state.fetch_or(extra, Ordering::AcqRel);
@@ -983,6 +993,14 @@ impl Node {
         cold.exempt == 0 && std::mem::take(&mut cold.deferred)
     }
 
+    /// Whether a parallel borrowing scope runs under this scope (SPEC B2).
+    pub(crate) fn is_exempt(&self) -> bool {
+        lock(&self.inner)
+            .cold
+            .as_ref()
+            .is_some_and(|cold| cold.exempt > 0)
+    }
+
     /// Puts off an abort or a hard drop if a parallel borrowing scope runs under this scope
     /// (true: the caller must not carry it out now).
     pub(crate) fn defer_if_exempt(&self) -> bool {
@@ -1027,9 +1045,19 @@ impl Node {
             if bits & INHERITED == 0 {
                 return origin;
             }
-            match node.parent() {
+            let (parent, frozen) = {
+                let inner = lock(&node.inner);
+                let frozen = inner
+                    .cold
+                    .as_ref()
+                    .and_then(|cold| cold.frozen_origin.clone());
+                (inner.parent.clone(), frozen)
+            };
+            match parent {
                 Some(parent) => node = parent,
-                None => return origin,
+                // The chain ends at an ended scope (it left the tree): its own cancellation is
+                // the outermost visible; else the one it inherited and kept.
+                None => return origin.or(frozen),
             }
         }
     }

@@ -386,7 +386,16 @@ where
     // if a poll unwinds, drops it while unwinding (its `Drop` runs the backstop). It is never
     // forgotten, and this function cannot return (ending the borrows of `'env`) before
     // `block_on` has returned or unwound.
-    let scope = unsafe { running(async move |scope| body(&scope).await, true) };
+    let sentinel_runtime = runtime.clone();
+    let scope = unsafe {
+        running(
+            async move |scope| {
+                let _sentinel = ShutdownSentinel::spawn(&sentinel_runtime, &scope.nursery);
+                body(&scope).await
+            },
+            true,
+        )
+    };
     let mut entered = false;
     let ran = catch_unwind(AssertUnwindSafe(|| {
         tokio::task::block_in_place(|| {
@@ -402,6 +411,52 @@ where
         Err(_) => Err(ParallelUnavailable {
             why: Unavailable::CannotBlock,
         }),
+    }
+}
+
+/// Cancels a blocking parallel scope (reason `Shutdown`) if its runtime shuts down while it
+/// runs: tokio then drops the children, and this task with them, but cannot drop the future
+/// a thread blocks on, so a body waiting for its scope's cancellation would keep the
+/// runtime's shutdown waiting for ever. Dropped when the body returns: disarmed, aborted.
+#[cfg(feature = "rt-multi-thread")]
+struct ShutdownSentinel {
+    armed: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[cfg(feature = "rt-multi-thread")]
+impl ShutdownSentinel {
+    fn spawn<E>(runtime: &tokio::runtime::Handle, nursery: &NurseryHandle<E>) -> Self {
+        struct CancelOnDrop {
+            armed: Arc<std::sync::atomic::AtomicBool>,
+            scope: crate::ScopeHandle,
+        }
+        impl Drop for CancelOnDrop {
+            fn drop(&mut self) {
+                if self.armed.load(std::sync::atomic::Ordering::Acquire) {
+                    self.scope.cancel_because(crate::CancelReason::Shutdown);
+                }
+            }
+        }
+        let armed = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let guard = CancelOnDrop {
+            armed: armed.clone(),
+            scope: nursery.scope(),
+        };
+        let task = runtime.spawn(async move {
+            let _guard = guard;
+            std::future::pending::<()>().await;
+        });
+        ShutdownSentinel { armed, task }
+    }
+}
+
+#[cfg(feature = "rt-multi-thread")]
+impl Drop for ShutdownSentinel {
+    fn drop(&mut self) {
+        self.armed
+            .store(false, std::sync::atomic::Ordering::Release);
+        self.task.abort();
     }
 }
 

@@ -141,7 +141,17 @@ impl Future for Sleep {
             return Poll::Ready(Err(cancelled));
         }
         if this.sleep.poll(cx).is_ready() {
-            return Poll::Ready(Ok(()));
+            // A deadline of the scope that passed with this sleep wins the tie (Trio), even
+            // before the deadline service has fired it.
+            context::with_current(|frame| {
+                if let Some(node) = frame.and_then(Frame::nearest_node) {
+                    node.fire_passed_deadlines();
+                }
+            });
+            return Poll::Ready(match current_cancellation() {
+                Some(cancelled) => Err(cancelled),
+                None => Ok(()),
+            });
         }
         this.waiter.poll_cancelled(cx).map(Err)
     }

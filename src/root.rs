@@ -19,6 +19,7 @@ use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use futures::future::{Either, select};
@@ -246,20 +247,36 @@ impl Root {
         let mut signals = Signals::install(self.signals);
         // Runs from the first signal: when it ends, `main` is dropped if it still runs.
         let mut grace = None;
+        // The grace ran out while a parallel borrowing scope ran in `main` (SPEC B2): `main`
+        // is dropped once that scope has ended (its end wakes this task).
+        let mut cut_put_off = false;
         let outcome = loop {
             let signal = pin!(signals.next());
             let grace_over = pin!(async {
                 match &mut grace {
                     Some(sleep) => sleep.await,
+                    None if cut_put_off => {
+                        std::future::poll_fn(|_| match main_exempt(&root) {
+                            true => Poll::Pending,
+                            false => Poll::Ready(()),
+                        })
+                        .await
+                    }
                     None => std::future::pending().await,
                 }
             });
             match select(nursery.as_mut(), select(signal, grace_over)).await {
                 Either::Left((outcome, _)) => break outcome,
                 Either::Right((Either::Right(((), _)), _)) => {
-                    // The grace ran out: the nursery aborted its children; `main` goes too.
-                    // Protected work is still waited for, until a signal.
+                    // The grace ran out: the nursery aborted its children; `main` goes too,
+                    // unless a parallel borrowing scope runs in it (SPEC B2: the crate never
+                    // drops one), then once it ended. Protected work is still waited for,
+                    // until a signal.
                     grace = None;
+                    cut_put_off = defer_cut(&root);
+                    if cut_put_off {
+                        continue;
+                    }
                     #[cfg(feature = "tracing")]
                     tracing::warn!("the shutdown's grace period ran out: dropping main");
                     cut_short.main_cut = true;
@@ -334,6 +351,20 @@ impl Root {
         cut_short.report();
         outcome
     }
+}
+
+/// Whether a parallel borrowing scope runs in `main` (it exempts the root's scope).
+fn main_exempt<E>(root: &Mutex<Option<NurseryHandle<E>>>) -> bool {
+    lock(root)
+        .as_ref()
+        .is_some_and(|handle| handle.scope().node.is_exempt())
+}
+
+/// Puts off cutting `main` if a parallel borrowing scope runs in it (true).
+fn defer_cut<E>(root: &Mutex<Option<NurseryHandle<E>>>) -> bool {
+    lock(root)
+        .as_ref()
+        .is_some_and(|handle| handle.scope().node.defer_if_exempt())
 }
 
 impl Default for Root {

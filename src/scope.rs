@@ -432,9 +432,10 @@ where
                 Poll::Ready(finish_linked(out, node, this.waiter))
             }
             // A parallel borrowing scope runs in the body (SPEC B2): the drop is put off
-            // until it ends, which wakes this task.
+            // until it ends, which wakes this task (`Exemption`'s drop). Waking it now, as
+            // `wait_hard` does for a cancelled node, would re-poll the body in a busy loop.
             Poll::Pending if last_poll && node.defer_if_exempt() => {
-                wait_hard(node, this.waiter, cx);
+                node.register_waiter(this.waiter, cx.waker());
                 Poll::Pending
             }
             Poll::Pending if last_poll => match dropped_exit(node) {
@@ -724,11 +725,21 @@ fn end_on_drop<F>(mut this: ScopeCoreProj<'_, F>) {
         return;
     }
     if let Some(node) = this.node.as_ref() {
+        // Ends the node even if the body's drop code panics (SPEC R3).
+        let end = EndOnUnwindNode(node);
         if this.body.as_mut().as_pin_mut().is_some() {
             context::enter(FrameKind::Linked(node), || this.body.set(None));
         }
         node.remove_waiter(this.waiter);
-        node.end(false); // idempotent: a scope that finished has ended already
+        drop(end); // idempotent: a scope that finished has ended already
+    }
+}
+
+struct EndOnUnwindNode<'a>(&'a Arc<Node>);
+
+impl Drop for EndOnUnwindNode<'_> {
+    fn drop(&mut self) {
+        self.0.end(false);
     }
 }
 
@@ -799,5 +810,9 @@ pub(crate) fn timer_for(parent: Option<&Arc<Node>>) -> Option<Arc<dyn DeadlineTi
 pub(crate) fn materialize(inline: &Unlinked, parent: Option<&Arc<Node>>) -> Arc<Node> {
     let node = Arc::new(Node::new(inline.id(), inline.shield, inline.deadline));
     node.enter(parent, timer_for(parent));
+    // Expired before its deadline (`Frame::expire_deadline`): its node keeps that.
+    if inline.expired.get() == Some(true) && !node.cancel_called() {
+        node.cancel(CancelReason::Deadline);
+    }
     node
 }

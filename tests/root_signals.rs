@@ -179,3 +179,65 @@ fn n13_after_main_returns_one_signal_stops_the_wait_for_protected_work() {
     assert!(matches!(out, Err(NurseryError::Cancelled(_))), "{out:?}");
     assert_eq!(*reports.lock().unwrap(), [(1, true)]);
 }
+
+/// Session 11's review of parallel scopes (SPEC B2, N13): when the grace after a signal ran
+/// out, the root dropped `main` although a parallel borrowing scope ran in it (the crate
+/// never drops one: its children were cut short by the backstop). `main` is now dropped
+/// only once that scope has ended.
+#[cfg(feature = "rt-multi-thread")]
+#[test]
+fn n13_the_root_does_not_drop_main_while_a_parallel_scope_runs_in_it() {
+    let _one = ONE_ROOT.lock().unwrap_or_else(|e| e.into_inner());
+    /// Sets its flag when dropped before `finished` was set: a child cut short.
+    struct Unfinished<'a> {
+        flag: &'a AtomicBool,
+        finished: bool,
+    }
+    impl Drop for Unfinished<'_> {
+        fn drop(&mut self) {
+            if !self.finished {
+                self.flag.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+    let cut_short = Arc::new(AtomicBool::new(false));
+    let finished = Arc::new(AtomicBool::new(false));
+    let (cut, fin) = (cut_short.clone(), finished.clone());
+    let _ = within_hang_bound(move || {
+        Root::new()
+            .handle_signals(true)
+            .grace(Duration::from_millis(50))
+            .run(move |_root: NurseryHandle<Cancelled>| async move {
+                let local = 7u64;
+                let borrowed = &local;
+                let (c, f) = (&*cut, &*fin);
+                // SAFETY: awaited to completion here; the root's runtime outlives main.
+                let _ = unsafe {
+                    parallel_scope_async(|s| async move {
+                        s.spawn(async move {
+                            let mut guard = Unfinished {
+                                flag: c,
+                                finished: false,
+                            };
+                            signal_self("TERM");
+                            // Ignores the shutdown for ten times the grace (tokio's sleep:
+                            // not a cancellation point).
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            assert_eq!(*borrowed, 7);
+                            guard.finished = true;
+                            f.store(true, Ordering::SeqCst);
+                            Ok::<_, Cancelled>(())
+                        });
+                        Ok::<_, Cancelled>(())
+                    })
+                }
+                .await;
+                Ok::<_, Cancelled>(())
+            })
+    });
+    assert!(
+        !cut_short.load(Ordering::SeqCst),
+        "the root dropped main while a parallel scope ran in it"
+    );
+    assert!(finished.load(Ordering::SeqCst));
+}
