@@ -254,3 +254,43 @@ impl Reports {
         std::mem::take(&mut *self.0.lock().unwrap())
     }
 }
+
+/// Session 11's review of its own changes: the root's wait for orphans outlives its grace
+/// while protected work runs; an abortable orphan arriving then (a nursery dropped in wait
+/// mode in a plain task) was never aborted, and the root waited for it for ever. The orphan
+/// registry now remembers it was stopped and stops later orphans at their adoption (N-3).
+#[test]
+fn n13_an_orphan_arriving_after_the_orphans_grace_is_aborted_too() {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let outcome = Root::new()
+            .current_thread()
+            .handle_signals(false)
+            .grace(Duration::from_millis(50))
+            .run(|_n| async move {
+                let (go_tx, go_rx) = tokio::sync::oneshot::channel();
+                tokio::spawn(async move {
+                    // Protected work outside any nursery: waited for until it ends (t=300ms).
+                    drop(protect(tokio::time::sleep(Duration::from_millis(300))));
+                    go_tx.send(()).unwrap();
+                    // At t=150ms (the orphans' grace ran out at ~50ms): a nursery dropped in
+                    // wait mode with nowhere else to go, its child never ending by itself.
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                    let late = Nursery::new().run(|m: NurseryHandle<Cancelled>| async move {
+                        m.spawn_named("late", std::future::pending::<Result<(), Cancelled>>());
+                        std::future::pending::<Result<(), Cancelled>>().await
+                    });
+                    let _ = tokio::time::timeout(Duration::from_millis(1), late).await;
+                });
+                go_rx.await.unwrap();
+                Ok::<_, Cancelled>(())
+            });
+        let _ = done_tx.send(outcome.is_ok());
+    });
+    let finished = done_rx.recv_timeout(Duration::from_secs(10));
+    assert!(
+        finished.is_ok(),
+        "hang: the root waits for ever for an abortable orphan that came after its grace"
+    );
+}
+

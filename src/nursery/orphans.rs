@@ -22,6 +22,9 @@ struct State {
     /// Orphaned nurseries (or protected work) still running, with how to stop them.
     adoptees: slab::Slab<Arc<dyn StopAll>>,
     waiters: Vec<Waker>,
+    /// The root's grace for the orphans ran out (`stop_all`): a later orphan is stopped at
+    /// its adoption (registry invariant N-3), so the root's wait for the rest ends.
+    stopped: bool,
 }
 
 static REGISTRIES: Mutex<Vec<(runtime::Id, Arc<Orphans>)>> = Mutex::new(Vec::new());
@@ -41,6 +44,7 @@ impl Orphans {
             state: Mutex::new(State {
                 adoptees: slab::Slab::new(),
                 waiters: Vec::new(),
+                stopped: false,
             }),
         });
         registries.push((id, orphans.clone()));
@@ -77,11 +81,11 @@ impl Orphans {
     /// children (protected work and blocking children are told, not aborted); returns the
     /// names of what it aborted.
     pub(crate) fn stop_all(&self) -> Vec<String> {
-        let adoptees: Vec<_> = lock(&self.state)
-            .adoptees
-            .iter()
-            .map(|(_, stop)| stop.clone())
-            .collect();
+        let adoptees: Vec<_> = {
+            let mut state = lock(&self.state);
+            state.stopped = true;
+            state.adoptees.iter().map(|(_, stop)| stop.clone()).collect()
+        };
         // Outside the lock: an aborted task may be dropped inline, and its end takes it.
         adoptees
             .iter()
@@ -92,8 +96,9 @@ impl Orphans {
 
 impl Adopter<Origin> for Orphans {
     fn adopt(&self, stop: Arc<dyn StopAll>) -> Result<(usize, bool), Closed> {
-        let key = lock(&self.state).adoptees.insert(stop);
-        Ok((key, false))
+        let mut state = lock(&self.state);
+        let key = state.adoptees.insert(stop);
+        Ok((key, state.stopped))
     }
 
     fn adoptee_finished(&self, key: usize) {
