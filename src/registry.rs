@@ -164,8 +164,12 @@ struct State<A, F, L> {
     /// The nursery's task, waiting for `live` to reach zero.
     waiter: Option<Waker>,
     /// The tasks waiting on the outlet for the next incident (SPEC N5): any clone of the
-    /// nursery's handle may wait there, all are woken.
-    outlet: Vec<Waker>,
+    /// nursery's handle may wait there, all are woken. A waiter removes its entry when it
+    /// stops waiting, so abandoned waits leave nothing behind.
+    outlet: slab::Slab<Waker>,
+    /// Bumped each time every outlet waiter is woken (their entries taken): a registration
+    /// from an earlier epoch is gone, and its key may have been reused.
+    outlet_epoch: u64,
     /// Set when the nursery's future was dropped in wait mode (N-4).
     adopter: Option<(Arc<dyn Adopter<L>>, usize)>,
     /// The nursery took its last reports, or its future is gone (N-6).
@@ -196,6 +200,12 @@ pub(crate) struct Counts {
     pub(crate) incidents: usize,
 }
 
+/// Takes every outlet waiter out, to be woken once the lock is released.
+fn take_outlet<A, F, L>(state: &mut State<A, F, L>) -> Vec<Waker> {
+    state.outlet_epoch += 1;
+    state.outlet.drain().collect()
+}
+
 /// Who waits for the last child to finish (N-4), to be told once the lock is released.
 struct Last<L> {
     waiter: Option<Waker>,
@@ -224,7 +234,8 @@ impl<A, F, L> Registry<A, F, L> {
                 incidents: VecDeque::new(),
                 reported: 0,
                 waiter: None,
-                outlet: Vec::new(),
+                outlet: slab::Slab::new(),
+                outlet_epoch: 0,
                 adopter: None,
                 retired: false,
             }),
@@ -389,7 +400,7 @@ impl<A, F, L> Registry<A, F, L> {
         }
         Some(Last {
             waiter: state.waiter.take(),
-            outlet: std::mem::take(&mut state.outlet),
+            outlet: take_outlet(state),
             adopter: state.adopter.take(),
         })
     }
@@ -436,7 +447,7 @@ impl<A, F, L> Registry<A, F, L> {
         state.incidents.push_back(incident);
         state.reported += 1;
         let first = state.reported == 1;
-        let outlet = std::mem::take(&mut state.outlet);
+        let outlet = take_outlet(&mut state);
         drop(state);
         outlet.into_iter().for_each(Waker::wake);
         if first {
@@ -448,19 +459,60 @@ impl<A, F, L> Registry<A, F, L> {
 
     /// The outlet (SPEC N5): the oldest incident not yet taken; `None` once no child is
     /// alive and none is left; otherwise waits.
-    pub(crate) fn poll_incident(&self, waker: &Waker) -> Poll<Option<Incident<F, L>>> {
+    /// `waiting` is the caller's registration, kept between polls and given to
+    /// [`leave_outlet`](Self::leave_outlet) when it stops waiting.
+    pub(crate) fn poll_incident(
+        &self,
+        waker: &Waker,
+        waiting: &mut Option<(u64, usize)>,
+    ) -> Poll<Option<Incident<F, L>>> {
         let mut state = lock(&self.state);
-        if let Some(incident) = state.incidents.pop_front() {
-            return Poll::Ready(Some(incident));
+        let ready = match state.incidents.pop_front() {
+            Some(incident) => Some(Some(incident)),
+            // Read under the lock, after which the last child's end takes it (N-4).
+            None if self.none_alive(&state) => Some(None),
+            None => None,
+        };
+        if let Some(ready) = ready {
+            let left = Self::unregister(&mut state, waiting);
+            drop(state);
+            drop(left);
+            return Poll::Ready(ready);
         }
-        // Read under the lock, after which the last child's end takes it (N-4).
-        if self.none_alive(&state) {
-            return Poll::Ready(None);
-        }
-        if !state.outlet.iter().any(|outlet| outlet.will_wake(waker)) {
-            state.outlet.push(waker.clone());
-        }
+        let epoch = state.outlet_epoch;
+        // An entry of this epoch is removed only by its waiter (or by waking them all, which
+        // starts a new epoch).
+        let entry = match *waiting {
+            Some((at, key)) if at == epoch => state.outlet.get_mut(key),
+            _ => None,
+        };
+        let replaced = match entry {
+            Some(entry) if entry.will_wake(waker) => None,
+            Some(entry) => Some(std::mem::replace(entry, waker.clone())),
+            None => {
+                *waiting = Some((epoch, state.outlet.insert(waker.clone())));
+                None
+            }
+        };
+        drop(state);
+        drop(replaced);
         Poll::Pending
+    }
+
+    /// A waiter on the outlet stops waiting: its entry, if still there, goes.
+    pub(crate) fn leave_outlet(&self, waiting: &mut Option<(u64, usize)>) {
+        if waiting.is_none() {
+            return;
+        }
+        let left = Self::unregister(&mut lock(&self.state), waiting);
+        drop(left);
+    }
+
+    fn unregister(state: &mut State<A, F, L>, waiting: &mut Option<(u64, usize)>) -> Option<Waker> {
+        match waiting.take() {
+            Some((epoch, key)) if epoch == state.outlet_epoch => state.outlet.try_remove(key),
+            _ => None,
+        }
     }
 
     /// Registers an orphaned nursery as one adoptee of this one (N9).

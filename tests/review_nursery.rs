@@ -7,6 +7,11 @@ mod common;
 use std::time::Duration;
 
 use common::nursery::*;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::Context;
+
 use tokio_nursery::*;
 
 /// N11: a child of a full nursery that `start`s a child into it waits for ever: the
@@ -285,4 +290,46 @@ async fn n15_a_collector_honours_the_concurrency_limit() {
         assert!(matches!(out, Ok(Some(()))), "{out:?}");
     })
     .await
+}
+
+struct Tracked(Arc<AtomicUsize>);
+impl futures::task::ArcWake for Tracked {
+    fn wake_by_ref(_: &Arc<Self>) {}
+}
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// N5 (review of the session's own changes): the outlet kept every waker that ever waited
+/// on it and gave up (a timeout, a lost `select!`) until the next incident: unbounded growth
+/// in a quiet supervisor. A waiter now takes its entry off when it stops waiting.
+#[tokio::test(start_paused = true)]
+async fn n5_abandoned_outlet_waiters_are_not_kept() {
+    let live = Arc::new(AtomicUsize::new(0));
+    let live2 = live.clone();
+    Nursery::new()
+        .supervisor()
+        .run(|n: NurseryHandle<std::io::Error>| async move {
+            n.spawn(async {
+                let _ = cancelled().await;
+                Ok::<_, std::io::Error>(())
+            });
+            for _ in 0..1000 {
+                live2.fetch_add(1, Ordering::SeqCst);
+                let waker = futures::task::waker(Arc::new(Tracked(live2.clone())));
+                let mut cx = Context::from_waker(&waker);
+                let mut wait = std::pin::pin!(n.next_incident());
+                assert!(wait.as_mut().poll(&mut cx).is_pending());
+                // The waiter gives up (a timeout fired, its task ended).
+            }
+            let kept = live2.load(Ordering::SeqCst);
+            n.cancel();
+            assert!(kept <= 1, "{kept} abandoned outlet wakers are still held");
+            Ok::<_, std::io::Error>(())
+        })
+        .await
+        .unwrap();
+    let _ = live;
 }

@@ -293,4 +293,3 @@ fn n13_an_orphan_arriving_after_the_orphans_grace_is_aborted_too() {
         "hang: the root waits for ever for an abortable orphan that came after its grace"
     );
 }
-

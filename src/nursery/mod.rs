@@ -1178,8 +1178,23 @@ impl<E> NurseryHandle<E> {
     /// never sees `None`, as it is alive itself: read the outlet from the body or from
     /// outside the nursery. Not a cancellation point; cancel-safe.
     pub async fn next_incident(&self) -> Option<Incident<E>> {
+        /// Takes the waiter's entry off the outlet when the wait ends or is dropped.
+        struct Waiting<'a, E> {
+            registry: &'a Registry<Stopper<E>, Failure<E>, Origin>,
+            key: Option<(u64, usize)>,
+        }
+        impl<E> Drop for Waiting<'_, E> {
+            fn drop(&mut self) {
+                self.registry.leave_outlet(&mut self.key);
+            }
+        }
+        let mut waiting = Waiting {
+            registry: &self.shared.registry,
+            key: None,
+        };
         let incident =
-            std::future::poll_fn(|cx| self.shared.registry.poll_incident(cx.waker())).await?;
+            std::future::poll_fn(|cx| waiting.registry.poll_incident(cx.waker(), &mut waiting.key))
+                .await?;
         Some(match incident {
             registry::Incident::Failure(failure) => Incident::Failed(failure),
             registry::Incident::Panic(panic) => Incident::Panicked {

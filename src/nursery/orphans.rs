@@ -84,7 +84,11 @@ impl Orphans {
         let adoptees: Vec<_> = {
             let mut state = lock(&self.state);
             state.stopped = true;
-            state.adoptees.iter().map(|(_, stop)| stop.clone()).collect()
+            state
+                .adoptees
+                .iter()
+                .map(|(_, stop)| stop.clone())
+                .collect()
         };
         // Outside the lock: an aborted task may be dropped inline, and its end takes it.
         adoptees
