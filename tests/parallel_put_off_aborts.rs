@@ -7,22 +7,8 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 
-use common::wait_until;
+use common::{Unfinished, wait_until};
 use tokio_nursery::*;
-
-/// Sets its flag when dropped before `finish`ed: a future cut short.
-struct Unfinished<'a> {
-    flag: &'a AtomicBool,
-    finished: bool,
-}
-
-impl Drop for Unfinished<'_> {
-    fn drop(&mut self) {
-        if !self.finished {
-            self.flag.store(true, SeqCst);
-        }
-    }
-}
 
 #[derive(Default)]
 struct Seen {

@@ -9,22 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
-use common::wait_until;
+use common::{Unfinished, wait_until};
 use tokio_nursery::*;
-
-/// Sets its flag when dropped before `finished` was set: a future cut short.
-struct Unfinished<'a> {
-    flag: &'a AtomicBool,
-    finished: bool,
-}
-
-impl Drop for Unfinished<'_> {
-    fn drop(&mut self) {
-        if !self.finished {
-            self.flag.store(true, SeqCst);
-        }
-    }
-}
 
 /// SPEC S12 + B2: a hard scope that puts off dropping its body while a parallel scope runs
 /// in it must wait for the exemption's end (which wakes it), not re-poll its body in a busy
@@ -143,6 +129,27 @@ async fn review_p_an_executor_task_running_a_parallel_scope_is_not_aborted() {
     );
 }
 
+/// A parallel scope whose one child borrows a local, sets `started`, and waits for
+/// `release` (not a cancellation point).
+async fn a_parallel_scope_until(release: Arc<tokio::sync::Notify>, started: Arc<AtomicBool>) {
+    let local = 1u64;
+    let borrowed = &local;
+    let (release, started) = (&*release, &*started);
+    // SAFETY: awaited to completion here; the runtime outlives the test.
+    let _ = unsafe {
+        parallel_scope_async(|s| async move {
+            s.spawn(async move {
+                started.store(true, SeqCst);
+                release.notified().await;
+                assert_eq!(*borrowed, 1);
+                Ok::<_, Cancelled>(())
+            });
+            Ok::<_, Cancelled>(())
+        })
+    }
+    .await;
+}
+
 /// `carry_scope` runs another task's future in a nursery child's own scope node; a
 /// parallel scope there exempts that node. The child's abort (grace expired) is then put
 /// off although no parallel scope runs in the child, and when the other task's scope ends
@@ -158,24 +165,7 @@ async fn review_p_a_parallel_scope_in_a_carried_task_does_not_lose_the_carriers_
             let (r2, st2) = (r.clone(), st.clone());
             n.spawn(async move {
                 // A plain task that carries this child's scope and runs a parallel scope.
-                drop(tokio::spawn(carry_scope(async move {
-                    let local = 1u64;
-                    let borrowed = &local;
-                    let (r, st) = (&*r2, &*st2);
-                    // SAFETY: awaited to completion here; the runtime outlives the test.
-                    let _ = unsafe {
-                        parallel_scope_async(|s| async move {
-                            s.spawn(async move {
-                                st.store(true, SeqCst);
-                                r.notified().await; // not a cancellation point
-                                assert_eq!(*borrowed, 1);
-                                Ok::<_, Cancelled>(())
-                            });
-                            Ok::<_, Cancelled>(())
-                        })
-                    }
-                    .await;
-                })));
+                drop(tokio::spawn(carry_scope(a_parallel_scope_until(r2, st2))));
                 // Ignores its cancellation: only the grace's abort ends it.
                 std::future::pending::<()>().await;
                 Ok::<_, Cancelled>(())
@@ -210,24 +200,7 @@ async fn review_p_a_carried_parallel_scope_does_not_put_off_the_carriers_hard_dr
     let handle = scope.handle();
     let (r, st) = (release.clone(), started.clone());
     let task = tokio::spawn(scope.run(async move {
-        drop(tokio::spawn(carry_scope(async move {
-            let local = 1u64;
-            let borrowed = &local;
-            let (r, st) = (&*r, &*st);
-            // SAFETY: awaited to completion here; the runtime outlives the test.
-            let _ = unsafe {
-                parallel_scope_async(|s| async move {
-                    s.spawn(async move {
-                        st.store(true, SeqCst);
-                        r.notified().await; // not a cancellation point
-                        assert_eq!(*borrowed, 1);
-                        Ok::<_, Cancelled>(())
-                    });
-                    Ok::<_, Cancelled>(())
-                })
-            }
-            .await;
-        })));
+        drop(tokio::spawn(carry_scope(a_parallel_scope_until(r, st))));
         std::future::pending::<()>().await; // dropped here by the hard scope
         Ok::<_, Cancelled>(())
     }));

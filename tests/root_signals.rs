@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::Unfinished;
 use common::nursery::{signal_self, within_hang_bound};
 use tokio_nursery::*;
 
@@ -188,18 +189,6 @@ fn n13_after_main_returns_one_signal_stops_the_wait_for_protected_work() {
 #[test]
 fn n13_the_root_does_not_drop_main_while_a_parallel_scope_runs_in_it() {
     let _one = ONE_ROOT.lock().unwrap_or_else(|e| e.into_inner());
-    /// Sets its flag when dropped before `finished` was set: a child cut short.
-    struct Unfinished<'a> {
-        flag: &'a AtomicBool,
-        finished: bool,
-    }
-    impl Drop for Unfinished<'_> {
-        fn drop(&mut self) {
-            if !self.finished {
-                self.flag.store(true, Ordering::SeqCst);
-            }
-        }
-    }
     let cut_short = Arc::new(AtomicBool::new(false));
     let finished = Arc::new(AtomicBool::new(false));
     let (cut, fin) = (cut_short.clone(), finished.clone());

@@ -10,6 +10,8 @@
 //!   flag for code that cannot await.
 //! - [`leak_checked`] runs a test's body, then checks that no task is left on the runtime
 //!   (SPEC R3); every `#[tokio::test]` of the integration tests runs its body in it.
+//! - [`Unfinished`] marks a future cut short (dropped before it finished), for the tests of
+//!   what the crate must never drop (parallel borrowing scopes, SPEC B2).
 //! - [`nursery`] holds the helpers of the nursery test crates (tests/spec_nursery.rs,
 //!   tests/spec_nursery_more.rs).
 //!
@@ -297,6 +299,20 @@ impl tokio_nursery::CancelError for AppError {
         match self {
             AppError::Cancelled(cancelled) => Some(cancelled),
             _ => None,
+        }
+    }
+}
+
+/// Sets its flag when dropped before `finished` was set: a future cut short.
+pub struct Unfinished<'a> {
+    pub flag: &'a std::sync::atomic::AtomicBool,
+    pub finished: bool,
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.flag.store(true, Ordering::SeqCst);
         }
     }
 }
