@@ -1045,20 +1045,18 @@ impl Node {
             if bits & INHERITED == 0 {
                 return origin;
             }
-            let (parent, frozen) = {
-                let inner = lock(&node.inner);
+            let inner = lock(&node.inner);
+            let Some(parent) = inner.parent.clone() else {
+                // The chain ends at an ended scope (it left the tree): its own cancellation is
+                // the outermost visible; else the one it inherited and kept.
                 let frozen = inner
                     .cold
                     .as_ref()
                     .and_then(|cold| cold.frozen_origin.clone());
-                (inner.parent.clone(), frozen)
+                return origin.or(frozen);
             };
-            match parent {
-                Some(parent) => node = parent,
-                // The chain ends at an ended scope (it left the tree): its own cancellation is
-                // the outermost visible; else the one it inherited and kept.
-                None => return origin.or(frozen),
-            }
+            drop(inner);
+            node = parent;
         }
     }
 

@@ -355,16 +355,16 @@ impl Root {
 
 /// Whether a parallel borrowing scope runs in `main` (it exempts the root's scope).
 fn main_exempt<E>(root: &Mutex<Option<NurseryHandle<E>>>) -> bool {
-    lock(root)
-        .as_ref()
-        .is_some_and(|handle| handle.scope().node.is_exempt())
+    root_scope(root).is_some_and(|node| node.is_exempt())
 }
 
 /// Puts off cutting `main` if a parallel borrowing scope runs in it (true).
 fn defer_cut<E>(root: &Mutex<Option<NurseryHandle<E>>>) -> bool {
-    lock(root)
-        .as_ref()
-        .is_some_and(|handle| handle.scope().node.defer_if_exempt())
+    root_scope(root).is_some_and(|node| node.defer_if_exempt())
+}
+
+fn root_scope<E>(root: &Mutex<Option<NurseryHandle<E>>>) -> Option<Arc<crate::node::Node>> {
+    lock(root).as_ref().map(|handle| handle.scope().node)
 }
 
 impl Default for Root {

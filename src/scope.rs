@@ -726,7 +726,7 @@ fn end_on_drop<F>(mut this: ScopeCoreProj<'_, F>) {
     }
     if let Some(node) = this.node.as_ref() {
         // Ends the node even if the body's drop code panics (SPEC R3).
-        let end = EndOnUnwindNode(node);
+        let end = EndsNode(node);
         if this.body.as_mut().as_pin_mut().is_some() {
             context::enter(FrameKind::Linked(node), || this.body.set(None));
         }
@@ -735,9 +735,10 @@ fn end_on_drop<F>(mut this: ScopeCoreProj<'_, F>) {
     }
 }
 
-struct EndOnUnwindNode<'a>(&'a Arc<Node>);
+/// Ends its node when dropped: after the body's drop, or while that drop unwinds.
+struct EndsNode<'a>(&'a Arc<Node>);
 
-impl Drop for EndOnUnwindNode<'_> {
+impl Drop for EndsNode<'_> {
     fn drop(&mut self) {
         self.0.end(false);
     }

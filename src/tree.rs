@@ -237,12 +237,7 @@ type Cancellation = Option<(CancelReason, Instant)>;
 /// What `root`'s ancestors give it in the tree: the cancellation passed down to it, and its
 /// parent's owner (which describes children without a label of their own).
 fn seed(root: &Arc<Node>) -> (Cancellation, Option<Arc<dyn crate::node::Attachment>>) {
-    let mut ancestors = Vec::new();
-    let mut next = root.parent();
-    while let Some(ancestor) = next {
-        next = ancestor.parent();
-        ancestors.push(ancestor);
-    }
+    let ancestors: Vec<_> = std::iter::successors(root.parent(), |node| node.parent()).collect();
     let owner = ancestors.first().and_then(|parent| parent.attachment());
     let inherited = ancestors.iter().rev().fold(None, |inherited, ancestor| {
         cancellation_of(&ancestor.view(), inherited).1

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-
 use tokio::time::Instant;
 
 use super::child::{ChildHandle, ChildInfo, ChildOutput, origin_of, settle};

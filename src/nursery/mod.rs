@@ -911,15 +911,12 @@ where
     /// Waits for a slot of the concurrency limit (`None` without a limit): `Full` for a
     /// child of this nursery, which might wait for its own slot (SPEC N11).
     pub(crate) async fn slot_when_free(&self) -> Result<Option<OwnedSemaphorePermit>, SpawnError> {
-        Ok(match &self.shared.limit {
-            None => None,
-            Some(limit) => match limit.clone().try_acquire_owned() {
-                Ok(slot) => Some(slot),
-                Err(_) if !self.shared.registry.is_open() => return Err(SpawnError::Closed),
-                Err(_) if self.is_own_child() => return Err(SpawnError::Full),
-                Err(_) => Some(acquire_slot(limit.clone()).await?),
-            },
-        })
+        match (self.free_slot(), &self.shared.limit) {
+            (Err(SpawnError::Full), Some(limit)) if !self.is_own_child() => {
+                Ok(Some(acquire_slot(limit.clone()).await?))
+            }
+            (slot, _) => slot,
+        }
     }
 
     /// Waits until the nursery's concurrency limit leaves a slot, then spawns (SPEC N11).

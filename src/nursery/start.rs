@@ -274,19 +274,18 @@ where
     {
         // A child starting a child into its own full nursery would wait for the signal while
         // the started child waits for a slot, maybe the caller's own (SPEC N11): `Full`.
-        let slot = match &self.shared.limit {
-            Some(limit) => match limit.clone().try_acquire_owned() {
-                Ok(slot) => Some(slot),
-                Err(_) if self.shared.registry.is_open() && self.is_own_child() => {
-                    return Start {
-                        state: None,
-                        closed: Some(SpawnError::Full),
-                        orphaned_end: None,
-                    };
-                }
-                Err(_) => None,
-            },
-            None => None,
+        // Otherwise a full nursery's child waits for a slot in its own task, and a closed
+        // nursery refuses the spawn below.
+        let slot = match self.free_slot() {
+            Ok(slot) => slot,
+            Err(SpawnError::Full) if self.is_own_child() => {
+                return Start {
+                    state: None,
+                    closed: Some(SpawnError::Full),
+                    orphaned_end: None,
+                };
+            }
+            Err(_) => None,
         };
         let state = Arc::new(StartState::new(self.shared.node.clone()));
         let ready = Ready {
