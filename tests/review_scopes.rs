@@ -3,12 +3,13 @@
 
 mod common;
 
+use std::future::Future;
 use std::time::Duration;
 
 use tokio::time::Instant;
 use tokio_nursery::{
-    CancelScope, Cancelled, cancelled, carry_scope, check_cancelled, current_scope, is_cancelled,
-    move_on_after, move_on_at, sleep, sleep_until,
+    CancelScope, Cancelled, Carried, ScopeId, cancelled, carry_scope, check_cancelled,
+    current_scope, is_cancelled, move_on_after, move_on_at, sleep, sleep_until,
 };
 
 fn ms(n: u64) -> Duration {
@@ -23,28 +24,13 @@ fn ms(n: u64) -> Duration {
 #[tokio::test(start_paused = true)]
 async fn ended_scope_inherited_cancellation_is_reported_by_points() {
     common::leak_checked(async move {
-        let outer = CancelScope::new();
-        let outer_handle = outer.handle();
-        let outer_id = outer_handle.id();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let _ = outer
-            .run(async move {
-                let carried = CancelScope::new()
-                    .run(async move {
-                        outer_handle.cancel();
-                        Ok::<_, Cancelled>(carry_scope(async {
-                            let flag = is_cancelled();
-                            let checked = check_cancelled();
-                            let waited = tokio::time::timeout(ms(10), cancelled()).await;
-                            (flag, checked, waited)
-                        }))
-                    })
-                    .await;
-                tx.send(carried).ok();
-                Ok::<_, Cancelled>(())
-            })
-            .await;
-        let carried = rx.await.unwrap().unwrap().unwrap();
+        let (outer_id, carried) = carried_from_an_ended_inheriting_scope(async {
+            let flag = is_cancelled();
+            let checked = check_cancelled();
+            let waited = tokio::time::timeout(ms(10), cancelled()).await;
+            (flag, checked, waited)
+        })
+        .await;
         let (flag, checked, waited) = carried.await;
         assert!(flag, "is_cancelled() sees the kept cancellation");
         let checked = checked.expect_err("check_cancelled must report what is_cancelled sees");
@@ -76,7 +62,7 @@ async fn a_deadline_wins_a_tie_with_a_sleep_whether_or_not_the_scope_has_a_node(
             Ok::<_, Cancelled>("after the sleep")
         })
         .await;
-        // The same helper scope, given a node by taking a handle: now the sleep wins.
+        // The same helper scope, given a node by taking a handle (the sleep won there).
         let linked_helper = move_on_at(t + ms(10), async move {
             let _ = current_scope();
             sleep_until(t + ms(10)).await?;
@@ -129,38 +115,45 @@ async fn expired_helper_stays_cancelled_once_it_gets_a_node() {
 #[tokio::test(start_paused = true)]
 async fn hard_scope_under_ended_inherited_scope_does_not_spin() {
     common::leak_checked(async move {
-        let outer = CancelScope::new();
-        let outer_handle = outer.handle();
-        let outer_id = outer_handle.id();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let _ = outer
-            .run(async move {
-                let carried = CancelScope::new()
-                    .run(async move {
-                        outer_handle.cancel();
-                        Ok::<_, Cancelled>(carry_scope(async {
-                            let polls = std::sync::atomic::AtomicUsize::new(0);
-                            CancelScope::new()
-                                .hard()
-                                .run(std::future::poll_fn(|_| {
-                                    let n = polls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                                    assert!(n < 100, "the hard scope polls its body for ever");
-                                    std::task::Poll::<Result<(), Cancelled>>::Pending
-                                }))
-                                .await
-                        }))
-                    })
-                    .await;
-                tx.send(carried).ok();
-                Ok::<_, Cancelled>(())
-            })
-            .await;
-        let carried = rx.await.unwrap().unwrap().unwrap();
+        let (outer_id, carried) = carried_from_an_ended_inheriting_scope(async {
+            let polls = std::sync::atomic::AtomicUsize::new(0);
+            CancelScope::new()
+                .hard()
+                .run(std::future::poll_fn(|_| {
+                    let n = polls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    assert!(n < 100, "the hard scope polls its body for ever");
+                    std::task::Poll::<Result<(), Cancelled>>::Pending
+                }))
+                .await
+        })
+        .await;
         let out = carried.await;
         let cancelled = out.expect_err("the hard scope drops its body and passes the cancellation");
         assert_eq!(cancelled.scope(), outer_id);
     })
     .await
+}
+
+/// `future`, carried out of a scope that ended while it inherited its parent's cancellation
+/// (it keeps it: DESIGN invariant 7), with the id of that parent.
+async fn carried_from_an_ended_inheriting_scope<F: Future>(future: F) -> (ScopeId, Carried<F>) {
+    let outer = CancelScope::new();
+    let outer_handle = outer.handle();
+    let outer_id = outer_handle.id();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let _ = outer
+        .run(async move {
+            let carried = CancelScope::new()
+                .run(async move {
+                    outer_handle.cancel();
+                    Ok::<_, Cancelled>(carry_scope(future))
+                })
+                .await;
+            tx.send(carried).ok();
+            Ok::<_, Cancelled>(())
+        })
+        .await;
+    (outer_id, rx.await.unwrap().unwrap().unwrap())
 }
 
 /// Two nested helper scopes waiting without a node, both deadlines passed on the clock
