@@ -68,10 +68,9 @@
 //! 1. `1-spawn-join`: N trivial children (`Ok(black_box(1))`), timed from before the
 //!    nursery is created until it returned; the body keeps the `ChildHandle`s in a `Vec`
 //!    and awaits each. Peers: `bare-spawn` (`tokio::spawn` into a `Vec<JoinHandle>`, then
-//!    await each), `joinset` (spawn all, `join_next` until `None`), `async-scoped`
-//!    (`TokioScope::scope_and_collect`, capped). The issue's `tasktracker` peer is not run:
-//!    `TaskTracker` is behind tokio-util's `rt` feature, which the dev-dependency does not
-//!    enable.
+//!    await each), `joinset` (spawn all, `join_next` until `None`), `tasktracker`
+//!    (`TaskTracker::spawn`, handles dropped, then `close` and `wait`), `async-scoped`
+//!    (`TokioScope::scope_and_collect`, capped).
 //! 2. `2-coop-cancel`: N parked children, each made a cancellation point with
 //!    `.cancellable()`, all polled once; timed from `NurseryHandle::cancel()` until the
 //!    nursery returned. Peer `token-select-joinset`: each child `select!`s between a

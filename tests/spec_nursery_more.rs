@@ -2728,6 +2728,45 @@ async fn n14_a_collecting_nursery_keeps_outcomes_until_taken() {
 // N16. Blocking children.
 // ---------------------------------------------------------------------------------------------
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn n16_a_named_blocking_child_is_named_by_its_handle_the_tree_and_its_failure() {
+    common::leak_checked(async move {
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let out = Nursery::new()
+            .run(|n: NurseryHandle<AppError>| async move {
+                let (ready_tx, ready_rx) = oneshot::channel();
+                let child = n.spawn_blocking_named("crunch", move |_ctx| {
+                    ready_tx.send(()).unwrap();
+                    release_rx.recv().unwrap();
+                    Err::<(), _>(AppError::Boom(7))
+                });
+                assert_eq!(child.name(), Some("crunch"));
+                ready_rx.await.unwrap();
+                let tree = TaskTree::of(&n.scope());
+                let entry = tree
+                    .entries()
+                    .iter()
+                    .find(|e| e.kind == "blocking child")
+                    .unwrap_or_else(|| panic!("no blocking child in the tree:\n{tree}"));
+                assert_eq!(entry.name.as_deref(), Some("crunch"), "{tree}");
+                assert!(tree.to_string().contains("\"crunch\""), "{tree}");
+                release_tx.send(()).unwrap();
+                // The failure cancels the nursery, so awaiting the handle here could report
+                // that instead: the nursery waits for the child.
+                drop(child);
+                Ok::<_, AppError>(())
+            })
+            .await;
+        let failures = failed(out);
+        assert_eq!(booms(&failures), [7]);
+        match failures[0].origin() {
+            Origin::Child { name, .. } => assert_eq!(name.as_deref(), Some("crunch")),
+            other => panic!("expected the child as the origin, got {other:?}"),
+        }
+    })
+    .await
+}
+
 #[tokio::test(start_paused = true)]
 async fn n16_a_blocking_child_sees_its_nurserys_deadline_through_its_context() {
     common::leak_checked(async move {

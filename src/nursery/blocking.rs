@@ -94,11 +94,35 @@ enum Slot {
     Wait(Arc<Semaphore>),
 }
 
+/// A blocking child as its nursery's registry and its handle see it: its scope (it always
+/// has one) and the name given at spawn.
+pub(crate) struct BlockingChild {
+    pub(crate) node: Arc<Node>,
+    pub(crate) name: Option<Arc<str>>,
+}
+
+impl ChildInfo for BlockingChild {
+    fn name(&self) -> Option<&Arc<str>> {
+        self.name.as_ref()
+    }
+
+    fn cancel(&self, reason: CancelReason) {
+        self.node.cancel(reason);
+    }
+
+    /// A running blocking child cannot be aborted: it is told through its scope (and tokio's
+    /// abort keeps one that has not started from starting).
+    fn abort_put_off(&self) -> bool {
+        self.node.cancel(CancelReason::Explicit(None));
+        false
+    }
+}
+
 /// A blocking child that waited for a slot: the state its async task and its handle's
 /// `abort` agree on, so that an abort either keeps it from starting or, once it started,
 /// only cancels it (a blocking closure cannot be aborted).
 struct Queued {
-    node: Arc<Node>,
+    child: Arc<BlockingChild>,
     /// `WAITING`, `STARTED` or `ABORTED`.
     state: AtomicU8,
 }
@@ -109,16 +133,16 @@ const ABORTED: u8 = 2;
 
 impl ChildInfo for Queued {
     fn name(&self) -> Option<&Arc<str>> {
-        None
+        self.child.name()
     }
 
     fn cancel(&self, reason: CancelReason) {
-        self.node.cancel(reason);
+        self.child.cancel(reason);
     }
 
     /// Told, and aborted only if it has not started (then it never does).
     fn abort_put_off(&self) -> bool {
-        self.node.cancel(CancelReason::Explicit(None));
+        self.child.node.cancel(CancelReason::Explicit(None));
         self.state
             .compare_exchange(WAITING, ABORTED, Ordering::AcqRel, Ordering::Acquire)
             .is_err()
@@ -145,9 +169,9 @@ where
     E: CancelError + fmt::Debug + Send + 'static,
 {
     let context = BlockingContext {
-        node: finished.node.clone(),
+        node: finished.child.node.clone(),
     };
-    let node = &finished.node;
+    let node = &finished.child.node;
     let ended = catch_unwind(AssertUnwindSafe(|| {
         context::enter(FrameKind::Linked(node), || {
             let _slot = match slot {
@@ -157,20 +181,20 @@ where
             child(context)
         })
     }));
-    let origin = || origin_of(None, node.id());
+    let origin = || origin_of(finished.child.name.clone(), node.id());
     settle(ended, node.is_cancelled(), &finished.nursery, origin)
 }
 
 /// Ends a blocking child's scope and tells its nursery, however the closure ends.
 struct Finished<E> {
     nursery: Arc<Shared<E>>,
-    node: Arc<Node>,
+    child: Arc<BlockingChild>,
     key: usize,
 }
 
 impl<E> Drop for Finished<E> {
     fn drop(&mut self) {
-        self.node.end(false);
+        self.child.node.end(false);
         self.nursery.registry.finished(Some(self.key));
     }
 }
@@ -194,7 +218,45 @@ where
         F: FnOnce(BlockingContext) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
     {
-        self.spawn_blocking_inner(child, true)
+        self.spawn_blocking_inner(None, child, true)
+            .unwrap_or_else(|error| panic!("tokio-nursery: {error}"))
+    }
+
+    /// Like [`spawn_blocking`](Self::spawn_blocking), with a name for reports, the
+    /// warnings and the task tree.
+    ///
+    /// ```
+    /// use tokio_nursery::{Cancelled, Nursery};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let sum = Nursery::new()
+    ///     .run(|nursery| async move {
+    ///         let sum = nursery.spawn_blocking_named("checksum", |context| {
+    ///             let mut sum = 0u64;
+    ///             for chunk in 0..1_000u64 {
+    ///                 context.check()?; // stops early once cancelled
+    ///                 sum += chunk;
+    ///             }
+    ///             Ok::<_, Cancelled>(sum)
+    ///         });
+    ///         Ok::<_, Cancelled>(sum.await.expect("the child's value"))
+    ///     })
+    ///     .await
+    ///     .expect("no failure");
+    /// assert_eq!(sum, Some(499_500));
+    /// # }
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// If the nursery has closed; see [`try_spawn_blocking`](Self::try_spawn_blocking).
+    pub fn spawn_blocking_named<F, T>(&self, name: &str, child: F) -> ChildHandle<T>
+    where
+        F: FnOnce(BlockingContext) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.spawn_blocking_inner(Some(Arc::from(name)), child, true)
             .unwrap_or_else(|error| panic!("tokio-nursery: {error}"))
     }
 
@@ -205,7 +267,7 @@ where
         F: FnOnce(BlockingContext) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
     {
-        self.spawn_blocking_inner(child, false)
+        self.spawn_blocking_inner(None, child, false)
     }
 
     /// Blocking children count against the concurrency limit (SPEC N11): without a free
@@ -213,6 +275,7 @@ where
     /// cancelled without running if cancelled meanwhile); otherwise it is `Full`.
     fn spawn_blocking_inner<F, T>(
         &self,
+        name: Option<Arc<str>>,
         child: F,
         queue: bool,
     ) -> Result<ChildHandle<T>, SpawnError>
@@ -231,9 +294,13 @@ where
             },
         };
         let node = Arc::new(Node::new(ScopeId::next(), false, None));
+        let blocking = Arc::new(BlockingChild {
+            node: node.clone(),
+            name,
+        });
         let (key, aborted) = shared
             .registry
-            .register(node.id().as_u64(), |_| Stopper::Blocking(node.clone()))?;
+            .register(node.id().as_u64(), |_| Stopper::Blocking(blocking.clone()))?;
         node.enter(Some(&shared.node), shared.node.timer());
         if aborted {
             // Registered after the nursery's children were aborted (a grace that ran out,
@@ -242,19 +309,19 @@ where
         }
         let finished = Finished {
             nursery: shared.clone(),
-            node: node.clone(),
+            child: blocking.clone(),
             key,
         };
         let runtime = shared.runtime.clone();
         let (join, info): (_, Arc<dyn ChildInfo>) = match slot {
             Slot::Wait(limit) => {
                 let queued = Arc::new(Queued {
-                    node: node.clone(),
+                    child: blocking.clone(),
                     state: AtomicU8::new(WAITING),
                 });
                 let gate = queued.clone();
                 let join = shared.runtime.spawn(async move {
-                    let slot = in_scope(&finished.node, acquire_slot(limit)).await;
+                    let slot = in_scope(&finished.child.node, acquire_slot(limit)).await;
                     let Ok(slot) = slot else {
                         return run(slot.map(Some), finished, child);
                     };
@@ -286,12 +353,12 @@ where
                     let (slot, finished) = parts;
                     run(Ok(slot), finished, child)
                 });
-                (join, Arc::new(node.clone()))
+                (join, blocking.clone())
             }
         };
         node.attach(Arc::new(ChildLabel {
             kind: "blocking child",
-            name: None,
+            name: blocking.name.clone(),
             task: join.id(),
         }));
         Ok(ChildHandle::new(join, info))

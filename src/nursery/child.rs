@@ -118,24 +118,6 @@ impl<E: Send + 'static> ChildInfo for ChildCell<E> {
     }
 }
 
-/// A blocking child (SPEC N16) always has its scope.
-impl ChildInfo for Arc<Node> {
-    fn name(&self) -> Option<&Arc<str>> {
-        None
-    }
-
-    fn cancel(&self, reason: CancelReason) {
-        Node::cancel(self, reason);
-    }
-
-    /// A running blocking child cannot be aborted: it is told through its scope (and tokio's
-    /// abort keeps one that has not started from starting).
-    fn abort_put_off(&self) -> bool {
-        Node::cancel(self, CancelReason::Explicit(None));
-        false
-    }
-}
-
 /// The future tokio runs for a child: the user's future, polled in the child's scope.
 ///
 /// Its output goes where its [`Route`] says: to the child's [`ChildHandle`] through tokio's

@@ -34,6 +34,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 pub use blocking::BlockingContext;
+use blocking::BlockingChild;
 pub use child::{ChildHandle, JoinError};
 pub use collector::{ChildControl, Collector};
 pub use orphans::{orphan_count, orphans_finished};
@@ -653,14 +654,14 @@ pub(crate) enum Stopper<E> {
     /// An async child: its cell holds its abort handle (which knows its task id), its name
     /// and its scope, for the task tree and the warnings.
     Task(Arc<ChildCell<E>>),
-    Blocking(Arc<Node>),
+    Blocking(Arc<BlockingChild>),
 }
 
 impl<E> Clone for Stopper<E> {
     fn clone(&self) -> Self {
         match self {
             Stopper::Task(cell) => Stopper::Task(cell.clone()),
-            Stopper::Blocking(node) => Stopper::Blocking(node.clone()),
+            Stopper::Blocking(child) => Stopper::Blocking(child.clone()),
         }
     }
 }
@@ -684,7 +685,7 @@ impl<E> Stopper<E> {
     /// Tells a blocking child, which cannot be aborted, to stop (SPEC N16).
     fn tell(&self, reason: CancelReason) {
         match self {
-            Stopper::Blocking(node) => node.cancel(reason),
+            Stopper::Blocking(child) => child.node.cancel(reason),
             // Already told "grace expired" when its abort was put off.
             Stopper::Task(_) => {}
         }
@@ -973,7 +974,7 @@ where
                 return task_child == Some(id)
                     || self.shared.registry.find(|stopper| match stopper {
                         Stopper::Task(cell) if cell.scope.id() == id => Some(()),
-                        Stopper::Blocking(child) if child.id() == id => Some(()),
+                        Stopper::Blocking(child) if child.node.id() == id => Some(()),
                         _ => None,
                     }) == Some(());
             }
@@ -1712,7 +1713,9 @@ fn child_names<E>(shared: &Shared<E>, filter: impl Fn(Option<&Node>, bool) -> bo
             {
                 (cell.scope.id(), cell.name())
             }
-            Stopper::Blocking(node) if filter(Some(node), false) => (node.id(), None),
+            Stopper::Blocking(child) if filter(Some(&child.node), false) => {
+                (child.node.id(), child.name.as_ref())
+            }
             _ => return None,
         };
         Some(match name {
