@@ -76,6 +76,9 @@ pub struct LocalScope<'env, E> {
     spare: Cell<Option<Arc<ChildWaker>>>,
     failures: RefCell<Vec<Failure<E>>>,
     panics: RefCell<Vec<(Origin, Box<dyn std::any::Any + Send>)>>,
+    /// The last poll of the children found tokio's budget spent before it polled any (the
+    /// body spent it): the next poll polls them before the body.
+    starved: Cell<bool>,
 }
 
 /// The children not yet polled, in spawn order: a FIFO linked through the children (each
@@ -453,6 +456,13 @@ where
     E: CancelError + fmt::Debug + 'env,
 {
     let node = enter_preset(&Arc::new(Node::new(ScopeId::next(), false, None)));
+    // Declared before the scope, so dropped after it: a dropped scope drops its children
+    // while its node is still linked, and a wait-mode nursery in a child finds the nursery
+    // around the scope to adopt its children (SPEC N9).
+    let mut ended = EndScope {
+        node: node.clone(),
+        caught: false,
+    };
     let scope = LocalScope {
         for_handles: Rc::new(Parent(node.clone())),
         node,
@@ -465,13 +475,17 @@ where
         }),
         failures: RefCell::new(Vec::new()),
         panics: RefCell::new(Vec::new()),
+        starved: Cell::new(false),
     };
-    let ended = EndScope(&scope.node);
     let mut body = pin!(body(&scope));
     let mut body_done = false;
     let mut value = None;
     poll_fn(|cx| {
         *lock(&scope.ready.parent) = Some(cx.waker().clone());
+        // Children the body left no budget for last time go first: a body that spends
+        // tokio's whole budget at every poll (a loop of checkpoints) must not starve them.
+        let children_first = scope.starved.take();
+        let mut children_ready = children_first && scope.poll_children();
         if !body_done {
             let node = &scope.node;
             let polled = catch_unwind(AssertUnwindSafe(|| {
@@ -496,7 +510,10 @@ where
                 }
             }
         }
-        if scope.poll_children() {
+        if !children_first {
+            children_ready = scope.poll_children();
+        }
+        if children_ready {
             // The budget ran out with children still ready: yield, then go on.
             cx.waker().wake_by_ref();
             return Poll::Pending;
@@ -508,8 +525,11 @@ where
         }
     })
     .await;
-    drop(ended);
-    scope.finish(value)
+    let out = scope.finish(value);
+    // Absorbed its own cancellation (SPEC S9): decided before the node ends, as a
+    // nursery's is.
+    ended.caught = matches!(out, Ok(None));
+    out
 }
 
 impl<E> Drop for LocalScope<'_, E> {
@@ -548,12 +568,17 @@ impl<E> Drop for LocalScope<'_, E> {
     }
 }
 
-/// Ends the local scope's node when its future completes or is dropped.
-struct EndScope<'a>(&'a Arc<Node>);
+/// Ends the local scope's node when its future completes or is dropped, after its children
+/// were dropped.
+struct EndScope {
+    node: Arc<Node>,
+    /// The scope absorbed its own cancellation (SPEC S9).
+    caught: bool,
+}
 
-impl Drop for EndScope<'_> {
+impl Drop for EndScope {
     fn drop(&mut self) {
-        self.0.end(false);
+        self.node.end(self.caught);
     }
 }
 
@@ -564,7 +589,8 @@ impl<E: CancelError + fmt::Debug> LocalScope<'_, E> {
         // At most one poll per child a call, like `FuturesUnordered`: a child that wakes
         // itself without spending tokio's budget (or a scope polled outside tokio, where the
         // budget never runs out) must not keep the scope's task, and its body, to itself.
-        let mut polls_left = self.children.borrow().len() + self.fresh.borrow().len();
+        let polls = self.children.borrow().len() + self.fresh.borrow().len();
+        let mut polls_left = polls;
         loop {
             if polls_left == 0 || !tokio::task::coop::has_budget_remaining() {
                 if self.children.borrow().is_empty() && self.fresh.borrow().is_empty() {
@@ -572,7 +598,10 @@ impl<E: CancelError + fmt::Debug> LocalScope<'_, E> {
                     lock(&self.ready.queue).clear();
                     return false;
                 }
-                return !self.fresh.borrow().is_empty() || !lock(&self.ready.queue).is_empty();
+                let ready =
+                    !self.fresh.borrow().is_empty() || !lock(&self.ready.queue).is_empty();
+                self.starved.set(ready && polls_left == polls);
+                return ready;
             }
             let mut children = self.children.borrow_mut();
             // The first child not yet polled, else the next woken one.

@@ -643,7 +643,15 @@ async fn ops_in_scope(
                     out,
                 );
             }
-            Op::HoldStart(kind) => held.push((kind, n.start(start_child(kind, ledger.clone())))),
+            Op::HoldStart(kind) => {
+                // Polled once, so its child is spawned (a start is lazy), then held.
+                let mut start = n.start(start_child(kind, ledger.clone()));
+                match catch(futures::future::poll_immediate(&mut start)).await {
+                    Ok(None) => held.push((kind, start)),
+                    Ok(Some(out)) => check_start(&ledger, kind, false, Ok(out)),
+                    Err(payload) => check_start(&ledger, kind, false, Err(payload)),
+                }
+            }
             Op::DropStarts => held.clear(),
             Op::CancelNursery(r) => n.scope().cancel_with(format!("reason {r}")),
             Op::CancelChild(i) => {
@@ -864,9 +872,11 @@ fn regression_a_held_starts_early_failure_survives_a_drop_of_the_nursery_future(
                         .on_report(hook(l.clone()))
                         .run(move |n: NurseryHandle<AppError>| async move {
                             let id = l.create("failure");
-                            let _held = n.start(move |_ready: Ready<()>| async move {
+                            let mut held = n.start(move |_ready: Ready<()>| async move {
                                 Err::<(), _>(AppError::Boom(id))
                             });
+                            // Polled once: the child is spawned (a start is lazy).
+                            assert!(futures::poll!(&mut held).is_pending());
                             // The child runs and fails; its end waits in `_held`.
                             while n.live_children() != 0 {
                                 tokio::task::yield_now().await;

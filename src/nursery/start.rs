@@ -1,15 +1,16 @@
 //! Starting a child with readiness, Trio's `nursery.start` (SPEC N3).
 //!
-//! [`NurseryHandle::start`] spawns a child that runs under the *caller's* scopes until it
-//! calls [`Ready::signal`]; then it moves under the nursery's scope and the caller gets the
-//! signalled value while the child keeps running. Before the signal the child is the
-//! caller's business: its failure goes to the caller alone. A pending start keeps the
-//! nursery open, since the child is registered with the nursery from the start.
+//! [`NurseryHandle::start`] returns a [`Start`] future; its first poll spawns a child that
+//! runs under the scopes that poll runs in (the caller's) until it calls [`Ready::signal`];
+//! then it moves under the nursery's scope and the caller gets the signalled value while
+//! the child keeps running. Before the signal the child is the caller's business: its
+//! failure goes to the caller alone. A pending start keeps the nursery open, since the
+//! child is registered with the nursery from its spawn.
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use super::child::{EarlyEnd, Starting, ToStarter};
@@ -123,18 +124,31 @@ impl<E: fmt::Debug + fmt::Display> std::error::Error for StartError<E> {
 
 /// The future of [`NurseryHandle::start`]: resolves with the signalled value.
 ///
+/// Lazy, like any future: its first poll spawns the child, under the scopes that poll runs
+/// in, so `move_on_after(d, n.start(f))` bounds the start (SPEC N3, S1), and the nursery's
+/// concurrency limit and closing are checked then.
+///
 /// Not a cancellation point: if the caller's scope is cancelled, the child sees it (it runs
 /// under those scopes) and this keeps waiting until the child signals or exits. Dropping it
 /// before the signal moves the child to the nursery with its own scope cancelled; a failure
 /// or panic that already ended the child, and that this future never returned, goes to the
-/// nursery then (or to its report hook once the nursery is gone): none is lost.
+/// nursery then (or to its report hook once the nursery is gone): none is lost. Dropping
+/// it before its first poll starts nothing.
 #[must_use = "a start does nothing unless awaited; dropping it cancels the child"]
 pub struct Start<V, E> {
     state: Option<Arc<StartState<V, E>>>,
+    /// Spawns the child, at the first poll. In a `Mutex` only so that `Start` is `Sync`
+    /// whatever the child's future is (it is taken once, through `&mut self`).
+    launch: Mutex<Option<Launch<V, E>>>,
     closed: Option<SpawnError>,
     /// Reports to the nursery an early end the caller never took (see `Drop`).
     orphaned_end: Option<OrphanedEnd<E>>,
 }
+
+/// Spawns a started child, given the state it shares with its starter: what reports its
+/// unclaimed early end, or why nothing was spawned.
+type Launch<V, E> =
+    Box<dyn FnOnce(&Arc<StartState<V, E>>) -> Result<OrphanedEnd<E>, SpawnError> + Send>;
 
 /// Hands a failure or panic that ended a started child before its signal, and that its
 /// caller never took, to the nursery (SPEC N3, N4, N6: never a lost failure).
@@ -148,6 +162,20 @@ where
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
+        let launch = this
+            .launch
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let (Some(launch), Some(state)) = (launch, this.state.as_ref()) {
+            match launch(state) {
+                Ok(report) => this.orphaned_end = Some(report),
+                Err(error) => {
+                    this.state = None;
+                    this.closed = Some(error);
+                }
+            }
+        }
         let Some(state) = this.state.as_ref() else {
             let closed = this.closed.take().expect("polled after completion");
             return Poll::Ready(Err(StartError::Spawn(closed)));
@@ -179,6 +207,14 @@ impl<V, E> Drop for Start<V, E> {
         let Some(state) = self.state.take() else {
             return;
         };
+        let launched = self
+            .launch
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_none();
+        if !launched {
+            return; // never polled: nothing was started
+        }
         // SPEC N3: the caller gave up before the signal; the child joins the nursery with
         // its own scope cancelled, and its end is the nursery's. An early end the caller
         // never took (the child ended before the signal, the caller gave up before polling
@@ -272,33 +308,48 @@ where
         V: Send + 'static,
         T: Send + 'static,
     {
+        let state = Arc::new(StartState::new(self.shared.node.clone()));
+        let future = child(Ready {
+            state: state.clone(),
+        });
+        let handle = self.clone();
+        let launch: Launch<V, E> = Box::new(move |state| handle.launch(name, future, state));
+        Start {
+            state: Some(state),
+            launch: Mutex::new(Some(launch)),
+            closed: None,
+            orphaned_end: None,
+        }
+    }
+
+    /// Spawns a started child, at its `Start`'s first poll (so in the caller's context).
+    fn launch<Fut, V, T>(
+        &self,
+        name: Option<Arc<str>>,
+        future: Fut,
+        state: &Arc<StartState<V, E>>,
+    ) -> Result<OrphanedEnd<E>, SpawnError>
+    where
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        V: Send + 'static,
+        T: Send + 'static,
+    {
         // A child starting a child into its own full nursery would wait for the signal while
         // the started child waits for a slot, maybe the caller's own (SPEC N11): `Full`.
         // Otherwise a full nursery's child waits for a slot in its own task, and a closed
         // nursery refuses the spawn below.
         let slot = match self.free_slot() {
             Ok(slot) => slot,
-            Err(SpawnError::Full) if self.is_own_child() => {
-                return Start {
-                    state: None,
-                    closed: Some(SpawnError::Full),
-                    orphaned_end: None,
-                };
-            }
+            Err(SpawnError::Full) if self.is_own_child() => return Err(SpawnError::Full),
             Err(_) => None,
         };
-        let state = Arc::new(StartState::new(self.shared.node.clone()));
-        let ready = Ready {
-            state: state.clone(),
-        };
-        let future = child(ready);
         // Until it signals, the child runs under the caller's scopes.
         let caller = context::with_current(|frame| frame.map(|frame| frame.node().clone()));
         let parent = caller.as_ref().unwrap_or(&self.shared.node);
         let route_state = state.clone();
         let mut started = None;
         let scope = &mut started;
-        let spawned = self.spawn_task(name.clone(), Some(parent), slot, future, move |child| {
+        let (join, _) = self.spawn_task(name.clone(), Some(parent), slot, future, move |child| {
             let node = child
                 .scope
                 .own()
@@ -306,44 +357,30 @@ where
             route_state.link(node);
             *scope = Some(node.clone());
             ToStarter(Some(route_state))
-        });
-        match spawned {
-            Ok((join, _)) => {
-                // Until it signals, its scope hangs under the caller's, whose owner does not
-                // know it: the scope names the child itself for the task tree (SPEC O2).
-                if let Some(node) = started {
-                    node.attach(Arc::new(ChildLabel {
-                        kind: "child",
-                        name: name.clone(),
-                        task: join.id(),
-                    }));
-                }
-                let shared = self.shared.clone();
-                let origin = Origin::Child {
-                    id: join.id(),
-                    name,
-                };
-                let orphaned_end: OrphanedEnd<E> = Box::new(move |end| match end {
-                    EarlyEnd::Failed(error) => {
-                        let stray = error.as_cancelled().is_some();
-                        shared.fail(Failure::new(origin, error, stray));
-                    }
-                    EarlyEnd::Panicked(payload) => shared.panicked(origin, payload),
-                    // An echo of the caller's cancellation, a return without a signal or
-                    // an abort: no failure of anyone's.
-                    EarlyEnd::Cancelled(_) | EarlyEnd::Returned | EarlyEnd::Aborted => {}
-                });
-                Start {
-                    state: Some(state),
-                    closed: None,
-                    orphaned_end: Some(orphaned_end),
-                }
-            }
-            Err(closed) => Start {
-                state: None,
-                closed: Some(closed),
-                orphaned_end: None,
-            },
+        })?;
+        // Until it signals, its scope hangs under the caller's, whose owner does not know
+        // it: the scope names the child itself for the task tree (SPEC O2).
+        if let Some(node) = started {
+            node.attach(Arc::new(ChildLabel {
+                kind: "child",
+                name: name.clone(),
+                task: join.id(),
+            }));
         }
+        let shared = self.shared.clone();
+        let origin = Origin::Child {
+            id: join.id(),
+            name,
+        };
+        Ok(Box::new(move |end| match end {
+            EarlyEnd::Failed(error) => {
+                let stray = error.as_cancelled().is_some();
+                shared.fail(Failure::new(origin, error, stray));
+            }
+            EarlyEnd::Panicked(payload) => shared.panicked(origin, payload),
+            // An echo of the caller's cancellation, a return without a signal or an
+            // abort: no failure of anyone's.
+            EarlyEnd::Cancelled(_) | EarlyEnd::Returned | EarlyEnd::Aborted => {}
+        }))
     }
 }
