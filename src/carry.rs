@@ -15,9 +15,11 @@ use crate::context::{self, FrameKind};
 use crate::node::Node;
 use crate::sync::Arc;
 
-/// Wraps `future` so that it runs in the scope current at this call (none outside a scope).
+/// Wraps `future` so that it runs in the scope current at this call.
 ///
-/// The future is not a new scope: it sees the carried scope's cancellation and deadlines,
+/// Outside every scope there is nothing to carry: the future then runs in whatever scope
+/// polls it, as an unwrapped future does (spawned with `tokio::spawn`, in none). The
+/// future is not a new scope: it sees the carried scope's cancellation and deadlines,
 /// and a `Cancelled` it returns is the caller's to handle. Once the carried scope has ended
 /// it no longer follows its ancestors (it keeps any cancellation it already had).
 ///

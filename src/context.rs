@@ -292,16 +292,16 @@ impl<'a> Frame<'a> {
         })
     }
 
-    /// Expires the deadline `at` where it is set, in the unshielded chain above (and
+    /// Expires the deadline `at` wherever it is set, in the unshielded chain above (and
     /// including) this frame: a helper scope without a node counts as expired, a scope with
-    /// one is cancelled (see [`Node::expire_deadline`]).
+    /// one is cancelled (see [`Node::expire_deadline`]); every scope sharing that instant,
+    /// so the outermost absorbs (SPEC S9).
     #[cfg(all(not(loom), feature = "http"))]
     pub(crate) fn expire_deadline(&self, at: Instant) {
         let mut frame = self;
         while let Some(inline) = frame.unlinked() {
             if inline.deadline == Some(at) {
                 inline.expired.set(Some(true));
-                return;
             }
             match frame.parent {
                 Some(parent) if !inline.shield => frame = parent,

@@ -370,15 +370,21 @@ impl Future for Adopted {
             Ok(poll) => poll,
             Err(payload) => {
                 // Reported to the adopter, which never resumes it (as for protected work).
-                this.done.adopter.orphan_report(OrphanReport::Panic(Panic {
-                    label: Origin::Child {
-                        id: tokio::task::id(),
-                        name: Some(std::sync::Arc::from("executor task")),
-                    },
-                    payload,
-                }));
+                this.done.report_panic(payload);
                 Poll::Ready(())
             }
+        }
+    }
+}
+
+impl Drop for Adopted {
+    /// The task is dropped here, however it ended (finished, aborted by its adopter, dropped
+    /// by the runtime's shutdown): a panic in its drop is reported as one in its poll is
+    /// (SPEC N6), not left in a join handle nobody holds.
+    fn drop(&mut self) {
+        let task = std::mem::replace(&mut self.task, Box::pin(std::future::ready(())));
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| drop(task))) {
+            self.done.report_panic(payload);
         }
     }
 }
@@ -389,6 +395,21 @@ struct Done {
     adopter: Arc<dyn Adopter<Origin>>,
     key: usize,
     node: Arc<Node>,
+}
+
+impl Done {
+    /// A panic of the task, for its adopter, which never resumes it.
+    fn report_panic(&self, payload: Box<dyn std::any::Any + Send>) {
+        let name = Some(std::sync::Arc::from("executor task"));
+        let label = match tokio::task::try_id() {
+            Some(id) => Origin::Child { id, name },
+            None => Origin::Local {
+                scope: self.node.id(),
+            },
+        };
+        self.adopter
+            .orphan_report(OrphanReport::Panic(Panic { label, payload }));
+    }
 }
 
 impl Drop for Done {

@@ -598,8 +598,7 @@ impl<E: CancelError + fmt::Debug> LocalScope<'_, E> {
                     lock(&self.ready.queue).clear();
                     return false;
                 }
-                let ready =
-                    !self.fresh.borrow().is_empty() || !lock(&self.ready.queue).is_empty();
+                let ready = !self.fresh.borrow().is_empty() || !lock(&self.ready.queue).is_empty();
                 self.starved.set(ready && polls_left == polls);
                 return ready;
             }

@@ -866,19 +866,20 @@ impl Node {
         });
     }
 
-    /// Cancels, with reason `Deadline`, the scope in the unshielded chain above (and
+    /// Cancels, with reason `Deadline`, the scopes in the unshielded chain above (and
     /// including) this one whose own deadline is `at`: code that cannot go on before `at`
     /// (a request whose remaining time its headers cannot carry) expires it now, so what it
-    /// returns is an echo of that cancellation (SPEC S15, D1).
+    /// returns is an echo of that cancellation (SPEC S15, D1). Every scope sharing that
+    /// instant expires, as when the deadline service fires them in one batch: the
+    /// outermost absorbs (S9).
     #[cfg(all(not(loom), feature = "http"))]
     pub(crate) fn expire_deadline(self: &Arc<Self>, at: Instant) {
         self.visit_unshielded(|node, inner| {
-            if inner.deadline() != Some(at) {
-                return ControlFlow::Continue(());
+            if inner.deadline() == Some(at) {
+                drop(inner);
+                node.cancel(CancelReason::Deadline);
             }
-            drop(inner);
-            node.cancel(CancelReason::Deadline);
-            ControlFlow::Break(())
+            ControlFlow::Continue(())
         });
     }
 

@@ -122,6 +122,11 @@ impl TaskTree {
                 Item::Scope(root, 0, inherited, parent)
             })
             .collect();
+        // Adopted work that is still linked where it runs (protected work, an executor's
+        // task: linked under their caller's scope and adopted by the nursery above) is
+        // reached twice: it is listed once, where it runs if that is in the snapshot (the
+        // adopted are visited after their adopter's children).
+        let mut listed = std::collections::HashSet::new();
         while let Some(item) = stack.pop() {
             let (node, depth, inherited, parent) = match item {
                 Item::Scope(node, depth, inherited, parent) => (node, depth, inherited, parent),
@@ -130,6 +135,16 @@ impl TaskTree {
                     continue;
                 }
             };
+            if !listed.insert(node.id()) {
+                continue;
+            }
+            // The children without a scope are read before the scopes below: a child whose
+            // scope is made in between is then seen twice (listed once, as a scope) rather
+            // than missed.
+            let without_scope = node
+                .attachment()
+                .map(|owner| owner.children_without_scope())
+                .unwrap_or_default();
             let mut view = node.view();
             if view.description.is_none() {
                 view.description = parent.and_then(|parent| parent.describe_child(view.id));
@@ -138,12 +153,13 @@ impl TaskTree {
             // Siblings by scope id: the order their scopes were made on each thread (children:
             // spawn order, for those spawned from one thread), those without a scope of
             // their own among them.
-            let mut below: Vec<(ScopeId, Item)> = view
-                .attachment
-                .as_ref()
-                .map(|owner| owner.children_without_scope())
-                .unwrap_or_default()
+            let scoped: std::collections::HashSet<ScopeId> = match without_scope.is_empty() {
+                true => std::collections::HashSet::new(),
+                false => view.children.iter().map(|child| child.id()).collect(),
+            };
+            let mut below: Vec<(ScopeId, Item)> = without_scope
                 .into_iter()
+                .filter(|(scope, _)| !scoped.contains(scope))
                 .map(|(scope, description)| {
                     let leaf = TreeEntry {
                         depth: depth + 1,
@@ -169,7 +185,6 @@ impl TaskTree {
                 (child.id(), scope)
             }));
             below.sort_by_key(|(id, _)| *id);
-            stack.extend(below.into_iter().rev().map(|(_, item)| item));
             for adopted in view.adopted.iter().rev() {
                 stack.push(Item::Scope(
                     adopted.clone(),
@@ -178,6 +193,7 @@ impl TaskTree {
                     view.attachment.clone(),
                 ));
             }
+            stack.extend(below.into_iter().rev().map(|(_, item)| item));
             let (kind, name, detail) = match view.description {
                 Some(description) => (
                     description.kind,

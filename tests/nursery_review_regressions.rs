@@ -695,9 +695,11 @@ async fn r14_a_failure_before_the_signal_of_an_abandoned_start_is_the_nurserys()
     common::leak_checked(async move {
         let out = Nursery::new()
             .run(|n: NurseryHandle<StartFailure>| async move {
-                let start =
+                let mut start =
                     n.start(|_ready: Ready<u32>| async move { Err::<(), _>(StartFailure::Boom) });
-                // The child fails now; the caller gives up without polling again.
+                // Polled once (a start is lazy: this spawns the child), then the child fails;
+                // the caller gives up without polling again.
+                assert!(futures::poll!(&mut start).is_pending());
                 tokio::time::sleep(Duration::from_millis(1)).await;
                 drop(start);
                 Ok(())
@@ -720,11 +722,13 @@ async fn r14_a_panic_before_the_signal_of_an_abandoned_start_is_resumed_by_the_n
         let out = tokio::spawn(async {
             Nursery::new()
                 .run(|n: NurseryHandle<Cancelled>| async move {
-                    let start = n.start(|_ready: Ready<u32>| async move {
+                    let mut start = n.start(|_ready: Ready<u32>| async move {
                         panic!("before the signal");
                         #[allow(unreachable_code)]
                         Ok::<(), Cancelled>(())
                     });
+                    // Polled once: a start is lazy, this spawns the child.
+                    assert!(futures::poll!(&mut start).is_pending());
                     tokio::time::sleep(Duration::from_millis(1)).await;
                     drop(start);
                     Ok(())
@@ -743,7 +747,10 @@ async fn r14_an_abandoned_start_whose_child_returned_without_signalling_fails_no
     common::leak_checked(async move {
         let out = Nursery::new()
             .run(|n: NurseryHandle<StartFailure>| async move {
-                let start = n.start(|_ready: Ready<u32>| async move { Ok::<(), StartFailure>(()) });
+                let mut start =
+                    n.start(|_ready: Ready<u32>| async move { Ok::<(), StartFailure>(()) });
+                // Polled once: a start is lazy, this spawns the child.
+                assert!(futures::poll!(&mut start).is_pending());
                 tokio::time::sleep(Duration::from_millis(1)).await;
                 drop(start);
                 Ok(())

@@ -62,7 +62,12 @@ async fn b1_a_child_that_spends_budget_too_progresses_beside_a_body_that_spends_
         Ok::<_, Cancelled>(done.get())
     })
     .await;
-    assert_eq!(out.unwrap(), Some(1_000), "after {} body rounds", rounds.get());
+    assert_eq!(
+        out.unwrap(),
+        Some(1_000),
+        "after {} body rounds",
+        rounds.get()
+    );
 }
 
 /// S9 through B1 ("the same cancellation rules"): a local scope that absorbs its own
@@ -153,7 +158,8 @@ async fn passing_n3_after_the_signal_the_callers_deadline_no_longer_reaches_the_
 /// parent) *before* `LocalScope::drop` drops the children: the inner nursery's walk up the
 /// scope tree (`nearest_adopter`) stops at the ended local node and finds no adopter.
 #[tokio::test(start_paused = true)]
-async fn n9_a_nursery_in_a_local_child_dropped_with_the_local_scope_is_adopted_by_the_enclosing_nursery() {
+async fn n9_a_nursery_in_a_local_child_dropped_with_the_local_scope_is_adopted_by_the_enclosing_nursery()
+ {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     let cleaned = Arc::new(AtomicBool::new(false));

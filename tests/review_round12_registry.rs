@@ -131,27 +131,23 @@ async fn n6_a_panic_in_the_drop_of_an_aborted_executor_task_is_reported() {
     leak_checked(async {
         let (seen, hook) = recording_hook();
         let dropped = Arc::new(AtomicBool::new(false));
-        let out = no_hang(
-            Nursery::new()
-                .grace(ms(10))
-                .on_report(hook)
-                .run(|n: NurseryHandle<Cancelled>| {
-                    let dropped = dropped.clone();
-                    async move {
-                        let executor = NurseryExecutor::current().unwrap();
-                        executor.spawn(async move {
-                            let _flag = common::nursery::OnDrop(Some(move || {
-                                dropped.store(true, SeqCst)
-                            }));
-                            let _bomb = PanicOnDrop("executor task drop bomb");
-                            std::future::pending::<()>().await
-                        });
-                        tokio::task::yield_now().await;
-                        n.cancel();
-                        Ok::<_, Cancelled>(())
-                    }
-                }),
-        )
+        let out = no_hang(Nursery::new().grace(ms(10)).on_report(hook).run(
+            |n: NurseryHandle<Cancelled>| {
+                let dropped = dropped.clone();
+                async move {
+                    let executor = NurseryExecutor::current().unwrap();
+                    executor.spawn(async move {
+                        let _flag =
+                            common::nursery::OnDrop(Some(move || dropped.store(true, SeqCst)));
+                        let _bomb = PanicOnDrop("executor task drop bomb");
+                        std::future::pending::<()>().await
+                    });
+                    tokio::task::yield_now().await;
+                    n.cancel();
+                    Ok::<_, Cancelled>(())
+                }
+            },
+        ))
         .await;
         assert!(out.is_ok(), "{out:?}");
         assert!(dropped.load(SeqCst), "the executor task was aborted");
@@ -346,7 +342,7 @@ async fn n9_passing_a_wait_drop_racing_with_failing_children_reports_each_exactl
 /// aborted and the outer nursery waits for it for ever (here: until the stuck child's hour).
 #[tokio::test(start_paused = true)]
 async fn n7_grace_expiry_cascades_into_a_nursery_running_in_the_body() {
-    use common::nursery::{stuck, sleep_forever};
+    use common::nursery::{sleep_forever, stuck};
     leak_checked(async {
         let live = common::LiveFutures::new();
         let tracker = live.clone();
@@ -381,7 +377,7 @@ async fn n7_grace_expiry_cascades_into_a_nursery_running_in_the_body() {
 /// adopted by the outer nursery, which has aborted: its stuck child is aborted at once.
 #[tokio::test(start_paused = true)]
 async fn n7_passing_grace_expiry_cascades_into_a_wait_mode_nursery_in_a_child() {
-    use common::nursery::{stuck, sleep_forever};
+    use common::nursery::{sleep_forever, stuck};
     leak_checked(async {
         let live = common::LiveFutures::new();
         let tracker = live.clone();
@@ -408,4 +404,3 @@ async fn n7_passing_grace_expiry_cascades_into_a_wait_mode_nursery_in_a_child() 
     })
     .await
 }
-

@@ -184,22 +184,28 @@ fn n13_after_main_returns_one_signal_stops_the_wait_for_protected_work() {
 /// Session 11's review of parallel scopes (SPEC B2, N13): when the grace after a signal ran
 /// out, the root dropped `main` although a parallel borrowing scope ran in it (the crate
 /// never drops one: its children were cut short by the backstop). `main` is now dropped
-/// only once that scope has ended.
+/// only once that scope has ended (here its body ignores the shutdown). Since session 12
+/// the grace's end also cascades into the scope's children (SPEC N7: past an ancestor's
+/// grace, every descendant), so the child that ignores the shutdown is aborted then.
 #[cfg(feature = "rt-multi-thread")]
 #[test]
 fn n13_the_root_does_not_drop_main_while_a_parallel_scope_runs_in_it() {
     let _one = ONE_ROOT.lock().unwrap_or_else(|e| e.into_inner());
-    let cut_short = Arc::new(AtomicBool::new(false));
-    let finished = Arc::new(AtomicBool::new(false));
-    let (cut, fin) = (cut_short.clone(), finished.clone());
+    let main_dropped = Arc::new(AtomicBool::new(false));
+    let child_cut = Arc::new(AtomicBool::new(false));
+    let (dropped, cut) = (main_dropped.clone(), child_cut.clone());
     let _ = within_hang_bound(move || {
         Root::new()
             .handle_signals(true)
             .grace(Duration::from_millis(50))
             .run(move |_root: NurseryHandle<Cancelled>| async move {
+                let mut main = Unfinished {
+                    flag: &dropped,
+                    finished: false,
+                };
                 let local = 7u64;
                 let borrowed = &local;
-                let (c, f) = (&*cut, &*fin);
+                let c = &*cut;
                 // SAFETY: awaited to completion here; the root's runtime outlives main.
                 let _ = unsafe {
                     parallel_scope_async(|s| async move {
@@ -214,19 +220,27 @@ fn n13_the_root_does_not_drop_main_while_a_parallel_scope_runs_in_it() {
                             tokio::time::sleep(Duration::from_millis(500)).await;
                             assert_eq!(*borrowed, 7);
                             guard.finished = true;
-                            f.store(true, Ordering::SeqCst);
                             Ok::<_, Cancelled>(())
                         });
+                        // The scope's body ignores the shutdown too: the root puts off
+                        // dropping main until it ends.
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        assert_eq!(*borrowed, 7);
                         Ok::<_, Cancelled>(())
                     })
                 }
                 .await;
+                // Polled on after the scope ended: not dropped while it ran.
+                main.finished = true;
                 Ok::<_, Cancelled>(())
             })
     });
     assert!(
-        !cut_short.load(Ordering::SeqCst),
+        !main_dropped.load(Ordering::SeqCst),
         "the root dropped main while a parallel scope ran in it"
     );
-    assert!(finished.load(Ordering::SeqCst));
+    assert!(
+        child_cut.load(Ordering::SeqCst),
+        "the child still running past the root's grace was not aborted (SPEC N7's cascade)"
+    );
 }

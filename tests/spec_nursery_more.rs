@@ -419,7 +419,7 @@ async fn n03_a_dropped_start_moves_the_child_to_the_nursery_cancelled_and_its_fa
             let starter = n.clone();
             let child_id = caller
                 .run(async move {
-                    let starting = starter.start(move |_ready: Ready<()>| {
+                    let mut starting = starter.start(move |_ready: Ready<()>| {
                         tracker.track(async move {
                             let own = current_scope().unwrap().id();
                             id_tx.send(own).unwrap();
@@ -434,6 +434,8 @@ async fn n03_a_dropped_start_moves_the_child_to_the_nursery_cancelled_and_its_fa
                             Err::<(), _>(AppError::Boom(1))
                         })
                     });
+                    // A start is lazy: its first poll spawns the child.
+                    assert!(futures::poll!(&mut starting).is_pending());
                     settle().await;
                     let child_id = id_rx.await.unwrap();
                     // Before the drop: under the caller's scope.
@@ -516,13 +518,16 @@ async fn n03_a_pending_start_keeps_the_nursery_open() {
         let start = Instant::now();
         let (value_tx, value_rx) = oneshot::channel();
         let out = nursery(|n| async move {
-            // `start` registers the child at once; its future is awaited elsewhere.
-            let starting = n.start(|ready: Ready<u32>| async move {
+            // A start is lazy: its first poll registers the child; its future is then
+            // awaited elsewhere.
+            let mut starting = n.start(|ready: Ready<u32>| async move {
                 sleep(ms(10)).await?;
                 ready.signal(3);
                 sleep(ms(10)).await?;
                 Ok::<_, Cancelled>(())
             });
+            assert_eq!(n.live_children(), 0);
+            assert!(futures::poll!(&mut starting).is_pending());
             assert_eq!(n.live_children(), 1);
             tokio::spawn(async move {
                 let value = starting.await.unwrap();
@@ -1166,7 +1171,7 @@ async fn n09_the_drop_returns_at_once_and_the_enclosing_nursery_adopts_and_waits
                 assert_eq!(outer.live_children(), 1, "one adopted nursery");
                 assert_eq!(orphan_count(), 0);
                 let tree = TaskTree::of(&outer.scope()).to_string();
-                assert!(tree.contains("1 adopted nurseries"), "{tree}");
+                assert!(tree.contains(", 1 adopted"), "{tree}");
                 Ok::<_, AppError>(())
             })
             .await;

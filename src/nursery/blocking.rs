@@ -360,6 +360,7 @@ where
             kind: "blocking child",
             name: blocking.name.clone(),
             task: join.id(),
+            nursery: shared.node.id(),
         }));
         Ok(ChildHandle::new(join, info))
     }

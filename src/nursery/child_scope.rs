@@ -124,21 +124,26 @@ impl TaskScope {
     /// (its frame), so while it runs, in its own task.
     pub(crate) fn node(&self, parent: &Arc<Node>) -> &Arc<Node> {
         self.scope
-            .labelled_node(parent, || self.label(tokio::task::try_id))
+            .labelled_node(parent, || self.label(parent, tokio::task::try_id))
             .expect("a child's scope is only asked for while the child runs")
     }
 
     /// Its own scope, made now under `parent` if needed, unless the child has ended: asked
     /// from anywhere (a handle's `cancel`).
     pub(crate) fn node_unless_ended(&self, parent: &Arc<Node>) -> Option<&Arc<Node>> {
-        self.scope.labelled_node(parent, || self.label(|| None))
+        self.scope
+            .labelled_node(parent, || self.label(parent, || None))
     }
 
     /// What a scope made for a child without a slot in its registry carries, since the
     /// task tree cannot find the child there (SPEC O2): its name and its task, from its
     /// abort handle, else from `own_task` (the current task's id, when the scope is made
     /// by the child's own code); no label if neither knows the task.
-    fn label(&self, own_task: impl FnOnce() -> Option<Id>) -> Option<Arc<dyn Attachment>> {
+    fn label(
+        &self,
+        nursery: &Node,
+        own_task: impl FnOnce() -> Option<Id>,
+    ) -> Option<Arc<dyn Attachment>> {
         if self.slot().is_some() {
             return None;
         }
@@ -147,6 +152,7 @@ impl TaskScope {
             kind: "child",
             name: self.name().cloned(),
             task,
+            nursery: nursery.id(),
         }))
     }
 

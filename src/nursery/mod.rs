@@ -33,8 +33,8 @@ use tokio::runtime::Handle;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
-pub use blocking::BlockingContext;
 use blocking::BlockingChild;
+pub use blocking::BlockingContext;
 pub use child::{ChildHandle, JoinError};
 pub use collector::{ChildControl, Collector};
 pub use orphans::{orphan_count, orphans_finished};
@@ -420,7 +420,8 @@ impl<E: Send + 'static> Adopter<Origin> for Shared<E> {
             detail.push_str(&format!(", {unlisted} of them starting"));
         }
         if adopted > 0 {
-            detail.push_str(&format!(", {adopted} adopted nurseries"));
+            // Nurseries dropped in wait mode, protected work, executor tasks.
+            detail.push_str(&format!(", {adopted} adopted"));
         }
         if incidents > 0 {
             detail.push_str(&format!(", {incidents} failures not yet reported"));
@@ -514,11 +515,14 @@ fn child_description(scope: &TaskScope) -> Description {
     }
 }
 
-/// What a child's scope node carries, for the task-tree snapshot (SPEC O2).
+/// What a child's scope node carries, for the task-tree snapshot (SPEC O2), and for its
+/// nursery to recognise it before it has a slot in the registry (SPEC N11).
 pub(crate) struct ChildLabel {
     pub(crate) kind: &'static str,
     pub(crate) name: Option<Arc<str>>,
     pub(crate) task: tokio::task::Id,
+    /// The scope of the nursery whose child it is.
+    pub(crate) nursery: ScopeId,
 }
 
 impl Attachment for ChildLabel {
@@ -538,12 +542,13 @@ impl Attachment for ChildLabel {
 /// An orphaned nursery's children are aborted when its adopter's are (SPEC N7's cascade).
 impl<E: Send + 'static> StopAll for Shared<E> {
     /// The adopter's grace ran out (SPEC N7's cascade): these children are aborted and
-    /// named as if this nursery's own grace had, and the adopter is told their names. The
+    /// named as if this nursery's own grace had, and the adopter is told their names (the
+    /// adopter's warn-level event names them; this nursery emits none of its own). The
     /// adopter was dropped in abort mode (N8): they are aborted as by this nursery's own
     /// abort-mode drop.
     fn stop_all(&self, grace_expired: bool) -> Vec<String> {
         match grace_expired {
-            true => self.grace_expired(),
+            true => self.expire_grace(false),
             false => self.abort_named(false),
         }
     }
@@ -555,7 +560,12 @@ impl<E: Send + 'static> StopAll for Shared<E> {
 
 /// What a nursery's scope node carries so that nurseries dropped inside it can find it, and
 /// the task-tree snapshot can describe it.
-struct AdopterRef(std::sync::Weak<dyn Adopter<Origin>>);
+struct AdopterRef {
+    nursery: std::sync::Weak<dyn Adopter<Origin>>,
+    /// The same nursery, for an enclosing nursery's grace expiry (SPEC N7's cascade into
+    /// the nurseries running in its body: `cascade_into_body`).
+    stop: std::sync::Weak<dyn StopAll>,
+}
 
 impl Attachment for AdopterRef {
     fn as_any(&self) -> &dyn std::any::Any {
@@ -563,25 +573,25 @@ impl Attachment for AdopterRef {
     }
 
     fn adopted(&self) -> Vec<Arc<Node>> {
-        self.0
+        self.nursery
             .upgrade()
             .map(|nursery| nursery.adopted_scopes())
             .unwrap_or_default()
     }
 
     fn describe_child(&self, child: ScopeId) -> Option<Description> {
-        self.0.upgrade()?.describe_child(child)
+        self.nursery.upgrade()?.describe_child(child)
     }
 
     fn children_without_scope(&self) -> Vec<(ScopeId, Description)> {
-        self.0
+        self.nursery
             .upgrade()
             .map(|nursery| nursery.children_without_scope())
             .unwrap_or_default()
     }
 
     fn describe(&self) -> Description {
-        match self.0.upgrade() {
+        match self.nursery.upgrade() {
             Some(nursery) => nursery.describe(),
             None => Description {
                 kind: "nursery",
@@ -616,7 +626,7 @@ pub(crate) fn nearest_adopter(
         ancestor = scope.parent();
         let adopter = scope.attachment().and_then(|attachment| {
             let link = attachment.as_any().downcast_ref::<AdopterRef>()?;
-            link.0.upgrade()
+            link.nursery.upgrade()
         });
         // A nursery that refuses (it is closing) may itself have been orphaned: the handoff
         // goes on to whoever adopted it (its scope has left the tree).
@@ -741,16 +751,45 @@ impl<E> Shared<E> {
     /// with those of adopted nurseries aborted in the cascade, for `aborted_children`, the
     /// `Cancelled` the nursery passes on and a warn-level event. Returns the names.
     fn grace_expired(&self) -> Vec<String> {
-        let aborted = self.abort_named(true);
+        self.expire_grace(true)
+    }
+
+    /// As [`grace_expired`](Self::grace_expired); `warn: false` for a nursery reached by an
+    /// ancestor's cascade, whose own event names these children already.
+    fn expire_grace(&self, warn: bool) -> Vec<String> {
+        let mut aborted = self.abort_named(true);
+        aborted.extend(self.cascade_into_body());
         #[cfg(feature = "tracing")]
-        if !aborted.is_empty() {
+        if warn && !aborted.is_empty() {
             tracing::warn!(
                 scope = %self.node.id(),
                 children = %aborted.join(", "),
                 "grace period expired: children aborted"
             );
         }
-        let _ = self.aborted.set(aborted.clone());
+        let _ = (self.aborted.set(aborted.clone()), warn);
+        aborted
+    }
+
+    /// The grace period ran out: the nurseries running inside this one's scope without
+    /// being its children or adoptees (in its body, or in a scope there) have their grace
+    /// expire too, whatever their drop mode (SPEC N7: past an ancestor's grace, abort
+    /// cascades to every descendant). Their children's names are returned. Each nursery
+    /// found cascades into what runs inside it; nurseries in this one's children are reached
+    /// too (those children's aborts would reach them a moment later, through adoption).
+    fn cascade_into_body(&self) -> Vec<String> {
+        let mut aborted = Vec::new();
+        let mut below = self.node.view().children;
+        while let Some(node) = below.pop() {
+            let nursery = node.attachment().and_then(|attachment| {
+                let link = attachment.as_any().downcast_ref::<AdopterRef>()?;
+                link.stop.upgrade()
+            });
+            match nursery {
+                Some(nursery) => aborted.extend(nursery.stop_all(true)),
+                None => below.extend(node.view().children),
+            }
+        }
         aborted
     }
 
@@ -969,9 +1008,18 @@ where
                 .as_ref()
                 .is_some_and(|p| Arc::ptr_eq(p, &self.shared.node))
             {
-                // Under the nursery's scope: a child's scope, or one of the body's own.
+                // Under the nursery's scope: a child's scope, or one of the body's own. A
+                // child's scope made before it had a slot (busy in its first poll) is
+                // labelled as the nursery's child.
                 let id = node.id();
+                let labelled = node.attachment().is_some_and(|attachment| {
+                    attachment
+                        .as_any()
+                        .downcast_ref::<ChildLabel>()
+                        .is_some_and(|label| label.nursery == self.shared.node.id())
+                });
                 return task_child == Some(id)
+                    || labelled
                     || self.shared.registry.find(|stopper| match stopper {
                         Stopper::Task(cell) if cell.scope.id() == id => Some(()),
                         Stopper::Blocking(child) if child.node.id() == id => Some(()),
@@ -1394,7 +1442,11 @@ where
                 has_local: std::sync::atomic::AtomicBool::new(false),
             });
             let adopter: Arc<dyn Adopter<Origin>> = shared.clone();
-            let link = AdopterRef(Arc::downgrade(&adopter));
+            let stop: Arc<dyn StopAll> = shared.clone();
+            let link = AdopterRef {
+                nursery: Arc::downgrade(&adopter),
+                stop: Arc::downgrade(&stop),
+            };
             shared.node.attach(Arc::new(link));
             let handle = NurseryHandle {
                 shared: shared.clone(),

@@ -349,15 +349,16 @@ where
         let route_state = state.clone();
         let mut started = None;
         let scope = &mut started;
-        let (join, _) = self.spawn_task(name.clone(), Some(parent), slot, future, move |child| {
-            let node = child
-                .scope
-                .own()
-                .expect("a started child's scope is made at once");
-            route_state.link(node);
-            *scope = Some(node.clone());
-            ToStarter(Some(route_state))
-        })?;
+        let (join, _) =
+            self.spawn_task(name.clone(), Some(parent), slot, future, move |child| {
+                let node = child
+                    .scope
+                    .own()
+                    .expect("a started child's scope is made at once");
+                route_state.link(node);
+                *scope = Some(node.clone());
+                ToStarter(Some(route_state))
+            })?;
         // Until it signals, its scope hangs under the caller's, whose owner does not know
         // it: the scope names the child itself for the task tree (SPEC O2).
         if let Some(node) = started {
@@ -365,6 +366,7 @@ where
                 kind: "child",
                 name: name.clone(),
                 task: join.id(),
+                nursery: self.shared.node.id(),
             }));
         }
         let shared = self.shared.clone();
