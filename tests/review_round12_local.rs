@@ -319,3 +319,41 @@ async fn passing_probe_collector_supervisor_limit_abort_all() {
     assert_eq!(seen[0], "Err(ChildFailed)");
     assert_eq!(seen.len(), 4, "{seen:?}");
 }
+
+/// N15: a collector dropped while some of its children run keeps nothing for them: the
+/// outcomes delivered after the drop are dropped at once (until session 12 they piled up
+/// in a queue nobody could read, kept alive by the children still running).
+#[tokio::test(start_paused = true)]
+async fn n15_a_dropped_collector_drops_the_outcomes_delivered_after_it() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    struct Token(Arc<AtomicUsize>);
+    impl Drop for Token {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let counter = dropped.clone();
+    let out = nursery(|n| async move {
+        let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+        let set = n.collector::<Token>();
+        let quick = counter.clone();
+        set.spawn(async move { Ok::<_, Cancelled>(Token(quick)) });
+        let slow = counter.clone();
+        set.spawn(async move {
+            let _ = release_rx.await;
+            Ok::<_, Cancelled>(Token(slow))
+        });
+        drop(set);
+        tokio::task::yield_now().await;
+        tokio::task::yield_now().await;
+        // The quick child delivered after the drop; the slow one still runs.
+        let seen = counter.load(Ordering::SeqCst);
+        release_tx.send(()).unwrap();
+        Ok::<_, Cancelled>(seen)
+    })
+    .await;
+    assert_eq!(out.unwrap(), Some(1), "the quick child's outcome was kept");
+    assert_eq!(dropped.load(Ordering::SeqCst), 2);
+}

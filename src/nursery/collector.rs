@@ -32,6 +32,8 @@ struct QueueState<T> {
     /// Delivered outcomes in completion order, by member key.
     outcomes: VecDeque<(usize, Result<T, JoinError>)>,
     waiter: Option<Waker>,
+    /// The collector was dropped: outcomes delivered from now on are dropped at once.
+    dropped: bool,
 }
 
 struct Member {
@@ -76,6 +78,10 @@ impl<T> Sink<T> {
     /// Queues the child's outcome.
     fn deliver(self, output: ChildOutput<T>) {
         let mut state = lock(&self.queue.state);
+        if state.dropped {
+            drop(state);
+            return; // nobody will take it: `output` is dropped here, outside the lock
+        }
         if let Some(member) = state.members.get_mut(self.key) {
             member.delivered = true;
         }
@@ -90,6 +96,10 @@ impl<T> Sink<T> {
 
 /// Spawns children of a nursery and collects their outcomes in completion order, like
 /// tokio's `JoinSet` (SPEC N15). Made by [`NurseryHandle::collector`].
+///
+/// Unlike a `JoinSet`, dropping it aborts nothing: its children belong to the nursery,
+/// which waits for them; their outcomes are dropped as they come (call
+/// [`abort_all`](Self::abort_all) or [`cancel_all`](Self::cancel_all) first to stop them).
 ///
 /// ```
 /// use tokio_nursery::{nursery, Cancelled};
@@ -171,6 +181,7 @@ where
                     members: Slab::new(),
                     outcomes: VecDeque::new(),
                     waiter: None,
+                    dropped: false,
                 }),
             }),
         }
@@ -355,6 +366,19 @@ fn take<T>(state: &mut QueueState<T>) -> Option<(Id, Result<T, JoinError>)> {
         .id
         .expect("the spawner set the id before join_next could run");
     Some((id, outcome))
+}
+
+impl<T, E> Drop for Collector<T, E> {
+    /// The children keep running in the nursery (they are its own); their outcomes, queued
+    /// or to come, are dropped, since nobody can take them any more.
+    fn drop(&mut self) {
+        let mut state = lock(&self.queue.state);
+        state.dropped = true;
+        let outcomes = std::mem::take(&mut state.outcomes);
+        let members = std::mem::take(&mut state.members);
+        drop(state);
+        drop((outcomes, members));
+    }
 }
 
 impl<T, E> fmt::Debug for Collector<T, E> {
