@@ -404,3 +404,47 @@ async fn n7_passing_grace_expiry_cascades_into_a_wait_mode_nursery_in_a_child() 
     })
     .await
 }
+
+/// SPEC C1 with N7's cascade into the body (session 12): protected work started in the
+/// body runs to completion, nurseries inside it included: an enclosing nursery's grace
+/// expiry tells it, and does not abort the children of a nursery running inside it.
+#[tokio::test(start_paused = true)]
+async fn c1_the_grace_cascade_into_the_body_passes_over_protected_work() {
+    leak_checked(async {
+        let start = tokio::time::Instant::now();
+        let finished = Arc::new(AtomicBool::new(false));
+        let done = finished.clone();
+        let out = no_hang(Nursery::new().grace(ms(20)).run(
+            move |n: NurseryHandle<Cancelled>| async move {
+                let canceller = n.clone();
+                let _timer = common::nursery::at(start + ms(10), move || canceller.cancel());
+                let work = protect(async move {
+                    nursery(move |m: NurseryHandle<Cancelled>| async move {
+                        m.spawn(async move {
+                            // Not a cancellation point: only an abort could cut it short.
+                            tokio::time::sleep(ms(100)).await;
+                            done.store(true, SeqCst);
+                            Ok::<_, Cancelled>(())
+                        });
+                        Ok::<_, Cancelled>(())
+                    })
+                    .await
+                    .map(|_| ())
+                });
+                tokio::task::yield_now().await;
+                let tree = TaskTree::of(&n.scope()).to_string();
+                assert!(tree.contains("protected work ("), "{tree}");
+                drop(work);
+                common::nursery::sleep_forever::<Cancelled>().await
+            },
+        ))
+        .await;
+        assert!(matches!(out, Ok(None)), "{out:?}");
+        assert!(
+            finished.load(SeqCst),
+            "the protected work's child was cut short"
+        );
+        assert_eq!(start.elapsed(), ms(100));
+    })
+    .await
+}

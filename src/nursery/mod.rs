@@ -776,15 +776,21 @@ impl<E> Shared<E> {
     /// expire too, whatever their drop mode (SPEC N7: past an ancestor's grace, abort
     /// cascades to every descendant). Their children's names are returned. Each nursery
     /// found cascades into what runs inside it; nurseries in this one's children are reached
-    /// too (those children's aborts would reach them a moment later, through adoption).
+    /// too (those children's aborts would reach them a moment later, through adoption);
+    /// protected work is passed over (SPEC C1: it is told "grace expired" as an adoptee).
     fn cascade_into_body(&self) -> Vec<String> {
         let mut aborted = Vec::new();
         let mut below = self.node.view().children;
         while let Some(node) = below.pop() {
-            let nursery = node.attachment().and_then(|attachment| {
-                let link = attachment.as_any().downcast_ref::<AdopterRef>()?;
-                link.stop.upgrade()
-            });
+            let attachment = node.attachment();
+            let owner = attachment.as_ref().map(|attachment| attachment.as_any());
+            if owner.is_some_and(|owner| owner.is::<protect::ProtectedLabel>()) {
+                // Runs to completion (SPEC C1): told through the adoption, not cut short.
+                continue;
+            }
+            let nursery = owner
+                .and_then(|owner| owner.downcast_ref::<AdopterRef>())
+                .and_then(|link| link.stop.upgrade());
             match nursery {
                 Some(nursery) => aborted.extend(nursery.stop_all(true)),
                 None => below.extend(node.view().children),

@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 use super::nearest_adopter;
 use super::report::Origin;
 use crate::context::{self, FrameKind};
-use crate::node::{Node, ScopeId};
+use crate::node::{Attachment, Description, Node, ScopeId};
 use crate::reason::CancelReason;
 use crate::registry::{Adopter, OrphanReport, Panic, StopAll};
 use crate::sync::lock;
@@ -116,6 +116,27 @@ impl<T> fmt::Debug for Protected<T> {
 /// A protected task's scope: the abort cascade tells it, never aborts it.
 struct Shielded(Arc<Node>);
 
+/// What a protected task's scope carries: how the task tree shows it (SPEC O2), and the
+/// mark that keeps an enclosing nursery's grace expiry from cascading into the nurseries
+/// running inside it (SPEC C1: it runs to completion).
+pub(crate) struct ProtectedLabel {
+    task: std::sync::OnceLock<tokio::task::Id>,
+}
+
+impl Attachment for ProtectedLabel {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn describe(&self) -> Description {
+        Description {
+            kind: "protected work",
+            name: None,
+            detail: self.task.get().map(|task| format!("task {task}")),
+        }
+    }
+}
+
 impl StopAll for Shielded {
     /// Protected work is told that a grace period ran out, never aborted, and not told about
     /// an abort-mode drop (SPEC C1): nothing to name.
@@ -169,6 +190,10 @@ where
     // A shielded scope of its own under the caller's: the caller's cancellation does not
     // reach it, its own deadline (set inside) does.
     let node = Arc::new(Node::new(ScopeId::next(), true, None));
+    let label = Arc::new(ProtectedLabel {
+        task: std::sync::OnceLock::new(),
+    });
+    node.attach(label.clone());
     node.enter(caller.as_ref(), crate::scope::timer_for(caller.as_ref()));
     let stop: Arc<dyn StopAll> = Arc::new(Shielded(node.clone()));
     let (adopter, key, aborted) = nearest_adopter(caller, &runtime, stop);
@@ -220,6 +245,7 @@ where
             }
         }
     });
+    let _ = label.task.set(join.id());
     Protected { join, panic }
 }
 
