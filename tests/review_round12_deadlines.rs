@@ -16,10 +16,10 @@ async fn bounded<F: Future>(f: F) -> F::Output {
         .expect("hang")
 }
 
-/// PASSING CONTROL (correct behaviour, kept for contrast with the next test): two nested linked scopes with the same deadline, expired by the service: the
-/// outer absorbs (SPEC S9).
+/// Control for the next test: two nested linked scopes with the same deadline, expired by
+/// the service: the outer absorbs (SPEC S9).
 #[tokio::test(start_paused = true)]
-async fn passing_control_a_shared_deadline_fired_by_the_service_is_absorbed_by_the_outer_scope() {
+async fn control_a_shared_deadline_fired_by_the_service_is_absorbed_by_the_outer_scope() {
     let d = Instant::now() + Duration::from_secs(1);
     let outer = CancelScope::new().with_deadline(d);
     let inner = CancelScope::new().with_deadline(d);
@@ -41,9 +41,10 @@ async fn passing_control_a_shared_deadline_fired_by_the_service_is_absorbed_by_t
 }
 
 /// Two nested linked scopes with the same deadline, which has passed on the clock when the
-/// body writes the outgoing headers (before the service fired it): `write_current` expires
-/// only the innermost scope with that deadline, which then absorbs; the outer one, whose
-/// deadline has passed just as much, should absorb (SPEC S9, as when the service fires both).
+/// body writes the outgoing headers (before the service fired it): until session 12
+/// `write_current` expired only the innermost scope with that deadline, which then
+/// absorbed; the outer one, whose deadline has passed just as much, absorbs (SPEC S9, as
+/// when the service fires both).
 #[tokio::test(start_paused = true)]
 async fn d1_write_current_at_a_shared_passed_deadline_lets_the_outer_scope_absorb() {
     let d = Instant::now() + Duration::from_secs(1);

@@ -1,4 +1,6 @@
-//! Review round 12: local scopes (B1), the collector (N15) and `start` (N3).
+//! Review round 12 (session 12): local scopes (B1), the collector (N15) and `start` (N3).
+//! Each test asserts the promised behaviour; those that name a cause describe the code
+//! before session 12's fix.
 
 use std::cell::Cell;
 use std::time::Duration;
@@ -13,7 +15,8 @@ fn ms(n: u64) -> Duration {
 /// B1 ("the same rules" as a nursery, children make progress while the scope is polled):
 /// a body that waits for a child by checkpointing in a loop (Trio's `await checkpoint()`
 /// idiom) must let the child run. Each checkpoint spends tokio's budget, so the body ends
-/// every poll with the budget exhausted, and `poll_children` then polls no child at all.
+/// every poll with the budget exhausted, and `poll_children` then polled no child at all
+/// (until session 12).
 #[tokio::test(start_paused = true)]
 async fn b1_a_body_that_spends_the_whole_budget_does_not_starve_its_children() {
     let flag = Cell::new(false);
@@ -72,8 +75,8 @@ async fn b1_a_child_that_spends_budget_too_progresses_beside_a_body_that_spends_
 
 /// S9 through B1 ("the same cancellation rules"): a local scope that absorbs its own
 /// cancellation must say so through its handle's `cancelled_caught`, as a nursery's and a
-/// plain scope's do. `local_scope` ends its node with `EndScope`, i.e. `end(false)`, before
-/// `finish` decides the absorption, so `CAUGHT` is never set.
+/// plain scope's do. Until session 12 `local_scope` ended its node with `end(false)` before
+/// `finish` decided the absorption, so `CAUGHT` was never set.
 #[tokio::test(start_paused = true)]
 async fn s9_a_local_scope_that_absorbs_its_cancellation_reports_cancelled_caught() {
     let handle = Cell::new(None);
@@ -97,9 +100,9 @@ async fn s9_a_local_scope_that_absorbs_its_cancellation_reports_cancelled_caught
     );
 }
 
-/// PASSING (control for the test above): the same program with a nursery says `cancelled_caught`.
+/// Control for the test above: the same program with a nursery says `cancelled_caught`.
 #[tokio::test(start_paused = true)]
-async fn passing_control_a_nursery_that_absorbs_reports_cancelled_caught() {
+async fn control_a_nursery_that_absorbs_reports_cancelled_caught() {
     let handle = std::sync::Mutex::new(None);
     let out = nursery(|n| {
         let handle = &handle;
@@ -115,10 +118,10 @@ async fn passing_control_a_nursery_that_absorbs_reports_cancelled_caught() {
     assert!(handle.lock().unwrap().take().unwrap().cancelled_caught());
 }
 
-/// PASSING (correct behaviour, kept as a probe). N3: after the signal the child runs under the nursery's scope only; the caller's
-/// deadline passing afterwards must not reach it.
+/// N3: after the signal the child runs under the nursery's scope only; the caller's deadline
+/// passing afterwards must not reach it.
 #[tokio::test(start_paused = true)]
-async fn passing_n3_after_the_signal_the_callers_deadline_no_longer_reaches_the_child() {
+async fn n3_after_the_signal_the_callers_deadline_no_longer_reaches_the_child() {
     let start = Instant::now();
     let out = tokio::time::timeout(
         Duration::from_secs(60),
@@ -153,10 +156,10 @@ async fn passing_n3_after_the_signal_the_callers_deadline_no_longer_reaches_the_
 
 /// N9 through B1: a wait-mode nursery inside a local child, dropped with the local scope's
 /// future, must hand its children to the nearest live enclosing nursery (here `outer`, which
-/// encloses the local scope), not to the runtime's orphan registry. `local_scope` declares
-/// `ended` (EndScope) after `scope`, so the local scope's node is ended (and forgets its
-/// parent) *before* `LocalScope::drop` drops the children: the inner nursery's walk up the
-/// scope tree (`nearest_adopter`) stops at the ended local node and finds no adopter.
+/// encloses the local scope), not to the runtime's orphan registry. Until session 12
+/// `local_scope` declared its `EndScope` guard after `scope`, so the local scope's node was
+/// ended (and forgot its parent) *before* `LocalScope::drop` dropped the children: the
+/// inner nursery's walk up the scope tree stopped at the ended local node.
 #[tokio::test(start_paused = true)]
 async fn n9_a_nursery_in_a_local_child_dropped_with_the_local_scope_is_adopted_by_the_enclosing_nursery()
  {
@@ -217,10 +220,9 @@ async fn n9_a_nursery_in_a_local_child_dropped_with_the_local_scope_is_adopted_b
 
 /// N3 + S5/S1: `move_on_after(d, n.start(f))` is the natural way to bound a start. The
 /// caller's scopes are those the `Start` future runs in (a scope is entered by running a
-/// future in it), but `start` spawns the child eagerly, when `n.start(f)` is evaluated,
-/// under the scopes current *then* (outside the timeout). The timeout's cancellation never
-/// reaches the child, and `Start` is not a cancellation point, so the timeout does nothing:
-/// the start runs until the child signals 100 ms later.
+/// future in it). Until session 12 `start` spawned the child eagerly, when `n.start(f)` was
+/// evaluated, under the scopes current *then* (outside the timeout): the timeout did nothing
+/// and the start ran until the child signalled 100 ms later.
 #[tokio::test(start_paused = true)]
 async fn n3_a_start_future_awaited_inside_a_timeout_runs_under_the_timeouts_scope() {
     let start = Instant::now();
@@ -249,8 +251,8 @@ async fn n3_a_start_future_awaited_inside_a_timeout_runs_under_the_timeouts_scop
     );
 }
 
-/// The `#[must_use]` message of `Start` says "a start does nothing unless awaited", but the
-/// child is spawned and runs before the `Start` is ever polled.
+/// The `#[must_use]` message of `Start` says "a start does nothing unless awaited": the child
+/// does not run before the `Start` is polled (it did until session 12).
 #[tokio::test(start_paused = true)]
 async fn n3_a_start_does_nothing_unless_awaited_as_its_must_use_says() {
     use std::sync::Arc;
@@ -277,11 +279,11 @@ async fn n3_a_start_does_nothing_unless_awaited_as_its_must_use_says() {
     );
 }
 
-/// PASSING (correct behaviour, kept as a probe). N15 + N11 + N5: a supervisor's collector with a limit of one; a failing child,
-/// children queued for the slot, `abort_all`, `cancel_all`; every outcome in the collector,
-/// the failure in the outlet, nothing hangs.
+/// N15 + N11 + N5: a supervisor's collector with a limit of one; a failing child, children
+/// queued for the slot, `abort_all`, `cancel_all`; every outcome in the collector, the
+/// failure in the outlet, nothing hangs.
 #[tokio::test(start_paused = true)]
-async fn passing_probe_collector_supervisor_limit_abort_all() {
+async fn n15_collector_supervisor_limit_abort_all() {
     let out = tokio::time::timeout(
         Duration::from_secs(60),
         Nursery::new().supervisor().limit(1).run(|n| async move {

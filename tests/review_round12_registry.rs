@@ -1,8 +1,8 @@
 //! Round 12 adversarial review: the child registry, the close/adopt handoff, the executor,
 //! the task tree (SPEC O2) and reports (N4-N6).
 //!
-//! Every test here asserts the behaviour the SPEC or the crate's docs promise; the ones that
-//! fail name a bug (see the report).
+//! Every test here asserts the behaviour the SPEC or the crate's docs promise; those that
+//! name a cause describe the code before session 12's fix.
 
 mod common;
 
@@ -55,7 +55,8 @@ fn recording_hook() -> (
 
 /// SPEC O2 (a snapshot of the task tree): protected work started in a nursery's body is
 /// linked under the body's scope (the nursery's node) *and* registered as an adoptee of the
-/// nursery, whose `adopted()` list the tree also walks: the same scope appears twice.
+/// nursery, whose `adopted()` list the tree also walks: the same scope appeared twice
+/// (until session 12; it is listed once, where it runs).
 #[tokio::test(start_paused = true)]
 async fn o2_protected_work_in_a_nursery_body_is_listed_once() {
     leak_checked(async {
@@ -124,8 +125,8 @@ async fn o2_an_executor_task_in_a_nursery_body_is_listed_once() {
 
 /// SPEC N6 ("a panic is never swallowed"), N7: an executor task adopted by a nursery is
 /// aborted when the nursery's grace runs out; a panic in its drop must reach the report hook
-/// (as it does for a nursery child, `ChildTask`'s drop). `Adopted` has no drop guard: tokio
-/// catches the panic into a `JoinHandle` nobody holds, and it is lost.
+/// (as it does for a nursery child, `ChildTask`'s drop). Until session 12 `Adopted` had no
+/// drop guard: tokio caught the panic into a `JoinHandle` nobody held, and it was lost.
 #[tokio::test(start_paused = true)]
 async fn n6_a_panic_in_the_drop_of_an_aborted_executor_task_is_reported() {
     leak_checked(async {
@@ -169,8 +170,8 @@ async fn n6_a_panic_in_the_drop_of_an_aborted_executor_task_is_reported() {
 /// `n11_a_descendant_waiting_for_a_slot_of_its_own_full_nursery_gets_full` covers a
 /// descendant whose ancestor child has parked. On multi_thread, the grandchild can run while
 /// the (unnamed) child holding the only slot is still in its first poll: that child has no
-/// registry slot yet, `is_own_child` does not find it, and the grandchild waits for the slot
-/// its own ancestor holds, which waits for it: a silent deadlock.
+/// registry slot yet, and until session 12 `is_own_child` did not find it: the grandchild
+/// waited for the slot its own ancestor held, which waited for it (a silent deadlock).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn n11_a_grandchild_of_an_unparked_child_gets_full_instead_of_a_deadlock() {
     leak_checked(async {
@@ -253,14 +254,13 @@ fn counting(seen: Arc<Mutex<Vec<String>>>) -> impl Fn(&Report<'_>) + Send + Sync
     }
 }
 
-/// PASSES (behaviour correct; kept as a stress regression).
 /// SPEC N4/N6/N9/R2 (every failure and panic reported exactly once; wait drop: all owned by
 /// an adopter): an inner fail-fast nursery is dropped in wait mode at a random moment while
 /// its children (named and unnamed) fail or panic on other workers. Each failure and panic
 /// must reach exactly one hook (the adopter's, or the inner one's if unclaimed), and no
 /// child future may be left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn n9_passing_a_wait_drop_racing_with_failing_children_reports_each_exactly_once() {
+async fn n9_a_wait_drop_racing_with_failing_children_reports_each_exactly_once() {
     use common::nursery::AppError;
     leak_checked(async {
         for round in 0..300u32 {
@@ -337,9 +337,9 @@ async fn n9_passing_a_wait_drop_racing_with_failing_children_reports_each_exactl
 
 /// SPEC N7 ("Past an ancestor's grace, abort cascades to every descendant whatever its drop
 /// mode"): a nursery running in the outer nursery's *body* (not in a child, not adopted) is
-/// a descendant too. When the outer grace runs out, `abort_all` reaches only the outer
-/// registry's slots (children and adoptees): the inner nursery's stuck child is never
-/// aborted and the outer nursery waits for it for ever (here: until the stuck child's hour).
+/// a descendant too. Until session 12 the outer grace's end reached only the outer
+/// registry's slots (children and adoptees): the inner nursery's stuck child was never
+/// aborted and the outer nursery waited for it for ever.
 #[tokio::test(start_paused = true)]
 async fn n7_grace_expiry_cascades_into_a_nursery_running_in_the_body() {
     use common::nursery::{sleep_forever, stuck};
@@ -372,11 +372,11 @@ async fn n7_grace_expiry_cascades_into_a_nursery_running_in_the_body() {
     .await
 }
 
-/// SPEC N7, companion of the test above (PASSES: behaviour correct): a wait-mode nursery
+/// SPEC N7, companion of the test above: a wait-mode nursery
 /// inside a *child* is dropped when that child is aborted at the outer grace expiry, and is
 /// adopted by the outer nursery, which has aborted: its stuck child is aborted at once.
 #[tokio::test(start_paused = true)]
-async fn n7_passing_grace_expiry_cascades_into_a_wait_mode_nursery_in_a_child() {
+async fn n7_grace_expiry_cascades_into_a_wait_mode_nursery_in_a_child() {
     use common::nursery::{sleep_forever, stuck};
     leak_checked(async {
         let live = common::LiveFutures::new();
