@@ -510,7 +510,9 @@ where
                 }
             }
         }
-        if !children_first {
+        // After the body too, unless the children just ran: and then still if the body
+        // spawned some (a spawn does not wake the task, this poll must go on to them).
+        if !children_first || (!children_ready && !scope.fresh.borrow().is_empty()) {
             children_ready = scope.poll_children();
         }
         if children_ready {

@@ -777,17 +777,20 @@ impl<E> Shared<E> {
     /// cascades to every descendant). Their children's names are returned. Each nursery
     /// found cascades into what runs inside it; nurseries in this one's children are reached
     /// too (those children's aborts would reach them a moment later, through adoption);
-    /// protected work is passed over (SPEC C1: it is told "grace expired" as an adoptee).
+    /// shielded scopes are passed over (S8; protected work, C1, is told "grace expired" as
+    /// an adoptee).
     fn cascade_into_body(&self) -> Vec<String> {
         let mut aborted = Vec::new();
         let mut below = self.node.view().children;
         while let Some(node) = below.pop() {
-            let attachment = node.attachment();
-            let owner = attachment.as_ref().map(|attachment| attachment.as_any());
-            if owner.is_some_and(|owner| owner.is::<protect::ProtectedLabel>()) {
-                // Runs to completion (SPEC C1): told through the adoption, not cut short.
+            if node.is_shielded() {
+                // A shielded scope of the body (a cleanup, protected work, which runs to
+                // completion, SPEC C1 and S8) is left alone: the nursery waits for the body
+                // anyway, and protected work is told as an adoptee.
                 continue;
             }
+            let attachment = node.attachment();
+            let owner = attachment.as_ref().map(|attachment| attachment.as_any());
             let nursery = owner
                 .and_then(|owner| owner.downcast_ref::<AdopterRef>())
                 .and_then(|link| link.stop.upgrade());
@@ -1579,10 +1582,14 @@ impl<B, Fut, T, E> PinnedDrop for NurseryFuture<B, Fut, T, E> {
         shared.node.remove_waiter(this.waiter);
         let mut body_panic = None;
         if shared.registry.is_open() {
-            // Dropped before it finished: no new children, and every child is told (in
-            // abort mode, after the aborts were requested: an aborted child is dropped
-            // without first seeing the cancellation, as far as tokio allows).
-            shared.registry.close();
+            let wait = this.config.drop_mode == DropMode::Wait;
+            // Dropped before it finished: no new children (in wait mode, once the body is
+            // gone, below), and every child is told (in abort mode, after the aborts were
+            // requested: an aborted child is dropped without first seeing the
+            // cancellation, as far as tokio allows).
+            if !wait {
+                shared.registry.close();
+            }
             if this.config.drop_mode == DropMode::Abort {
                 let _ = shared.abort_children(false);
             }
@@ -1593,9 +1600,13 @@ impl<B, Fut, T, E> PinnedDrop for NurseryFuture<B, Fut, T, E> {
                 ))));
             // The body goes before the children are handed over: what dropping it reports
             // (a held `start` whose child failed before its signal) is then among the reports
-            // the adopter receives. Nurseries inside it find their adopters through this
-            // scope's ancestors (this one is closed).
+            // the adopter receives. In wait mode the nurseries inside it are adopted here,
+            // so this nursery's grace reaches them (SPEC N7, N9); otherwise they find their
+            // adopters through this scope's ancestors (this one is closed).
             body_panic = drop_body(shared, this.body.as_mut()).err();
+            if wait {
+                shared.registry.close();
+            }
             // The grace period runs from the nursery's cancellation: one already running
             // goes on to its end, it does not start again at the drop.
             let grace_until = match this.grace.as_ref().as_pin_ref() {

@@ -116,10 +116,8 @@ impl<T> fmt::Debug for Protected<T> {
 /// A protected task's scope: the abort cascade tells it, never aborts it.
 struct Shielded(Arc<Node>);
 
-/// What a protected task's scope carries: how the task tree shows it (SPEC O2), and the
-/// mark that keeps an enclosing nursery's grace expiry from cascading into the nurseries
-/// running inside it (SPEC C1: it runs to completion).
-pub(crate) struct ProtectedLabel {
+/// What a protected task's scope carries: how the task tree shows it (SPEC O2).
+struct ProtectedLabel {
     task: std::sync::OnceLock<tokio::task::Id>,
 }
 

@@ -134,7 +134,7 @@ impl<E: fmt::Debug + fmt::Display> std::error::Error for StartError<E> {
 /// or panic that already ended the child, and that this future never returned, goes to the
 /// nursery then (or to its report hook once the nursery is gone): none is lost. Dropping
 /// it before its first poll starts nothing.
-#[must_use = "a start does nothing unless awaited; dropping it cancels the child"]
+#[must_use = "a start does nothing unless awaited; dropping it once polled cancels the child"]
 pub struct Start<V, E> {
     state: Option<Arc<StartState<V, E>>>,
     /// Spawns the child, at the first poll. In a `Mutex` only so that `Start` is `Sync`
