@@ -117,6 +117,20 @@ async fn b1_child_spawned_by_a_returning_body_in_a_children_first_poll_is_polled
 // 2. Grace-expiry cascade into nurseries running in the body.
 // ---------------------------------------------------------------------------------------
 
+/// A nursery whose child `name` never ends (it sets `dropped` when its future goes).
+async fn nursery_with_a_stuck_child(name: &'static str, dropped: Arc<AtomicBool>) {
+    let _ = Nursery::new()
+        .run(|n2: NurseryHandle<Cancelled>| async move {
+            n2.spawn_named(name, async move {
+                let _g = SetOnDrop(dropped);
+                std::future::pending::<()>().await;
+                Ok::<_, Cancelled>(())
+            });
+            Ok::<_, Cancelled>(())
+        })
+        .await;
+}
+
 /// Baseline of the next test. N7, normal path: the cascade reaches a nursery in the body and
 /// names its stuck child once.
 #[tokio::test(start_paused = true)]
@@ -132,16 +146,7 @@ async fn n7_cascade_into_body_names_the_nested_child_once() {
                 kept = Some(n1.clone());
                 async move {
                     n1.cancel();
-                    let _ = Nursery::new()
-                        .run(|n2: NurseryHandle<Cancelled>| async move {
-                            n2.spawn_named("s2", async move {
-                                let _g = SetOnDrop(d2);
-                                std::future::pending::<()>().await;
-                                Ok::<_, Cancelled>(())
-                            });
-                            Ok::<_, Cancelled>(())
-                        })
-                        .await;
+                    nursery_with_a_stuck_child("s2", d2).await;
                     Ok::<_, Cancelled>(())
                 }
             }),
@@ -178,16 +183,7 @@ async fn n7_grace_of_a_dropped_nursery_reaches_the_nursery_its_body_ran() {
                         .grace(ms(100))
                         .run(|n1: NurseryHandle<Cancelled>| async move {
                             n1.cancel();
-                            let _ = Nursery::new()
-                                .run(|n2: NurseryHandle<Cancelled>| async move {
-                                    n2.spawn_named("stuck", async move {
-                                        let _g = SetOnDrop(d2);
-                                        std::future::pending::<()>().await;
-                                        Ok::<_, Cancelled>(())
-                                    });
-                                    Ok::<_, Cancelled>(())
-                                })
-                                .await;
+                            nursery_with_a_stuck_child("stuck", d2).await;
                             Ok::<_, Cancelled>(())
                         });
                 // Dropped 10 ms in, while it waits for the stuck grandchild.
