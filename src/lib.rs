@@ -91,7 +91,7 @@
 //! | [`carry_scope`] | as cancel-safe as the future it carries | that future is dropped |
 //! | [`Nursery::run`], [`nursery`] | yes, in the default [`DropMode::Wait`] | the scope is cancelled; the children are adopted by the nearest live enclosing nursery (or the orphan registry) and finish their cleanup; in [`DropMode::Abort`] they are aborted; in [`DropMode::BlockingWait`] the drop blocks until they stopped (at most the grace period) |
 //! | awaiting a [`ChildHandle`] | yes | nothing: the child keeps running in its nursery |
-//! | [`NurseryHandle::start`] | yes | the child moves to the nursery with its own scope cancelled |
+//! | [`NurseryHandle::start`] | yes | the child moves to the nursery with its own scope cancelled (before the first poll: nothing was started) |
 //! | [`NurseryHandle::spawn_when_free`], [`Collector::spawn_when_free`] | yes | nothing is spawned |
 //! | [`NurseryHandle::next_incident`] | yes | nothing is taken |
 //! | [`Collector::join_next`] | yes | the outcome stays queued |
