@@ -338,7 +338,10 @@ fn adopt(scope: Option<Arc<Node>>, runtime: &Handle, task: Task, closed: bool) {
         done,
         stopper: stopper.clone(),
     });
-    label_node.attach(Arc::new(TaskLabel(join.id())));
+    label_node.attach(Arc::new(TaskLabel {
+        kind: "executor task",
+        task: join.id(),
+    }));
     stopper.started(join.abort_handle(), aborted);
 }
 
@@ -479,8 +482,12 @@ impl StopAll for Stopper {
     }
 }
 
-/// How the task tree shows an adopted executor task.
-struct TaskLabel(tokio::task::Id);
+/// How the task tree shows a task adopted by a nursery without being its child (an
+/// executor's task, protected work): its kind and its task.
+pub(crate) struct TaskLabel {
+    pub(crate) kind: &'static str,
+    pub(crate) task: tokio::task::Id,
+}
 
 impl Attachment for TaskLabel {
     fn as_any(&self) -> &dyn std::any::Any {
@@ -489,9 +496,9 @@ impl Attachment for TaskLabel {
 
     fn describe(&self) -> Description {
         Description {
-            kind: "executor task",
+            kind: self.kind,
             name: None,
-            detail: Some(format!("task {}", self.0)),
+            detail: Some(format!("task {}", self.task)),
         }
     }
 }

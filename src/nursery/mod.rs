@@ -767,7 +767,9 @@ impl<E> Shared<E> {
                 "grace period expired: children aborted"
             );
         }
-        let _ = (self.aborted.set(aborted.clone()), warn);
+        #[cfg(not(feature = "tracing"))]
+        let _ = warn;
+        let _ = self.aborted.set(aborted.clone());
         aborted
     }
 
@@ -1021,14 +1023,16 @@ where
                 // child's scope made before it had a slot (busy in its first poll) is
                 // labelled as the nursery's child.
                 let id = node.id();
-                let labelled = node.attachment().is_some_and(|attachment| {
-                    attachment
-                        .as_any()
-                        .downcast_ref::<ChildLabel>()
-                        .is_some_and(|label| label.nursery == self.shared.node.id())
-                });
+                let labelled = || {
+                    node.attachment().is_some_and(|attachment| {
+                        attachment
+                            .as_any()
+                            .downcast_ref::<ChildLabel>()
+                            .is_some_and(|label| label.nursery == self.shared.node.id())
+                    })
+                };
                 return task_child == Some(id)
-                    || labelled
+                    || labelled()
                     || self.shared.registry.find(|stopper| match stopper {
                         Stopper::Task(cell) if cell.scope.id() == id => Some(()),
                         Stopper::Blocking(child) if child.node.id() == id => Some(()),

@@ -22,7 +22,8 @@ use tokio::task::JoinHandle;
 use super::nearest_adopter;
 use super::report::Origin;
 use crate::context::{self, FrameKind};
-use crate::node::{Attachment, Description, Node, ScopeId};
+use crate::executor::TaskLabel;
+use crate::node::{Node, ScopeId};
 use crate::reason::CancelReason;
 use crate::registry::{Adopter, OrphanReport, Panic, StopAll};
 use crate::sync::lock;
@@ -116,25 +117,6 @@ impl<T> fmt::Debug for Protected<T> {
 /// A protected task's scope: the abort cascade tells it, never aborts it.
 struct Shielded(Arc<Node>);
 
-/// What a protected task's scope carries: how the task tree shows it (SPEC O2).
-struct ProtectedLabel {
-    task: std::sync::OnceLock<tokio::task::Id>,
-}
-
-impl Attachment for ProtectedLabel {
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-
-    fn describe(&self) -> Description {
-        Description {
-            kind: "protected work",
-            name: None,
-            detail: self.task.get().map(|task| format!("task {task}")),
-        }
-    }
-}
-
 impl StopAll for Shielded {
     /// Protected work is told that a grace period ran out, never aborted, and not told about
     /// an abort-mode drop (SPEC C1): nothing to name.
@@ -188,10 +170,6 @@ where
     // A shielded scope of its own under the caller's: the caller's cancellation does not
     // reach it, its own deadline (set inside) does.
     let node = Arc::new(Node::new(ScopeId::next(), true, None));
-    let label = Arc::new(ProtectedLabel {
-        task: std::sync::OnceLock::new(),
-    });
-    node.attach(label.clone());
     node.enter(caller.as_ref(), crate::scope::timer_for(caller.as_ref()));
     let stop: Arc<dyn StopAll> = Arc::new(Shielded(node.clone()));
     let (adopter, key, aborted) = nearest_adopter(caller, &runtime, stop);
@@ -243,7 +221,11 @@ where
             }
         }
     });
-    let _ = label.task.set(join.id());
+    // How the task tree shows it (SPEC O2).
+    node.attach(Arc::new(TaskLabel {
+        kind: "protected work",
+        task: join.id(),
+    }));
     Protected { join, panic }
 }
 
