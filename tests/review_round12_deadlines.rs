@@ -16,13 +16,21 @@ async fn bounded<F: Future>(f: F) -> F::Output {
         .expect("hang")
 }
 
+/// A deadline 1 s ahead, and two scopes with it (to nest).
+fn two_scopes_sharing_a_deadline() -> (Instant, CancelScope, CancelScope) {
+    let d = Instant::now() + Duration::from_secs(1);
+    (
+        d,
+        CancelScope::new().with_deadline(d),
+        CancelScope::new().with_deadline(d),
+    )
+}
+
 /// Control for the next test: two nested linked scopes with the same deadline, expired by
 /// the service: the outer absorbs (SPEC S9).
 #[tokio::test(start_paused = true)]
 async fn control_a_shared_deadline_fired_by_the_service_is_absorbed_by_the_outer_scope() {
-    let d = Instant::now() + Duration::from_secs(1);
-    let outer = CancelScope::new().with_deadline(d);
-    let inner = CancelScope::new().with_deadline(d);
+    let (_, outer, inner) = two_scopes_sharing_a_deadline();
     let (oh, ih) = (outer.handle(), inner.handle());
     let out = bounded(outer.run(async move {
         let r = inner
@@ -47,9 +55,7 @@ async fn control_a_shared_deadline_fired_by_the_service_is_absorbed_by_the_outer
 /// when the service fires both).
 #[tokio::test(start_paused = true)]
 async fn d1_write_current_at_a_shared_passed_deadline_lets_the_outer_scope_absorb() {
-    let d = Instant::now() + Duration::from_secs(1);
-    let outer = CancelScope::new().with_deadline(d);
-    let inner = CancelScope::new().with_deadline(d);
+    let (d, outer, inner) = two_scopes_sharing_a_deadline();
     let (oh, ih) = (outer.handle(), inner.handle());
     let out = bounded(outer.run(async move {
         let r = inner

@@ -53,6 +53,21 @@ fn recording_hook() -> (
 // O2: the task tree lists each live scope once.
 // ---------------------------------------------------------------------------------------
 
+/// `Err` with the tree's text if the snapshot of `n`'s tree lists some scope more than once.
+fn each_scope_listed_once(n: &NurseryHandle<Cancelled>) -> Result<(), String> {
+    let tree = TaskTree::of(&n.scope());
+    let mut ids: Vec<_> = tree.entries().iter().map(|e| e.scope).collect();
+    let total = ids.len();
+    ids.sort();
+    ids.dedup();
+    match total == ids.len() {
+        true => Ok(()),
+        false => Err(format!(
+            "a scope is listed more than once in the task tree:\n{tree}"
+        )),
+    }
+}
+
 /// SPEC O2 (a snapshot of the task tree): protected work started in a nursery's body is
 /// linked under the body's scope (the nursery's node) *and* registered as an adoptee of the
 /// nursery, whose `adopted()` list the tree also walks: the same scope appeared twice
@@ -66,19 +81,10 @@ async fn o2_protected_work_in_a_nursery_body_is_listed_once() {
                 let _ = rx.await;
             });
             tokio::task::yield_now().await;
-            let tree = TaskTree::of(&n.scope());
-            let mut ids: Vec<_> = tree.entries().iter().map(|e| e.scope).collect();
-            let total = ids.len();
-            ids.sort();
-            ids.dedup();
-            let text = tree.to_string();
+            let listed_once = each_scope_listed_once(&n);
             tx.send(()).unwrap();
             work.await;
-            assert_eq!(
-                total,
-                ids.len(),
-                "a scope is listed more than once in the task tree:\n{text}"
-            );
+            listed_once.unwrap();
             Ok::<_, Cancelled>(())
         })
         .await;
@@ -99,18 +105,9 @@ async fn o2_an_executor_task_in_a_nursery_body_is_listed_once() {
                 let _ = rx.await;
             });
             tokio::task::yield_now().await;
-            let tree = TaskTree::of(&n.scope());
-            let mut ids: Vec<_> = tree.entries().iter().map(|e| e.scope).collect();
-            let total = ids.len();
-            ids.sort();
-            ids.dedup();
-            let text = tree.to_string();
+            let listed_once = each_scope_listed_once(&n);
             tx.send(()).unwrap();
-            assert_eq!(
-                total,
-                ids.len(),
-                "a scope is listed more than once in the task tree:\n{text}"
-            );
+            listed_once.unwrap();
             Ok::<_, Cancelled>(())
         })
         .await;
