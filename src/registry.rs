@@ -177,8 +177,9 @@ struct State<A, F, L> {
 }
 
 enum Slot<A> {
-    /// A child that can be reached, and its place in spawn order (see `in_spawn_order`).
-    Running(A, u64),
+    /// A child that can be reached, and its place in spawn order (see `spawn_order`): the
+    /// low 32 bits of its `order`, which keep the slot, tag included, at three words.
+    Running(A, u32),
     /// An orphaned nursery this one adopted (N-4), and how to abort its children.
     Adoptee(Arc<dyn StopAll>),
 }
@@ -283,7 +284,7 @@ impl<A, F, L> Registry<A, F, L> {
             return Err(Closed);
         }
         let key = state.slots.next_key();
-        let inserted = state.slots.insert(Slot::Running(make(key), order));
+        let inserted = state.slots.insert(Slot::Running(make(key), order as u32));
         debug_assert_eq!(inserted, key);
         Ok((key, word & ABORTED != 0))
     }
@@ -294,7 +295,7 @@ impl<A, F, L> Registry<A, F, L> {
     /// itself (N-3). `order` is as for [`register`](Self::register).
     pub(crate) fn park(&self, order: u64, stopper: A) -> (usize, bool) {
         let mut state = lock(&self.state);
-        let key = state.slots.insert(Slot::Running(stopper, order));
+        let key = state.slots.insert(Slot::Running(stopper, order as u32));
         let word = self.word.fetch_sub(ONE, Ordering::AcqRel);
         (key, word & ABORTED != 0)
     }
@@ -690,33 +691,45 @@ impl<A, F, L> Registry<A, F, L> {
         (failures, panics)
     }
 }
-/// The order in which `abort_all` aborts `stoppers`: spawn order (by their `order`, unique),
-/// as indices, or `None` if they are in that order already (one thread polled them). tokio
+/// The order in which `abort_all` aborts `stoppers`: spawn order (by their `order`), as
+/// indices, or `None` if they are in that order already (one thread polled them). tokio
 /// drops each aborted task in the order it was aborted and unlinks it from its task list,
 /// which is in spawn order, touching its two neighbours there. Children take their slots in
 /// the order they park, which two workers interleave; aborting in that order made a million
 /// parked children on multi_thread 1.3x slower to abort (DESIGN.md, "Nursery budgets").
 /// Dense orders (a nursery's children spawned from one thread) are placed in one pass over
 /// a table of `u32` indices; sparse ones are sorted.
-fn spawn_order<A>(stoppers: &[(u64, Option<A>)]) -> Option<Vec<u32>> {
+///
+/// An order is the low 32 bits of a scope id: a hint, not an identity. Two children whose
+/// ids are 2^32 apart share one, and ids that wrap past 2^32 sort out of spawn order; either
+/// costs speed only: a shared order sends the placement to the sort, and every index is
+/// returned once whatever the orders are.
+fn spawn_order<A>(stoppers: &[(u32, Option<A>)]) -> Option<Vec<u32>> {
     if stoppers.is_sorted_by_key(|(order, _)| *order) {
         return None;
     }
     let index = |i: usize| u32::try_from(i).expect("fewer than 2^32 children with a slot");
-    let (min, max) = stoppers
-        .iter()
-        .fold((u64::MAX, 0), |(min, max), (order, _)| {
-            (min.min(*order), max.max(*order))
-        });
-    let span = usize::try_from(max - min).unwrap_or(usize::MAX);
-    if span / 4 > stoppers.len() {
+    let sorted = || {
         let mut sorted: Vec<u32> = (0..stoppers.len()).map(index).collect();
         sorted.sort_unstable_by_key(|&i| stoppers[i as usize].0);
-        return Some(sorted);
+        Some(sorted)
+    };
+    let (min, max) = stoppers
+        .iter()
+        .fold((u32::MAX, 0), |(min, max), (order, _)| {
+            (min.min(*order), max.max(*order))
+        });
+    let span = (max - min) as usize;
+    if span / 4 > stoppers.len() {
+        return sorted();
     }
     let mut at = vec![u32::MAX; span + 1];
     for (i, (order, _)) in stoppers.iter().enumerate() {
-        at[(order - min) as usize] = index(i);
+        let place = &mut at[(order - min) as usize];
+        if *place != u32::MAX {
+            return sorted(); // two children share an order
+        }
+        *place = index(i);
     }
     Some(at.into_iter().filter(|&i| i != u32::MAX).collect())
 }
@@ -725,11 +738,11 @@ fn spawn_order<A>(stoppers: &[(u64, Option<A>)]) -> Option<Vec<u32>> {
 mod tests {
     use super::spawn_order;
 
-    fn stoppers(orders: &[u64]) -> Vec<(u64, Option<()>)> {
+    fn stoppers(orders: &[u32]) -> Vec<(u32, Option<()>)> {
         orders.iter().map(|&order| (order, Some(()))).collect()
     }
 
-    fn ordered(orders: &[u64]) -> Vec<u64> {
+    fn ordered(orders: &[u32]) -> Vec<u32> {
         let stoppers = stoppers(orders);
         match spawn_order(&stoppers) {
             None => orders.to_vec(),
@@ -752,6 +765,23 @@ mod tests {
             ordered(&[1_000_000, 2, 50_000, 1]),
             [1, 2, 50_000, 1_000_000]
         );
+    }
+
+    #[test]
+    fn spawn_order_returns_every_stopper_once_when_orders_are_shared() {
+        // Scope ids 2^32 apart share an order (the low 32 bits): all are still aborted.
+        let orders = [5, 3, 5, 4, 3];
+        let stoppers = stoppers(&orders);
+        let mut order = spawn_order(&stoppers).expect("out of order");
+        assert_eq!(
+            order
+                .iter()
+                .map(|&i| orders[i as usize])
+                .collect::<Vec<_>>(),
+            [3, 3, 4, 5, 5]
+        );
+        order.sort_unstable();
+        assert_eq!(order, [0, 1, 2, 3, 4]);
     }
 }
 

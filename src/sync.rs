@@ -57,3 +57,30 @@ pub(crate) fn block_on<F: std::future::Future>(future: F) -> F::Output {
         unpark.0.wait();
     }
 }
+
+/// A cell whose contents are reached through raw pointers in closures, so that under loom
+/// the model checks every access for a data race (loom's `UnsafeCell`); std's otherwise.
+#[cfg(loom)]
+pub(crate) use loom::cell::UnsafeCell;
+
+/// std's `UnsafeCell` behind loom's closure-based interface (see the loom variant).
+#[cfg(not(loom))]
+#[derive(Debug, Default)]
+pub(crate) struct UnsafeCell<T>(std::cell::UnsafeCell<T>);
+
+#[cfg(not(loom))]
+impl<T> UnsafeCell<T> {
+    pub(crate) const fn new(value: T) -> Self {
+        UnsafeCell(std::cell::UnsafeCell::new(value))
+    }
+
+    /// Calls `f` with a pointer for reading the contents.
+    pub(crate) fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
+        f(self.0.get())
+    }
+
+    /// Calls `f` with a pointer for writing the contents.
+    pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+        f(self.0.get())
+    }
+}

@@ -362,6 +362,6 @@ where
             task: join.id(),
             nursery: shared.node.id(),
         }));
-        Ok(ChildHandle::new(join, info))
+        Ok(ChildHandle::of_task(join, info))
     }
 }

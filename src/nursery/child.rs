@@ -1,5 +1,7 @@
 //! A nursery's children: the task wrapper that runs a child in its scope and reports its
-//! end ([`ChildTask`]), and the handle its spawner gets ([`ChildHandle`], [`JoinError`]).
+//! end ([`ChildTask`]), and the handle its spawner gets ([`ChildHandle`], [`JoinError`]),
+//! which reads the child's outcome from the child's cell ([`OutputSlot`]), not from tokio's
+//! `JoinHandle`.
 
 use std::fmt;
 use std::future::Future;
@@ -9,9 +11,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use pin_project::{pin_project, pinned_drop};
-use tokio::task::JoinHandle;
 
 pub(crate) use super::child_scope::{ChildScope, TaskScope};
+use super::output::OutputSlot;
 use super::report::{Failure, Origin};
 use super::{Shared, Stopper};
 use crate::cancelled::{CancelError, Cancelled};
@@ -32,20 +34,28 @@ pub(crate) enum ChildOutput<T> {
 /// What a child shares with its task, its handle and its nursery's registry: one
 /// allocation per child, next to tokio's task cell (which then holds the user's future and
 /// one pointer: tokio's smallest cell for small futures).
-pub(crate) struct ChildCell<E> {
+///
+/// `out` is where the child's end goes for whoever awaits it: an [`OutputSlot`] for a child
+/// with a [`ChildHandle`], nothing for one whose end goes elsewhere (a collector, a starter).
+/// The registry and the task tree see every child's cell alike, with `out` erased.
+pub(crate) struct ChildCell<E, O: ?Sized = dyn Send + Sync> {
     pub(crate) nursery: Arc<Shared<E>>,
     pub(crate) scope: TaskScope,
+    pub(crate) out: O,
 }
 
-impl<E> ChildCell<E> {
+impl<E, O: Default> ChildCell<E, O> {
     /// A child whose scope is made under its nursery's when needed.
     pub(crate) fn new(nursery: Arc<Shared<E>>, name: Option<Arc<str>>) -> Self {
         ChildCell {
             nursery,
             scope: TaskScope::new(name),
+            out: O::default(),
         }
     }
+}
 
+impl<E, O: ?Sized> ChildCell<E, O> {
     /// Aborts the child's task (one whose handle is not stored yet is aborted by its
     /// spawner, registry invariant N-3), unless a parallel borrowing scope runs in it: that
     /// one is told "grace expired" and aborted when the scope ends (SPEC B2).
@@ -102,7 +112,7 @@ pub(crate) trait ChildInfo: Send + Sync {
     }
 }
 
-impl<E: Send + 'static> ChildInfo for ChildCell<E> {
+impl<E: Send + 'static, O: ?Sized + Send + Sync> ChildInfo for ChildCell<E, O> {
     fn name(&self) -> Option<&Arc<str>> {
         self.scope.name()
     }
@@ -120,59 +130,124 @@ impl<E: Send + 'static> ChildInfo for ChildCell<E> {
 
 /// The future tokio runs for a child: the user's future, polled in the child's scope.
 ///
-/// Its output goes where its [`Route`] says: to the child's [`ChildHandle`] through tokio's
-/// join handle, or into a collector's queue; a started child (SPEC N3) reports to its
-/// starter until it signals readiness.
+/// Its outcome goes where its [`Route`] says: to the child's [`ChildHandle`] through the
+/// [`OutputSlot`] in its cell, or into a collector's queue; a started child (SPEC N3)
+/// reports to its starter until it signals readiness. The task's own output is the
+/// route's: `()` but for a `!Send` outcome, so the `JoinHandle` is mostly dropped at the
+/// spawn.
 #[pin_project(PinnedDrop)]
 pub(crate) struct ChildTask<F, E, R: OnAbort> {
     #[pin]
     future: Option<F>,
-    cell: Arc<ChildCell<E>>,
+    cell: Arc<ChildCell<E, R::Out>>,
     route: R,
 }
 
-/// What a route does when the child's task is dropped.
+/// What a route keeps in the child's cell, and does when the child's task is dropped.
 pub(crate) trait OnAbort: Send + 'static {
+    /// What the route keeps in the child's cell ([`ChildCell::out`]).
+    type Out: Default + Send + Sync + 'static;
+
     /// The task was dropped: news only if it had not finished (aborted).
-    fn aborted(&mut self) {}
+    fn aborted(&mut self, out: &Self::Out) {
+        let _ = out;
+    }
 }
 
 /// Where a child's end goes besides the nursery.
 pub(crate) trait Route<T, E>: OnAbort {
+    /// The output of the child's task.
+    type Output;
+
     /// A started child ending before its signal: the end goes to the starter alone and
-    /// this returns `None` (SPEC N3); otherwise it returns the end, for the nursery.
-    fn early_end(&mut self, node: &Node, ended: Ended<T, E>) -> Option<Ended<T, E>> {
+    /// this returns the task's output (SPEC N3); otherwise it returns the end, for the
+    /// nursery.
+    fn early_end(&mut self, node: &Node, ended: Ended<T, E>) -> Result<Ended<T, E>, Self::Output> {
         let _ = node;
-        Some(ended)
+        Ok(ended)
     }
 
-    /// The task's output for this outcome.
-    fn deliver(&mut self, output: ChildOutput<T>) -> ChildOutput<T> {
-        output
+    /// Sends the child's outcome on; returns the task's output.
+    fn deliver(&mut self, out: &Self::Out, output: ChildOutput<T>) -> Self::Output;
+}
+
+/// To the child's handle, through the [`OutputSlot`] in its cell.
+pub(crate) struct ToHandle<T>(std::marker::PhantomData<fn() -> T>);
+
+impl<T> ToHandle<T> {
+    pub(crate) fn new() -> Self {
+        ToHandle(std::marker::PhantomData)
     }
 }
 
-/// To the child's handle, as the task's output.
-pub(crate) struct ToHandle;
+impl<T: Send + 'static> OnAbort for ToHandle<T> {
+    type Out = OutputSlot<T>;
 
-impl OnAbort for ToHandle {}
+    fn aborted(&mut self, out: &OutputSlot<T>) {
+        if !out.is_filled() {
+            // A panic of the crate's own code past the child's `catch_unwind` would drop
+            // the task while unwinding: say "panicked" rather than "aborted".
+            out.fill(if std::thread::panicking() {
+                ChildOutput::Panicked
+            } else {
+                ChildOutput::Aborted
+            });
+        }
+    }
+}
 
-impl<T, E> Route<T, E> for ToHandle {}
+impl<T: Send + 'static, E> Route<T, E> for ToHandle<T> {
+    type Output = ();
+
+    fn deliver(&mut self, out: &OutputSlot<T>, output: ChildOutput<T>) {
+        out.fill(output);
+    }
+}
+
+/// To the child's handle as its task's output, through tokio's `JoinHandle`: for a `!Send`
+/// outcome (SPEC N12), which the cell, shared with the registry, cannot hold.
+pub(crate) struct ToJoinHandle<T>(std::marker::PhantomData<fn() -> T>);
+
+impl<T> ToJoinHandle<T> {
+    pub(crate) fn new() -> Self {
+        ToJoinHandle(std::marker::PhantomData)
+    }
+}
+
+impl<T: 'static> OnAbort for ToJoinHandle<T> {
+    type Out = ();
+}
+
+impl<T: 'static, E> Route<T, E> for ToJoinHandle<T> {
+    type Output = ChildOutput<T>;
+
+    fn deliver(&mut self, _: &(), output: ChildOutput<T>) -> ChildOutput<T> {
+        output
+    }
+}
 
 /// To the code awaiting `start`, while the child has not signalled readiness (SPEC N3).
 pub(crate) struct ToStarter<E>(pub(crate) Option<Arc<dyn Starting<E>>>);
 
 impl<T, E: CancelError + Send + 'static> Route<T, E> for ToStarter<E> {
-    fn early_end(&mut self, node: &Node, ended: Ended<T, E>) -> Option<Ended<T, E>> {
+    type Output = ();
+
+    /// After its signal, a started child's value is nobody's: its caller has its readiness
+    /// value, the nursery its failures.
+    fn deliver(&mut self, _: &(), _: ChildOutput<T>) {}
+
+    fn early_end(&mut self, node: &Node, ended: Ended<T, E>) -> Result<Ended<T, E>, ()> {
         match self.0.take() {
-            Some(starting) => starting_end(starting.as_ref(), node, ended),
-            None => Some(ended),
+            Some(starting) => starting_end(starting.as_ref(), node, ended).ok_or(()),
+            None => Ok(ended),
         }
     }
 }
 
 impl<E: Send + 'static> OnAbort for ToStarter<E> {
-    fn aborted(&mut self) {
+    type Out = ();
+
+    fn aborted(&mut self, _: &()) {
         // Aborted before signalling: the starter must not wait for ever.
         if let Some(starting) = self.0.take() {
             drop(starting.ended_early(EarlyEnd::Aborted));
@@ -198,7 +273,7 @@ pub(crate) enum EarlyEnd<E> {
 }
 
 impl<F, E, R: OnAbort> ChildTask<F, E, R> {
-    pub(crate) fn new(future: F, cell: Arc<ChildCell<E>>, route: R) -> Self {
+    pub(crate) fn new(future: F, cell: Arc<ChildCell<E, R::Out>>, route: R) -> Self {
         ChildTask {
             future: Some(future),
             cell,
@@ -213,9 +288,9 @@ where
     E: CancelError + fmt::Debug,
     R: Route<T, E>,
 {
-    type Output = ChildOutput<T>;
+    type Output = R::Output;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<ChildOutput<T>> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<R::Output> {
         let mut this = self.project();
         let future = this
             .future
@@ -268,12 +343,17 @@ where
                 Ok(_) => ready = Err(payload),
             }
         }
-        let Some(ready) = this.route.early_end(cell.settled(), ready) else {
-            return Poll::Ready(ChildOutput::Cancelled);
-        };
-        let cancelled = cell.settled().is_cancelled();
-        let output = settle(ready, cancelled, &cell.nursery, || origin(cell));
-        Poll::Ready(this.route.deliver(output))
+        let output = this.route.early_end(cell.settled(), ready).map(|ready| {
+            let cancelled = cell.settled().is_cancelled();
+            settle(ready, cancelled, &cell.nursery, || origin(cell))
+        });
+        // The nursery counts the child finished before anyone awaiting it learns its end:
+        // a joined child is no longer among the nursery's live children.
+        finish(cell);
+        Poll::Ready(match output {
+            Ok(output) => this.route.deliver(&cell.out, output),
+            Err(output) => output,
+        })
     }
 }
 
@@ -281,7 +361,7 @@ where
 /// nursery's abort and the task tree reach it, and aborts itself if the nursery aborted its
 /// children meanwhile (registry invariant N-3).
 #[cold]
-fn park<E>(cell: &Arc<ChildCell<E>>) {
+fn park<E, O: Send + Sync + 'static>(cell: &Arc<ChildCell<E, O>>) {
     let order = cell.scope.id().as_u64();
     let (key, aborted) = cell
         .nursery
@@ -351,7 +431,7 @@ fn starting_end<T, E: CancelError>(
 }
 
 /// Who a child is, for reports.
-fn origin<E>(cell: &ChildCell<E>) -> Origin {
+fn origin<E, O: ?Sized>(cell: &ChildCell<E, O>) -> Origin {
     origin_of(cell.name().cloned(), cell.scope.id())
 }
 
@@ -371,13 +451,21 @@ impl<F, E, R: OnAbort> PinnedDrop for ChildTask<F, E, R> {
         let cell = &**this.cell;
         // SPEC N1: the child's future is gone before the nursery counts it finished. A panic
         // in its drop (an aborted child) is reported, and the nursery still hears of the end.
-        let dropped = catch_unwind(AssertUnwindSafe(|| this.future.set(None)));
-        if let Err(payload) = dropped {
-            cell.nursery.panicked(origin(cell), payload);
+        if this.future.is_some() {
+            let dropped = catch_unwind(AssertUnwindSafe(|| this.future.set(None)));
+            if let Err(payload) = dropped {
+                cell.nursery.panicked(origin(cell), payload);
+            }
         }
-        // Once finished, the route has nothing left to send: only an abort is news here.
-        this.route.aborted();
-        cell.scope.end();
+        // Both no-ops for a child that finished in its last poll, which told everyone.
+        finish(cell);
+        this.route.aborted(&cell.out);
+    }
+}
+
+/// The child's future is gone: its scope ends, and its nursery counts it finished. Once.
+fn finish<E, O: ?Sized>(cell: &ChildCell<E, O>) {
+    if cell.scope.end() {
         cell.nursery.registry.finished(cell.scope.slot());
     }
 }
@@ -400,35 +488,96 @@ pub(crate) fn joined<T>(output: ChildOutput<T>) -> Result<T, JoinError> {
 /// cancelled, it returns [`JoinError::Cancelled`] and the child keeps running in its
 /// nursery. Dropping the handle detaches nothing: the child still belongs to its nursery.
 pub struct ChildHandle<T> {
-    join: JoinHandle<ChildOutput<T>>,
-    child: Arc<dyn ChildInfo>,
+    child: Joined<T>,
     waiter: Waiter,
 }
 
+/// Where a handle finds its child's outcome.
+enum Joined<T> {
+    /// In the child's cell (a nursery's async child).
+    Cell(Arc<dyn Joinable<T> + Send + Sync>),
+    /// As its task's output: a `!Send` child's (SPEC N12) or a blocking child's (N16).
+    Task(tokio::task::JoinHandle<ChildOutput<T>>, Arc<dyn ChildInfo>),
+}
+
+/// A child as its [`ChildHandle`] sees it: its outcome besides what [`ChildInfo`] gives.
+pub(crate) trait Joinable<T>: ChildInfo {
+    /// The child's outcome, or `Pending` with `cx`'s waker left for it.
+    fn poll_output(&self, cx: &mut Context<'_>) -> Poll<ChildOutput<T>>;
+    /// Aborts the child (see [`ChildHandle::abort`]).
+    fn abort(&self);
+    /// Whether the child's outcome is known.
+    fn is_finished(&self) -> bool;
+    /// The child's tokio task.
+    fn id(&self) -> tokio::task::Id;
+}
+
+impl<E: Send + 'static, T: Send + 'static> Joinable<T> for ChildCell<E, OutputSlot<T>> {
+    fn poll_output(&self, cx: &mut Context<'_>) -> Poll<ChildOutput<T>> {
+        self.out.poll_take(cx)
+    }
+
+    fn abort(&self) {
+        ChildCell::abort(self);
+    }
+
+    fn is_finished(&self) -> bool {
+        self.out.is_filled()
+    }
+
+    fn id(&self) -> tokio::task::Id {
+        self.scope
+            .abort_handle()
+            .expect("a child's abort handle is stored before its handle is made")
+            .id()
+    }
+}
+
 impl<T> ChildHandle<T> {
-    pub(crate) fn new(join: JoinHandle<ChildOutput<T>>, child: Arc<dyn ChildInfo>) -> Self {
+    /// The handle of a child whose outcome comes through its cell.
+    pub(crate) fn new(child: Arc<dyn Joinable<T> + Send + Sync>) -> Self {
         ChildHandle {
-            join,
-            child,
+            child: Joined::Cell(child),
             waiter: Waiter::default(),
+        }
+    }
+
+    /// The handle of a child whose outcome is its task's output.
+    pub(crate) fn of_task(
+        join: tokio::task::JoinHandle<ChildOutput<T>>,
+        child: Arc<dyn ChildInfo>,
+    ) -> Self {
+        ChildHandle {
+            child: Joined::Task(join, child),
+            waiter: Waiter::default(),
+        }
+    }
+
+    fn info(&self) -> &dyn ChildInfo {
+        match &self.child {
+            Joined::Cell(cell) => &**cell,
+            Joined::Task(_, child) => &**child,
         }
     }
 
     /// The child's tokio task id.
     pub fn id(&self) -> tokio::task::Id {
-        self.join.id()
+        match &self.child {
+            Joined::Cell(cell) => cell.id(),
+            Joined::Task(join, _) => join.id(),
+        }
     }
 
     /// The name given at spawn, if any.
     pub fn name(&self) -> Option<&str> {
-        self.child.name().map(|name| &**name)
+        self.info().name().map(|name| &**name)
     }
 
     /// Cancels this child alone, cooperatively: its cancellation points report it. Not a
     /// failure; the handle then yields [`JoinError::ChildCancelled`] unless the child
     /// finishes with a value anyway.
     pub fn cancel(&self) {
-        self.child.cancel(CancelReason::Explicit(None));
+        self.info().cancel(CancelReason::Explicit(None));
     }
 
     /// Aborts this child alone: tokio drops its future at its next scheduling. Not a failure;
@@ -439,17 +588,24 @@ impl<T> ChildHandle<T> {
     /// (SPEC N16) cannot be aborted once it runs: it is cancelled instead, through its
     /// [`BlockingContext`](crate::BlockingContext); one that has not started yet never starts.
     pub fn abort(&self) {
-        if !self.child.abort_put_off() {
-            self.join.abort();
+        match &self.child {
+            Joined::Cell(cell) => cell.abort(),
+            Joined::Task(join, child) => {
+                if !child.abort_put_off() {
+                    join.abort();
+                }
+            }
         }
     }
 
-    /// Whether the child's task has finished, as tokio sees it. Tokio marks a task finished
-    /// a moment after its future ended, and the nursery counts a child as ended when its
-    /// future is, so just after the nursery (or scope) returned this may still be `false`
-    /// for a short while; awaiting the handle gives the child's outcome either way.
+    /// Whether the child has finished: its outcome is waiting for this handle (awaiting it
+    /// then returns at once). For a `!Send` or a blocking child this is tokio's view of its
+    /// task, which tokio marks finished a moment after its future ended.
     pub fn is_finished(&self) -> bool {
-        self.join.is_finished()
+        match &self.child {
+            Joined::Cell(cell) => cell.is_finished(),
+            Joined::Task(join, _) => join.is_finished(),
+        }
     }
 }
 
@@ -458,12 +614,16 @@ impl<T> Future for ChildHandle<T> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        if let Poll::Ready(result) = Pin::new(&mut this.join).poll(cx) {
-            return Poll::Ready(match result {
+        let output = match &mut this.child {
+            Joined::Cell(cell) => cell.poll_output(cx).map(joined),
+            Joined::Task(join, _) => Pin::new(join).poll(cx).map(|result| match result {
                 Ok(output) => joined(output),
                 Err(error) if error.is_cancelled() => Err(JoinError::ChildAborted),
                 Err(_) => Err(JoinError::ChildPanicked),
-            });
+            }),
+        };
+        if output.is_ready() {
+            return output;
         }
         this.waiter
             .poll_cancelled(cx)

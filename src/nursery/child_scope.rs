@@ -346,13 +346,14 @@ impl ChildScope {
         self.state.load(Ordering::Relaxed) & OBSERVED != 0
     }
 
-    /// The child ended: its scope ends, or none will ever be made.
-    pub(crate) fn end(&self) {
+    /// The child ended: its scope ends, or none will ever be made. True the first time.
+    pub(crate) fn end(&self) -> bool {
         let state = self.state.fetch_or(ENDED, Ordering::AcqRel);
         if state & NODE_SET != 0 {
             // `Node::end` is idempotent: a `make_node` racing with this may end it too.
             self.own().expect("published").end(false);
         }
+        state & ENDED == 0
     }
 }
 

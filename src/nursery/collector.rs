@@ -57,16 +57,19 @@ struct Sink<T> {
 struct ToCollector<T>(Option<Sink<T>>);
 
 impl<T: Send + 'static, E> Route<T, E> for ToCollector<T> {
-    fn deliver(&mut self, output: ChildOutput<T>) -> ChildOutput<T> {
+    type Output = ();
+
+    fn deliver(&mut self, _: &(), output: ChildOutput<T>) {
         if let Some(sink) = self.0.take() {
             sink.deliver(output);
         }
-        ChildOutput::Cancelled // nobody joins a collected child's task
     }
 }
 
 impl<T: Send + 'static> OnAbort for ToCollector<T> {
-    fn aborted(&mut self) {
+    type Out = ();
+
+    fn aborted(&mut self, _: &()) {
         // Dropped before it finished: aborted (SPEC N15 queues every outcome).
         if let Some(sink) = self.0.take() {
             sink.deliver(ChildOutput::Aborted);

@@ -15,6 +15,7 @@ mod child;
 mod child_scope;
 mod collector;
 mod orphans;
+mod output;
 mod protect;
 mod report;
 mod start;
@@ -48,7 +49,7 @@ use crate::node::{Attachment, Description, Node, ScopeId};
 use crate::reason::CancelReason;
 use crate::registry::{self, Adopter, Closed, OrphanReport, Recorded, Registry, StopAll};
 use crate::scope::{ScopeHandle, cancelled_here, enter_preset};
-use child::{ChildCell, ChildInfo, ChildOutput, ChildTask, Route, ToHandle};
+use child::{ChildCell, ChildTask, Route, ToHandle, ToJoinHandle};
 pub(crate) use child::{ChildScope, TaskScope};
 use orphans::Orphans;
 
@@ -500,8 +501,9 @@ fn children(count: usize) -> String {
     }
 }
 
-/// A spawned child's task and what its handle needs.
-pub(crate) type Spawned<T> = (JoinHandle<ChildOutput<T>>, Arc<dyn ChildInfo>);
+/// A spawned child's task (its output is the route's business: drop it at will) and its
+/// cell.
+pub(crate) type Spawned<E, O> = (JoinHandle<()>, Arc<ChildCell<E, O>>);
 
 /// How the task tree shows a child (SPEC O2).
 fn child_description(scope: &TaskScope) -> Description {
@@ -942,8 +944,8 @@ where
         T: Send + 'static,
     {
         let slot = self.free_slot()?;
-        let (join, child) = self.spawn_task(None, None, slot, future, |_| ToHandle)?;
-        Ok(ChildHandle::new(join, child))
+        let (_, child) = self.spawn_task(None, None, slot, future, |_| ToHandle::new())?;
+        Ok(ChildHandle::new(child))
     }
 
     /// A free slot of the concurrency limit (`None` without a limit), or `Full` (SPEC N11).
@@ -985,8 +987,8 @@ where
         T: Send + 'static,
     {
         let slot = self.slot_when_free().await?;
-        let (join, child) = self.spawn_task(None, None, slot, future, |_| ToHandle)?;
-        Ok(ChildHandle::new(join, child))
+        let (_, child) = self.spawn_task(None, None, slot, future, |_| ToHandle::new())?;
+        Ok(ChildHandle::new(child))
     }
 
     /// Whether the code being polled runs in one of this nursery's children.
@@ -1053,8 +1055,8 @@ where
         F: Future<Output = Result<T, E>> + Send + 'static,
         T: Send + 'static,
     {
-        let (join, child) = self.spawn_task(name, None, None, future, |_| ToHandle)?;
-        Ok(ChildHandle::new(join, child))
+        let (_, child) = self.spawn_task(name, None, None, future, |_| ToHandle::new())?;
+        Ok(ChildHandle::new(child))
     }
 
     /// Registers and spawns a child, in a scope made when needed under the nursery's, or
@@ -1069,12 +1071,12 @@ where
         parent: Option<&Arc<Node>>,
         slot: Option<OwnedSemaphorePermit>,
         future: F,
-        route: impl FnOnce(&Arc<ChildCell<E>>) -> R,
-    ) -> Result<Spawned<T>, SpawnError>
+        route: impl FnOnce(&Arc<ChildCell<E, R::Out>>) -> R,
+    ) -> Result<Spawned<E, R::Out>, SpawnError>
     where
         F: Future<Output = Result<T, E>> + Send + 'static,
         T: Send + 'static,
-        R: Route<T, E>,
+        R: Route<T, E, Output = ()>,
     {
         match (&self.shared.limit, slot) {
             (None, _) => self.spawn_raw(name, parent, future, route),
@@ -1098,12 +1100,12 @@ where
         name: Option<Arc<str>>,
         parent: Option<&Arc<Node>>,
         future: F,
-        route: impl FnOnce(&Arc<ChildCell<E>>) -> R,
-    ) -> Result<Spawned<T>, SpawnError>
+        route: impl FnOnce(&Arc<ChildCell<E, R::Out>>) -> R,
+    ) -> Result<Spawned<E, R::Out>, SpawnError>
     where
         F: Future<Output = Result<T, E>> + Send + 'static,
         T: Send + 'static,
-        R: Route<T, E>,
+        R: Route<T, E, Output = ()>,
     {
         let cell = self.prepare(name, parent)?;
         let route = route(&cell);
@@ -1114,14 +1116,14 @@ where
     }
 
     /// Registers a child with its nursery: what it shares with its task.
-    fn prepare(
+    fn prepare<O: Default + Send + Sync + 'static>(
         &self,
         name: Option<Arc<str>>,
         parent: Option<&Arc<Node>>,
-    ) -> Result<Arc<ChildCell<E>>, SpawnError> {
+    ) -> Result<Arc<ChildCell<E, O>>, SpawnError> {
         let shared = &self.shared;
         let listed = name.is_some() || parent.is_some();
-        let cell = Arc::new(ChildCell::new(shared.clone(), name));
+        let cell = Arc::new(ChildCell::<E, O>::new(shared.clone(), name));
         if listed {
             // A named child is in the task tree from its spawn, and a started one runs under
             // its starter's scopes from the start (SPEC N3, O2): both hold a slot at once.
@@ -1146,7 +1148,11 @@ where
     }
 
     /// Records a spawned child's task: its abort handle, for the nursery to abort it.
-    fn started<T>(&self, cell: Arc<ChildCell<E>>, join: JoinHandle<ChildOutput<T>>) -> Spawned<T> {
+    fn started<O, T>(
+        &self,
+        cell: Arc<ChildCell<E, O>>,
+        join: JoinHandle<T>,
+    ) -> (JoinHandle<T>, Arc<ChildCell<E, O>>) {
         if cell.scope.set_abort(join.abort_handle()) {
             // Spawned while the nursery aborted its children (SPEC N8, N7): this one too.
             join.abort();
@@ -1175,9 +1181,9 @@ where
             .store(true, std::sync::atomic::Ordering::Relaxed);
         // Outside a LocalSet this panics; the task is dropped on the way out and tells the
         // registry, so nothing is left behind.
-        let join = tokio::task::spawn_local(ChildTask::new(future, cell.clone(), ToHandle));
-        let (join, child) = self.started(cell, join);
-        ChildHandle::new(join, child)
+        let task = ChildTask::new(future, cell.clone(), ToJoinHandle::new());
+        let (join, child) = self.started(cell, tokio::task::spawn_local(task));
+        ChildHandle::of_task(join, child)
     }
 }
 
