@@ -118,6 +118,7 @@
 mod cancelled;
 mod handoff;
 mod node;
+mod output_slot;
 mod pages;
 mod poison;
 mod reason;

@@ -13,12 +13,12 @@ use std::task::{Context, Poll};
 use pin_project::{pin_project, pinned_drop};
 
 pub(crate) use super::child_scope::{ChildScope, TaskScope};
-use super::output::OutputSlot;
 use super::report::{Failure, Origin};
 use super::{Shared, Stopper};
 use crate::cancelled::{CancelError, Cancelled};
 use crate::context::{self, FrameKind};
 use crate::node::{Node, ScopeId};
+use crate::output_slot::OutputSlot;
 use crate::point::Waiter;
 use crate::reason::CancelReason;
 
@@ -181,9 +181,9 @@ impl<T> ToHandle<T> {
 }
 
 impl<T: Send + 'static> OnAbort for ToHandle<T> {
-    type Out = OutputSlot<T>;
+    type Out = OutputSlot<ChildOutput<T>>;
 
-    fn aborted(&mut self, out: &OutputSlot<T>) {
+    fn aborted(&mut self, out: &OutputSlot<ChildOutput<T>>) {
         if !out.is_filled() {
             // A panic of the crate's own code past the child's `catch_unwind` would drop
             // the task while unwinding: say "panicked" rather than "aborted".
@@ -199,7 +199,7 @@ impl<T: Send + 'static> OnAbort for ToHandle<T> {
 impl<T: Send + 'static, E> Route<T, E> for ToHandle<T> {
     type Output = ();
 
-    fn deliver(&mut self, out: &OutputSlot<T>, output: ChildOutput<T>) {
+    fn deliver(&mut self, out: &OutputSlot<ChildOutput<T>>, output: ChildOutput<T>) {
         out.fill(output);
     }
 }
@@ -512,7 +512,9 @@ pub(crate) trait Joinable<T>: ChildInfo {
     fn id(&self) -> tokio::task::Id;
 }
 
-impl<E: Send + 'static, T: Send + 'static> Joinable<T> for ChildCell<E, OutputSlot<T>> {
+impl<E: Send + 'static, T: Send + 'static> Joinable<T>
+    for ChildCell<E, OutputSlot<ChildOutput<T>>>
+{
     fn poll_output(&self, cx: &mut Context<'_>) -> Poll<ChildOutput<T>> {
         self.out.poll_take(cx)
     }

@@ -15,7 +15,6 @@ mod child;
 mod child_scope;
 mod collector;
 mod orphans;
-mod output;
 mod protect;
 mod report;
 mod start;

@@ -1,6 +1,7 @@
-//! A nursery child's outcome on its way to the child's handle ([`OutputSlot`]): written once
-//! by the child's task as the child ends, taken once by the [`ChildHandle`](super::ChildHandle),
-//! which leaves its waker there meanwhile.
+//! A value handed over once, from one writer to one taker that may wait for it
+//! ([`OutputSlot`]): a nursery child's outcome on its way to the child's
+//! [`ChildHandle`](crate::ChildHandle), written once by the child's task as the child ends,
+//! taken once by the handle, which leaves its waker there meanwhile.
 //!
 //! Why not tokio's `JoinHandle`: reading a child's outcome through it (the task's end
 //! storing the output in the task and notifying the handle, the handle copying it out and
@@ -9,7 +10,7 @@
 //! bare spawn. With the outcome here the child's task has output `()` and its `JoinHandle`
 //! is dropped at the spawn.
 //!
-//! This is the crate's fifth `unsafe` (DESIGN.md, "Memory per child"): a `Mutex` around the
+//! This is the crate's fifth `unsafe` (DESIGN.md, "Who knows what"): a `Mutex` around the
 //! waker and the outcome would take 8 bytes more per child than the budget leaves. Every
 //! access to the two cells is behind the state byte's protocol, stated at each block; the
 //! loom model and the Miri tests are at the bottom.
@@ -17,7 +18,6 @@
 use std::mem::MaybeUninit;
 use std::task::{Context, Poll, Waker};
 
-use super::child::ChildOutput;
 use crate::sync::{AtomicU8, Ordering, UnsafeCell};
 
 /// `output` holds the child's outcome: set once, by the child's task, after writing it.
@@ -28,23 +28,24 @@ const WAKER_SET: u8 = 2;
 /// The handle took the outcome: it is not dropped again with the slot.
 const TAKEN: u8 = 4;
 
-/// A child's outcome and its handle's waker (24 bytes for a unit outcome).
-pub(crate) struct OutputSlot<T> {
+/// A value on its way (a child's outcome) and its taker's waker (24 bytes for a one-byte
+/// value).
+pub(crate) struct OutputSlot<V> {
     state: AtomicU8,
     waker: UnsafeCell<Option<Waker>>,
-    output: UnsafeCell<MaybeUninit<ChildOutput<T>>>,
+    output: UnsafeCell<MaybeUninit<V>>,
 }
 
 // SAFETY: the outcome is written by one thread and read by one other, handed over by the
 // `Release`/`Acquire` pair on `OUTPUT_SET`; the waker is written only by the handle while
 // `WAKER_SET` is clear and `OUTPUT_SET` is not set (the writer reads it only after seeing
 // `WAKER_SET` in the same atomic operation that sets `OUTPUT_SET`), and read by both sides
-// otherwise. `T: Send` is what moving the outcome between threads needs; nobody gets a `&T`.
-unsafe impl<T: Send> Send for OutputSlot<T> {}
+// otherwise. `V: Send` is what moving the value between threads needs; nobody gets a `&V`.
+unsafe impl<V: Send> Send for OutputSlot<V> {}
 // SAFETY: as above.
-unsafe impl<T: Send> Sync for OutputSlot<T> {}
+unsafe impl<V: Send> Sync for OutputSlot<V> {}
 
-impl<T> Default for OutputSlot<T> {
+impl<V> Default for OutputSlot<V> {
     fn default() -> Self {
         OutputSlot {
             state: AtomicU8::new(0),
@@ -54,16 +55,16 @@ impl<T> Default for OutputSlot<T> {
     }
 }
 
-impl<T> OutputSlot<T> {
+impl<V> OutputSlot<V> {
     /// Stores the child's outcome and wakes its handle. Called by the child's task only,
     /// at most once (its end: the poll that finished it, or its drop after an abort).
-    pub(crate) fn fill(&self, output: ChildOutput<T>) {
-        // SAFETY: only the child's task writes the outcome, once (`OUTPUT_SET` is not set
+    pub(crate) fn fill(&self, output: V) {
+        // SAFETY: only the writer writes the value, once (`OUTPUT_SET` is not set
         // yet), and nobody reads it before `OUTPUT_SET` is published below.
         self.output
             .with_mut(|slot| unsafe { (*slot).write(output) });
         let state = self.state.fetch_or(OUTPUT_SET, Ordering::AcqRel);
-        debug_assert_eq!(state & OUTPUT_SET, 0, "a child's outcome is written once");
+        debug_assert_eq!(state & OUTPUT_SET, 0, "a value is written once");
         if state & WAKER_SET != 0 {
             // SAFETY: `WAKER_SET` was seen (`Acquire`): the handle's write of the waker
             // happened before, and the handle writes it again only after clearing the bit
@@ -87,7 +88,7 @@ impl<T> OutputSlot<T> {
     /// # Panics
     ///
     /// If the outcome was already taken (a handle polled after it returned).
-    pub(crate) fn poll_take(&self, cx: &mut Context<'_>) -> Poll<ChildOutput<T>> {
+    pub(crate) fn poll_take(&self, cx: &mut Context<'_>) -> Poll<V> {
         let state = self.state.load(Ordering::Acquire);
         if state & OUTPUT_SET != 0 {
             return Poll::Ready(self.take());
@@ -118,7 +119,7 @@ impl<T> OutputSlot<T> {
         Poll::Pending
     }
 
-    fn take(&self) -> ChildOutput<T> {
+    fn take(&self) -> V {
         let state = self.state.fetch_or(TAKEN, Ordering::Relaxed);
         assert_eq!(state & TAKEN, 0, "a ChildHandle polled after it returned");
         // SAFETY: `OUTPUT_SET` was seen with `Acquire`, so the outcome was written before;
@@ -128,7 +129,7 @@ impl<T> OutputSlot<T> {
     }
 }
 
-impl<T> Drop for OutputSlot<T> {
+impl<V> Drop for OutputSlot<V> {
     fn drop(&mut self) {
         let state = self.state.load(Ordering::Acquire);
         if state & OUTPUT_SET != 0 && state & TAKEN == 0 {
@@ -163,23 +164,16 @@ mod tests {
         (count.clone(), Waker::from(count))
     }
 
-    fn value(output: ChildOutput<String>) -> String {
-        match output {
-            ChildOutput::Value(value) => value,
-            _ => panic!("expected a value"),
-        }
-    }
-
     #[test]
     fn output_before_the_handle_polls() {
         let slot = OutputSlot::default();
-        slot.fill(ChildOutput::Value("done".to_string()));
+        slot.fill("done".to_string());
         assert!(slot.is_filled());
         let (count, waker) = waker();
         let Poll::Ready(output) = slot.poll_take(&mut Context::from_waker(&waker)) else {
             panic!("the outcome is there");
         };
-        assert_eq!(value(output), "done");
+        assert_eq!(output, "done");
         assert_eq!(count.0.load(std::sync::atomic::Ordering::SeqCst), 0);
     }
 
@@ -200,19 +194,19 @@ mod tests {
             slot.poll_take(&mut Context::from_waker(&second_waker))
                 .is_pending()
         );
-        slot.fill(ChildOutput::Value("late".to_string()));
+        slot.fill("late".to_string());
         assert_eq!(first.0.load(std::sync::atomic::Ordering::SeqCst), 0);
         assert_eq!(second.0.load(std::sync::atomic::Ordering::SeqCst), 1);
         let Poll::Ready(output) = slot.poll_take(&mut Context::from_waker(&second_waker)) else {
             panic!("the outcome is there");
         };
-        assert_eq!(value(output), "late");
+        assert_eq!(output, "late");
     }
 
     #[test]
     fn an_outcome_never_taken_is_dropped_with_the_slot() {
         let slot = OutputSlot::default();
-        slot.fill(ChildOutput::Value("kept".to_string()));
+        slot.fill("kept".to_string());
         drop(slot); // Miri's leak check: the string is freed.
         let empty = OutputSlot::<String>::default();
         let (_count, waker) = waker();
@@ -228,7 +222,7 @@ mod tests {
     #[should_panic(expected = "polled after it returned")]
     fn taking_twice_is_a_clear_panic() {
         let slot = OutputSlot::default();
-        slot.fill(ChildOutput::Value("once".to_string()));
+        slot.fill("once".to_string());
         let (_count, waker) = waker();
         let mut cx = Context::from_waker(&waker);
         let _ = slot.poll_take(&mut cx);
@@ -241,7 +235,7 @@ mod tests {
             let slot = Arc::new(OutputSlot::default());
             let writer = {
                 let slot = slot.clone();
-                std::thread::spawn(move || slot.fill(ChildOutput::Value("sent".to_string())))
+                std::thread::spawn(move || slot.fill("sent".to_string()))
             };
             let (count, waker) = waker();
             let mut cx = Context::from_waker(&waker);
@@ -254,7 +248,7 @@ mod tests {
                     std::thread::yield_now();
                 }
             };
-            assert_eq!(value(output), "sent");
+            assert_eq!(output, "sent");
             writer.join().unwrap();
         }
     }
@@ -273,7 +267,7 @@ mod loom_tests {
             let slot = Arc::new(OutputSlot::<u32>::default());
             let writer = {
                 let slot = slot.clone();
-                loom::thread::spawn(move || slot.fill(ChildOutput::Value(7)))
+                loom::thread::spawn(move || slot.fill(7))
             };
             let first = crate::sync::block_on(std::future::poll_fn(|cx| {
                 // Registers one waker, then replaces it with the model's own.
