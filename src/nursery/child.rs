@@ -136,7 +136,7 @@ impl<E: Send + 'static, O: ?Sized + Send + Sync> ChildInfo for ChildCell<E, O> {
 /// route's: `()` but for a `!Send` outcome, so the `JoinHandle` is mostly dropped at the
 /// spawn.
 #[pin_project(PinnedDrop)]
-pub(crate) struct ChildTask<F, E, R: OnAbort> {
+pub(crate) struct ChildTask<F, E, R: OnAbort<E>> {
     #[pin]
     future: Option<F>,
     cell: Arc<ChildCell<E, R::Out>>,
@@ -144,18 +144,23 @@ pub(crate) struct ChildTask<F, E, R: OnAbort> {
 }
 
 /// What a route keeps in the child's cell, and does when the child's task is dropped.
-pub(crate) trait OnAbort: Send + 'static {
+pub(crate) trait OnAbort<E>: Send + 'static {
     /// What the route keeps in the child's cell ([`ChildCell::out`]).
     type Out: Default + Send + Sync + 'static;
 
+    /// Whether the child's end goes to the route before the nursery counts the child
+    /// finished (a collector's queue, a starter: what the nursery's end promises is there
+    /// by then) or after (a handle: a joined child is no longer counted live).
+    const BEFORE_FINISH: bool;
+
     /// The task was dropped: news only if it had not finished (aborted).
-    fn aborted(&mut self, out: &Self::Out) {
-        let _ = out;
+    fn aborted(&mut self, cell: &ChildCell<E, Self::Out>) {
+        let _ = cell;
     }
 }
 
 /// Where a child's end goes besides the nursery.
-pub(crate) trait Route<T, E>: OnAbort {
+pub(crate) trait Route<T, E>: OnAbort<E> {
     /// The output of the child's task.
     type Output;
 
@@ -168,7 +173,7 @@ pub(crate) trait Route<T, E>: OnAbort {
     }
 
     /// Sends the child's outcome on; returns the task's output.
-    fn deliver(&mut self, out: &Self::Out, output: ChildOutput<T>) -> Self::Output;
+    fn deliver(&mut self, cell: &ChildCell<E, Self::Out>, output: ChildOutput<T>) -> Self::Output;
 }
 
 /// To the child's handle, through the [`OutputSlot`] in its cell.
@@ -180,27 +185,58 @@ impl<T> ToHandle<T> {
     }
 }
 
-impl<T: Send + 'static> OnAbort for ToHandle<T> {
-    type Out = OutputSlot<ChildOutput<T>>;
+impl<T: Send + 'static, E: 'static> OnAbort<E> for ToHandle<T> {
+    type Out = OutputSlot<T>;
+    const BEFORE_FINISH: bool = false;
 
-    fn aborted(&mut self, out: &OutputSlot<ChildOutput<T>>) {
-        if !out.is_filled() {
-            // A panic of the crate's own code past the child's `catch_unwind` would drop
-            // the task while unwinding: say "panicked" rather than "aborted".
-            out.fill(if std::thread::panicking() {
-                ChildOutput::Panicked
-            } else {
-                ChildOutput::Aborted
-            });
+    fn aborted(&mut self, cell: &ChildCell<E, OutputSlot<T>>) {
+        if !cell.out.is_filled(&cell.scope.outcome) {
+            cell.put(ChildOutput::Aborted);
         }
     }
 }
 
-impl<T: Send + 'static, E> Route<T, E> for ToHandle<T> {
+impl<T: Send + 'static, E: 'static> Route<T, E> for ToHandle<T> {
     type Output = ();
 
-    fn deliver(&mut self, out: &OutputSlot<ChildOutput<T>>, output: ChildOutput<T>) {
-        out.fill(output);
+    fn deliver(&mut self, cell: &ChildCell<E, OutputSlot<T>>, output: ChildOutput<T>) {
+        cell.put(output);
+    }
+}
+
+/// How a child's outcome sits in its [`OutputSlot`]: a value as such, the others as
+/// markers.
+impl<T> ChildOutput<T> {
+    const FAILED: u8 = 1;
+    const PANICKED: u8 = 2;
+    const CANCELLED: u8 = 3;
+    const ABORTED: u8 = 4;
+
+    fn into_slot(self) -> Result<T, u8> {
+        match self {
+            ChildOutput::Value(value) => Ok(value),
+            ChildOutput::Failed => Err(Self::FAILED),
+            ChildOutput::Panicked => Err(Self::PANICKED),
+            ChildOutput::Cancelled => Err(Self::CANCELLED),
+            ChildOutput::Aborted => Err(Self::ABORTED),
+        }
+    }
+
+    fn from_slot(slot: Result<T, u8>) -> Self {
+        match slot {
+            Ok(value) => ChildOutput::Value(value),
+            Err(Self::FAILED) => ChildOutput::Failed,
+            Err(Self::PANICKED) => ChildOutput::Panicked,
+            Err(Self::CANCELLED) => ChildOutput::Cancelled,
+            Err(_) => ChildOutput::Aborted,
+        }
+    }
+}
+
+impl<E, T> ChildCell<E, OutputSlot<T>> {
+    /// Hands the child's outcome to its handle.
+    fn put(&self, output: ChildOutput<T>) {
+        self.out.fill(&self.scope.outcome, output.into_slot());
     }
 }
 
@@ -214,14 +250,16 @@ impl<T> ToJoinHandle<T> {
     }
 }
 
-impl<T: 'static> OnAbort for ToJoinHandle<T> {
+impl<T: 'static, E> OnAbort<E> for ToJoinHandle<T> {
     type Out = ();
+    // tokio publishes the task's output after the poll, which finished the child.
+    const BEFORE_FINISH: bool = true;
 }
 
 impl<T: 'static, E> Route<T, E> for ToJoinHandle<T> {
     type Output = ChildOutput<T>;
 
-    fn deliver(&mut self, _: &(), output: ChildOutput<T>) -> ChildOutput<T> {
+    fn deliver(&mut self, _: &ChildCell<E, ()>, output: ChildOutput<T>) -> ChildOutput<T> {
         output
     }
 }
@@ -234,7 +272,7 @@ impl<T, E: CancelError + Send + 'static> Route<T, E> for ToStarter<E> {
 
     /// After its signal, a started child's value is nobody's: its caller has its readiness
     /// value, the nursery its failures.
-    fn deliver(&mut self, _: &(), _: ChildOutput<T>) {}
+    fn deliver(&mut self, _: &ChildCell<E, ()>, _: ChildOutput<T>) {}
 
     fn early_end(&mut self, node: &Node, ended: Ended<T, E>) -> Result<Ended<T, E>, ()> {
         match self.0.take() {
@@ -244,10 +282,11 @@ impl<T, E: CancelError + Send + 'static> Route<T, E> for ToStarter<E> {
     }
 }
 
-impl<E: Send + 'static> OnAbort for ToStarter<E> {
+impl<E: Send + 'static> OnAbort<E> for ToStarter<E> {
     type Out = ();
+    const BEFORE_FINISH: bool = true;
 
-    fn aborted(&mut self, _: &()) {
+    fn aborted(&mut self, _: &ChildCell<E, ()>) {
         // Aborted before signalling: the starter must not wait for ever.
         if let Some(starting) = self.0.take() {
             drop(starting.ended_early(EarlyEnd::Aborted));
@@ -272,7 +311,7 @@ pub(crate) enum EarlyEnd<E> {
     Aborted,
 }
 
-impl<F, E, R: OnAbort> ChildTask<F, E, R> {
+impl<F, E, R: OnAbort<E>> ChildTask<F, E, R> {
     pub(crate) fn new(future: F, cell: Arc<ChildCell<E, R::Out>>, route: R) -> Self {
         ChildTask {
             future: Some(future),
@@ -347,13 +386,20 @@ where
             let cancelled = cell.settled().is_cancelled();
             settle(ready, cancelled, &cell.nursery, || origin(cell))
         });
-        // The nursery counts the child finished before anyone awaiting it learns its end:
-        // a joined child is no longer among the nursery's live children.
-        finish(cell);
-        Poll::Ready(match output {
-            Ok(output) => this.route.deliver(&cell.out, output),
-            Err(output) => output,
-        })
+        // The route says whether its end goes before the nursery counts the child finished
+        // (a collector's queue holds it once the nursery returned) or after (a joined child
+        // is no longer among the nursery's live children).
+        if R::BEFORE_FINISH {
+            let output = output.map(|output| this.route.deliver(cell, output));
+            finish(cell);
+            Poll::Ready(output.unwrap_or_else(|output| output))
+        } else {
+            finish(cell);
+            Poll::Ready(match output {
+                Ok(output) => this.route.deliver(cell, output),
+                Err(output) => output,
+            })
+        }
     }
 }
 
@@ -445,7 +491,7 @@ pub(crate) fn origin_of(name: Option<Arc<str>>, scope: ScopeId) -> Origin {
 }
 
 #[pinned_drop]
-impl<F, E, R: OnAbort> PinnedDrop for ChildTask<F, E, R> {
+impl<F, E, R: OnAbort<E>> PinnedDrop for ChildTask<F, E, R> {
     fn drop(self: Pin<&mut Self>) {
         let mut this = self.project();
         let cell = &**this.cell;
@@ -458,8 +504,14 @@ impl<F, E, R: OnAbort> PinnedDrop for ChildTask<F, E, R> {
             }
         }
         // Both no-ops for a child that finished in its last poll, which told everyone.
-        finish(cell);
-        this.route.aborted(&cell.out);
+        // As in `poll`, in the route's order: both no-ops for a child that finished there.
+        if R::BEFORE_FINISH {
+            this.route.aborted(cell);
+            finish(cell);
+        } else {
+            finish(cell);
+            this.route.aborted(cell);
+        }
     }
 }
 
@@ -510,13 +562,15 @@ pub(crate) trait Joinable<T>: ChildInfo {
     fn is_finished(&self) -> bool;
     /// The child's tokio task.
     fn id(&self) -> tokio::task::Id;
+    /// The handle is dropped: it will not take the outcome.
+    fn release(&self);
 }
 
-impl<E: Send + 'static, T: Send + 'static> Joinable<T>
-    for ChildCell<E, OutputSlot<ChildOutput<T>>>
-{
+impl<E: Send + 'static, T: Send + 'static> Joinable<T> for ChildCell<E, OutputSlot<T>> {
     fn poll_output(&self, cx: &mut Context<'_>) -> Poll<ChildOutput<T>> {
-        self.out.poll_take(cx)
+        self.out
+            .poll_take(&self.scope.outcome, cx)
+            .map(ChildOutput::from_slot)
     }
 
     fn abort(&self) {
@@ -524,7 +578,11 @@ impl<E: Send + 'static, T: Send + 'static> Joinable<T>
     }
 
     fn is_finished(&self) -> bool {
-        self.out.is_filled()
+        self.out.is_filled(&self.scope.outcome)
+    }
+
+    fn release(&self) {
+        self.out.release(&self.scope.outcome);
     }
 
     fn id(&self) -> tokio::task::Id {
@@ -601,12 +659,24 @@ impl<T> ChildHandle<T> {
     }
 
     /// Whether the child has finished: its outcome is waiting for this handle (awaiting it
-    /// then returns at once). For a `!Send` or a blocking child this is tokio's view of its
-    /// task, which tokio marks finished a moment after its future ended.
+    /// then returns at once). The nursery counts a child as ended a moment before, when its
+    /// future is gone, so just after the nursery (or scope) returned this may still be
+    /// `false` for a short while; awaiting the handle gives the child's outcome either way.
     pub fn is_finished(&self) -> bool {
         match &self.child {
             Joined::Cell(cell) => cell.is_finished(),
             Joined::Task(join, _) => join.is_finished(),
+        }
+    }
+}
+
+impl<T> Drop for ChildHandle<T> {
+    fn drop(&mut self) {
+        if let Joined::Cell(cell) = &self.child {
+            // An outcome already there is dropped now (else by the child's task, as it
+            // comes). A panic in the value's drop stays here, as tokio's `JoinHandle` keeps
+            // it: the child's end was reported already.
+            let _ = catch_unwind(AssertUnwindSafe(|| cell.release()));
         }
     }
 }

@@ -19,6 +19,7 @@ use tokio::task::{AbortHandle, Id};
 
 use super::ChildLabel;
 use crate::node::{Attachment, Node, ScopeId, UnmadeChild, WaiterIndex};
+use crate::output_slot::SlotState;
 use crate::sync::lock;
 
 /// `node` holds an initialised `Arc<Node>`.
@@ -82,6 +83,9 @@ pub(crate) struct TaskScope {
     name: Option<Box<Arc<str>>>,
     /// The task's abort handle, stored right after the spawn (registry invariant N-3).
     abort: UnsafeCell<MaybeUninit<AbortHandle>>,
+    /// The state of the slot the child's outcome goes to (`ChildCell::out`), kept here,
+    /// where the fields above leave a byte of padding.
+    pub(crate) outcome: SlotState,
 }
 
 // SAFETY: the slots are plain `Send + Sync` values (`Arc<Node>`, `AbortHandle`) written at
@@ -112,6 +116,7 @@ impl TaskScope {
             slot: AtomicU32::new(NO_SLOT),
             name: name.map(Box::new),
             abort: UnsafeCell::new(MaybeUninit::uninit()),
+            outcome: SlotState::default(),
         }
     }
 

@@ -15,7 +15,7 @@ use slab::Slab;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::{AbortHandle, Id};
 
-use super::child::{ChildInfo, ChildOutput, OnAbort, Route, joined};
+use super::child::{ChildCell, ChildInfo, ChildOutput, OnAbort, Route, joined};
 use super::{JoinError, NurseryHandle, SpawnError};
 use crate::cancelled::CancelError;
 use crate::reason::CancelReason;
@@ -59,17 +59,18 @@ struct ToCollector<T>(Option<Sink<T>>);
 impl<T: Send + 'static, E> Route<T, E> for ToCollector<T> {
     type Output = ();
 
-    fn deliver(&mut self, _: &(), output: ChildOutput<T>) {
+    fn deliver(&mut self, _: &ChildCell<E, ()>, output: ChildOutput<T>) {
         if let Some(sink) = self.0.take() {
             sink.deliver(output);
         }
     }
 }
 
-impl<T: Send + 'static> OnAbort for ToCollector<T> {
+impl<T: Send + 'static, E> OnAbort<E> for ToCollector<T> {
     type Out = ();
+    const BEFORE_FINISH: bool = true;
 
-    fn aborted(&mut self, _: &()) {
+    fn aborted(&mut self, _: &ChildCell<E, ()>) {
         // Dropped before it finished: aborted (SPEC N15 queues every outcome).
         if let Some(sink) = self.0.take() {
             sink.deliver(ChildOutput::Aborted);
