@@ -171,6 +171,11 @@ impl<V> OutputSlot<V> {
     /// there, else leaves that to the writer, and drops its waker if the writer will not
     /// read it. A no-op after a take.
     pub(crate) fn release(&self, state: &SlotState) {
+        // Only the taker sets `RELEASED`: after a take it sees its own write, and the
+        // common case (a handle dropped after it returned) costs no read-modify-write.
+        if state.0.load(Ordering::Relaxed) & RELEASED != 0 {
+            return;
+        }
         let before = state.0.fetch_or(RELEASED, Ordering::AcqRel);
         if before & RELEASED != 0 {
             return;
