@@ -70,6 +70,12 @@ impl<V> OutputSlot<V> {
     /// Stores `output` (a value, or a marker from 1 to 7) and wakes the taker; drops the
     /// value at once if the taker let go. Called by the writer only, at most once.
     pub(crate) fn fill(&self, state: &SlotState, output: Result<V, u8>) {
+        if state.0.load(Ordering::Relaxed) & RELEASED != 0 {
+            // The taker let go (`RELEASED` is never cleared): nobody will read it. The
+            // common case of children whose handles were dropped costs no write here.
+            drop(output);
+            return;
+        }
         let mark = match output {
             Ok(value) => {
                 // SAFETY: only the writer writes the value, once (`FILLED` is not set yet),
