@@ -383,6 +383,26 @@ mod loom_tests {
         });
     }
 
+    /// A taker that polled (leaving its waker) and then lets go races the writer: the
+    /// waker and the value are each dropped once, by one side.
+    #[test]
+    fn loom_output_slot_poll_then_release_races_the_fill() {
+        loom::model(|| {
+            let shared = Arc::new((
+                SlotState::default(),
+                OutputSlot::<loom::sync::Arc<u32>>::default(),
+            ));
+            let writer = {
+                let shared = shared.clone();
+                loom::thread::spawn(move || shared.1.fill(&shared.0, Ok(loom::sync::Arc::new(7))))
+            };
+            let (state, slot) = &*shared;
+            let _ = slot.poll_take(state, &mut Context::from_waker(Waker::noop()));
+            slot.release(state);
+            writer.join().unwrap();
+        });
+    }
+
     /// A taker letting go races the writer: the value is dropped exactly once (loom reports
     /// a leaked or twice-dropped `loom::sync::Arc`).
     #[test]
