@@ -1,4 +1,5 @@
-//! Review round 13b: probes of the hand-over of a child's outcome through its cell (aborts racing ends, panicking drops, runtime shutdown, local children).
+//! Review round 13b: probes of the hand-over of a child's outcome through its cell
+//! (aborts racing ends, panicking drops, runtime shutdown, local children).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -79,7 +80,7 @@ async fn a_handle_moved_between_tasks_gets_the_value() {
                 let first = tokio::time::timeout(Duration::from_micros(1), &mut handle).await;
                 let got = match first {
                     Ok(v) => v,
-                    Err(_) => tokio::spawn(async move { handle.await }).await.unwrap(),
+                    Err(_) => tokio::spawn(handle).await.unwrap(),
                 };
                 assert_eq!(got.unwrap(), i);
                 Ok::<_, Cancelled>(())
