@@ -495,6 +495,9 @@ impl<F, E, R: OnAbort<E>> PinnedDrop for ChildTask<F, E, R> {
     fn drop(self: Pin<&mut Self>) {
         let mut this = self.project();
         let cell = &**this.cell;
+        if this.future.is_none() && cell.scope.has_ended() {
+            return; // finished in its last poll, which told everyone
+        }
         // SPEC N1: the child's future is gone before the nursery counts it finished. A panic
         // in its drop (an aborted child) is reported, and the nursery still hears of the end.
         if this.future.is_some() {
@@ -503,8 +506,7 @@ impl<F, E, R: OnAbort<E>> PinnedDrop for ChildTask<F, E, R> {
                 cell.nursery.panicked(origin(cell), payload);
             }
         }
-        // Both no-ops for a child that finished in its last poll, which told everyone.
-        // As in `poll`, in the route's order: both no-ops for a child that finished there.
+        // In the route's order, as in `poll` (whose `finish` a panic may have cut short).
         if R::BEFORE_FINISH {
             this.route.aborted(cell);
             finish(cell);

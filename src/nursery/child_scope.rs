@@ -351,6 +351,11 @@ impl ChildScope {
         self.state.load(Ordering::Relaxed) & OBSERVED != 0
     }
 
+    /// Whether [`end`](Self::end) was called (by the child's own task: read there).
+    pub(crate) fn has_ended(&self) -> bool {
+        self.state.load(Ordering::Acquire) & ENDED != 0
+    }
+
     /// The child ended: its scope ends, or none will ever be made. True the first time.
     pub(crate) fn end(&self) -> bool {
         let state = self.state.fetch_or(ENDED, Ordering::AcqRel);
