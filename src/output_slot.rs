@@ -388,14 +388,7 @@ mod loom_tests {
     #[test]
     fn loom_output_slot_poll_then_release_races_the_fill() {
         loom::model(|| {
-            let shared = Arc::new((
-                SlotState::default(),
-                OutputSlot::<loom::sync::Arc<u32>>::default(),
-            ));
-            let writer = {
-                let shared = shared.clone();
-                loom::thread::spawn(move || shared.1.fill(&shared.0, Ok(loom::sync::Arc::new(7))))
-            };
+            let (shared, writer) = racing_writer();
             let (state, slot) = &*shared;
             let _ = slot.poll_take(state, &mut Context::from_waker(Waker::noop()));
             slot.release(state);
@@ -408,16 +401,22 @@ mod loom_tests {
     #[test]
     fn loom_output_slot_release_races_the_fill() {
         loom::model(|| {
-            let shared = Arc::new((
-                SlotState::default(),
-                OutputSlot::<loom::sync::Arc<u32>>::default(),
-            ));
-            let writer = {
-                let shared = shared.clone();
-                loom::thread::spawn(move || shared.1.fill(&shared.0, Ok(loom::sync::Arc::new(7))))
-            };
+            let (shared, writer) = racing_writer();
             shared.1.release(&shared.0);
             writer.join().unwrap();
         });
+    }
+
+    type Shared = Arc<(SlotState, OutputSlot<loom::sync::Arc<u32>>)>;
+
+    /// A slot whose value is a `loom::sync::Arc` (loom reports one leaked or dropped twice),
+    /// and a thread filling it.
+    fn racing_writer() -> (Shared, loom::thread::JoinHandle<()>) {
+        let shared: Shared = Arc::new((SlotState::default(), OutputSlot::default()));
+        let writer = {
+            let shared = shared.clone();
+            loom::thread::spawn(move || shared.1.fill(&shared.0, Ok(loom::sync::Arc::new(7))))
+        };
+        (shared, writer)
     }
 }
