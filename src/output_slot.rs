@@ -41,8 +41,9 @@ const MARK_SHIFT: u32 = 3;
 #[derive(Debug, Default)]
 pub(crate) struct SlotState(AtomicU8);
 
-/// A value or a marker on its way, and its taker's waker. Every method takes the slot's
-/// [`SlotState`]; each slot must always be used with the same one.
+/// A value or a marker on its way, and its taker's waker. Used through a [`SlotHolder`],
+/// which pairs it with its [`SlotState`]: the methods below take the state and rely on
+/// always getting the same one.
 pub(crate) struct OutputSlot<V> {
     waker: UnsafeCell<Option<Waker>>,
     value: UnsafeCell<MaybeUninit<V>>,
@@ -57,6 +58,43 @@ unsafe impl<V: Send> Send for OutputSlot<V> {}
 // SAFETY: as above.
 unsafe impl<V: Send> Sync for OutputSlot<V> {}
 
+/// Keeps an [`OutputSlot`] with its [`SlotState`], and hands values over through them.
+///
+/// # Safety
+///
+/// `output_state` and `output_slot` return the same pair for as long as `self` lives: the
+/// slot's protocol reads and writes its cells by what that one state byte says.
+pub(crate) unsafe trait SlotHolder<V> {
+    fn output_state(&self) -> &SlotState;
+    fn output_slot(&self) -> &OutputSlot<V>;
+
+    /// Stores `output` (a value, or a marker from 1 to 7) and wakes the taker; drops the
+    /// value at once if the taker let go. Called by the writer only, at most once.
+    fn slot_fill(&self, output: Result<V, u8>) {
+        self.output_slot().fill(self.output_state(), output);
+    }
+
+    /// Whether the slot was filled (taken or not).
+    fn slot_is_filled(&self) -> bool {
+        self.output_slot().is_filled(self.output_state())
+    }
+
+    /// The value or marker, or `Pending` with `cx`'s waker left to be woken when it comes.
+    /// Called by the taker only (one at a time).
+    ///
+    /// # Panics
+    ///
+    /// If the taker already took it or let go.
+    fn slot_poll_take(&self, cx: &mut Context<'_>) -> Poll<Result<V, u8>> {
+        self.output_slot().poll_take(self.output_state(), cx)
+    }
+
+    /// The taker lets go without taking: see [`OutputSlot::release`].
+    fn slot_release(&self) {
+        self.output_slot().release(self.output_state());
+    }
+}
+
 impl<V> Default for OutputSlot<V> {
     fn default() -> Self {
         OutputSlot {
@@ -69,7 +107,7 @@ impl<V> Default for OutputSlot<V> {
 impl<V> OutputSlot<V> {
     /// Stores `output` (a value, or a marker from 1 to 7) and wakes the taker; drops the
     /// value at once if the taker let go. Called by the writer only, at most once.
-    pub(crate) fn fill(&self, state: &SlotState, output: Result<V, u8>) {
+    fn fill(&self, state: &SlotState, output: Result<V, u8>) {
         if state.0.load(Ordering::Relaxed) & RELEASED != 0 {
             // The taker let go (`RELEASED` is never cleared): nobody will read it. The
             // common case of children whose handles were dropped costs no write here.
@@ -114,7 +152,7 @@ impl<V> OutputSlot<V> {
     }
 
     /// Whether the slot was filled (taken or not).
-    pub(crate) fn is_filled(&self, state: &SlotState) -> bool {
+    fn is_filled(&self, state: &SlotState) -> bool {
         state.0.load(Ordering::Acquire) & FILLED != 0
     }
 
@@ -124,7 +162,7 @@ impl<V> OutputSlot<V> {
     /// # Panics
     ///
     /// If the taker already took it or let go.
-    pub(crate) fn poll_take(&self, state: &SlotState, cx: &mut Context<'_>) -> Poll<Result<V, u8>> {
+    fn poll_take(&self, state: &SlotState, cx: &mut Context<'_>) -> Poll<Result<V, u8>> {
         let now = state.0.load(Ordering::Acquire);
         if now & FILLED != 0 {
             return Poll::Ready(self.take(state));
@@ -176,7 +214,7 @@ impl<V> OutputSlot<V> {
     /// The taker lets go without taking (a handle dropped): drops the value if it is
     /// there, else leaves that to the writer, and drops its waker if the writer will not
     /// read it. A no-op after a take.
-    pub(crate) fn release(&self, state: &SlotState) {
+    fn release(&self, state: &SlotState) {
         // Only the taker sets `RELEASED`: after a take it sees its own write, and the
         // common case (a handle dropped after it returned) costs no read-modify-write.
         if state.0.load(Ordering::Relaxed) & RELEASED != 0 {

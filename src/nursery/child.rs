@@ -18,7 +18,7 @@ use super::{Shared, Stopper};
 use crate::cancelled::{CancelError, Cancelled};
 use crate::context::{self, FrameKind};
 use crate::node::{Node, ScopeId};
-use crate::output_slot::OutputSlot;
+use crate::output_slot::{OutputSlot, SlotHolder, SlotState};
 use crate::point::Waiter;
 use crate::reason::CancelReason;
 
@@ -190,7 +190,7 @@ impl<T: Send + 'static, E: 'static> OnAbort<E> for ToHandle<T> {
     const BEFORE_FINISH: bool = false;
 
     fn aborted(&mut self, cell: &ChildCell<E, OutputSlot<T>>) {
-        if !cell.out.is_filled(&cell.scope.outcome) {
+        if !cell.slot_is_filled() {
             cell.put(ChildOutput::Aborted);
         }
     }
@@ -233,10 +233,22 @@ impl<T> ChildOutput<T> {
     }
 }
 
+// SAFETY: a cell pairs its own `TaskScope`'s `outcome` with its own `out`, both fields it
+// never replaces.
+unsafe impl<E, T> SlotHolder<T> for ChildCell<E, OutputSlot<T>> {
+    fn output_state(&self) -> &SlotState {
+        &self.scope.outcome
+    }
+
+    fn output_slot(&self) -> &OutputSlot<T> {
+        &self.out
+    }
+}
+
 impl<E, T> ChildCell<E, OutputSlot<T>> {
     /// Hands the child's outcome to its handle.
     fn put(&self, output: ChildOutput<T>) {
-        self.out.fill(&self.scope.outcome, output.into_slot());
+        self.slot_fill(output.into_slot());
     }
 }
 
@@ -570,9 +582,7 @@ pub(crate) trait Joinable<T>: ChildInfo {
 
 impl<E: Send + 'static, T: Send + 'static> Joinable<T> for ChildCell<E, OutputSlot<T>> {
     fn poll_output(&self, cx: &mut Context<'_>) -> Poll<ChildOutput<T>> {
-        self.out
-            .poll_take(&self.scope.outcome, cx)
-            .map(ChildOutput::from_slot)
+        self.slot_poll_take(cx).map(ChildOutput::from_slot)
     }
 
     fn abort(&self) {
@@ -580,11 +590,11 @@ impl<E: Send + 'static, T: Send + 'static> Joinable<T> for ChildCell<E, OutputSl
     }
 
     fn is_finished(&self) -> bool {
-        self.out.is_filled(&self.scope.outcome)
+        self.slot_is_filled()
     }
 
     fn release(&self) {
-        self.out.release(&self.scope.outcome);
+        self.slot_release();
     }
 
     fn id(&self) -> tokio::task::Id {
