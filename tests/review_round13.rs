@@ -7,39 +7,70 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use tokio_nursery::{Cancelled, JoinError, NurseryHandle, nursery};
 
-/// A waker that reports each wake on a channel, then holds the waking thread for a while:
-/// whatever the waking thread does right after the wake (a child's task telling its
-/// collector) comes after the poller had every chance to poll.
-struct SlowWaker(Mutex<mpsc::Sender<()>>);
+/// Holds every thread that wakes a [`GatedWaker`] until it is opened.
+#[derive(Default)]
+struct Gate {
+    open: Mutex<bool>,
+    opened: Condvar,
+}
 
-impl Wake for SlowWaker {
+/// Opens its gate when dropped (also when a failed assertion unwinds, so no worker thread
+/// is left waiting and the runtime can shut down).
+struct Opens(Arc<Gate>);
+
+impl Drop for Opens {
+    fn drop(&mut self) {
+        *self.0.open.lock().unwrap() = true;
+        self.0.opened.notify_all();
+    }
+}
+
+/// A waker that reports each wake on a channel, then holds the waking thread at its gate:
+/// whatever that thread does after the wake (a child's task telling its collector) comes
+/// after the poller polled and checked, with no timing involved.
+struct GatedWaker {
+    woken: Mutex<mpsc::Sender<()>>,
+    gate: Arc<Gate>,
+}
+
+impl Wake for GatedWaker {
     fn wake(self: Arc<Self>) {
         self.wake_by_ref();
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        let _ = self.0.lock().unwrap().send(());
-        std::thread::sleep(Duration::from_millis(300));
+        let _ = self.woken.lock().unwrap().send(());
+        let mut open = self.gate.open.lock().unwrap();
+        while !*open {
+            open = self.gate.opened.wait(open).unwrap();
+        }
     }
 }
 
-/// Polls `future` on this thread with a [`SlowWaker`]; `after_first_poll` runs once the
-/// first poll returned `Pending`. Bounds a hang at 10 s.
-fn drive<F: Future>(future: F, after_first_poll: impl FnOnce()) -> F::Output {
+/// Polls `future` on this thread with a [`GatedWaker`] until it is ready; `after_first_poll`
+/// runs once the first poll returned `Pending`. The gate stays closed until the returned
+/// guard is dropped: check what the future's end promises before that. Bounds a hang at
+/// 10 s (the futures driven here are woken once, when they can end).
+fn drive<F: Future>(future: F, after_first_poll: impl FnOnce()) -> (F::Output, Opens) {
     let (tx, rx) = mpsc::channel();
-    let waker = Waker::from(Arc::new(SlowWaker(Mutex::new(tx))));
+    let gate = Arc::new(Gate::default());
+    let opens = Opens(gate.clone());
+    let waker = Waker::from(Arc::new(GatedWaker {
+        woken: Mutex::new(tx),
+        gate,
+    }));
     let mut cx = Context::from_waker(&waker);
     let mut future = std::pin::pin!(future);
     let mut after = Some(after_first_poll);
     loop {
         if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
-            return output;
+            return (output, opens);
         }
         if let Some(after) = after.take() {
             after();
@@ -64,7 +95,7 @@ fn a_collected_outcome_is_queued_once_the_nursery_returned() {
     let rt = multi_thread();
     let _enter = rt.enter();
     let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
-    let outcome = drive(
+    let (outcome, _opens) = drive(
         nursery(|n: NurseryHandle<Cancelled>| async move {
             let set = n.collector::<u32>();
             set.spawn(async move {
@@ -90,7 +121,7 @@ fn an_aborted_collected_outcome_is_queued_once_the_nursery_returned() {
     let rt = multi_thread();
     let _enter = rt.enter();
     let (tx, rx) = mpsc::channel();
-    let outcome = drive(
+    let (outcome, _opens) = drive(
         nursery(|n: NurseryHandle<Cancelled>| async move {
             let set = n.collector::<u32>();
             let control = set.spawn(std::future::pending::<Result<u32, Cancelled>>());
