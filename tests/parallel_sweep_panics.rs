@@ -18,7 +18,7 @@ use std::task::{Context, Wake, Waker};
 use std::time::Instant;
 
 use common::{GRACE_SPINS, HANG_BOUND, spin_until};
-use tokio_nursery::{Cancelled, parallel_scope_async};
+use tokio_nursery::{CancelScope, Cancelled, parallel_scope_async};
 
 /// The waker's last clone panics when dropped, once armed.
 static ARMED: AtomicBool = AtomicBool::new(false);
@@ -81,9 +81,9 @@ impl Drop for Guard<'_> {
 }
 
 /// The sweep drops each cell's last reference inside its loop. A cell whose handle was
-/// dropped keeps that handle's `ChildHandle` (tokio's join handle, and the nursery's waiter),
-/// which hold clones of the waker the handle was polled with; a waker is user code, and its
-/// drop may panic. If it does, the panic leaves the sweep before the cells after that one
+/// dropped keeps that handle's `ChildHandle`, whose cancellation registration (in the scope
+/// it was last polled in) holds a clone of the waker it was polled with; a waker is user
+/// code, and its drop may panic. If it does, the panic leaves the sweep before the cells after that one
 /// were visited: their futures are still alive (here: one being polled on a worker), and the
 /// scope's drop unwinds to the caller, who may then end the borrow. The backstop promises
 /// that the drop "does not return before every child future has been dropped".
@@ -111,14 +111,16 @@ fn a_panic_dropping_a_parked_join_handle_does_not_cut_the_sweep_short() {
                     let _ = rx.await;
                     Ok::<_, Cancelled>(())
                 });
-                {
-                    // Polled once with the waker: tokio's join handle and the nursery's
-                    // waiter keep clones of it.
+                // Polled once with the waker, in a shielded scope that ends unwoken: the
+                // handle's cancellation registration keeps a clone of it there (the other
+                // clone, left for the child's end, is woken and dropped when it ends).
+                let polled = CancelScope::new().shielded().run(async {
                     let waker = Waker::from(Arc::new(PanicOnLastDrop));
                     let polled = Pin::new(&mut first).poll(&mut Context::from_waker(&waker));
-                    assert!(polled.is_pending());
-                }
-                drop(first); // parks its join handle (and the waker's clones) in its cell
+                    Ok::<_, Cancelled>(polled.is_pending())
+                });
+                assert_eq!(polled.await.unwrap(), Some(true));
+                drop(first); // parks its join handle (and the waker's clone) in its cell
                 tx.send(()).unwrap();
                 s.spawn(async move {
                     let _guard = Guard { data, flags };

@@ -18,7 +18,7 @@ use super::{Shared, Stopper};
 use crate::cancelled::{CancelError, Cancelled};
 use crate::context::{self, FrameKind};
 use crate::node::{Node, ScopeId};
-use crate::output_slot::{OutputSlot, SlotHolder, SlotState};
+use crate::output_slot::{OutputSlot, SlotHolder, SlotState, Wakers};
 use crate::point::Waiter;
 use crate::reason::CancelReason;
 
@@ -234,7 +234,8 @@ impl<T> ChildOutput<T> {
 }
 
 // SAFETY: a cell pairs its own `TaskScope`'s `outcome` with its own `out`, both fields it
-// never replaces.
+// never replaces, and its nursery's table, which it keeps as long as it lives; its state is
+// its own, unlike any other live cell's.
 unsafe impl<E, T> SlotHolder<T> for ChildCell<E, OutputSlot<T>> {
     fn output_state(&self) -> &SlotState {
         &self.scope.outcome
@@ -242,6 +243,10 @@ unsafe impl<E, T> SlotHolder<T> for ChildCell<E, OutputSlot<T>> {
 
     fn output_slot(&self) -> &OutputSlot<T> {
         &self.out
+    }
+
+    fn output_wakers(&self) -> &Wakers {
+        &self.nursery.wakers
     }
 }
 

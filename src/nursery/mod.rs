@@ -334,6 +334,9 @@ pub(crate) struct Shared<E> {
     /// A `!Send` child was spawned (SPEC N12): only its `LocalSet`'s thread can run it, so a
     /// blocking wait (N9b) could not help it finish.
     has_local: std::sync::atomic::AtomicBool,
+    /// The wakers of the children's handles that wait for their outcome
+    /// ([`crate::output_slot`]): kept here, not in every child's cell.
+    wakers: crate::output_slot::Wakers,
 }
 
 impl<E: fmt::Debug> Shared<E> {
@@ -1458,6 +1461,7 @@ where
                 limit: this.config.limit.map(|k| Arc::new(Semaphore::new(k))),
                 aborted: std::sync::OnceLock::new(),
                 has_local: std::sync::atomic::AtomicBool::new(false),
+                wakers: Default::default(),
             });
             let adopter: Arc<dyn Adopter<Origin>> = shared.clone();
             let stop: Arc<dyn StopAll> = shared.clone();
