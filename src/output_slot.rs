@@ -49,8 +49,8 @@ pub(crate) struct SlotState(AtomicU8);
 ///
 /// A taker's waker sits here only while it waits for a slot not yet filled: on
 /// current_thread, a body awaiting its handles one by one leaves one at a time. Wakers are
-/// dropped and woken after the lock is released: a waker may run any code, even drop
-/// another taker, which takes this lock.
+/// cloned before the lock is taken, and dropped and woken after it is released: a waker
+/// may run any code, even drop or poll another taker, which takes this lock.
 #[derive(Default)]
 pub(crate) struct Wakers(Mutex<HashMap<usize, Waker>>);
 
@@ -93,10 +93,12 @@ impl<V> Default for OutputSlot<V> {
 ///
 /// # Safety
 ///
-/// `output_state`, `output_slot` and `output_wakers` return the same three for as long as
-/// `self` lives, and no two live holders sharing a table return the same state (the state's
-/// address is the holder's key in the table): the protocol reads and writes the value by
-/// what that one state byte says.
+/// `output_state`, `output_slot` and `output_wakers` return the same three, at the same
+/// addresses, for as long as `self` lives (a holder is pinned or behind an `Arc`: it is not
+/// moved while a taker's waker may be in the table), and no two live holders sharing a
+/// table return the same state (the state's address is the holder's key in the table): the
+/// protocol reads and writes the value by what that one state byte says. One writer fills
+/// at most once, and one taker at a time takes or lets go.
 pub(crate) unsafe trait SlotHolder<V> {
     fn output_state(&self) -> &SlotState;
     fn output_slot(&self) -> &OutputSlot<V>;
@@ -165,31 +167,42 @@ pub(crate) unsafe trait SlotHolder<V> {
             return Poll::Ready(take(self));
         }
         let key = key(self);
-        let mut wakers = lock(&self.output_wakers().0);
+        let table = &self.output_wakers().0;
         if now & WAKER_SET != 0 {
             // Only the taker (this code) sets `WAKER_SET`, so it is still set.
-            let Some(left) = wakers.get_mut(&key) else {
+            match lock(table).get(&key) {
                 // The writer took the waker out: it filled the slot first (and its
                 // `fetch_or` is ordered before its lock, ours after).
+                None => return Poll::Ready(take(self)),
+                Some(left) if left.will_wake(cx.waker()) => return Poll::Pending,
+                Some(_) => {}
+            }
+            // Cloning a waker may run any code (even drop another taker of this table,
+            // which takes the lock): not under the lock.
+            let new = cx.waker().clone();
+            let mut wakers = lock(table);
+            let Some(left) = wakers.get_mut(&key) else {
                 drop(wakers);
+                drop(new);
                 return Poll::Ready(take(self));
             };
-            if left.will_wake(cx.waker()) {
-                return Poll::Pending;
-            }
             // Under the lock, so the writer wakes either waker whole; the old one is
             // dropped after the lock is released.
-            let old = std::mem::replace(left, cx.waker().clone());
+            let old = std::mem::replace(left, new);
             drop(wakers);
             drop(old);
             return Poll::Pending;
         }
-        wakers.insert(key, cx.waker().clone());
-        if state.fetch_or(WAKER_SET, Ordering::AcqRel) & FILLED != 0 {
-            // `FILLED` came first: the writer saw no waker, so the taker takes it out.
-            let waker = wakers.remove(&key);
-            drop(wakers);
-            drop(waker);
+        let new = cx.waker().clone();
+        let mut wakers = lock(table);
+        let replaced = wakers.insert(key, new);
+        // If `FILLED` came first, the writer saw no waker, so the taker takes it out.
+        let filled_first = state.fetch_or(WAKER_SET, Ordering::AcqRel) & FILLED != 0;
+        let taken = filled_first.then(|| wakers.remove(&key)).flatten();
+        drop(wakers);
+        debug_assert!(replaced.is_none(), "one waker per live holder");
+        drop((replaced, taken));
+        if filled_first {
             return Poll::Ready(take(self));
         }
         Poll::Pending
@@ -277,7 +290,8 @@ impl<V> Holder<V> {
 }
 
 #[cfg(test)]
-// SAFETY: its own three fields, never replaced.
+// SAFETY: its own three fields, never replaced; the tests neither move a holder after a
+// poll that returned `Pending` nor fill one twice.
 unsafe impl<V> SlotHolder<V> for Holder<V> {
     fn output_state(&self) -> &SlotState {
         &self.state
@@ -457,6 +471,64 @@ mod tests {
         );
         slot.slot_release();
         assert!(lock(&slot.wakers.0).is_empty());
+    }
+
+    /// A waker whose clone lets go of another slot in the same table (a waker that drops a
+    /// handle when cloned, odd but allowed): the table is not locked while a waker is
+    /// cloned, neither for a first wait nor for a replacement.
+    #[test]
+    fn a_waker_whose_clone_releases_a_slot_sharing_the_table() {
+        use std::task::{RawWaker, RawWakerVTable};
+
+        /// Releases its holder the first time it is cloned.
+        struct ReleaseOnClone(std::sync::Mutex<Option<Arc<Holder<String>>>>);
+
+        static VTABLE: RawWakerVTable = RawWakerVTable::new(clone, noop, noop, noop);
+
+        unsafe fn clone(data: *const ()) -> RawWaker {
+            // SAFETY: `data` is a `ReleaseOnClone` the test keeps alive past every waker.
+            let this = unsafe { &*data.cast::<ReleaseOnClone>() };
+            let other = this.0.lock().unwrap().take();
+            if let Some(other) = other {
+                other.slot_release();
+            }
+            RawWaker::new(data, &VTABLE)
+        }
+
+        unsafe fn noop(_: *const ()) {}
+
+        fn releasing(this: &ReleaseOnClone) -> Waker {
+            let data = std::ptr::from_ref(this).cast::<()>();
+            // SAFETY: the vtable's functions take `data` as a `&ReleaseOnClone`, which
+            // outlives every clone (the test drops the table before it).
+            unsafe { Waker::from_raw(RawWaker::new(data, &VTABLE)) }
+        }
+
+        let slot = fresh();
+        let (first, second) = (Arc::new(slot.sharing()), Arc::new(slot.sharing()));
+        let (_count, waker) = waker();
+        for waiting in [&first, &second] {
+            let pending = waiting.slot_poll_take(&mut Context::from_waker(&waker));
+            assert!(pending.is_pending());
+        }
+        let first_wait = ReleaseOnClone(std::sync::Mutex::new(Some(first)));
+        let replacement = ReleaseOnClone(std::sync::Mutex::new(Some(second)));
+        {
+            let first_wait = releasing(&first_wait);
+            let pending = slot.slot_poll_take(&mut Context::from_waker(&first_wait));
+            assert!(pending.is_pending());
+            assert_eq!(lock(&slot.wakers.0).len(), 2, "`first` let go of its wait");
+            let replacement = releasing(&replacement);
+            let pending = slot.slot_poll_take(&mut Context::from_waker(&replacement));
+            assert!(pending.is_pending());
+            assert_eq!(lock(&slot.wakers.0).len(), 1, "`second` let go of its wait");
+        }
+        slot.slot_fill(Ok("filled".to_string()));
+        assert!(
+            lock(&slot.wakers.0).is_empty(),
+            "the fill took the waker out"
+        );
+        slot.slot_release(); // drops the value nobody took
     }
 
     #[test]

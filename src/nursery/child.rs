@@ -234,8 +234,10 @@ impl<T> ChildOutput<T> {
 }
 
 // SAFETY: a cell pairs its own `TaskScope`'s `outcome` with its own `out`, both fields it
-// never replaces, and its nursery's table, which it keeps as long as it lives; its state is
-// its own, unlike any other live cell's.
+// never replaces, and its nursery's table, which it keeps as long as it lives; a cell lives
+// in an `Arc` (never moved), so its state's address is its own, unlike any other live
+// cell's. Only the child's task fills it (once, as the child ends: `ToHandle`), only the
+// child's one `ChildHandle` takes or lets go.
 unsafe impl<E, T> SlotHolder<T> for ChildCell<E, OutputSlot<T>> {
     fn output_state(&self) -> &SlotState {
         &self.scope.outcome
