@@ -54,11 +54,26 @@ pub(crate) struct SlotState(AtomicU8);
 #[derive(Default)]
 pub(crate) struct Wakers(Mutex<HashMap<usize, Waker>>);
 
+/// A table with room for more wakers than this gives memory back as it empties (a fan-in
+/// of many waiting handles grew it); at most this much room is kept for as long as the
+/// nursery lives.
+const KEPT_ROOM: usize = 64;
+
 impl Wakers {
     /// Takes out the waker left for `key`.
     fn take(&self, key: usize) -> Option<Waker> {
-        lock(&self.0).remove(&key)
+        remove(&mut lock(&self.0), key)
     }
+}
+
+/// Takes out the waker left for `key`, and shrinks a table three quarters empty (to twice
+/// what it holds: a table that grows again pays for each rehash with as many inserts).
+fn remove(wakers: &mut HashMap<usize, Waker>, key: usize) -> Option<Waker> {
+    let waker = wakers.remove(&key);
+    if wakers.capacity() > KEPT_ROOM && wakers.len() * 4 < wakers.capacity() {
+        wakers.shrink_to(wakers.len() * 2);
+    }
+    waker
 }
 
 impl std::fmt::Debug for Wakers {
@@ -198,7 +213,7 @@ pub(crate) unsafe trait SlotHolder<V> {
         let replaced = wakers.insert(key, new);
         // If `FILLED` came first, the writer saw no waker, so the taker takes it out.
         let filled_first = state.fetch_or(WAKER_SET, Ordering::AcqRel) & FILLED != 0;
-        let taken = filled_first.then(|| wakers.remove(&key)).flatten();
+        let taken = filled_first.then(|| remove(&mut wakers, key)).flatten();
         drop(wakers);
         debug_assert!(replaced.is_none(), "one waker per live holder");
         drop((replaced, taken));
@@ -529,6 +544,35 @@ mod tests {
             "the fill took the waker out"
         );
         slot.slot_release(); // drops the value nobody took
+    }
+
+    /// A fan-in of many waiting takers grows the table; it gives the room back as they are
+    /// woken, whether their slots are filled or let go.
+    #[test]
+    fn a_table_gives_back_the_room_of_a_fan_in() {
+        let first = fresh();
+        let slots: Vec<_> = (0..300).map(|_| first.sharing()).collect();
+        let (_count, waker) = waker();
+        for slot in &slots {
+            assert!(
+                slot.slot_poll_take(&mut Context::from_waker(&waker))
+                    .is_pending()
+            );
+        }
+        assert!(lock(&first.wakers.0).capacity() >= 300);
+        for (i, slot) in slots.iter().enumerate() {
+            if i % 2 == 0 {
+                slot.slot_fill(Ok(i.to_string()));
+            }
+            slot.slot_release();
+        }
+        let table = lock(&first.wakers.0);
+        assert!(table.is_empty());
+        assert!(
+            table.capacity() <= KEPT_ROOM,
+            "room for {} wakers kept",
+            table.capacity()
+        );
     }
 
     #[test]
