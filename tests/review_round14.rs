@@ -292,3 +292,36 @@ fn handles_moved_between_tasks_many_times() {
         );
     });
 }
+
+/// Panics when woken.
+struct PanicsOnWake;
+
+impl Wake for PanicsOnWake {
+    fn wake(self: Arc<Self>) {
+        panic!("a waker that panics when woken");
+    }
+}
+
+/// The child's task takes a waiting handle's waker out of the table and wakes it as the
+/// child ends; a waker that panics there unwinds through the child's task after the child
+/// ended: the nursery still counts the child finished, the handle still gets the value.
+#[test]
+fn a_waker_whose_wake_panics_loses_nothing() {
+    within(30, || {
+        let outcome = current_thread().block_on(nursery(|n: NurseryHandle<Cancelled>| {
+            async move {
+                let (mut handle, tell) = until_told(&n, 1);
+                let waker = Waker::from(Arc::new(PanicsOnWake));
+                let pending = Pin::new(&mut handle).poll(&mut Context::from_waker(&waker));
+                assert!(pending.is_pending());
+                drop(waker);
+                tell.send(()).unwrap();
+                while !handle.is_finished() {
+                    tokio::task::yield_now().await; // the child ends, and wakes the waker
+                }
+                Ok::<_, Cancelled>(handle.await.unwrap())
+            }
+        }));
+        assert_eq!(outcome.unwrap(), Some(1));
+    });
+}
