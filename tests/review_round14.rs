@@ -31,11 +31,23 @@ fn within(secs: u64, test: impl FnOnce() + Send + 'static) {
     }
 }
 
-fn current_thread() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
+/// Runs a nursery with `body` on a current_thread runtime of its own, on a thread of its
+/// own (a hang fails after 30 s), and returns the body's value.
+fn in_a_nursery<T, Fut>(body: impl FnOnce(NurseryHandle<Cancelled>) -> Fut + Send + 'static) -> T
+where
+    Fut: Future<Output = Result<T, Cancelled>>,
+    T: Send + 'static,
+{
+    let (value, taken) = mpsc::channel();
+    within(30, move || {
+        let outcome = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(nursery(body));
+        let _ = value.send(outcome.unwrap().expect("the nursery was not cancelled"));
+    });
+    taken.recv().unwrap()
 }
 
 /// A child that returns `value` once told to.
@@ -94,25 +106,22 @@ fn drops_on_clone(handle: ChildHandle<u32>) -> (Arc<DropsOnClone>, Waker) {
 /// the lock, since the dropped handle takes its waker out of the table).
 #[test]
 fn a_waker_whose_clone_drops_another_waiting_handle() {
-    within(30, || {
-        let outcome =
-            current_thread().block_on(nursery(|n: NurseryHandle<Cancelled>| async move {
-                let (mut waiting, tell_waiting) = until_told(&n, 1);
-                let (mut polled, tell_polled) = until_told(&n, 2);
-                assert!(futures::poll!(&mut waiting).is_pending());
-                let (dropper, waker) = drops_on_clone(waiting);
-                let first = Pin::new(&mut polled).poll(&mut Context::from_waker(&waker));
-                assert!(first.is_pending());
-                assert!(
-                    dropper.0.lock().unwrap().is_none(),
-                    "the clone dropped the waiting handle"
-                );
-                tell_waiting.send(()).unwrap();
-                tell_polled.send(()).unwrap();
-                Ok::<_, Cancelled>(polled.await.unwrap())
-            }));
-        assert_eq!(outcome.unwrap(), Some(2));
+    let value = in_a_nursery(|n| async move {
+        let (mut waiting, tell_waiting) = until_told(&n, 1);
+        let (mut polled, tell_polled) = until_told(&n, 2);
+        assert!(futures::poll!(&mut waiting).is_pending());
+        let (dropper, waker) = drops_on_clone(waiting);
+        let first = Pin::new(&mut polled).poll(&mut Context::from_waker(&waker));
+        assert!(first.is_pending());
+        assert!(
+            dropper.0.lock().unwrap().is_none(),
+            "the clone dropped the waiting handle"
+        );
+        tell_waiting.send(()).unwrap();
+        tell_polled.send(()).unwrap();
+        Ok::<_, Cancelled>(polled.await.unwrap())
     });
+    assert_eq!(value, 2);
 }
 
 /// A waker that, when woken, polls the handle it holds once (with a no-op waker) and keeps
@@ -135,36 +144,32 @@ impl Wake for PollsOnWake {
 /// (and so locks the table): the waker is woken after the table's lock is released.
 #[test]
 fn a_waker_whose_wake_polls_another_handle() {
-    within(30, || {
-        let outcome = current_thread().block_on(nursery(|n: NurseryHandle<Cancelled>| {
-            async move {
-                let (mut first, tell_first) = until_told(&n, 1);
-                let (second, tell_second) = until_told(&n, 2);
-                let polls = Arc::new(PollsOnWake {
-                    other: Mutex::new(Some(second)),
-                    polled: Mutex::new(None),
-                });
-                let waker = Waker::from(polls.clone());
-                let pending = Pin::new(&mut first).poll(&mut Context::from_waker(&waker));
-                assert!(pending.is_pending());
-                drop(waker);
-                tell_first.send(()).unwrap();
-                // The first child runs, ends and wakes `polls`, which polls `second`.
-                while polls.polled.lock().unwrap().is_none() {
-                    tokio::task::yield_now().await;
-                }
-                assert_eq!(
-                    *polls.polled.lock().unwrap(),
-                    Some(true),
-                    "second still runs"
-                );
-                tell_second.send(()).unwrap();
-                let second = polls.other.lock().unwrap().take().unwrap();
-                Ok::<_, Cancelled>((first.await.unwrap(), second.await.unwrap()))
-            }
-        }));
-        assert_eq!(outcome.unwrap(), Some((1, 2)));
+    let values = in_a_nursery(|n| async move {
+        let (mut first, tell_first) = until_told(&n, 1);
+        let (second, tell_second) = until_told(&n, 2);
+        let polls = Arc::new(PollsOnWake {
+            other: Mutex::new(Some(second)),
+            polled: Mutex::new(None),
+        });
+        let waker = Waker::from(polls.clone());
+        let pending = Pin::new(&mut first).poll(&mut Context::from_waker(&waker));
+        assert!(pending.is_pending());
+        drop(waker);
+        tell_first.send(()).unwrap();
+        // The first child runs, ends and wakes `polls`, which polls `second`.
+        while polls.polled.lock().unwrap().is_none() {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            *polls.polled.lock().unwrap(),
+            Some(true),
+            "second still runs"
+        );
+        tell_second.send(()).unwrap();
+        let second = polls.other.lock().unwrap().take().unwrap();
+        Ok::<_, Cancelled>((first.await.unwrap(), second.await.unwrap()))
     });
+    assert_eq!(values, (1, 2));
 }
 
 /// Counts its wakes; the `Arc`'s strong count tells whether a clone is kept somewhere.
@@ -190,13 +195,9 @@ fn poll_with(handle: &mut ChildHandle<u32>, waker: &Arc<Counting>) -> Poll<u32> 
 /// it, the handle was dropped, another waker replaced it) leaves no clone of its waker there.
 #[test]
 fn no_waker_is_kept_after_the_wait() {
-    within(30, || {
-        let rt = current_thread();
-        let outcome = rt.block_on(nursery(|n: NurseryHandle<Cancelled>| async move {
-            tokio::spawn(checks(n)).await.unwrap();
-            Ok::<_, Cancelled>(())
-        }));
-        assert_eq!(outcome.unwrap(), Some(()));
+    in_a_nursery(|n| async move {
+        tokio::spawn(checks(n)).await.unwrap();
+        Ok(())
     });
 
     async fn checks(n: NurseryHandle<Cancelled>) {
@@ -307,21 +308,17 @@ impl Wake for PanicsOnWake {
 /// ended: the nursery still counts the child finished, the handle still gets the value.
 #[test]
 fn a_waker_whose_wake_panics_loses_nothing() {
-    within(30, || {
-        let outcome = current_thread().block_on(nursery(|n: NurseryHandle<Cancelled>| {
-            async move {
-                let (mut handle, tell) = until_told(&n, 1);
-                let waker = Waker::from(Arc::new(PanicsOnWake));
-                let pending = Pin::new(&mut handle).poll(&mut Context::from_waker(&waker));
-                assert!(pending.is_pending());
-                drop(waker);
-                tell.send(()).unwrap();
-                while !handle.is_finished() {
-                    tokio::task::yield_now().await; // the child ends, and wakes the waker
-                }
-                Ok::<_, Cancelled>(handle.await.unwrap())
-            }
-        }));
-        assert_eq!(outcome.unwrap(), Some(1));
+    let value = in_a_nursery(|n| async move {
+        let (mut handle, tell) = until_told(&n, 1);
+        let waker = Waker::from(Arc::new(PanicsOnWake));
+        let pending = Pin::new(&mut handle).poll(&mut Context::from_waker(&waker));
+        assert!(pending.is_pending());
+        drop(waker);
+        tell.send(()).unwrap();
+        while !handle.is_finished() {
+            tokio::task::yield_now().await; // the child ends, and wakes the waker
+        }
+        Ok::<_, Cancelled>(handle.await.unwrap())
     });
+    assert_eq!(value, 1);
 }
