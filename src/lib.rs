@@ -35,9 +35,11 @@
 //!
 //! # Cancellation points
 //!
-//! Delivery is cooperative: [`checkpoint`], [`check_cancelled`], [`cancelled`], [`sleep`] and
-//! any future made [`cancellable`](CancellableExt::cancellable) report the cancellation, every
-//! time they are reached while the scope is cancelled. Code in between is never interrupted.
+//! Delivery is cooperative: [`checkpoint`], [`check_cancelled`], [`cancelled`], [`sleep`],
+//! any future made [`cancellable`](CancellableExt::cancellable), awaiting a child's handle
+//! ([`ChildHandle`]), [`spawn_when_free`](NurseryHandle::spawn_when_free) and
+//! [`Mutex::lock_cancellable`] report the cancellation, every time they are reached while the
+//! scope is cancelled. Code in between is never interrupted.
 //! [`is_cancelled`] is a cheap synchronous query for loops. A scope can opt in to hard
 //! delivery ([`CancelScope::hard`]), which drops its body instead.
 //!
@@ -58,7 +60,7 @@
 //!     .run(|n| async move {
 //!         let fast = n.spawn(async { sleep(Duration::from_millis(10)).await?; Ok::<_, Cancelled>(1) });
 //!         n.spawn(async { sleep(Duration::from_secs(10)).await?; Ok(2) }); // cut at 100 ms
-//!         Ok::<_, Cancelled>(fast.await.unwrap())
+//!         Ok::<_, Cancelled>(fast.await.unwrap()) // ends long before the deadline
 //!     })
 //!     .await;
 //! assert_eq!(out.unwrap(), Some(1));

@@ -23,7 +23,7 @@ use crate::poison::Poison;
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// let accounts = Mutex::new((100u32, 0u32));
-/// // A section that returns has completed, even with an error: no poison.
+/// // A section that returns has completed (also one that returns an error): no poison.
 /// let moved = accounts
 ///     .lock(async |(alice, bob)| {
 ///         *alice -= 30;

@@ -107,6 +107,11 @@ impl fmt::Debug for WaitCancelled {
 }
 
 /// Sleeps for `duration` unless the current scope is cancelled first (a cancellation point).
+/// Cancel-safe.
+///
+/// # Panics
+///
+/// As `tokio::time::sleep`: outside a tokio runtime, or on one built without timers.
 pub fn sleep(duration: Duration) -> Sleep {
     sleep_until(Instant::from_std(later(
         Instant::now().into_std(),
@@ -116,6 +121,10 @@ pub fn sleep(duration: Duration) -> Sleep {
 
 /// Sleeps until `deadline` unless the current scope is cancelled first (a cancellation
 /// point). Cancel-safe.
+///
+/// # Panics
+///
+/// As `tokio::time::sleep_until`: outside a tokio runtime, or on one built without timers.
 pub fn sleep_until(deadline: Instant) -> Sleep {
     Sleep {
         sleep: tokio::time::sleep_until(deadline),
@@ -175,7 +184,8 @@ impl fmt::Debug for Sleep {
 pub trait CancellableExt: Future + Sized {
     /// Runs this future until it completes or the current scope is cancelled; on
     /// cancellation the future is dropped where it is parked (your explicit choice) and
-    /// `Err(Cancelled)` is returned.
+    /// `Err(Cancelled)` is returned. If the scope is already cancelled, the future is not
+    /// polled at all (a `recv()` made cancellable takes no message then).
     ///
     /// ```
     /// use tokio_nursery::{move_on_after, CancellableExt, Cancelled};

@@ -39,7 +39,8 @@ pub enum CancelReason {
     Deadline,
     /// Another child of the same nursery failed (fail-fast policy).
     SiblingFailed,
-    /// The program is shutting down (the root's Ctrl-C / SIGTERM handling).
+    /// The program is shutting down: the [`Root`](crate::Root)'s Ctrl-C / SIGTERM handling
+    /// or its `main` returning, or a parallel scope's runtime shutting down.
     Shutdown,
     /// A nursery's grace period ran out while its children were still stopping.
     GraceExpired,

@@ -1,18 +1,5 @@
-//! The root of a program (SPEC N13): it owns the runtime, runs `main` (or a server) in a
-//! nursery, and on return or on Ctrl-C / SIGTERM cancels everything with reason
-//! [`Shutdown`](crate::CancelReason::Shutdown), waits up to a grace period, aborts the rest
-//! (after a signal, `main` too) except protected work ([`protect`](crate::protect)), which
-//! it waits for until that work ends by itself (its own deadline) or a signal during the
-//! shutdown (a second one, or the first after `main` returned), reports what it had to cut
-//! short ([`Report::ShutdownCutShort`]), and shuts the runtime down with a bound. The
-//! runtime's orphans (nurseries dropped in wait mode outside any nursery, protected work
-//! started outside any nursery) are then waited for in the same way: up to a grace period,
-//! after which what can be aborted is, and protected work is waited for until it ends or a
-//! signal comes.
-//!
-//! What it cannot protect: tasks started with a plain `tokio::spawn` (they belong to no
-//! nursery; tokio drops them at runtime shutdown), and anything `std::process::exit` or an
-//! abort ends.
+//! The root of a program ([`Root`], SPEC N13): the runtime's owner, its shutdown sequence
+//! (documented on [`Root`]) and its signal handling.
 
 use std::fmt;
 use std::future::Future;
@@ -33,7 +20,21 @@ use crate::nursery::{
 use crate::reason::CancelReason;
 use crate::sync::lock;
 
-/// The root of a program: see the module docs.
+/// The root of a program (SPEC N13): it owns the runtime, runs `main` (or a server) in a
+/// nursery, and on return or on Ctrl-C / SIGTERM cancels everything with reason
+/// [`Shutdown`](crate::CancelReason::Shutdown), waits up to a grace period, aborts the rest
+/// (after a signal, `main` too) except protected work ([`protect`](crate::protect)), which
+/// it waits for until that work ends by itself (its own deadline) or a signal during the
+/// shutdown (a second one, or the first after `main` returned), reports what it had to cut
+/// short ([`Report::ShutdownCutShort`]), and shuts the runtime down with a bound. The
+/// runtime's orphans (nurseries dropped in wait mode outside any nursery, protected work
+/// started outside any nursery) are then waited for in the same way: up to a grace period,
+/// after which what can be aborted is, and protected work is waited for until it ends or a
+/// signal comes.
+///
+/// What it cannot protect: tasks started with a plain `tokio::spawn` (they belong to no
+/// nursery; tokio drops them at runtime shutdown), and anything `std::process::exit` or an
+/// abort ends.
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -162,11 +163,12 @@ impl Root {
     }
 
     /// Builds the runtime and runs `body` in the root nursery until it and every child
-    /// finished, following the shutdown sequence above. Returns the nursery's outcome.
+    /// finished, following the shutdown sequence of [`Root`]. Returns the nursery's outcome.
     ///
     /// # Panics
     ///
-    /// If the runtime cannot be built, or the `signal` feature is on and the signal handlers
+    /// If the runtime cannot be built, if called from inside a tokio runtime (it builds its
+    /// own and blocks on it), or if the `signal` feature is on and the signal handlers
     /// cannot be installed.
     pub fn run<B, Fut, T, E>(self, body: B) -> Result<Option<T>, NurseryError<E>>
     where

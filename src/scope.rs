@@ -111,6 +111,11 @@ impl CancelScope {
     /// scope absorbed a cancellation (the body returned a [`Cancelled`] while this scope was
     /// the one cancelled, SPEC S9), and `Err(error)` for any other error, including a
     /// cancellation of an enclosing scope passing outwards.
+    ///
+    /// # Panics
+    ///
+    /// When entered outside a tokio runtime with a deadline or timeout set (it could never
+    /// fire).
     pub fn run<F, T, E>(self, body: F) -> Scoped<F>
     where
         F: Future<Output = Result<T, E>>,

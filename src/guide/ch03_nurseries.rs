@@ -52,6 +52,38 @@
 //! *awaiting* code: if its scope is cancelled it returns
 //! [`JoinError::Cancelled`](crate::JoinError::Cancelled) and the child keeps running.
 //!
+//! The child's end is looked at first: a handle whose child has ended gives that end, even
+//! when the awaiting scope is cancelled. `unwrap` above is safe only because "a" and "b"
+//! end long before the deadline. Where the deadline may come first, pass the cancellation on
+//! (the nursery absorbs its own) rather than turning it into a failure: the child may
+//! have stopped at the same cancellation (`ChildCancelled`) before the body looked.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tokio_nursery::{Cancelled, JoinError, Nursery, check_cancelled, sleep};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+//! let answer = Nursery::new()
+//!     .timeout(Duration::from_millis(100))
+//!     .run(|n| async move {
+//!         let slow = n.spawn(async {
+//!             sleep(Duration::from_secs(10)).await?;
+//!             Ok::<_, Cancelled>("slow")
+//!         });
+//!         match slow.await {
+//!             Ok(value) => Ok(Some(value)),
+//!             Err(JoinError::Cancelled(cancelled)) => Err(cancelled),
+//!             Err(_) => {
+//!                 check_cancelled()?; // the child stopped at the nursery's cancellation
+//!                 Ok(None) // it failed, panicked or was aborted: the nursery reports it
+//!             }
+//!         }
+//!     })
+//!     .await;
+//! assert!(matches!(answer, Ok(None))); // cut by the deadline, absorbed by the nursery
+//! # }
+//! ```
+//!
 //! The handle is `Clone + Send`: pass it to children so they can spawn siblings, from any
 //! task or thread, while the nursery is open.
 //!

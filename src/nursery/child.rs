@@ -557,9 +557,15 @@ pub(crate) fn joined<T>(output: ChildOutput<T>) -> Result<T, JoinError> {
 /// The handle of a child task: await it for the child's value; cancel or abort that child
 /// alone.
 ///
-/// Awaiting it is a cancellation point (SPEC S11): if the awaiting code's scope is
-/// cancelled, it returns [`JoinError::Cancelled`] and the child keeps running in its
-/// nursery. Dropping the handle detaches nothing: the child still belongs to its nursery.
+/// Awaiting it is a cancellation point (SPEC S11): if the child has not ended and the
+/// awaiting code's scope is cancelled, it returns [`JoinError::Cancelled`] and the child
+/// keeps running in its nursery. The child's end is looked at first: a child that ended
+/// gives its end even to a cancelled waiter, and that may be [`JoinError::ChildCancelled`]
+/// for a child that stopped at the same cancellation. Neither `ChildCancelled` nor
+/// `ChildAborted` is an echo of a cancellation: returned from the body with `?` (through
+/// an error type that holds it), it makes the body fail; check
+/// [`check_cancelled`](crate::check_cancelled) first (the guide's chapter 3 shows the
+/// idiom). Dropping the handle detaches nothing: the child still belongs to its nursery.
 pub struct ChildHandle<T> {
     child: Joined<T>,
     waiter: Waiter,

@@ -66,6 +66,11 @@ pub enum DropMode {
     /// ([`orphans_finished`]) with a warning event (SPEC N9). They keep their cancelled scope
     /// and the grace period, which then aborts them as it would have. Their failures reach
     /// the adopter's report hook and never trigger its fail-fast.
+    ///
+    /// The orphan registry lives as long as its runtime: a runtime shut down outside a
+    /// [`Root`](crate::Root) (a `#[tokio::main]` returning, say) drops every task, orphans
+    /// included, wherever they are parked. Await [`orphans_finished`] before letting the
+    /// runtime go, or run under a `Root`, which waits for them.
     #[default]
     Wait,
     /// Abort every child at once (SPEC N8): abort is requested before the drop returns and
@@ -73,7 +78,7 @@ pub enum DropMode {
     Abort,
     /// Block the dropping thread until the children have stopped (SPEC N9b), at most for the
     /// grace period in wall-clock time, after which they are aborted; requires a finite
-    /// [`grace`](Nursery::grace). Hazards: it holds a runtime worker
+    /// [`grace`](Nursery::grace) ([`Nursery::run`] panics without one). Hazards: it holds a runtime worker
     /// (`tokio::task::block_in_place`) and works only on a multi-thread runtime. For a
     /// nursery on a current-thread or local runtime (wherever its future is dropped, even
     /// outside the runtime: only that runtime's `block_on` runs its children), for one with
@@ -146,8 +151,9 @@ impl Nursery {
     }
 
     /// Cancels the nursery's scope at `deadline` (reason `Deadline`): body and children see
-    /// it, and the nursery absorbs it (`Ok(None)`) unless something failed. Request-scoped
-    /// fan-out in one line.
+    /// it, and the nursery absorbs it: `Ok(None)` if the body returned the cancellation,
+    /// `Ok(Some(value))` if it returned a value anyway, an error if something failed.
+    /// Request-scoped fan-out in one line.
     pub fn deadline(self, deadline: tokio::time::Instant) -> Self {
         Nursery {
             deadline: Some(Deadline::At(deadline)),
@@ -228,7 +234,9 @@ impl Nursery {
 
     /// Where panics that are not resumed, and failures that cannot be returned because a
     /// panic is resumed, are reported (SPEC N6). By default: an error-level `tracing` event
-    /// with the `tracing` feature, a line on stderr without it.
+    /// with the `tracing` feature when a subscriber is installed, else a line on stderr.
+    /// (The warnings, an unobserved cancellation or a grace period running out, are
+    /// `tracing` events only: without a subscriber nobody sees them.)
     pub fn on_report(self, hook: impl Fn(&Report<'_>) + Send + Sync + 'static) -> Self {
         Nursery {
             hook: Some(Arc::new(hook)),
@@ -246,7 +254,10 @@ impl Nursery {
     /// The future yields:
     /// - `Ok(Some(value))`: the body returned a value and no child or body failed;
     /// - `Ok(None)`: the nursery's own scope was cancelled (through
-    ///   [`NurseryHandle::cancel`] or [`NurseryHandle::scope`]) and absorbed it;
+    ///   [`NurseryHandle::cancel`], [`NurseryHandle::scope`], [`NurseryFuture::cancel`],
+    ///   its [`deadline`](Nursery::deadline) or [`timeout`](Nursery::timeout)), the body
+    ///   returned that cancellation, and the nursery absorbed it (a body that returned a
+    ///   value anyway gives `Ok(Some(value))`);
     /// - `Err(NurseryError::Failed(failures))`: every failure, the first one first (N4);
     /// - `Err(NurseryError::Cancelled(_))`: an enclosing scope was cancelled; pass it on.
     ///
@@ -255,7 +266,8 @@ impl Nursery {
     ///
     /// # Panics
     ///
-    /// When first polled outside a tokio runtime.
+    /// At once, if the drop mode is [`DropMode::BlockingWait`] and no
+    /// [`grace`](Nursery::grace) was set; when first polled outside a tokio runtime.
     pub fn run<B, Fut, T, E>(self, body: B) -> NurseryFuture<B, Fut, T, E>
     where
         B: FnOnce(NurseryHandle<E>) -> Fut,
@@ -1191,7 +1203,9 @@ where
 
 impl<E> NurseryHandle<E> {
     /// Cancels the nursery's scope: its body and children see it at their cancellation
-    /// points, and the nursery absorbs it (`Ok(None)`) unless it failed.
+    /// points, and the nursery absorbs it: `Ok(None)` if the body returned the
+    /// cancellation, `Ok(Some(value))` if it returned a value anyway, an error if something
+    /// failed.
     pub fn cancel(&self) {
         self.shared.node.cancel(CancelReason::Explicit(None));
     }

@@ -135,8 +135,9 @@ impl Adopter<Origin> for Orphans {
     }
 }
 
-/// How many orphaned nurseries of the current runtime still have children running: the
-/// children of nurseries dropped in wait mode with no live enclosing nursery (SPEC N9).
+/// How many orphans of the current runtime are still running: nurseries dropped in wait
+/// mode with no live enclosing nursery whose children still run (SPEC N9), and protected
+/// work ([`protect`](crate::protect)) started outside any nursery.
 pub fn orphan_count() -> usize {
     Orphans::current().map_or(0, |orphans| orphans.live())
 }

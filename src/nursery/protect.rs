@@ -1,13 +1,6 @@
-//! Protected work (SPEC C1): a future that must not be cut short runs to completion even if
-//! the code that started it is cancelled or dropped.
-//!
-//! [`protect`] runs the future as a task of its own, in a shielded scope (its caller's
-//! cancellation does not reach it), accounted for by the nearest enclosing nursery, which
-//! waits for it, or by the runtime's orphan registry. No one may abort it: it is excluded
-//! from grace-period aborts, abort-mode drops and the abort cascade (it is told "grace
-//! expired" through its scope instead, and may ignore it). Give it its own bound with a
-//! deadline inside (`fail_after`, `move_on_after`). Only the [`Root`](crate::Root) protects
-//! it from runtime shutdown: a runtime that shuts down drops every task (tokio).
+//! Protected work (SPEC C1, [`protect`]): a future that must not be cut short runs to
+//! completion even if the code that started it is cancelled or dropped. What it promises is
+//! documented on [`protect`].
 
 use std::fmt;
 use std::future::Future;
@@ -132,7 +125,16 @@ impl StopAll for Shielded {
     }
 }
 
-/// Runs `work` to completion whatever happens to the caller (SPEC C1): see the module docs.
+/// Runs `work` to completion whatever happens to the caller (SPEC C1).
+///
+/// `work` runs as a task of its own, in a shielded scope (its caller's cancellation does
+/// not reach it), accounted for by the nearest enclosing nursery, which waits for it, or by
+/// the runtime's orphan registry ([`orphans_finished`](crate::orphans_finished)). No one may
+/// abort it: it is excluded from grace-period aborts, abort-mode drops and the abort
+/// cascade (it is told "grace expired" through its scope instead, and may ignore it). Give
+/// it its own bound with a deadline inside ([`fail_after`](crate::fail_after),
+/// [`move_on_after`](crate::move_on_after)). Only the [`Root`](crate::Root) protects it from
+/// runtime shutdown: a runtime that shuts down drops every task (tokio).
 ///
 /// ```
 /// use tokio_nursery::{nursery, protect, Cancelled};
@@ -158,7 +160,8 @@ impl StopAll for Shielded {
 ///
 /// # Panics
 ///
-/// Outside a tokio runtime.
+/// Outside a tokio runtime. Awaiting the [`Protected`] resumes the work's panic, if it
+/// panicked, and panics if a runtime shutdown dropped the work before it ended.
 pub fn protect<F>(work: F) -> Protected<F::Output>
 where
     F: Future + Send + 'static,

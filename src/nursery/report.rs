@@ -315,13 +315,35 @@ pub fn panic_message(payload: &(dyn Any + Send)) -> Option<&str> {
 pub type ReportHook = Arc<dyn Fn(&Report<'_>) + Send + Sync>;
 
 /// The default hook: an error-level `tracing` event (warn-level for a shutdown cut short)
-/// with the `tracing` feature, a line on stderr without it.
+/// with the `tracing` feature when a subscriber is installed, else a line on stderr (a
+/// report is never dropped for want of a subscriber).
 pub(crate) fn default_hook(report: &Report<'_>) {
     #[cfg(feature = "tracing")]
-    match report {
-        Report::ShutdownCutShort { .. } => tracing::warn!("{report}"),
-        _ => tracing::error!("{report}"),
+    if subscribed() {
+        match report {
+            Report::ShutdownCutShort { .. } => tracing::warn!("{report}"),
+            _ => tracing::error!("{report}"),
+        }
+        return;
     }
-    #[cfg(not(feature = "tracing"))]
     eprintln!("tokio-nursery: {report}");
+}
+
+/// Whether a `tracing` subscriber (global, or scoped to this thread) receives events.
+#[cfg(feature = "tracing")]
+fn subscribed() -> bool {
+    tracing::dispatcher::get_default(|dispatch| !dispatch.is::<tracing::subscriber::NoSubscriber>())
+}
+
+#[cfg(all(test, feature = "tracing", not(loom)))]
+mod tests {
+    #[test]
+    fn reports_go_to_stderr_when_no_subscriber_listens() {
+        assert!(
+            !super::subscribed(),
+            "no subscriber is installed in unit tests"
+        );
+        let subscriber = tracing_subscriber::registry();
+        tracing::subscriber::with_default(subscriber, || assert!(super::subscribed()));
+    }
 }
