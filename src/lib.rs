@@ -7,6 +7,10 @@
 //!
 //! New here? The [`guide`] teaches cancellation chapter by chapter, with examples.
 //!
+//! References such as "(SPEC N4)" name clauses of the crate's semantic contract; the
+//! repository's DESIGN.md ("SPEC coverage") maps each to the code and the tests that hold
+//! it.
+//!
 //! # Cancel scopes
 //!
 //! A scope is entered by running a future in it ([`CancelScope::run`], [`move_on_after`],

@@ -120,10 +120,15 @@ pub(crate) unsafe trait SlotHolder<V> {
     fn output_wakers(&self) -> &Wakers;
 
     /// Stores `output` (a value, or a marker from 1 to 7) and wakes the taker; drops the
-    /// value at once if the taker let go. Called by the writer only, at most once.
+    /// value at once if the taker let go. Called by the writer only, at most once (a second
+    /// fill of a slot the taker still holds panics).
     fn slot_fill(&self, output: Result<V, u8>) {
         let state = &self.output_state().0;
-        if state.load(Ordering::Relaxed) & RELEASED != 0 {
+        let now = state.load(Ordering::Relaxed);
+        // Only the writer sets `FILLED`, so it sees its own: a second fill is a clear panic
+        // before it could write over a value the taker may be reading.
+        assert_eq!(now & FILLED, 0, "an output slot is filled once");
+        if now & RELEASED != 0 {
             // The taker let go (`RELEASED` is never cleared): nobody will read it. The
             // common case of children whose handles were dropped costs no write here.
             drop(output);
@@ -576,6 +581,17 @@ mod tests {
     }
 
     #[test]
+    #[should_panic(expected = "an output slot is filled once")]
+    fn filling_twice_is_a_clear_panic() {
+        let slot = fresh();
+        slot.slot_fill(Ok("once".to_string()));
+        slot.slot_release(); // drops the value: nothing leaks when the second fill panics
+        let slot = fresh();
+        slot.slot_fill(Err(3));
+        slot.slot_fill(Ok("twice".to_string()));
+    }
+
+    #[test]
     #[should_panic(expected = "polled after it returned")]
     fn taking_twice_is_a_clear_panic() {
         let slot = fresh();
@@ -686,5 +702,278 @@ mod loom_tests {
             loom::thread::spawn(move || slot.slot_fill(Ok(loom::sync::Arc::new(7))))
         };
         (slot, writer)
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod wakers_running_code {
+    //! Wakers whose clone, wake or drop run code (a writer filling mid-poll, a panic) at each
+    //! point of the protocol (review 15). Run under Miri too.
+
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+    use std::task::{RawWaker, RawWakerVTable};
+
+    use super::*;
+
+    const SC: std::sync::atomic::Ordering = std::sync::atomic::Ordering::SeqCst;
+
+    type Hook = Box<dyn FnOnce() + Send>;
+
+    /// A waker whose clone runs a hook once (or panics once), whose drop of a clone may
+    /// panic once, and that counts its wakes and live clones.
+    #[derive(Default)]
+    struct Script {
+        on_clone: std::sync::Mutex<Option<Hook>>,
+        panic_on_clone: AtomicBool,
+        panic_on_drop: AtomicBool,
+        wakes: AtomicUsize,
+        live: AtomicUsize,
+    }
+
+    static VTABLE: RawWakerVTable = RawWakerVTable::new(s_clone, s_wake, s_wake_by_ref, s_drop);
+
+    fn script(data: *const ()) -> &'static Script {
+        // SAFETY: `data` is an `Arc<Script>` kept alive by the test past every waker.
+        unsafe { &*data.cast::<Script>() }
+    }
+
+    unsafe fn s_clone(data: *const ()) -> RawWaker {
+        let this = script(data);
+        if this.panic_on_clone.swap(false, SC) {
+            panic!("clone panics");
+        }
+        let hook = this.on_clone.lock().unwrap().take();
+        if let Some(hook) = hook {
+            hook();
+        }
+        this.live.fetch_add(1, SC);
+        RawWaker::new(data, &VTABLE)
+    }
+
+    unsafe fn s_wake(data: *const ()) {
+        script(data).wakes.fetch_add(1, SC);
+        unsafe { s_drop(data) }
+    }
+
+    unsafe fn s_wake_by_ref(data: *const ()) {
+        script(data).wakes.fetch_add(1, SC);
+    }
+
+    unsafe fn s_drop(data: *const ()) {
+        let this = script(data);
+        this.live.fetch_sub(1, SC);
+        if this.panic_on_drop.swap(false, SC) {
+            panic!("drop panics");
+        }
+    }
+
+    /// The test's own waker of `s`: counted as one live waker.
+    fn waker_of(s: &Arc<Script>) -> Waker {
+        s.live.fetch_add(1, SC);
+        let data = Arc::as_ptr(s).cast::<()>();
+        // SAFETY: the vtable only reads `data` as a `&Script`, which outlives every waker.
+        unsafe { Waker::from_raw(RawWaker::new(data, &VTABLE)) }
+    }
+
+    fn table_len(h: &Holder<String>) -> usize {
+        lock(&h.wakers.0).len()
+    }
+
+    #[test]
+    fn a_clone_that_panics_on_a_first_wait_changes_nothing() {
+        let slot = Arc::new(Holder::<String>::default());
+        let s = Arc::new(Script::default());
+        let w = waker_of(&s);
+        s.panic_on_clone.store(true, SC);
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            slot.slot_poll_take(&mut Context::from_waker(&w))
+        }));
+        assert!(r.is_err());
+        assert_eq!(table_len(&slot), 0);
+        assert!(
+            slot.slot_poll_take(&mut Context::from_waker(&w))
+                .is_pending()
+        );
+        slot.slot_fill(Ok("v".into()));
+        assert_eq!(s.wakes.load(SC), 1);
+        assert_eq!(
+            slot.slot_poll_take(&mut Context::from_waker(&w)),
+            Poll::Ready(Ok("v".into()))
+        );
+        assert_eq!(table_len(&slot), 0);
+        drop(w);
+        assert_eq!(s.live.load(SC), 0, "every clone dropped");
+    }
+
+    #[test]
+    fn a_clone_that_panics_on_a_replacement_keeps_the_old_waker() {
+        let slot = Arc::new(Holder::<String>::default());
+        let (old, new) = (Arc::new(Script::default()), Arc::new(Script::default()));
+        let (wo, wn) = (waker_of(&old), waker_of(&new));
+        assert!(
+            slot.slot_poll_take(&mut Context::from_waker(&wo))
+                .is_pending()
+        );
+        new.panic_on_clone.store(true, SC);
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            slot.slot_poll_take(&mut Context::from_waker(&wn))
+        }));
+        assert!(r.is_err());
+        assert_eq!(table_len(&slot), 1);
+        slot.slot_fill(Ok("v".into()));
+        assert_eq!((old.wakes.load(SC), new.wakes.load(SC)), (1, 0));
+        assert_eq!(
+            slot.slot_poll_take(&mut Context::from_waker(&wn)),
+            Poll::Ready(Ok("v".into()))
+        );
+        drop((wo, wn));
+        assert_eq!((old.live.load(SC), new.live.load(SC)), (0, 0));
+    }
+
+    #[test]
+    fn an_old_waker_whose_drop_panics_leaves_the_new_one_in_place() {
+        let slot = Arc::new(Holder::<String>::default());
+        let (old, new) = (Arc::new(Script::default()), Arc::new(Script::default()));
+        let (wo, wn) = (waker_of(&old), waker_of(&new));
+        assert!(
+            slot.slot_poll_take(&mut Context::from_waker(&wo))
+                .is_pending()
+        );
+        drop(wo);
+        old.panic_on_drop.store(true, SC); // the table's clone is the last one
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            slot.slot_poll_take(&mut Context::from_waker(&wn))
+        }));
+        assert!(r.is_err(), "the old waker's drop panicked out of the poll");
+        assert_eq!(table_len(&slot), 1);
+        slot.slot_fill(Ok("v".into()));
+        assert_eq!((old.wakes.load(SC), new.wakes.load(SC)), (0, 1));
+        assert_eq!(
+            slot.slot_poll_take(&mut Context::from_waker(&wn)),
+            Poll::Ready(Ok("v".into()))
+        );
+        drop(wn);
+        assert_eq!((old.live.load(SC), new.live.load(SC)), (0, 0));
+    }
+
+    /// The writer fills while the taker clones its waker for a first wait (the lock is not
+    /// held): the taker sees `FILLED` after its insert and takes the waker out itself.
+    #[test]
+    fn a_writer_filling_during_a_first_wait_clone() {
+        let slot = Arc::new(Holder::<String>::default());
+        let s = Arc::new(Script::default());
+        let w = waker_of(&s);
+        let writer = slot.clone();
+        *s.on_clone.lock().unwrap() = Some(Box::new(move || writer.slot_fill(Ok("v".into()))));
+        let r = slot.slot_poll_take(&mut Context::from_waker(&w));
+        assert_eq!(r, Poll::Ready(Ok("v".into())));
+        assert_eq!(table_len(&slot), 0);
+        assert_eq!(s.wakes.load(SC), 0);
+        drop(w);
+        assert_eq!(s.live.load(SC), 0);
+    }
+
+    /// As above, and the clone (taken straight back out of the table) panics when dropped:
+    /// the value stays for the next poll, or for the release.
+    #[test]
+    fn a_writer_filling_during_a_first_wait_clone_whose_drop_panics() {
+        for then_release in [false, true] {
+            let slot = Arc::new(Holder::<String>::default());
+            let s = Arc::new(Script::default());
+            let w = waker_of(&s);
+            let (writer, s2) = (slot.clone(), s.clone());
+            *s.on_clone.lock().unwrap() = Some(Box::new(move || {
+                writer.slot_fill(Ok("v".into()));
+                s2.panic_on_drop.store(true, SC);
+            }));
+            let r = catch_unwind(AssertUnwindSafe(|| {
+                slot.slot_poll_take(&mut Context::from_waker(&w))
+            }));
+            assert!(r.is_err());
+            assert_eq!(table_len(&slot), 0);
+            if then_release {
+                slot.slot_release(); // Miri: the value is dropped here, once
+            } else {
+                let r = slot.slot_poll_take(&mut Context::from_waker(&w));
+                assert_eq!(r, Poll::Ready(Ok("v".into())));
+            }
+            drop(w);
+            assert_eq!(s.live.load(SC), 0);
+        }
+    }
+
+    /// The writer fills while the taker clones a replacement: it wakes the old waker; the
+    /// taker finds the table empty for its key and takes the value.
+    #[test]
+    fn a_writer_filling_during_a_replacement_clone() {
+        let slot = Arc::new(Holder::<String>::default());
+        let (old, new) = (Arc::new(Script::default()), Arc::new(Script::default()));
+        let (wo, wn) = (waker_of(&old), waker_of(&new));
+        assert!(
+            slot.slot_poll_take(&mut Context::from_waker(&wo))
+                .is_pending()
+        );
+        let writer = slot.clone();
+        *new.on_clone.lock().unwrap() = Some(Box::new(move || writer.slot_fill(Ok("v".into()))));
+        let r = slot.slot_poll_take(&mut Context::from_waker(&wn));
+        assert_eq!(r, Poll::Ready(Ok("v".into())));
+        assert_eq!((old.wakes.load(SC), new.wakes.load(SC)), (1, 0));
+        assert_eq!(table_len(&slot), 0);
+        drop((wo, wn));
+        assert_eq!((old.live.load(SC), new.live.load(SC)), (0, 0));
+    }
+
+    /// A wake that polls the woken taker at once (an executor polling inline), and one that
+    /// makes another slot of the table wait: the writer holds no lock while it wakes.
+    #[test]
+    fn a_wake_that_polls_takers_of_the_table() {
+        struct Inline {
+            slot: Arc<Holder<String>>,
+            other: Arc<Holder<String>>,
+            got: std::sync::Mutex<Option<Poll<Result<String, u8>>>>,
+        }
+        impl std::task::Wake for Inline {
+            fn wake(self: Arc<Self>) {
+                let noop = Waker::noop();
+                let got = self.slot.slot_poll_take(&mut Context::from_waker(noop));
+                *self.got.lock().unwrap() = Some(got);
+                assert!(
+                    self.other
+                        .slot_poll_take(&mut Context::from_waker(noop))
+                        .is_pending()
+                );
+            }
+        }
+        let slot = Arc::new(Holder::<String>::default());
+        let other = Arc::new(slot.sharing());
+        let inline = Arc::new(Inline {
+            slot: slot.clone(),
+            other: other.clone(),
+            got: Default::default(),
+        });
+        let w = Waker::from(inline.clone());
+        assert!(
+            slot.slot_poll_take(&mut Context::from_waker(&w))
+                .is_pending()
+        );
+        drop(w);
+        let (done, finished) = std::sync::mpsc::channel();
+        let filler = slot.clone();
+        std::thread::spawn(move || {
+            filler.slot_fill(Ok("v".into()));
+            done.send(()).unwrap();
+        });
+        finished
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("hang: the fill did not return");
+        assert_eq!(
+            *inline.got.lock().unwrap(),
+            Some(Poll::Ready(Ok("v".into())))
+        );
+        assert_eq!(table_len(&slot), 1, "only `other`'s waker");
+        other.slot_release();
+        assert_eq!(table_len(&slot), 0);
     }
 }

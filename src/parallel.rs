@@ -209,7 +209,11 @@ pub struct ParallelHandle<T> {
 impl<T> Drop for ParallelHandle<T> {
     fn drop(&mut self) {
         // A value not taken is dropped here or, still to come, by the child's task: never
-        // after the scope's backstop.
+        // after the scope's backstop. The child's handle is kept with the cell, but lets go
+        // of its waiting waker now.
+        if let Some(child) = &self.child {
+            child.release();
+        }
         self.value.abandon(self.child.take());
     }
 }
@@ -727,10 +731,11 @@ trait Value<T>: Send + Sync {
     fn take(&self) -> Option<T>;
 
     /// The handle is gone: the value, there or still to come, is dropped at once. The
-    /// handle's join handle stays with the cell, so that tokio's task is freed when the cell
-    /// is: usually by the scope's compaction or sweep, on the thread that spawned it, rather
-    /// than by whichever worker ran the child last (freeing memory of another thread's
-    /// arena takes glibc's lock of that arena).
+    /// child's [`ChildHandle`] (released: no outcome taken, no waker left) stays with the
+    /// cell, so that the nursery's cell of the child is freed when this cell is: usually by
+    /// the scope's compaction or sweep, on the thread that spawned it, rather than by
+    /// whichever worker ran the child last (freeing memory of another thread's arena takes
+    /// glibc's lock of that arena).
     fn abandon(&self, join: Option<ChildHandle<()>>);
 
     /// Where the cell keeps its task's id, for reports.
@@ -925,7 +930,7 @@ impl<E> Children<E> {
     }
 
     /// Drops cells the list no longer holds, reporting a panic (a waker's drop, through the
-    /// join handle a cell keeps) rather than propagating it. Dropping a `Vec` goes on with
+    /// child's handle a cell keeps) rather than propagating it. Dropping a `Vec` goes on with
     /// the other elements after one panicked.
     fn forget(&self, cells: Vec<Arc<dyn Child<E>>>) {
         if cells.is_empty() {

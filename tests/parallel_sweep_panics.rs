@@ -1,7 +1,7 @@
 //! The backstop's sweep against a panic while it drops a cell it has passed over (the last
-//! reference to an ended cell, which drops the join handle a dropped `ParallelHandle` parked
-//! there, and with it the waker the handle was last polled with): the sweep goes on, and
-//! the panic is reported, not propagated.
+//! reference to an ended cell, which drops the inner handle a dropped `ParallelHandle` parked
+//! there, and with it the waker its cancellation registration keeps): the sweep goes on,
+//! and the panic is reported, not propagated.
 //!
 //! No real sleeps: waits spin with a real-time hang bound as a watchdog; the one bounded spin
 //! (`GRACE_SPINS`) only gives a scope's drop the chance to return early if it does not wait,
@@ -22,8 +22,8 @@ use tokio_nursery::{CancelScope, Cancelled, parallel_scope_async};
 
 /// The waker's last clone panics when dropped, once armed.
 static ARMED: AtomicBool = AtomicBool::new(false);
-/// The join waker was woken: the first child's task completed (its shell is gone).
-static JOIN_WOKEN: AtomicBool = AtomicBool::new(false);
+/// The first child's future was dropped: its task completed (its shell is gone).
+static FIRST_GONE: AtomicBool = AtomicBool::new(false);
 /// The armed waker panicked in its drop.
 static WAKER_PANICKED: AtomicBool = AtomicBool::new(false);
 
@@ -31,12 +31,15 @@ static WAKER_PANICKED: AtomicBool = AtomicBool::new(false);
 struct PanicOnLastDrop;
 
 impl Wake for PanicOnLastDrop {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
+    fn wake(self: Arc<Self>) {}
+}
 
-    fn wake_by_ref(self: &Arc<Self>) {
-        JOIN_WOKEN.store(true, SeqCst);
+/// Held by the first child's future: tells when it is dropped.
+struct TellsGone;
+
+impl Drop for TellsGone {
+    fn drop(&mut self) {
+        FIRST_GONE.store(true, SeqCst);
     }
 }
 
@@ -108,19 +111,21 @@ fn a_panic_dropping_a_parked_join_handle_does_not_cut_the_sweep_short() {
         let scope = unsafe {
             parallel_scope_async(|s| async move {
                 let mut first = s.spawn(async move {
+                    let _gone = TellsGone;
                     let _ = rx.await;
                     Ok::<_, Cancelled>(())
                 });
                 // Polled once with the waker, in a shielded scope that ends unwoken: the
                 // handle's cancellation registration keeps a clone of it there (the other
-                // clone, left for the child's end, is woken and dropped when it ends).
+                // clone, left in the nursery's table for the child's end, leaves it when the
+                // handle is dropped).
                 let polled = CancelScope::new().shielded().run(async {
                     let waker = Waker::from(Arc::new(PanicOnLastDrop));
                     let polled = Pin::new(&mut first).poll(&mut Context::from_waker(&waker));
                     Ok::<_, Cancelled>(polled.is_pending())
                 });
                 assert_eq!(polled.await.unwrap(), Some(true));
-                drop(first); // parks its join handle (and the waker's clone) in its cell
+                drop(first); // parks its inner handle (and the waker's clone) in its cell
                 tx.send(()).unwrap();
                 s.spawn(async move {
                     let _guard = Guard { data, flags };
@@ -144,7 +149,7 @@ fn a_panic_dropping_a_parked_join_handle_does_not_cut_the_sweep_short() {
         };
         let mut scope = Box::pin(scope);
         let hang = Instant::now() + HANG_BOUND;
-        while !(JOIN_WOKEN.load(SeqCst) && flags.polling.load(SeqCst)) {
+        while !(FIRST_GONE.load(SeqCst) && flags.polling.load(SeqCst)) {
             assert!(
                 Instant::now() < hang,
                 "hang: the children did not get there"

@@ -322,3 +322,53 @@ fn a_waker_whose_wake_panics_loses_nothing() {
     });
     assert_eq!(value, 1);
 }
+
+/// A `ParallelHandle` polled (its waker goes to the nursery's table) and then dropped: the
+/// scope keeps the child's inner handle with the child's cell, but the wait is over, so
+/// the waker leaves the table at the drop and is never woken (review 15: it stayed until the
+/// child ended, and was then woken although nobody waited).
+#[test]
+fn a_dropped_parallel_handle_leaves_no_waker() {
+    within(30, || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (kept, woken) = runtime
+            .block_on(async {
+                tokio_nursery::parallel_scope(async |s| {
+                    let (tell, told) = oneshot::channel::<()>();
+                    let handle = s.spawn(async move {
+                        let _ = told.await;
+                        Ok::<_, Cancelled>(7u32)
+                    });
+                    let waker = Arc::new(Counting::default());
+                    // Polled in a plain task (outside any cancel scope): the table alone keeps
+                    // a clone of the waker.
+                    let polled_with = waker.clone();
+                    tokio::spawn(async move {
+                        let mut handle = handle;
+                        let waker = Waker::from(polled_with);
+                        let polled = Pin::new(&mut handle).poll(&mut Context::from_waker(&waker));
+                        assert!(polled.is_pending());
+                        drop(handle);
+                    })
+                    .await
+                    .unwrap();
+                    let kept = Arc::strong_count(&waker) - 1;
+                    tell.send(()).unwrap();
+                    Ok::<_, Cancelled>((kept, waker))
+                })
+                .unwrap()
+            })
+            .unwrap()
+            .unwrap();
+        let woken = woken.0.load(Ordering::SeqCst);
+        assert_eq!(
+            (kept, woken),
+            (0, 0),
+            "clones of the dropped handle's waker kept after the drop, wakes after it"
+        );
+    });
+}

@@ -695,14 +695,22 @@ impl<T> ChildHandle<T> {
     }
 }
 
-impl<T> Drop for ChildHandle<T> {
-    fn drop(&mut self) {
+impl<T> ChildHandle<T> {
+    /// Lets go of the child's outcome, and of a waker left waiting for it, as a drop does;
+    /// for a handle kept after that (a parallel scope keeps it with the child's cell).
+    pub(crate) fn release(&self) {
         if let Joined::Cell(cell) = &self.child {
             // An outcome already there is dropped now (else by the child's task, as it
             // comes). A panic in the value's drop stays here, as tokio's `JoinHandle` keeps
             // it: the child's end was reported already.
             let _ = catch_unwind(AssertUnwindSafe(|| cell.release()));
         }
+    }
+}
+
+impl<T> Drop for ChildHandle<T> {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
