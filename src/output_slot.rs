@@ -781,6 +781,19 @@ mod wakers_running_code {
         lock(&h.wakers.0).len()
     }
 
+    /// A slot whose taker waits with `old`'s waker (`wo`), and `new`'s waker (`wn`) for the
+    /// next poll.
+    fn waiting_with_old() -> (Arc<Holder<String>>, Arc<Script>, Arc<Script>, Waker, Waker) {
+        let slot = Arc::new(Holder::<String>::default());
+        let (old, new) = (Arc::new(Script::default()), Arc::new(Script::default()));
+        let (wo, wn) = (waker_of(&old), waker_of(&new));
+        assert!(
+            slot.slot_poll_take(&mut Context::from_waker(&wo))
+                .is_pending()
+        );
+        (slot, old, new, wo, wn)
+    }
+
     #[test]
     fn a_clone_that_panics_on_a_first_wait_changes_nothing() {
         let slot = Arc::new(Holder::<String>::default());
@@ -809,13 +822,7 @@ mod wakers_running_code {
 
     #[test]
     fn a_clone_that_panics_on_a_replacement_keeps_the_old_waker() {
-        let slot = Arc::new(Holder::<String>::default());
-        let (old, new) = (Arc::new(Script::default()), Arc::new(Script::default()));
-        let (wo, wn) = (waker_of(&old), waker_of(&new));
-        assert!(
-            slot.slot_poll_take(&mut Context::from_waker(&wo))
-                .is_pending()
-        );
+        let (slot, old, new, wo, wn) = waiting_with_old();
         new.panic_on_clone.store(true, SC);
         let r = catch_unwind(AssertUnwindSafe(|| {
             slot.slot_poll_take(&mut Context::from_waker(&wn))
@@ -834,13 +841,7 @@ mod wakers_running_code {
 
     #[test]
     fn an_old_waker_whose_drop_panics_leaves_the_new_one_in_place() {
-        let slot = Arc::new(Holder::<String>::default());
-        let (old, new) = (Arc::new(Script::default()), Arc::new(Script::default()));
-        let (wo, wn) = (waker_of(&old), waker_of(&new));
-        assert!(
-            slot.slot_poll_take(&mut Context::from_waker(&wo))
-                .is_pending()
-        );
+        let (slot, old, new, wo, wn) = waiting_with_old();
         drop(wo);
         old.panic_on_drop.store(true, SC); // the table's clone is the last one
         let r = catch_unwind(AssertUnwindSafe(|| {
@@ -908,13 +909,7 @@ mod wakers_running_code {
     /// taker finds the table empty for its key and takes the value.
     #[test]
     fn a_writer_filling_during_a_replacement_clone() {
-        let slot = Arc::new(Holder::<String>::default());
-        let (old, new) = (Arc::new(Script::default()), Arc::new(Script::default()));
-        let (wo, wn) = (waker_of(&old), waker_of(&new));
-        assert!(
-            slot.slot_poll_take(&mut Context::from_waker(&wo))
-                .is_pending()
-        );
+        let (slot, old, new, wo, wn) = waiting_with_old();
         let writer = slot.clone();
         *new.on_clone.lock().unwrap() = Some(Box::new(move || writer.slot_fill(Ok("v".into()))));
         let r = slot.slot_poll_take(&mut Context::from_waker(&wn));
