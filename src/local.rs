@@ -430,6 +430,10 @@ fn local_origin(scope: ScopeId) -> Origin {
 /// `Err(NurseryError::Failed(..))` with every failure, or `Err(NurseryError::Cancelled(..))`
 /// passing an enclosing cancellation on; the earliest panic is resumed.
 ///
+/// Its children run only inside its future's polls: a local scope's future leaked with
+/// `mem::forget` after a poll leaves them unpolled and undropped for good, so nothing of
+/// theirs runs after the leak (their borrows stay sound).
+///
 /// ```
 /// use tokio_nursery::{local_scope, Cancelled};
 ///
@@ -750,6 +754,8 @@ impl<E: CancelError + fmt::Debug> LocalScope<'_, E> {
                     adopted: false,
                 });
             }
+            // Dropped here, where a panicking destructor is caught, not while unwinding.
+            crate::nursery::drop_quietly((panics, failures));
             resume_unwind(first);
         }
         if !failures.is_empty() {

@@ -315,28 +315,34 @@ impl Waiters {
     /// Keeps `waker` registered for `child`: refreshed in place if `index` holds this
     /// child's waiter, else whatever `index` held is taken out and the waker inserted anew,
     /// unless `may_insert` refuses. Returns where it is registered, and a waker to drop once
-    /// the lock is released (invariant 5).
+    /// the lock is released (invariant 5). A waker to keep is taken from `spare`, cloned by
+    /// the caller outside the lock (a clone may run arbitrary code too): `None`, with nothing
+    /// changed, when one is needed and `spare` holds none.
     fn put(
         &mut self,
         index: Option<WaiterIndex>,
         waker: &Waker,
+        spare: &mut Option<Waker>,
         child: Option<ScopeId>,
         may_insert: impl FnOnce(&Self) -> bool,
-    ) -> (Option<WaiterIndex>, Option<Waker>) {
+    ) -> Option<(Option<WaiterIndex>, Option<Waker>)> {
         if let Some(existing) = index
             .and_then(|k| self.get_mut(k))
             .filter(|existing| existing.child == child)
         {
-            let stale = (!existing.waker.will_wake(waker))
-                .then(|| std::mem::replace(&mut existing.waker, waker.clone()));
-            return (index, stale);
+            if existing.waker.will_wake(waker) {
+                return Some((index, None));
+            }
+            let stale = std::mem::replace(&mut existing.waker, spare.take()?);
+            return Some((index, Some(stale)));
         }
+        spare.as_ref()?;
         let stale = index.and_then(|k| self.try_remove(k)).map(|w| w.waker);
         if !may_insert(self) {
-            return (None, stale);
+            return Some((None, stale));
         }
-        let waker = waker.clone();
-        (Some(self.insert(Waiting { waker, child })), stale)
+        let waker = spare.take().expect("a spare waker, checked above");
+        Some((Some(self.insert(Waiting { waker, child })), stale))
     }
 
     /// Takes every waiter out, to be woken.
@@ -920,14 +926,27 @@ impl Node {
 
     /// Registers (or refreshes) a waker to be woken when the scope becomes cancelled.
     pub(crate) fn register_waiter(&self, key: &mut Option<WaiterKey>, waker: &Waker) {
-        let mut inner = lock(&self.inner);
-        let round = self.wake_rounds.load(Ordering::Relaxed);
-        let index = key.filter(|k| k.round == round).map(|k| k.index);
-        let (index, stale) = inner.waiters.put(index, waker, None, |_| true);
-        *key = index.map(|index| WaiterKey { index, round });
-        drop(inner);
-        // Invariant 5: a waker's drop may run arbitrary code; never under our lock.
-        drop(stale);
+        // Cloned only when a waiter is new or its waker changed (a poll that refreshes the
+        // same waker clones nothing), and then outside the lock: the lookup is done again.
+        let mut spare = None;
+        loop {
+            let mut inner = lock(&self.inner);
+            let round = self.wake_rounds.load(Ordering::Relaxed);
+            let index = key.filter(|k| k.round == round).map(|k| k.index);
+            let Some((index, stale)) = inner.waiters.put(index, waker, &mut spare, None, |_| true)
+            else {
+                drop(inner);
+                // Invariant 5: a waker's clone and drop may run arbitrary code; never under
+                // our lock.
+                spare = Some(waker.clone());
+                continue;
+            };
+            *key = index.map(|index| WaiterKey { index, round });
+            drop(inner);
+            drop(stale);
+            drop(spare);
+            return;
+        }
     }
 
     /// Registers (or refreshes) a waker of `child`, a child scope of this one with no node
@@ -942,15 +961,20 @@ impl Node {
         waker: &Waker,
         child: &dyn UnmadeChild,
     ) -> bool {
+        // Cloned before the lock (invariant 5), whether or not it is kept.
+        let mut spare = Some(waker.clone());
         let mut inner = lock(&self.inner);
         let round = self.wake_rounds.load(Ordering::Relaxed);
         let index = key.take().filter(|k| k.round == round).map(|k| k.index);
         let (index, stale) = if child.park() {
             let id = Some(child.id());
-            let placed = inner.waiters.put(index, waker, id, |waiters| {
-                let parked = child.parked_key().and_then(|k| waiters.get(k));
-                parked.is_none_or(|other| other.child != id)
-            });
+            let placed = inner
+                .waiters
+                .put(index, waker, &mut spare, id, |waiters| {
+                    let parked = child.parked_key().and_then(|k| waiters.get(k));
+                    parked.is_none_or(|other| other.child != id)
+                })
+                .expect("a spare waker is given");
             if let Some(index) = placed.0 {
                 child.set_parked_key(index);
             }
@@ -960,7 +984,7 @@ impl Node {
             (None, stale.map(|waiting| waiting.waker))
         };
         drop(inner);
-        drop(stale); // after the lock is released (invariant 5)
+        drop((stale, spare)); // after the lock is released (invariant 5)
         *key = index.map(|index| WaiterKey { index, round });
         key.is_some()
     }

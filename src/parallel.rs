@@ -211,7 +211,7 @@ impl<T> Drop for ParallelHandle<T> {
         // A value not taken is dropped here or, still to come, by the child's task: never
         // after the scope's backstop. The child's handle is kept with the cell, but lets go
         // of its waiting waker now.
-        if let Some(child) = &self.child {
+        if let Some(child) = &mut self.child {
             child.release();
         }
         self.value.abandon(self.child.take());
@@ -235,10 +235,10 @@ impl<T> ParallelHandle<T> {
         self.child().abort();
     }
 
-    /// Whether the child's task has finished, as tokio sees it. Tokio marks a task finished
-    /// a moment after its future ended, and the nursery counts a child as ended when its
-    /// future is, so just after the nursery (or scope) returned this may still be `false`
-    /// for a short while; awaiting the handle gives the child's outcome either way.
+    /// Whether the child has finished: its outcome is there for this handle (awaiting it
+    /// then returns at once). The scope counts a child as ended a moment before, when its
+    /// future is gone, so just after the scope returned this may still be `false` for a
+    /// short while; awaiting the handle gives the child's outcome either way.
     pub fn is_finished(&self) -> bool {
         self.child().is_finished()
     }
@@ -906,8 +906,8 @@ impl<E> Children<E> {
             state.cells.drain().collect()
         };
         // Every cell stays referenced until every future is gone: dropping the last reference
-        // to one drops the join handle it may keep, and with it a waker (user code, whose
-        // drop may panic), which must not cut the sweep short.
+        // to one drops the join handle it may keep (released, holding no waker since its
+        // handle's drop; `forget` still reports a panic rather than cut the sweep short).
         let mut busy = Vec::new();
         for (index, cell) in cells.iter().enumerate() {
             if !self.drop_in(&**cell, false) {
@@ -929,9 +929,10 @@ impl<E> Children<E> {
         self.forget(cells);
     }
 
-    /// Drops cells the list no longer holds, reporting a panic (a waker's drop, through the
-    /// child's handle a cell keeps) rather than propagating it. Dropping a `Vec` goes on with
-    /// the other elements after one panicked.
+    /// Drops cells the list no longer holds, reporting a panic rather than propagating it (a
+    /// backstop: the child's handle a cell keeps was released, holding no waker, when its
+    /// `ParallelHandle` was dropped). Dropping a `Vec` goes on with the other elements after
+    /// one panicked.
     fn forget(&self, cells: Vec<Arc<dyn Child<E>>>) {
         if cells.is_empty() {
             return;
@@ -1085,7 +1086,9 @@ where
         delivery.join = join;
         let value = delivery.value.take();
         drop(delivery);
-        drop(value);
+        // As a dropped `ChildHandle` does: a panic in the value's drop stays here (the
+        // handle may be dropped while its owner unwinds, where a second panic aborts).
+        let _ = catch_unwind(AssertUnwindSafe(|| drop(value)));
     }
 
     fn task(&self) -> &OnceLock<tokio::task::Id> {

@@ -5,6 +5,12 @@
 //! observes the cancellation returns its value, even if the deadline has passed meanwhile.
 //! These scopes link into the scope tree lazily: a body that is ready at once allocates and
 //! links nothing.
+//!
+//! Poll one of them in the task that entered it (first polled it). Until it needs a node of
+//! its own, it hears of an enclosing scope's cancellation through the scope current where it
+//! is polled: moved to another task after its first poll (boxed and sent away, say), it no
+//! longer hears the scope it was entered in and ends only at its own deadline. Use a
+//! [`CancelScope`](crate::CancelScope), which links at entry, for a future that moves.
 
 use std::error::Error;
 use std::fmt;

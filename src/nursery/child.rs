@@ -5,7 +5,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -413,11 +413,18 @@ where
             finish(cell);
             Poll::Ready(output.unwrap_or_else(|output| output))
         } else {
-            finish(cell);
-            Poll::Ready(match output {
+            // The last child's end wakes the nursery's future, whose waker may panic: the
+            // handle still gets the outcome (the task's drop would find the scope ended and
+            // fill nothing), and then the panic goes on.
+            let finished = catch_unwind(AssertUnwindSafe(|| finish(cell)));
+            let output = match output {
                 Ok(output) => this.route.deliver(cell, output),
                 Err(output) => output,
-            })
+            };
+            if let Err(payload) = finished {
+                resume_unwind(payload);
+            }
+            Poll::Ready(output)
         }
     }
 }
@@ -457,14 +464,26 @@ pub(crate) fn settle<T, E: CancelError + fmt::Debug>(
             if cancellation && cancelled {
                 ChildOutput::Cancelled
             } else {
-                nursery.fail(Failure::new(origin(), error, cancellation));
+                let origin = origin();
+                told(|| nursery.fail(Failure::new(origin, error, cancellation)));
                 ChildOutput::Failed
             }
         }
         Err(payload) => {
-            nursery.panicked(origin(), payload);
+            let origin = origin();
+            told(|| nursery.panicked(origin, payload));
             ChildOutput::Panicked
         }
+    }
+}
+
+/// Tells the nursery of a failure or panic. The fail-fast cancellation that may follow wakes
+/// the nursery's waiters, and `Node::cancel` resumes the first panic of their wakers once all
+/// are woken: the failure is recorded by then, and that panic (the panic hook has printed
+/// it) must not take the child's end from its handle, so it stops here.
+fn told(tell: impl FnOnce()) {
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(tell)) {
+        super::drop_quietly(payload);
     }
 }
 
@@ -526,12 +545,26 @@ impl<F, E, R: OnAbort<E>> PinnedDrop for ChildTask<F, E, R> {
             }
         }
         // In the route's order, as in `poll` (whose `finish` a panic may have cut short).
-        if R::BEFORE_FINISH {
-            this.route.aborted(cell);
-            finish(cell);
+        // Each step runs even if a waker woken by the other panics; such a panic goes on
+        // only when this drop is not already part of an unwinding (tokio drops an aborted
+        // or panicked task's future inside its own guard: a second panic would abort).
+        let (first, second) = if R::BEFORE_FINISH {
+            (
+                catch_unwind(AssertUnwindSafe(|| this.route.aborted(cell))),
+                catch_unwind(AssertUnwindSafe(|| finish(cell))),
+            )
         } else {
-            finish(cell);
-            this.route.aborted(cell);
+            (
+                catch_unwind(AssertUnwindSafe(|| finish(cell))),
+                catch_unwind(AssertUnwindSafe(|| this.route.aborted(cell))),
+            )
+        };
+        if let Err(payload) = first.and(second) {
+            if std::thread::panicking() {
+                super::drop_quietly(payload);
+            } else {
+                resume_unwind(payload);
+            }
         }
     }
 }
@@ -566,6 +599,11 @@ pub(crate) fn joined<T>(output: ChildOutput<T>) -> Result<T, JoinError> {
 /// an error type that holds it), it makes the body fail; check
 /// [`check_cancelled`](crate::check_cancelled) first (the guide's chapter 3 shows the
 /// idiom). Dropping the handle detaches nothing: the child still belongs to its nursery.
+///
+/// # Panics
+///
+/// Awaited by its own child (handed its handle through a channel, say), it panics instead
+/// of waiting for ever: that child can never end while it waits for itself.
 pub struct ChildHandle<T> {
     child: Joined<T>,
     waiter: Waiter,
@@ -696,9 +734,11 @@ impl<T> ChildHandle<T> {
 }
 
 impl<T> ChildHandle<T> {
-    /// Lets go of the child's outcome, and of a waker left waiting for it, as a drop does;
-    /// for a handle kept after that (a parallel scope keeps it with the child's cell).
-    pub(crate) fn release(&self) {
+    /// Lets go of the child's outcome, and of the wakers left waiting for it and for the
+    /// awaiting scope's cancellation, as a drop does; for a handle kept after that (a
+    /// parallel scope keeps it with the child's cell).
+    pub(crate) fn release(&mut self) {
+        self.waiter.clear();
         if let Joined::Cell(cell) = &self.child {
             // An outcome already there is dropped now (else by the child's task, as it
             // comes). A panic in the value's drop stays here, as tokio's `JoinHandle` keeps
@@ -728,7 +768,13 @@ impl<T> Future for ChildHandle<T> {
             }),
         };
         if output.is_ready() {
+            // Waits no more: the awaiting scope need not wake this task for a cancellation.
+            this.waiter.clear();
             return output;
+        }
+        // Only on the way to waiting: a child waiting for itself would never wake.
+        if tokio::task::try_id() == Some(this.id()) {
+            panic!("tokio-nursery: a child awaited its own handle (it would never finish)");
         }
         this.waiter
             .poll_cancelled(cx)

@@ -76,23 +76,21 @@ pub enum DropMode {
     /// Abort every child at once (SPEC N8): abort is requested before the drop returns and
     /// tokio drops their futures at their next scheduling.
     Abort,
-    /// Block the dropping thread until the children have stopped (SPEC N9b), at most for the
-    /// grace period in wall-clock time, after which they are aborted; requires a finite
-    /// [`grace`](Nursery::grace) ([`Nursery::run`] panics without one). Hazards: it holds a runtime worker
-    /// (`tokio::task::block_in_place`) and works only on a multi-thread runtime. For a
-    /// nursery on a current-thread or local runtime (wherever its future is dropped, even
-    /// outside the runtime: only that runtime's `block_on` runs its children), for one with
-    /// `!Send` children ([`spawn_local`](NurseryHandle::spawn_local): only their
-    /// `LocalSet`'s thread runs them), on a current-thread runtime's thread, during runtime
-    /// shutdown, or inside a `LocalSet` it falls back to [`Wait`](DropMode::Wait): never a
-    /// deadlock or a panic in `Drop`. Inside a
-    /// `LocalSet` the fallback is found by catching the panic `block_in_place` raises there
-    /// (tokio offers no other test): the panic hook still prints that message, and under
-    /// `panic = "abort"` the process aborts; use [`Wait`](DropMode::Wait) there. Past an
-    /// enclosing nursery's grace, the children are aborted at once instead of waited for
-    /// (SPEC N7's cascade). An explicit
-    /// [`cancel_and_join`](NurseryFuture::cancel_and_join) is the recommended way to wait
-    /// for a nursery that is being cancelled.
+    /// Block the dropping thread until the children have stopped (SPEC N9b), at most for the grace
+    /// period in wall-clock time, after which they are aborted; requires a finite
+    /// [`grace`](Nursery::grace) ([`Nursery::run`] panics without one). Hazards: it holds a runtime
+    /// worker (`tokio::task::block_in_place`) and works only on a multi-thread runtime. For a
+    /// nursery on a current-thread or local runtime (wherever its future is dropped, even outside
+    /// the runtime: only that runtime's `block_on` runs its children), for one with `!Send`
+    /// children ([`spawn_local`](NurseryHandle::spawn_local): only their `LocalSet`'s thread runs
+    /// them), on a current-thread runtime's thread, during runtime shutdown, inside one of its own
+    /// children, or inside a `LocalSet` it falls back to [`Wait`](DropMode::Wait): never a deadlock
+    /// or a panic in `Drop`. Inside a `LocalSet` the fallback is found by catching the panic
+    /// `block_in_place` raises there (tokio offers no other test): the panic hook still prints that
+    /// message, and under `panic = "abort"` the process aborts; use [`Wait`](DropMode::Wait) there.
+    /// Past an enclosing nursery's grace, the children are aborted at once instead of waited for
+    /// (SPEC N7's cascade). An explicit [`cancel_and_join`](NurseryFuture::cancel_and_join) is the
+    /// recommended way to wait for a nursery that is being cancelled.
     BlockingWait,
 }
 
@@ -182,7 +180,9 @@ impl Nursery {
     /// [`spawn_when_free`](NurseryHandle::spawn_when_free), which return
     /// [`SpawnError::Full`] in that case; [`start`](NurseryHandle::start) from a child into
     /// its own full nursery fails with [`StartError::Spawn`]`(`[`SpawnError::Full`]`)` rather
-    /// than wait for a signal that may never come.
+    /// than wait for a signal that may never come. The same holds for a child that awaits
+    /// a sibling still waiting for a slot (spawned by the body while the nursery was full)
+    /// when no other child will end: the sibling waits for the slot the waiting child holds.
     ///
     /// # Panics
     ///
@@ -371,11 +371,22 @@ impl<E: fmt::Debug> Shared<E> {
     }
 }
 
+/// An adopted child's failure as text for its adopter. Made inside the child's task, so a
+/// panic in the error's `Debug` or destructor is caught: the adopter still hears of the
+/// failure.
 fn orphan_failure<E: fmt::Debug>(failure: Failure<E>) -> OrphanReport<Origin> {
-    OrphanReport::Failure {
-        error: format!("{:?}", failure.error()),
-        label: failure.origin().clone(),
-    }
+    let error = catch_unwind(AssertUnwindSafe(|| format!("{:?}", failure.error()))).unwrap_or_else(
+        |payload| {
+            let why = report::panic_message(&*payload)
+                .unwrap_or("a payload that is not a string")
+                .to_string();
+            report::drop_quietly(payload);
+            format!("<the error's Debug panicked: {why}>")
+        },
+    );
+    let label = failure.origin().clone();
+    report::drop_quietly(failure);
+    OrphanReport::Failure { error, label }
 }
 
 /// A nursery adopts the children of nurseries dropped in wait mode inside it (SPEC N9).
@@ -449,10 +460,7 @@ impl<E: Send + 'static> Adopter<Origin> for Shared<E> {
     }
 
     fn orphan_report(&self, report: OrphanReport<Origin>) {
-        report::adopted(&report, |r| match &self.hook {
-            Some(hook) => hook(r),
-            None => report::default_hook(r),
-        });
+        report::adopted(&report, |r| report::deliver(self.hook.as_ref(), r));
     }
 }
 
@@ -473,8 +481,10 @@ pub(crate) fn orphan_scopes() -> Vec<Arc<Node>> {
 
 /// The default report hook, for scopes without a nursery's configuration.
 pub(crate) fn report_default(report: &Report<'_>) {
-    report::default_hook(report);
+    report::deliver(None, report);
 }
+
+pub(crate) use report::drop_quietly;
 
 /// Spawns a child's task, under a `child` span parented to its nursery's span when a
 /// subscriber listens (SPEC O1); otherwise the task is the bare wrapper, with no span stored.
@@ -719,11 +729,60 @@ impl<E> Stopper<E> {
 }
 
 impl<E> Shared<E> {
-    fn report(&self, report: &Report<'_>) {
-        match &self.hook {
-            Some(hook) => hook(report),
-            None => report::default_hook(report),
+    /// Whether the code being polled runs in one of this nursery's children.
+    fn is_own_child(&self) -> bool {
+        let (mut scope, task_child) = context::with_current(|frame| {
+            // The outermost frame of a nursery child's task is its own: a child that has
+            // not parked yet has no slot to be found by below.
+            let mut task_child = None;
+            let mut outer = frame;
+            while let Some(current) = outer {
+                task_child = current.child_task().map(|task| task.id()).or(task_child);
+                outer = current.parent();
+            }
+            (frame.map(|frame| frame.node().clone()), task_child)
+        });
+        // A child with a slot (named, started): found by its task's own scope, wherever its
+        // scope hangs (a started child's is under its caller's until it signals).
+        if let Some(id) = task_child {
+            let found = self.registry.find(|stopper| match stopper {
+                Stopper::Task(cell) if cell.scope.id() == id => Some(()),
+                _ => None,
+            });
+            if found.is_some() {
+                return true;
+            }
         }
+        while let Some(node) = scope {
+            let parent = node.parent();
+            if parent.as_ref().is_some_and(|p| Arc::ptr_eq(p, &self.node)) {
+                // Under the nursery's scope: a child's scope, or one of the body's own. A
+                // child's scope made before it had a slot (busy in its first poll) is
+                // labelled as the nursery's child.
+                let id = node.id();
+                let labelled = || {
+                    node.attachment().is_some_and(|attachment| {
+                        attachment
+                            .as_any()
+                            .downcast_ref::<ChildLabel>()
+                            .is_some_and(|label| label.nursery == self.node.id())
+                    })
+                };
+                return task_child == Some(id)
+                    || labelled()
+                    || self.registry.find(|stopper| match stopper {
+                        Stopper::Task(cell) if cell.scope.id() == id => Some(()),
+                        Stopper::Blocking(child) if child.node.id() == id => Some(()),
+                        _ => None,
+                    }) == Some(());
+            }
+            scope = parent;
+        }
+        false
+    }
+
+    fn report(&self, report: &Report<'_>) {
+        report::deliver(self.hook.as_ref(), report);
     }
 
     /// A panic nobody else will see, to the report hook.
@@ -1007,57 +1066,7 @@ where
 
     /// Whether the code being polled runs in one of this nursery's children.
     fn is_own_child(&self) -> bool {
-        let (mut scope, task_child) = context::with_current(|frame| {
-            // The outermost frame of a nursery child's task is its own: a child that has
-            // not parked yet has no slot to be found by below.
-            let mut task_child = None;
-            let mut outer = frame;
-            while let Some(current) = outer {
-                task_child = current.child_task().map(|task| task.id()).or(task_child);
-                outer = current.parent();
-            }
-            (frame.map(|frame| frame.node().clone()), task_child)
-        });
-        // A child with a slot (named, started): found by its task's own scope, wherever its
-        // scope hangs (a started child's is under its caller's until it signals).
-        if let Some(id) = task_child {
-            let found = self.shared.registry.find(|stopper| match stopper {
-                Stopper::Task(cell) if cell.scope.id() == id => Some(()),
-                _ => None,
-            });
-            if found.is_some() {
-                return true;
-            }
-        }
-        while let Some(node) = scope {
-            let parent = node.parent();
-            if parent
-                .as_ref()
-                .is_some_and(|p| Arc::ptr_eq(p, &self.shared.node))
-            {
-                // Under the nursery's scope: a child's scope, or one of the body's own. A
-                // child's scope made before it had a slot (busy in its first poll) is
-                // labelled as the nursery's child.
-                let id = node.id();
-                let labelled = || {
-                    node.attachment().is_some_and(|attachment| {
-                        attachment
-                            .as_any()
-                            .downcast_ref::<ChildLabel>()
-                            .is_some_and(|label| label.nursery == self.shared.node.id())
-                    })
-                };
-                return task_child == Some(id)
-                    || labelled()
-                    || self.shared.registry.find(|stopper| match stopper {
-                        Stopper::Task(cell) if cell.scope.id() == id => Some(()),
-                        Stopper::Blocking(child) if child.node.id() == id => Some(()),
-                        _ => None,
-                    }) == Some(());
-            }
-            scope = parent;
-        }
-        false
+        self.shared.is_own_child()
     }
 
     fn spawn_inner<F, T>(
@@ -1576,6 +1585,8 @@ where
             panics.iter().for_each(|p| shared.report_panic(p));
             failures.iter().for_each(|f| shared.report_failure(f));
             node.end(false);
+            // Dropped here, where a panicking destructor is caught, not while unwinding.
+            report::drop_quietly((panics, failures, first.label));
             resume_unwind(first.payload);
         }
         if !failures.is_empty() {
@@ -1715,7 +1726,8 @@ enum Waited {
 /// Only where blocking can help and is possible: the nursery's runtime is a multi-thread one
 /// (its workers run the children meanwhile), and this thread is a worker of a multi-thread
 /// runtime (through `block_in_place`) or outside any runtime; never during runtime shutdown
-/// (a probe task tokio finishes at once tells). Elsewhere it returns `CannotBlock` at once
+/// (a probe task tokio finishes at once tells), never inside one of its own children.
+/// Elsewhere it returns `CannotBlock` at once
 /// and the caller falls back to adoption.
 fn blocking_wait<E>(shared: &Shared<E>, grace: Duration) -> Waited {
     use std::task::Wake;
@@ -1773,9 +1785,12 @@ fn blocking_wait<E>(shared: &Shared<E>, grace: Duration) -> Waited {
         Ok(current) => {
             // Both runtimes are asked: the children's, and the one this drop runs on (a
             // nursery first polled under another runtime's `enter` guard).
+            // Dropped by one of its own children, it would wait for that child, which
+            // waits for the drop: only the grace would end it.
             if !multi_thread(&current)
                 || shutting_down(&shared.runtime)
                 || (current.id() != shared.runtime.id() && shutting_down(&current))
+                || shared.is_own_child()
             {
                 return Waited::CannotBlock;
             }

@@ -9,7 +9,7 @@ use std::task::{Poll, Waker};
 
 use tokio::runtime::{self, Handle};
 
-use super::report::{Origin, default_hook};
+use super::report::{Origin, deliver};
 use crate::registry::{Adopter, Closed, OrphanReport, StopAll};
 use crate::sync::lock;
 
@@ -131,7 +131,7 @@ impl Adopter<Origin> for Orphans {
     }
 
     fn orphan_report(&self, report: OrphanReport<Origin>) {
-        super::report::adopted(&report, default_hook);
+        super::report::adopted(&report, |r| deliver(None, r));
     }
 }
 

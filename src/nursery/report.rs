@@ -4,6 +4,8 @@
 use std::any::Any;
 use std::error::Error;
 use std::fmt;
+use std::io::Write;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
 use crate::cancelled::{CancelError, Cancelled};
@@ -313,6 +315,42 @@ pub fn panic_message(payload: &(dyn Any + Send)) -> Option<&str> {
 
 /// Receives [`Report`]s; see [`Nursery::on_report`](crate::Nursery::on_report).
 pub type ReportHook = Arc<dyn Fn(&Report<'_>) + Send + Sync>;
+
+/// Hands `report` to `hook`, or to the default hook when there is none. A panic while
+/// reporting (the hook's own, or the `Debug` of an error the report formats) is caught and
+/// a line on stderr says which report it cost: it must not replace a panic the nursery is
+/// about to resume (SPEC N6), cut short the reports that follow, or unwind through a child's
+/// task, where tokio would swallow it.
+pub(crate) fn deliver(hook: Option<&ReportHook>, report: &Report<'_>) {
+    let delivered = catch_unwind(AssertUnwindSafe(|| match hook {
+        Some(hook) => hook(report),
+        None => default_hook(report),
+    }));
+    if let Err(payload) = delivered {
+        let what = match report {
+            Report::Panic { origin, .. } => format!("a panic of {origin}"),
+            Report::Failure { origin, .. } => format!("a failure of {origin}"),
+            Report::ShutdownCutShort { .. } => "a shutdown cut short".to_string(),
+        };
+        let why = panic_message(&*payload).unwrap_or("a payload that is not a string");
+        // Not `eprintln!`: it panics when stderr is closed.
+        let _ = writeln!(
+            std::io::stderr(),
+            "tokio-nursery: reporting {what} panicked ({why}); that report is lost"
+        );
+        drop_quietly(payload);
+    }
+}
+
+/// Drops `value`, catching a panic in its destructor (a user's error or panic payload): used
+/// where a panic is about to be resumed, so a second one would abort the process, or inside
+/// a child's task. The destructor's own payload is leaked, not dropped, since dropping it
+/// could panic again.
+pub(crate) fn drop_quietly<T>(value: T) {
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(|| drop(value))) {
+        std::mem::forget(payload);
+    }
+}
 
 /// The default hook: an error-level `tracing` event (warn-level for a shutdown cut short)
 /// with the `tracing` feature when a subscriber is installed, else a line on stderr (a
