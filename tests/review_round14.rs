@@ -3,6 +3,8 @@
 //! it is cloned, woken or dropped, even another handle of the same nursery's: none of that
 //! may run under the table's lock. And no waker stays in the table once its wait is over.
 
+mod common;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,45 +12,9 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::task::{Context, Poll, RawWaker, RawWakerVTable, Wake, Waker};
 use std::time::Duration;
 
+use common::hang::{in_a_nursery, within};
 use tokio::sync::oneshot;
 use tokio_nursery::{Cancelled, ChildHandle, NurseryHandle, nursery};
-
-/// Runs `test` on a thread of its own and fails if it has not returned after `secs`
-/// seconds: a deadlock blocks the thread for good, so no timer inside it could tell.
-fn within(secs: u64, test: impl FnOnce() + Send + 'static) {
-    let (done, finished) = mpsc::channel();
-    let thread = std::thread::spawn(move || {
-        test();
-        let _ = done.send(());
-    });
-    match finished.recv_timeout(Duration::from_secs(secs)) {
-        Ok(()) => thread.join().unwrap(),
-        // The test panicked: pass its panic on.
-        Err(mpsc::RecvTimeoutError::Disconnected) => {
-            std::panic::resume_unwind(thread.join().unwrap_err())
-        }
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("hang: still running after {secs} s"),
-    }
-}
-
-/// Runs a nursery with `body` on a current_thread runtime of its own, on a thread of its
-/// own (a hang fails after 30 s), and returns the body's value.
-fn in_a_nursery<T, Fut>(body: impl FnOnce(NurseryHandle<Cancelled>) -> Fut + Send + 'static) -> T
-where
-    Fut: Future<Output = Result<T, Cancelled>>,
-    T: Send + 'static,
-{
-    let (value, taken) = mpsc::channel();
-    within(30, move || {
-        let outcome = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(nursery(body));
-        let _ = value.send(outcome.unwrap().expect("the nursery was not cancelled"));
-    });
-    taken.recv().unwrap()
-}
 
 /// A child that returns `value` once told to.
 fn until_told(n: &NurseryHandle<Cancelled>, value: u32) -> (ChildHandle<u32>, oneshot::Sender<()>) {

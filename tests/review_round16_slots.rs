@@ -7,6 +7,8 @@
 //! Tests that fail on the code they were written against say so in their doc comment
 //! ("FAILS:"); the others are regression tests of risky points that hold.
 
+mod common;
+
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
@@ -15,6 +17,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::task::{Context, Poll, RawWaker, RawWakerVTable, Wake, Waker};
 use std::time::Duration;
 
+use common::hang::{in_a_nursery, within};
 use futures::FutureExt;
 use tokio::sync::oneshot;
 use tokio_nursery::{
@@ -26,45 +29,6 @@ const SC: Ordering = Ordering::SeqCst;
 
 /// Longer than any test here waits on the paused clock: reaching it means a hang.
 const HOUR: Duration = Duration::from_secs(3600);
-
-/// Runs `test` on a thread of its own and fails if it has not returned after `secs`
-/// seconds: a deadlock blocks the thread for good, so no timer inside it could tell.
-fn within(secs: u64, test: impl FnOnce() + Send + 'static) {
-    let (done, finished) = mpsc::channel();
-    let thread = std::thread::spawn(move || {
-        test();
-        let _ = done.send(());
-    });
-    match finished.recv_timeout(Duration::from_secs(secs)) {
-        Ok(()) => thread.join().unwrap(),
-        Err(mpsc::RecvTimeoutError::Disconnected) => {
-            std::panic::resume_unwind(thread.join().unwrap_err())
-        }
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("hang: still running after {secs} s"),
-    }
-}
-
-/// Runs a nursery with `body` on a current_thread runtime of its own, on a thread of its
-/// own (a hang fails after 30 s), and returns the body's value.
-fn in_a_nursery<T, Fut>(body: impl FnOnce(NurseryHandle<Cancelled>) -> Fut + Send + 'static) -> T
-where
-    Fut: Future<Output = Result<T, Cancelled>>,
-    T: Send + 'static,
-{
-    let (value, taken) = mpsc::channel();
-    within(30, move || {
-        let outcome = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(nursery(body));
-        let _ = value.send(outcome.unwrap());
-    });
-    taken
-        .recv()
-        .unwrap()
-        .expect("the nursery returned the body's value")
-}
 
 fn multi_thread() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()

@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+pub mod hang;
 pub mod nursery;
 
 /// How long a waiting helper waits before declaring a hang (real time).
