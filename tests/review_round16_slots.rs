@@ -4,8 +4,8 @@
 //! may lose an outcome, leave a handle waiting for ever, run under a lock it takes again, or
 //! keep a waker once nobody waits.
 //!
-//! Tests that fail on the code they were written against say so in their doc comment
-//! ("FAILS:"); the others are regression tests of risky points that hold.
+//! Tests that failed on the code they were written against say what was wrong ("Was:"; each
+//! was fixed in the same round); the others are regression tests of risky points that held.
 
 mod common;
 
@@ -91,14 +91,14 @@ fn panics_on_wake() -> Waker {
 // A wake that panics on the way from the child's end to its handle.
 // ---------------------------------------------------------------------------------------
 
-/// FAILS: the child's task counts the child finished (`finish`, which wakes the nursery
+/// Was: the child's task counts the child finished (`finish`, which wakes the nursery
 /// future when the last child ends) before it fills the handle's slot (`ToHandle`:
 /// `BEFORE_FINISH = false`, child.rs `ChildTask::poll`). When that wake panics (the nursery
 /// future polled with a waker that panics, as a custom executor's may), the unwinding skips
 /// the fill, and the task's `PinnedDrop` returns at once because the scope has ended: the
 /// slot is never filled and the handle waits for ever for a child that returned 5.
 #[tokio::test(start_paused = true)]
-async fn a_nursery_waker_panicking_at_the_last_childs_end_leaves_its_handle_waiting() {
+async fn a_nursery_waker_panicking_at_the_last_childs_end_still_gives_its_handle_the_value() {
     let (give, given) = oneshot::channel();
     let (tell, told) = oneshot::channel::<()>();
     let mut run = Box::pin(nursery(move |n: NurseryHandle<Cancelled>| async move {
@@ -135,11 +135,11 @@ async fn a_nursery_waker_panicking_at_the_last_childs_end_leaves_its_handle_wait
     }
 }
 
-/// FAILS: as above on the abort path: the aborted child's task (`PinnedDrop`) counts the
+/// Was: as above on the abort path: the aborted child's task (`PinnedDrop`) counts the
 /// child finished before `ToHandle::aborted` fills the slot with "aborted"; the nursery's
 /// waker panicking in `finish` skips the fill, and the handle waits for ever.
 #[tokio::test(start_paused = true)]
-async fn a_nursery_waker_panicking_at_the_last_childs_abort_leaves_its_handle_waiting() {
+async fn a_nursery_waker_panicking_at_the_last_childs_abort_still_tells_its_handle() {
     let (give, given) = oneshot::channel();
     let mut run = Box::pin(nursery(move |n: NurseryHandle<Cancelled>| async move {
         let handle = n.spawn(std::future::pending::<Result<u32, Cancelled>>());
@@ -215,7 +215,7 @@ impl Wake for PanicsOnce {
     }
 }
 
-/// FAILS: a failing child's end is settled (`settle`: the failure recorded, then the
+/// Was: a failing child's end is settled (`settle`: the failure recorded, then the
 /// nursery's scope cancelled, `Node::cancel` waking every waiter of that scope and resuming
 /// the first panic) before the child's task counts it finished and fills its handle's slot
 /// (child.rs `ChildTask::poll`). A waiter whose wake panics there (the handle's own
@@ -224,7 +224,7 @@ impl Wake for PanicsOnce {
 /// handle says `ChildAborted` for a child that failed (SPEC N2: a handle of a failed child
 /// yields a marker of that).
 #[tokio::test(start_paused = true)]
-async fn a_waiter_panicking_at_the_fail_fast_cancellation_turns_failed_into_aborted() {
+async fn a_waiter_panicking_at_the_fail_fast_cancellation_leaves_the_handle_child_failed() {
     let waker = Waker::from(Arc::new(PanicsOnce::default()));
     let (failures, joined) = failing_child_awaited_with(waker).await;
     assert_eq!(failures, 1);
@@ -273,7 +273,7 @@ fn in_own_process(name: &str, test: impl FnOnce()) {
     );
 }
 
-/// FAILS (the process aborts): as above with a waker that panics at every wake. The first
+/// Was (the process aborted): as above with a waker that panics at every wake. The first
 /// panic (from `settle`'s cancellation) unwinds the child's task; tokio drops the task while
 /// unwinding, and `ChildTask`'s `PinnedDrop` (child.rs) fills "aborted" into the slot, which
 /// wakes the handle's waker in the table (`slot_fill`): a second panic during unwinding,
@@ -341,7 +341,7 @@ async fn a_panicking_child_with_a_panicking_handle_waker_keeps_its_payload() {
 // Wakers kept once nobody waits.
 // ---------------------------------------------------------------------------------------
 
-/// FAILS: `ParallelHandle::drop` calls `ChildHandle::release`, which lets go of the waker
+/// Was: `ParallelHandle::drop` calls `ChildHandle::release`, which lets go of the waker
 /// in the nursery's table but not of the handle's `Waiter`, the registration of the same
 /// waker with the awaiting code's scope (child.rs `release`; parallel.rs `Drop for
 /// ParallelHandle`). The inner `ChildHandle` is kept with the child's cell until the scope
@@ -381,7 +381,7 @@ fn a_dropped_parallel_handle_leaves_no_waker_with_the_awaiting_scope() {
     });
 }
 
-/// FAILS: a `ChildHandle` that returned its child's value (polled through `&mut`, as in
+/// Was: a `ChildHandle` that returned its child's value (polled through `&mut`, as in
 /// `select!` or `(&mut handle).await`) keeps its `Waiter` registered with the awaiting scope
 /// until it is dropped: `ChildHandle::poll` returns `Ready` without taking the registration
 /// off (child.rs `poll`). The waker (and the task it belongs to) stays there, and the scope's
@@ -503,7 +503,7 @@ fn drops_at_clone(at: usize, held: Box<dyn Send>) -> (Arc<DropsAtClone>, Waker) 
     (this, waker)
 }
 
-/// FAILS (hang): DESIGN says a waiting handle's waker may drop another handle of the nursery
+/// Was (a hang): DESIGN says a waiting handle's waker may drop another handle of the nursery
 /// when cloned, and round 14 checks that for the clone the slot makes (its first). But
 /// `ChildHandle::poll` clones the waker a second time to register it with the awaiting
 /// scope (`Waiter::poll_cancelled`), and `Node::register_waiter` makes that clone under the
@@ -552,10 +552,9 @@ fn a_waker_whose_first_clone_drops_another_waiting_handle() {
 // Misuse.
 // ---------------------------------------------------------------------------------------
 
-/// FAILED (hang) on HEAD 958b7f1: a child awaiting its own handle waited for ever, and so
-/// did its nursery, with nothing to say why. Passes with the uncommitted check in
-/// `ChildHandle::poll` (`tokio::task::try_id() == Some(handle.id())` panics with a clear
-/// message, which the nursery resumes) that appeared in the working tree during this review.
+/// Was (a hang): a child awaiting its own handle waited for ever, and so did its nursery,
+/// with nothing to say why. `ChildHandle::poll` now panics with a clear message when its
+/// own child polls it (`tokio::task::try_id()`), which the nursery resumes.
 #[tokio::test(start_paused = true)]
 async fn a_child_awaiting_its_own_handle_is_a_clear_error() {
     let run = nursery(|n: NurseryHandle<Cancelled>| async move {
@@ -668,7 +667,7 @@ async fn a_value_whose_drop_panics_is_dropped_once_by_either_side() {
     assert_eq!(drops.load(SC), 2, "each value dropped once");
 }
 
-/// FAILS: a `ChildHandle` dropped with a value whose `Drop` panics keeps the panic (its
+/// Was: a `ChildHandle` dropped with a value whose `Drop` panics keeps the panic (its
 /// `release` catches it, as tokio's `JoinHandle` does, test above), but a `ParallelHandle`
 /// does not: `ParallelHandle::drop` hands the value to `Value::abandon`, which drops it
 /// unguarded (parallel.rs `Cell::abandon`), so the panic leaves the handle's `drop`, and a
