@@ -236,7 +236,9 @@ impl Nursery {
     /// panic is resumed, are reported (SPEC N6). By default: an error-level `tracing` event
     /// with the `tracing` feature when a subscriber is installed, else a line on stderr.
     /// (The warnings, an unobserved cancellation or a grace period running out, are
-    /// `tracing` events only: without a subscriber nobody sees them.)
+    /// `tracing` events only: without a subscriber nobody sees them.) A panic in the hook,
+    /// or in the `Debug` of an error it formats, is caught: a line on stderr says which
+    /// report it cost, and the nursery goes on (a panic it resumes keeps its payload).
     pub fn on_report(self, hook: impl Fn(&Report<'_>) + Send + Sync + 'static) -> Self {
         Nursery {
             hook: Some(Arc::new(hook)),
