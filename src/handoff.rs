@@ -23,6 +23,7 @@
 
 use std::task::{Poll, Waker};
 
+use crate::keep_waker::poll_or_keep;
 use crate::node::Node;
 use crate::reason::{CancelReason, Payload};
 use crate::sync::{Arc, Mutex, MutexGuard, lock};
@@ -187,26 +188,26 @@ impl<V, End> Handoff<V, End> {
     ///
     /// Once the outcome was taken, or after `abandon`.
     pub(crate) fn poll(&self, waker: &Waker) -> Poll<Outcome<V, End>> {
-        let mut inner = lock(&self.inner);
-        match std::mem::replace(&mut inner.phase, Phase::Taken) {
-            Phase::Signalled {
-                value,
-                moved,
-                exited,
-            } if moved || exited => {
-                Poll::Ready(Outcome::Value(value.expect("the value is taken once")))
-            }
-            Phase::Early(end) => Poll::Ready(Outcome::Early(end)),
-            Phase::Taken | Phase::Abandoned => panic!("`Start` polled after completion"),
-            waiting => {
-                inner.phase = waiting;
-                match &mut inner.waker {
-                    Some(existing) if existing.will_wake(waker) => {}
-                    slot => *slot = Some(waker.clone()),
+        poll_or_keep(
+            &self.inner,
+            waker,
+            |inner| match std::mem::replace(&mut inner.phase, Phase::Taken) {
+                Phase::Signalled {
+                    value,
+                    moved,
+                    exited,
+                } if moved || exited => {
+                    Some(Outcome::Value(value.expect("the value is taken once")))
                 }
-                Poll::Pending
-            }
-        }
+                Phase::Early(end) => Some(Outcome::Early(end)),
+                Phase::Taken | Phase::Abandoned => panic!("`Start` polled after completion"),
+                waiting => {
+                    inner.phase = waiting;
+                    None
+                }
+            },
+            |inner| &mut inner.waker,
+        )
     }
 
     /// The starter gave up (its future was dropped). Before the signal (or after one that

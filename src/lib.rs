@@ -123,6 +123,7 @@
 
 mod cancelled;
 mod handoff;
+mod keep_waker;
 mod node;
 mod output_slot;
 mod pages;

@@ -485,7 +485,10 @@ where
     let mut body_done = false;
     let mut value = None;
     poll_fn(|cx| {
-        *lock(&scope.ready.parent) = Some(cx.waker().clone());
+        // Cloned before the lock, the old waker dropped after it (DESIGN invariant 5).
+        let waker = cx.waker().clone();
+        let old = lock(&scope.ready.parent).replace(waker);
+        drop(old);
         // Children the body left no budget for last time go first: a body that spends
         // tokio's whole budget at every poll (a loop of checkpoints) must not starve them.
         let children_first = scope.starved.take();

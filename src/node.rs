@@ -992,12 +992,14 @@ impl Node {
     /// Wakes the waiter `child` has here, if any: the child's own node was just made, and
     /// the waiter must move there (it re-registers when polled).
     pub(crate) fn wake_child_waiter(&self, child: &dyn UnmadeChild) {
-        let inner = lock(&self.inner);
+        let mut inner = lock(&self.inner);
+        // Taken out, not cloned (invariant 5: no waker's code under the lock); the entry keeps
+        // a waker that does nothing until its waiter, woken here, registers again.
         let waker = child
             .parked_key()
-            .and_then(|k| inner.waiters.get(k))
+            .and_then(|k| inner.waiters.get_mut(k))
             .filter(|waiting| waiting.child == Some(child.id()))
-            .map(|waiting| waiting.waker.clone());
+            .map(|waiting| std::mem::replace(&mut waiting.waker, Waker::noop().clone()));
         drop(inner);
         if let Some(waker) = waker {
             waker.wake();

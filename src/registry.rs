@@ -58,6 +58,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 
+use crate::keep_waker::poll_or_keep;
 use crate::pages::Pages;
 
 use crate::sync::{AtomicUsize, Mutex, MutexGuard, Ordering, lock};
@@ -467,37 +468,47 @@ impl<A, F, L> Registry<A, F, L> {
         waker: &Waker,
         waiting: &mut Option<(u64, usize)>,
     ) -> Poll<Option<Incident<F, L>>> {
-        let mut state = lock(&self.state);
-        let ready = match state.incidents.pop_front() {
-            Some(incident) => Some(Some(incident)),
-            // Read under the lock, after which the last child's end takes it (N-4).
-            None if self.none_alive(&state) => Some(None),
-            None => None,
-        };
-        if let Some(ready) = ready {
-            let left = Self::unregister(&mut state, waiting);
-            drop(state);
-            drop(left);
-            return Poll::Ready(ready);
-        }
-        let epoch = state.outlet_epoch;
-        // An entry of this epoch is removed only by its waiter (or by waking them all, which
-        // starts a new epoch).
-        let entry = match *waiting {
-            Some((at, key)) if at == epoch => state.outlet.get_mut(key),
-            _ => None,
-        };
-        let replaced = match entry {
-            Some(entry) if entry.will_wake(waker) => None,
-            Some(entry) => Some(std::mem::replace(entry, waker.clone())),
-            None => {
-                *waiting = Some((epoch, state.outlet.insert(waker.clone())));
-                None
+        // The waker is cloned outside the lock (invariant 5): when it must be kept and no
+        // clone is at hand, the lock is released for the clone and everything looked at again.
+        let mut spare = None;
+        loop {
+            let mut state = lock(&self.state);
+            let ready = match state.incidents.pop_front() {
+                Some(incident) => Some(Some(incident)),
+                // Read under the lock, after which the last child's end takes it (N-4).
+                None if self.none_alive(&state) => Some(None),
+                None => None,
+            };
+            if let Some(ready) = ready {
+                let left = Self::unregister(&mut state, waiting);
+                drop(state);
+                drop((left, spare));
+                return Poll::Ready(ready);
             }
-        };
-        drop(state);
-        drop(replaced);
-        Poll::Pending
+            let epoch = state.outlet_epoch;
+            // An entry of this epoch is removed only by its waiter (or by waking them all,
+            // which starts a new epoch).
+            let entry = match *waiting {
+                Some((at, key)) if at == epoch => state.outlet.get_mut(key),
+                _ => None,
+            };
+            let stale = match (entry, spare.take()) {
+                (Some(entry), spare) if entry.will_wake(waker) => spare,
+                (Some(entry), Some(new)) => Some(std::mem::replace(entry, new)),
+                (None, Some(new)) => {
+                    *waiting = Some((epoch, state.outlet.insert(new)));
+                    None
+                }
+                (_, None) => {
+                    drop(state);
+                    spare = Some(waker.clone());
+                    continue;
+                }
+            };
+            drop(state);
+            drop(stale);
+            return Poll::Pending;
+        }
     }
 
     /// A waiter on the outlet stops waiting: its entry, if still there, goes.
@@ -548,31 +559,30 @@ impl<A, F, L> Registry<A, F, L> {
     /// Closes the nursery if no child is alive; otherwise remembers `waker` to be woken
     /// when the last one finishes (N-2).
     pub(crate) fn try_close(&self, waker: &Waker) -> bool {
-        let mut state = lock(&self.state);
-        let mut word = self.word.load(Ordering::Acquire);
-        while state.slots.is_empty() && Self::counted(word) == 0 {
-            match self.word.compare_exchange_weak(
-                word,
-                word | CLOSED,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => {
-                    let stale = state.waiter.take();
-                    drop(state);
-                    // A waker may run its executor's code when dropped (N-5).
-                    drop(stale);
-                    return true;
+        let closed = poll_or_keep(
+            &self.state,
+            waker,
+            |state| {
+                let mut word = self.word.load(Ordering::Acquire);
+                while state.slots.is_empty() && Self::counted(word) == 0 {
+                    match self.word.compare_exchange_weak(
+                        word,
+                        word | CLOSED,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    ) {
+                        Ok(_) => return Some(state.waiter.take()),
+                        Err(now) => word = now,
+                    }
                 }
-                Err(now) => word = now,
-            }
-        }
-        // Stored under the lock, after which the last child's end takes it (N-4).
-        match &mut state.waiter {
-            Some(existing) if existing.will_wake(waker) => {}
-            slot => *slot = Some(waker.clone()),
-        }
-        false
+                None
+            },
+            // Kept under the lock, after which the last child's end takes it (N-4).
+            |state| &mut state.waiter,
+        );
+        // The waker the closed nursery no longer needs is dropped here, after the lock: a
+        // waker may run its executor's code when dropped (N-5).
+        closed.is_ready()
     }
 
     /// The nursery's future is gone: a report arriving from now on, with no adopter to

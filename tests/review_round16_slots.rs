@@ -13,11 +13,12 @@ use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
-use std::task::{Context, Poll, RawWaker, RawWakerVTable, Wake, Waker};
+use std::sync::{Arc, mpsc};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use common::hang::{in_a_nursery, within};
+use common::wakers::runs_at_clone;
 use futures::FutureExt;
 use tokio::sync::oneshot;
 use tokio_nursery::{
@@ -456,53 +457,6 @@ async fn a_wait_cut_short_by_the_awaiting_scope_loses_nothing() {
 // User code run by a waker's clone, inside the handle's poll.
 // ---------------------------------------------------------------------------------------
 
-/// A waker that drops what it holds at its `n`th clone.
-struct DropsAtClone {
-    at: usize,
-    clones: AtomicUsize,
-    held: Mutex<Option<Box<dyn Send>>>,
-}
-
-static DROPS_AT_CLONE: RawWakerVTable =
-    RawWakerVTable::new(dac_clone, dac_wake, dac_wake_by_ref, dac_drop);
-
-unsafe fn dac_clone(data: *const ()) -> RawWaker {
-    // SAFETY: `data` came from `Arc::into_raw` and the waker being cloned holds a count.
-    let this = unsafe {
-        Arc::increment_strong_count(data.cast::<DropsAtClone>());
-        &*data.cast::<DropsAtClone>()
-    };
-    if this.clones.fetch_add(1, SC) + 1 == this.at {
-        let held = this.held.lock().unwrap().take();
-        drop(held);
-    }
-    RawWaker::new(data, &DROPS_AT_CLONE)
-}
-
-unsafe fn dac_wake(data: *const ()) {
-    // SAFETY: the waker woken by value gives up its count.
-    unsafe { dac_drop(data) }
-}
-
-unsafe fn dac_wake_by_ref(_: *const ()) {}
-
-unsafe fn dac_drop(data: *const ()) {
-    // SAFETY: every waker holds one count, given up here.
-    drop(unsafe { Arc::from_raw(data.cast::<DropsAtClone>()) });
-}
-
-fn drops_at_clone(at: usize, held: Box<dyn Send>) -> (Arc<DropsAtClone>, Waker) {
-    let this = Arc::new(DropsAtClone {
-        at,
-        clones: AtomicUsize::new(0),
-        held: Mutex::new(Some(held)),
-    });
-    let data = Arc::into_raw(this.clone()).cast::<()>();
-    // SAFETY: the vtable treats `data` as one count of an `Arc<DropsAtClone>`, as made here.
-    let waker = unsafe { Waker::from_raw(RawWaker::new(data, &DROPS_AT_CLONE)) };
-    (this, waker)
-}
-
 /// Was (a hang): DESIGN says a waiting handle's waker may drop another handle of the nursery
 /// when cloned, and round 14 checks that for the clone the slot makes (its first). But
 /// `ChildHandle::poll` clones the waker a second time to register it with the awaiting
@@ -517,10 +471,10 @@ fn a_waker_whose_second_clone_drops_another_waiting_handle() {
         let (mut polled, tell_polled) = until_told(&n, 2);
         // Waits in the body: registered in the table and with the body's scope.
         assert!(futures::poll!(&mut waiting).is_pending());
-        let (dropper, waker) = drops_at_clone(2, Box::new(waiting));
+        let (dropper, waker) = runs_at_clone(2, move || drop(waiting));
         let first = Pin::new(&mut polled).poll(&mut Context::from_waker(&waker));
         assert!(first.is_pending());
-        assert!(dropper.held.lock().unwrap().is_none(), "dropped at clone 2");
+        assert!(dropper.ran(), "dropped at clone 2");
         drop(waker);
         tell_waiting.send(()).unwrap(); // its handle is gone; the child still runs
         tell_polled.send(()).unwrap();
@@ -537,10 +491,10 @@ fn a_waker_whose_first_clone_drops_another_waiting_handle() {
         let (mut waiting, _tell_waiting) = until_told(&n, 1);
         let (mut polled, tell_polled) = until_told(&n, 2);
         assert!(futures::poll!(&mut waiting).is_pending());
-        let (dropper, waker) = drops_at_clone(1, Box::new(waiting));
+        let (dropper, waker) = runs_at_clone(1, move || drop(waiting));
         let first = Pin::new(&mut polled).poll(&mut Context::from_waker(&waker));
         assert!(first.is_pending());
-        assert!(dropper.held.lock().unwrap().is_none());
+        assert!(dropper.ran());
         drop(waker);
         tell_polled.send(()).unwrap();
         Ok::<_, Cancelled>(polled.await.unwrap())

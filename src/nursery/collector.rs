@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::future::{Future, poll_fn};
 use std::sync::{Arc, Mutex};
-use std::task::{Poll, Waker};
+use std::task::Waker;
 
 use slab::Slab;
 use tokio::sync::OwnedSemaphorePermit;
@@ -18,6 +18,7 @@ use tokio::task::{AbortHandle, Id};
 use super::child::{ChildCell, ChildInfo, ChildOutput, OnAbort, Route, joined};
 use super::{JoinError, NurseryHandle, SpawnError};
 use crate::cancelled::CancelError;
+use crate::keep_waker::poll_or_keep;
 use crate::reason::CancelReason;
 use crate::sync::lock;
 
@@ -292,18 +293,15 @@ impl<T, E> Collector<T, E> {
     /// outcome stays queued until it is returned).
     pub async fn join_next(&mut self) -> Option<(Id, Result<T, JoinError>)> {
         poll_fn(|cx| {
-            let mut state = lock(&self.queue.state);
-            if let Some(outcome) = take(&mut state) {
-                return Poll::Ready(Some(outcome));
-            }
-            if state.members.is_empty() {
-                return Poll::Ready(None);
-            }
-            match &mut state.waiter {
-                Some(existing) if existing.will_wake(cx.waker()) => {}
-                slot => *slot = Some(cx.waker().clone()),
-            }
-            Poll::Pending
+            poll_or_keep(
+                &self.queue.state,
+                cx.waker(),
+                |state| match take(state) {
+                    Some(outcome) => Some(Some(outcome)),
+                    None => state.members.is_empty().then_some(None),
+                },
+                |state| &mut state.waiter,
+            )
         })
         .await
     }

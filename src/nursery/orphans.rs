@@ -149,15 +149,17 @@ pub async fn orphans_finished() {
         return;
     };
     poll_fn(|cx| {
+        // Cloned before the lock and, if not kept, dropped after it (DESIGN invariant 5: a
+        // waker's code never runs under a lock). A rare wait: the spare clone is cheap enough.
+        let mut spare = Some(cx.waker().clone());
         let mut state = lock(&orphans.state);
-        if state.adoptees.is_empty() {
-            Poll::Ready(())
-        } else {
-            if !state.waiters.iter().any(|w| w.will_wake(cx.waker())) {
-                state.waiters.push(cx.waker().clone());
-            }
-            Poll::Pending
+        let done = state.adoptees.is_empty();
+        if !done && !state.waiters.iter().any(|w| w.will_wake(cx.waker())) {
+            state.waiters.extend(spare.take());
         }
+        drop(state);
+        drop(spare);
+        if done { Poll::Ready(()) } else { Poll::Pending }
     })
     .await
 }

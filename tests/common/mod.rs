@@ -14,6 +14,8 @@
 //!   what the crate must never drop (parallel borrowing scopes, SPEC B2).
 //! - [`nursery`] holds the helpers of the nursery test crates (tests/spec_nursery.rs,
 //!   tests/spec_nursery_more.rs).
+//! - [`hang`] bounds tests that run on threads of their own; [`wakers`] holds wakers that run
+//!   a test's code inside the crate.
 //!
 //! Waiting helpers never count yields and never use timing thresholds: they spin (yielding to
 //! the scheduler) until the condition holds and fail only past [`HANG_BOUND`] of real time,
@@ -33,6 +35,7 @@ use std::time::Duration;
 
 pub mod hang;
 pub mod nursery;
+pub mod wakers;
 
 /// How long a waiting helper waits before declaring a hang (real time).
 pub const HANG_BOUND: Duration = Duration::from_secs(10);
