@@ -1333,6 +1333,87 @@ async fn n07_grace_abort_reaches_grandchildren_under_an_abort_mode_nursery() {
     .await
 }
 
+/// N7's last clause for a nursery made after the ancestor's grace ran out (the body ignored
+/// the cancellation and went on): past that grace, its children are aborted as they start,
+/// not waited for (they were left to run for ever: only the nurseries alive at the expiry
+/// were reached).
+#[tokio::test(start_paused = true)]
+async fn n07_a_nursery_made_past_an_ancestors_grace_aborts_its_children_at_once() {
+    common::leak_checked(async move {
+        let start = Instant::now();
+        let out = Nursery::new()
+            .grace(ms(20))
+            .run(|n: NurseryHandle<NurseryError<Cancelled>>| async move {
+                n.cancel();
+                // Not a cancellation point: the body overstays the grace.
+                tokio::time::sleep(ms(50)).await;
+                for drop_mode in [DropMode::Abort, DropMode::Wait] {
+                    let late = Nursery::new()
+                        .drop_mode(drop_mode)
+                        .run(|inner: NurseryHandle<Cancelled>| async move {
+                            Ok(inner.spawn_named("late", async {
+                                tokio::time::sleep(HOUR).await;
+                                Ok::<_, Cancelled>(())
+                            }))
+                        })
+                        .await;
+                    // Cancelled through the outer scope, with nothing left to wait for.
+                    let handle = match late {
+                        Ok(Some(handle)) => handle,
+                        other => panic!("{other:?}"),
+                    };
+                    assert!(matches!(handle.await, Err(JoinError::ChildAborted)));
+                    assert_eq!(start.elapsed(), ms(50));
+                }
+                Ok(())
+            })
+            .await;
+        // The body overstayed and returned a value: the nursery returns it.
+        assert!(matches!(out, Ok(Some(()))), "{out:?}");
+        assert_eq!(start.elapsed(), ms(50));
+        settle_tasks(0).await;
+    })
+    .await
+}
+
+/// The same, in a shielded scope of the body (a cleanup): the shield keeps the ancestor's
+/// cancellation out (S8), so the cascade leaves it alone, and so does a nursery made there
+/// late: its child runs to its end.
+#[tokio::test(start_paused = true)]
+async fn n07_a_nursery_made_late_in_a_shielded_scope_is_left_alone() {
+    common::leak_checked(async move {
+        let start = Instant::now();
+        let out = Nursery::new()
+            .grace(ms(20))
+            .run(|n: NurseryHandle<NurseryError<Cancelled>>| async move {
+                n.cancel();
+                tokio::time::sleep(ms(50)).await;
+                let cleanup = CancelScope::new().shielded().run(async {
+                    Nursery::new()
+                        .run(|inner: NurseryHandle<Cancelled>| async move {
+                            Ok(inner.spawn(async {
+                                tokio::time::sleep(ms(10)).await;
+                                Ok::<_, Cancelled>(7)
+                            }))
+                        })
+                        .await
+                });
+                let handle = match cleanup.await {
+                    Ok(Some(Some(handle))) => handle,
+                    other => panic!("{other:?}"),
+                };
+                assert_eq!(start.elapsed(), ms(60), "the nursery waited for its child");
+                // Read outside the shield, in the cancelled body: the child's end comes first.
+                assert_eq!(handle.await.unwrap(), 7);
+                Ok(())
+            })
+            .await;
+        assert!(matches!(out, Ok(Some(()))), "{out:?}");
+        settle_tasks(0).await;
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn n07_cancel_from_another_thread_multi_thread() {
     common::leak_checked(async move {

@@ -584,6 +584,41 @@ impl<E: Send + 'static> StopAll for Shared<E> {
     fn scope(&self) -> Option<Arc<Node>> {
         Some(self.node.clone())
     }
+
+    fn past_grace(&self) -> bool {
+        self.aborted.get().is_some()
+    }
+}
+
+/// Whether the nursery whose scope is `node`, just made, runs past an ancestor nursery's
+/// grace period (SPEC N7: past an ancestor's grace, abort cascades to every descendant; the
+/// cascade at the expiry reached the nurseries alive then, this one is made later). Looks
+/// up only the ancestors whose cancellation this one inherits, and stops at a shield, as
+/// the cascade does: a nursery past such a grace is cancelled, and so is everything under it
+/// that is not shielded. One atomic load when the new nursery is not cancelled.
+fn past_an_ancestors_grace(node: &Node) -> bool {
+    if !node.is_cancelled() {
+        return false;
+    }
+    let mut next = node.parent();
+    while let Some(scope) = next {
+        if scope.is_shielded() || !scope.is_cancelled() {
+            return false;
+        }
+        let attachment = scope.attachment();
+        let owner = attachment.as_ref().map(|attachment| attachment.as_any());
+        let nursery = owner
+            .and_then(|owner| owner.downcast_ref::<AdopterRef>())
+            .and_then(|link| link.stop.upgrade());
+        if nursery.is_some_and(|nursery| nursery.past_grace()) {
+            return true;
+        }
+        if scope.absorbs() {
+            return false; // cancelled itself, not through its parent: nothing above is
+        }
+        next = scope.parent();
+    }
+    false
 }
 
 /// What a nursery's scope node carries so that nurseries dropped inside it can find it, and
@@ -1503,6 +1538,12 @@ where
             *this.state = State::Running;
             if *this.cancel_requested {
                 shared.node.cancel(cancel_reason());
+            }
+            if past_an_ancestors_grace(&shared.node) {
+                // Its children are aborted as they start (registry N-3), named by nobody:
+                // the ancestor's event was emitted before they existed.
+                *this.state = State::GraceExpired;
+                shared.expire_grace(false);
             }
             let make_body = this.make_body.take().expect("body present");
             let body = context::enter(FrameKind::Linked(&shared.node), || make_body(handle));
