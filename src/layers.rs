@@ -46,8 +46,9 @@ pub type BoxError = Box<dyn Error + Send + Sync>;
 ///   the handler is told at its cancellation points and its response is returned as it
 ///   makes it (map its `Cancelled` to what the caller should see, e.g. `504`). With
 ///   [`hard`](Self::hard): the handler's future is dropped at the deadline (its nurseries
-///   follow their drop mode) and the response is `504 Gateway Timeout`; if an enclosing
-///   scope is cancelled instead (a shutdown), `503 Service Unavailable`.
+///   follow their drop mode) and the response is `504 Gateway Timeout`, also when an
+///   enclosing scope's deadline cuts it (or passes at the same instant); if an enclosing
+///   scope is cancelled otherwise (a shutdown), `503 Service Unavailable`.
 /// - **No time left** (a `0` budget): `504 Gateway Timeout` at once; the handler is not
 ///   called.
 /// - **A malformed header** (garbage, negative, too long, unknown unit, not ASCII):
@@ -313,6 +314,11 @@ where
                 Ok(None) => {
                     #[cfg(feature = "tracing")]
                     tracing::debug!("request cut at its deadline");
+                    Ok(Refusal::TimedOut.response(*grpc))
+                }
+                // An enclosing scope's deadline, or one shared with the request's (the
+                // outermost of scopes expiring together absorbs, S9): out of time all the same.
+                Err(cancelled) if cancelled.reason().is_deadline() => {
                     Ok(Refusal::TimedOut.response(*grpc))
                 }
                 Err(_cancelled) => Ok(Refusal::Shutdown.response(*grpc)),

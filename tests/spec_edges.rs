@@ -903,6 +903,44 @@ async fn d01_hard_layer_answers_503_when_the_server_cancels_the_request() {
     .await
 }
 
+/// An enclosing scope's deadline that passes before the request's, or at the same instant
+/// (the outermost of scopes expiring together absorbs, so the request's scope passes the
+/// cancellation on), cuts the request for want of time: 504, as its own deadline would
+/// (it answered 503, as for a shutdown).
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn d01_hard_layer_answers_504_when_an_enclosing_deadline_cuts_the_request() {
+    common::leak_checked(async move {
+        let service = DeadlineLayer::new()
+            .hard()
+            .layer(service_fn(|_: Request<()>| async {
+                tokio::time::sleep(HOUR).await;
+                Ok::<_, Infallible>(Response::new(String::new()))
+            }));
+        for (enclosing, expected_ms) in [(ms(40), 40), (ms(250), 250)] {
+            let start = Instant::now();
+            let out = no_hang(move_on_after(enclosing, {
+                let service = service.clone();
+                async move {
+                    let response = service
+                        .oneshot(request_with(&[("grpc-timeout", "250m")]))
+                        .await
+                        .unwrap();
+                    Ok::<_, Cancelled>(response)
+                }
+            }))
+            .await;
+            assert_eq!(since(start), expected_ms);
+            let response = out.unwrap().expect("the layer answered");
+            assert_eq!(
+                response.status(),
+                StatusCode::GATEWAY_TIMEOUT,
+                "{enclosing:?}"
+            );
+        }
+    })
+    .await
+}
+
 /// A handler whose nursery child must clean up when cancelled.
 fn cleanup_handler(
     drop_mode: DropMode,
