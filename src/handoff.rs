@@ -21,6 +21,7 @@
 //!      neither.
 //! H-4. The starter's waker is registered under the lock and woken after it is released.
 
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::task::{Poll, Waker};
 
 use crate::keep_waker::poll_or_keep;
@@ -110,12 +111,18 @@ impl<V, End> Handoff<V, End> {
         let mut inner = lock(&self.inner);
         debug_assert!(inner.child.is_none(), "a started child is linked once");
         inner.child = Some(child.clone());
+        let mut moving = None;
         if let Phase::Signalled { moved, .. } = &mut inner.phase {
             // `child` was unknown at the signal, so the move is decided here.
             *moved = !child.is_cancelled();
             if *moved {
-                child.reparent(&self.nursery);
+                moving = Some(child.reparent_deferred(&self.nursery));
             }
+        }
+        drop(inner);
+        // The move's effects below the child, wakers included, after the lock (invariant 5).
+        if let Some(moving) = moving {
+            moving.finish();
         }
     }
 
@@ -128,11 +135,12 @@ impl<V, End> Handoff<V, End> {
         // Trio: a signal while the caller's scope is cancelled does not move the child. A
         // signal given before the child was spawned (in the closure's synchronous part) is
         // carried out when it is (`link`).
+        let mut moving = None;
         let (moved, did) = match &inner.child {
             Some(child) => {
                 let moved = !child.is_cancelled();
                 if moved {
-                    child.reparent(&self.nursery);
+                    moving = Some(child.reparent_deferred(&self.nursery));
                     (true, Signalled::Moved)
                 } else {
                     (false, Signalled::Stayed)
@@ -145,7 +153,21 @@ impl<V, End> Handoff<V, End> {
             moved,
             exited: false,
         };
-        Self::wake(inner);
+        let starter = inner.waker.take();
+        drop(inner);
+        // The move's effects below the child (its waiters may run any code, and panic), then
+        // the starter, all after the lock (invariant 5); the phase is set whatever they do.
+        let woken = catch_unwind(AssertUnwindSafe(|| {
+            if let Some(moving) = moving {
+                moving.finish();
+            }
+        }));
+        if let Some(starter) = starter {
+            starter.wake();
+        }
+        if let Err(payload) = woken {
+            resume_unwind(payload);
+        }
         did
     }
 

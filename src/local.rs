@@ -334,8 +334,12 @@ impl ArcWake for ChildWaker {
     fn wake_by_ref(this: &Arc<Self>) {
         if !this.queued.swap(true, Ordering::AcqRel) {
             lock(&this.ready.queue).push_back(this.index.load(Ordering::Relaxed));
-            if let Some(parent) = lock(&this.ready.parent).as_ref() {
-                parent.wake_by_ref();
+            // Taken out and woken after the lock (DESIGN invariant 5: a waker may run code
+            // that wakes another child, here, on this thread); the scope's next poll puts
+            // its waker back, and until then it has been woken already.
+            let parent = lock(&this.ready.parent).take();
+            if let Some(parent) = parent {
+                parent.wake();
             }
         }
     }

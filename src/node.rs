@@ -258,8 +258,22 @@ impl Fallout {
         if self.children.is_empty() && self.wake.is_empty() {
             return;
         }
-        propagate(self.children);
-        wake_all(self.wake);
+        let below = propagate(self.children);
+        wake_all(self.wake.into_iter().chain(below.into_iter().flatten()));
+    }
+}
+
+/// What a change of a scope leaves to do below it, put off until the caller's own lock is
+/// released ([`Node::reparent_deferred`]).
+#[must_use = "the scopes below stay stale and their waiters unwoken until `finish` is called"]
+pub(crate) struct Deferred(Option<Fallout>);
+
+impl Deferred {
+    /// Propagates the change below the scope, then wakes who must know.
+    pub(crate) fn finish(self) {
+        if let Some(fallout) = self.0 {
+            fallout.finish();
+        }
     }
 }
 
@@ -452,7 +466,8 @@ impl IntoIterator for Wakers {
     }
 }
 
-fn wake_all(wakers: Wakers) {
+/// Wakes every waker, each under `catch_unwind`, and resumes the first panic after the last.
+fn wake_all(wakers: impl IntoIterator<Item = Waker>) {
     let mut panic = None;
     for waker in wakers {
         if let Err(payload) = catch_unwind(AssertUnwindSafe(|| waker.wake())) {
@@ -751,10 +766,18 @@ impl Node {
     /// Moves an entered scope under `parent` (a started child joining its nursery, SPEC N3)
     /// and recomputes what it inherits.
     pub(crate) fn reparent(self: &Arc<Self>, parent: &Arc<Node>) {
+        self.reparent_deferred(parent).finish();
+    }
+
+    /// [`reparent`](Self::reparent), for a caller holding a lock of its own: the move is made
+    /// now, and what it changes below the scope (propagation, then the wakers, which may run
+    /// any code) when the caller calls [`Deferred::finish`] once its lock is released
+    /// (invariant 5).
+    pub(crate) fn reparent_deferred(self: &Arc<Self>, parent: &Arc<Node>) -> Deferred {
         let (old_parent, old_slot) = {
             let mut inner = lock(&self.inner);
             if self.bits() & ENDED != 0 {
-                return; // an ended scope stays out of the tree (invariant 7)
+                return Deferred(None); // an ended scope stays out of the tree (invariant 7)
             }
             (inner.parent.take(), inner.slot.take())
         };
@@ -769,14 +792,14 @@ impl Node {
             drop(inner);
             let removed = lock(&parent.inner).children.try_remove(slot);
             drop(removed);
-            return;
+            return Deferred(None);
         }
         inner.parent = Some(parent.clone());
         inner.slot = Some(slot);
         // Invariant 3: recompute after the new parent lists us.
         let fallout = self.set_bits(&mut inner, |bits| bits);
         drop(inner);
-        fallout.finish();
+        Deferred(Some(fallout))
     }
 
     /// Arms the deadline alarm if the scope runs, is not cancelled and has a deadline.
@@ -1131,16 +1154,21 @@ pub(crate) fn later(at: Instant, after: Duration) -> Instant {
 
 /// Recomputes the given nodes and, where their effective state changed, their descendants
 /// (invariant 2). Iterative, so depth costs no stack.
-fn propagate(mut pending: Vec<Arc<Node>>) {
+/// Returns the wakers of every scope whose state changed, for the caller to wake once the
+/// whole subtree is up to date (invariant 5: a waker that panics, woken during the walk, left
+/// the scopes below it stale until review round 17).
+fn propagate(mut pending: Vec<Arc<Node>>) -> Vec<Wakers> {
+    let mut wake = Vec::new();
     while let Some(node) = pending.pop() {
         let mut inner = lock(&node.inner);
         let fallout = node.set_bits(&mut inner, |bits| bits);
         drop(inner);
-        for waker in fallout.wake {
-            waker.wake();
+        if !fallout.wake.is_empty() {
+            wake.push(fallout.wake);
         }
         pending.extend(fallout.children);
     }
+    wake
 }
 
 impl Drop for Node {
