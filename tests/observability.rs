@@ -181,3 +181,47 @@ fn n07_a_child_busy_in_its_first_poll_is_counted_by_the_warning() {
     assert_eq!(warnings.len(), 1, "{events:#?}");
     assert!(warnings[0].contains("1 child starting"), "{}", warnings[0]);
 }
+
+/// SPEC N7: a nursery in the body of one whose grace ran out is reached by the cascade (its
+/// blocking child, which cannot be aborted, is told and named in the outer nursery's
+/// warning). Its own grace, running out later, warns no second time about the same child
+/// (it did: the cascade had not marked it past its grace for its own timer).
+#[test]
+fn n07_a_nursery_reached_by_the_cascade_does_not_warn_again_at_its_own_grace() {
+    let events = recording(async {
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let out = Nursery::new()
+            .grace(Duration::from_millis(20))
+            .run(|n: NurseryHandle<NurseryError<Cancelled>>| async move {
+                n.cancel();
+                let inner = Nursery::new().grace(Duration::from_millis(50)).run(
+                    |inner: NurseryHandle<Cancelled>| async move {
+                        // Ignores its context: it ends when the test says so.
+                        inner.spawn_blocking_named("legacy", move |_| {
+                            released.recv().unwrap();
+                            Ok(())
+                        });
+                        Ok(())
+                    },
+                );
+                // The paused clock does not advance by itself while a blocking child runs.
+                let driver = async {
+                    for _ in 0..10 {
+                        tokio::time::advance(Duration::from_millis(10)).await;
+                    }
+                    release.send(()).unwrap();
+                };
+                let (inner, ()) = tokio::join!(inner, driver);
+                assert_eq!(inner.unwrap(), Some(()), "its body returned");
+                Ok(())
+            })
+            .await;
+        assert_eq!(out.unwrap(), Some(()));
+    });
+    let warnings: Vec<_> = events
+        .iter()
+        .filter(|e| e.starts_with("WARN") && e.contains("grace period expired"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{events:#?}");
+    assert!(warnings[0].contains("\"legacy\""), "{}", warnings[0]);
+}

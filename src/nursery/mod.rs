@@ -861,9 +861,14 @@ impl<E> Shared<E> {
 
     /// The grace period ran out (SPEC N7): aborts the children still running and names them,
     /// with those of adopted nurseries aborted in the cascade, for `aborted_children`, the
-    /// `Cancelled` the nursery passes on and a warn-level event. Returns the names.
-    fn grace_expired(&self) -> Vec<String> {
-        self.expire_grace(true)
+    /// `Cancelled` the nursery passes on and a warn-level event. Nothing if the nursery is
+    /// past its grace already (an ancestor's cascade reached it, or it was made past one):
+    /// its children were aborted (or told) and named then, and later ones abort as they
+    /// start; a second event would name the same children again.
+    fn grace_expired(&self) {
+        if self.aborted.get().is_none() {
+            self.expire_grace(true);
+        }
     }
 
     /// As [`grace_expired`](Self::grace_expired); `warn: false` for a nursery reached by an
