@@ -46,9 +46,10 @@ pub type BoxError = Box<dyn Error + Send + Sync>;
 ///   the handler is told at its cancellation points and its response is returned as it
 ///   makes it (map its `Cancelled` to what the caller should see, e.g. `504`). With
 ///   [`hard`](Self::hard): the handler's future is dropped at the deadline (its nurseries
-///   follow their drop mode) and the response is `504 Gateway Timeout`, also when an
-///   enclosing scope's deadline cuts it (or passes at the same instant); if an enclosing
-///   scope is cancelled otherwise (a shutdown), `503 Service Unavailable`.
+///   follow their drop mode) and the response is `504 Gateway Timeout` (also when an
+///   enclosing scope's deadline passes at the same instant); if an enclosing scope is
+///   cancelled before the request's deadline (a shutdown, even one by a deadline of the
+///   server's), `503 Service Unavailable`.
 /// - **No time left** (a `0` budget): `504 Gateway Timeout` at once; the handler is not
 ///   called.
 /// - **A malformed header** (garbage, negative, too long, unknown unit, not ASCII):
@@ -195,7 +196,11 @@ where
             request: Some(request),
         });
         DeadlineFuture {
-            state: State::Scoped { future, grpc },
+            state: State::Scoped {
+                future,
+                grpc,
+                deadline: incoming.deadline(),
+            },
         }
     }
 }
@@ -282,6 +287,8 @@ enum State<S: Service<Req>, Req, B> {
         #[pin]
         future: Scoped<CallInScope<S, Req>>,
         grpc: bool,
+        /// The request's own deadline.
+        deadline: tokio::time::Instant,
     },
 }
 
@@ -308,7 +315,11 @@ where
         match self.project().state.project() {
             StateProj::Refused { refusal, grpc, .. } => Poll::Ready(Ok(refusal.response(*grpc))),
             StateProj::Plain { future } => future.poll(cx),
-            StateProj::Scoped { future, grpc } => future.poll(cx).map(|out| match out {
+            StateProj::Scoped {
+                future,
+                grpc,
+                deadline,
+            } => future.poll(cx).map(|out| match out {
                 Ok(Some(out)) => out,
                 // Only a hard scope absorbs: its own deadline dropped the handler.
                 Ok(None) => {
@@ -316,9 +327,11 @@ where
                     tracing::debug!("request cut at its deadline");
                     Ok(Refusal::TimedOut.response(*grpc))
                 }
-                // An enclosing scope's deadline, or one shared with the request's (the
-                // outermost of scopes expiring together absorbs, S9): out of time all the same.
-                Err(cancelled) if cancelled.reason().is_deadline() => {
+                // An enclosing scope's cancellation, passed on. The request's own deadline
+                // may have passed with it (an enclosing deadline at the same instant: the
+                // outermost of scopes expiring together absorbs, S9): out of time all the
+                // same. Otherwise the server cut it (a shutdown, even one by deadline).
+                Err(_cancelled) if tokio::time::Instant::now() >= *deadline => {
                     Ok(Refusal::TimedOut.response(*grpc))
                 }
                 Err(_cancelled) => Ok(Refusal::Shutdown.response(*grpc)),

@@ -124,6 +124,9 @@ const ENDED: u8 = 32;
 /// Code in the scope reached a cancellation point while it was cancelled (SPEC N7's
 /// unobserved-cancellation warning).
 const OBSERVED: u8 = 64;
+/// The nursery owning the scope is past its grace period (SPEC N7): a nursery made below it
+/// afterwards starts past it too. Kept once the scope ends.
+const PAST_GRACE: u8 = 128;
 
 const CANCELLED: u8 = OWN | INHERITED;
 
@@ -561,6 +564,24 @@ impl Node {
                 None => return,
             }
         }
+    }
+
+    /// Marks the scope of a nursery whose grace period has run out (SPEC N7). True if this
+    /// call marked it, false if it was marked already.
+    pub(crate) fn mark_past_grace(&self) -> bool {
+        let mut inner = lock(&self.inner);
+        if self.bits() & PAST_GRACE != 0 {
+            return false;
+        }
+        let fallout = self.set_bits(&mut inner, |bits| bits | PAST_GRACE);
+        drop(inner);
+        fallout.finish(); // nothing: no cancellation changes
+        true
+    }
+
+    /// Whether the nursery owning the scope is past its grace period (SPEC N7).
+    pub(crate) fn is_past_grace(&self) -> bool {
+        self.bits() & PAST_GRACE != 0
     }
 
     pub(crate) fn is_entered(&self) -> bool {

@@ -106,11 +106,6 @@ pub(crate) trait StopAll: Send + Sync {
     fn stop_all(&self, grace_expired: bool) -> Vec<String>;
     /// The adopted nursery's scope, for the task tree.
     fn scope(&self) -> Option<Arc<crate::node::Node>>;
-    /// Whether this nursery is past its grace period (its own ran out, or an ancestor's
-    /// reached it): a nursery made inside it afterwards starts past it too (SPEC N7).
-    fn past_grace(&self) -> bool {
-        false
-    }
 }
 
 /// What an adopted child reports to its adopter.

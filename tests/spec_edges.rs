@@ -903,12 +903,13 @@ async fn d01_hard_layer_answers_503_when_the_server_cancels_the_request() {
     .await
 }
 
-/// An enclosing scope's deadline that passes before the request's, or at the same instant
-/// (the outermost of scopes expiring together absorbs, so the request's scope passes the
-/// cancellation on), cuts the request for want of time: 504, as its own deadline would
-/// (it answered 503, as for a shutdown).
+/// An enclosing scope's deadline at the same instant as the request's: the outermost of
+/// scopes expiring together absorbs, so the request's scope passes the cancellation on, and
+/// the request ran out of time all the same: 504, as for its own deadline (it answered 503).
+/// An enclosing deadline before the request's is the server's (a shutdown by deadline, as
+/// with `Nursery::timeout`): 503, and gRPC's retryable UNAVAILABLE, not DEADLINE_EXCEEDED.
 #[tokio::test(flavor = "current_thread", start_paused = true)]
-async fn d01_hard_layer_answers_504_when_an_enclosing_deadline_cuts_the_request() {
+async fn d01_hard_layer_tells_the_requests_deadline_from_an_enclosing_one() {
     common::leak_checked(async move {
         let service = DeadlineLayer::new()
             .hard()
@@ -916,26 +917,35 @@ async fn d01_hard_layer_answers_504_when_an_enclosing_deadline_cuts_the_request(
                 tokio::time::sleep(HOUR).await;
                 Ok::<_, Infallible>(Response::new(String::new()))
             }));
-        for (enclosing, expected_ms) in [(ms(40), 40), (ms(250), 250)] {
+        let cases = [
+            (ms(250), false, "504"),
+            (ms(250), true, "4"),
+            (ms(40), false, "503"),
+            (ms(40), true, "14"),
+        ];
+        for (enclosing, grpc, expected) in cases {
             let start = Instant::now();
-            let out = no_hang(move_on_after(enclosing, {
-                let service = service.clone();
-                async move {
-                    let response = service
-                        .oneshot(request_with(&[("grpc-timeout", "250m")]))
-                        .await
-                        .unwrap();
-                    Ok::<_, Cancelled>(response)
-                }
-            }))
+            let service = service.clone();
+            let out = no_hang(Nursery::new().timeout(enclosing).run(
+                |_server: NurseryHandle<Cancelled>| async move {
+                    let mut headers = vec![("grpc-timeout", "250m")];
+                    if grpc {
+                        headers.push(("content-type", "application/grpc"));
+                    }
+                    Ok(service.oneshot(request_with(&headers)).await.unwrap())
+                },
+            ))
             .await;
-            assert_eq!(since(start), expected_ms);
+            assert_eq!(since(start), enclosing.as_millis());
             let response = out.unwrap().expect("the layer answered");
-            assert_eq!(
-                response.status(),
-                StatusCode::GATEWAY_TIMEOUT,
-                "{enclosing:?}"
-            );
+            let answer = match grpc {
+                true => response.headers()["grpc-status"]
+                    .to_str()
+                    .unwrap()
+                    .to_owned(),
+                false => response.status().as_str().to_owned(),
+            };
+            assert_eq!(answer, expected, "{enclosing:?}, gRPC: {grpc}");
         }
     })
     .await

@@ -584,18 +584,21 @@ impl<E: Send + 'static> StopAll for Shared<E> {
     fn scope(&self) -> Option<Arc<Node>> {
         Some(self.node.clone())
     }
-
-    fn past_grace(&self) -> bool {
-        self.aborted.get().is_some()
-    }
 }
 
 /// Whether the nursery whose scope is `node`, just made, runs past an ancestor nursery's
 /// grace period (SPEC N7: past an ancestor's grace, abort cascades to every descendant; the
-/// cascade at the expiry reached the nurseries alive then, this one is made later). Looks
-/// up only the ancestors whose cancellation this one inherits, and stops at a shield, as
-/// the cascade does: a nursery past such a grace is cancelled, and so is everything under it
-/// that is not shielded. One atomic load when the new nursery is not cancelled.
+/// cascade at the expiry reached the nurseries linked by then, this one is linked later).
+/// Looks up only the ancestors whose cancellation this one inherits, and stops at a shield,
+/// as the cascade does: a nursery past such a grace is cancelled, and so is everything under
+/// it that is not shielded. One atomic load when the new nursery is not cancelled, one per
+/// scope looked up otherwise.
+///
+/// No nursery linked while an ancestor's grace expires is missed: the expiry marks its
+/// scope (`Node::mark_past_grace`) before its cascade looks at the scopes below, each under
+/// the lock of the scope it reads, and a new nursery is linked under its parent's lock (with
+/// its `AdopterRef` attached before) and looks up its ancestors after: either the cascade
+/// finds it, or it finds the mark.
 fn past_an_ancestors_grace(node: &Node) -> bool {
     if !node.is_cancelled() {
         return false;
@@ -605,12 +608,7 @@ fn past_an_ancestors_grace(node: &Node) -> bool {
         if scope.is_shielded() || !scope.is_cancelled() {
             return false;
         }
-        let attachment = scope.attachment();
-        let owner = attachment.as_ref().map(|attachment| attachment.as_any());
-        let nursery = owner
-            .and_then(|owner| owner.downcast_ref::<AdopterRef>())
-            .and_then(|link| link.stop.upgrade());
-        if nursery.is_some_and(|nursery| nursery.past_grace()) {
+        if scope.is_past_grace() {
             return true;
         }
         if scope.absorbs() {
@@ -866,14 +864,18 @@ impl<E> Shared<E> {
     /// its children were aborted (or told) and named then, and later ones abort as they
     /// start; a second event would name the same children again.
     fn grace_expired(&self) {
-        if self.aborted.get().is_none() {
-            self.expire_grace(true);
-        }
+        self.expire_grace(true);
     }
 
     /// As [`grace_expired`](Self::grace_expired); `warn: false` for a nursery reached by an
     /// ancestor's cascade, whose own event names these children already.
     fn expire_grace(&self, warn: bool) -> Vec<String> {
+        // Marked first, before the cascade looks below (see `past_an_ancestors_grace`); once
+        // only: a nursery reached twice (by an ancestor's cascade, then its own grace, or as
+        // an adoptee and through its scope in one cascade) names its children once.
+        if !self.node.mark_past_grace() {
+            return Vec::new();
+        }
         let mut aborted = self.abort_named(true);
         aborted.extend(self.cascade_into_body());
         #[cfg(feature = "tracing")]
@@ -1509,7 +1511,6 @@ where
                 Some(Deadline::After(timeout)) => node.set_timeout(timeout),
                 None => {}
             }
-            let node = enter_preset(&node);
             let shared = Arc::new(Shared {
                 node: node.clone(),
                 runtime,
@@ -1534,7 +1535,10 @@ where
                 nursery: Arc::downgrade(&adopter),
                 stop: Arc::downgrade(&stop),
             };
+            // Attached before the scope is linked: a cascade that finds the scope below an
+            // ancestor past its grace finds the nursery too (`past_an_ancestors_grace`).
             shared.node.attach(Arc::new(link));
+            enter_preset(&shared.node);
             let handle = NurseryHandle {
                 shared: shared.clone(),
             };
