@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use tokio_nursery::{
-    Cancelled, ChildHandle, JoinError, Nursery, NurseryError, NurseryHandle, cancelled,
-    carry_scope, protect,
+    CancelScope, Cancelled, ChildHandle, JoinError, Nursery, NurseryError, NurseryHandle,
+    cancelled, carry_scope, protect,
 };
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -155,6 +155,58 @@ async fn n07_past_an_ended_nurserys_grace_whether_or_not_a_handle_is_alive() {
             );
             drop(kept);
         }
+    })
+    .await
+}
+
+/// Was (found by the review of the mark): a nursery reached a second time (its own grace ran
+/// out first, an ancestor's later) skipped its cascade as well as the naming, so a nursery
+/// that was shielded at the first expiry and exposed before the second was never reached:
+/// its stuck child held everything for an hour. N (grace 100 ms) runs M (grace 10 ms); M's
+/// body runs K in a shielded scope whose shield is lowered at 50 ms.
+#[tokio::test(start_paused = true)]
+async fn n07_a_second_expiry_reaches_a_nursery_shielded_at_the_first() {
+    common::leak_checked(async move {
+        let start = Instant::now();
+        let out = Nursery::new()
+            .grace(ms(100))
+            .run(|n: NurseryHandle<Cancelled>| async move {
+                n.cancel();
+                let m =
+                    Nursery::new()
+                        .grace(ms(10))
+                        .run(|_m: NurseryHandle<Cancelled>| async move {
+                            let shielded = CancelScope::new().shielded();
+                            let shield = shielded.handle();
+                            let k = shielded.run(async {
+                                let _ = Nursery::new()
+                                    .run(|k: NurseryHandle<Cancelled>| async move {
+                                        k.spawn_named("stuck", async {
+                                            tokio::time::sleep(HOUR).await; // never a point
+                                            Ok::<_, Cancelled>(())
+                                        });
+                                        Ok::<_, Cancelled>(())
+                                    })
+                                    .await;
+                                Ok::<_, Cancelled>(())
+                            });
+                            let lower = async {
+                                tokio::time::sleep(ms(50)).await; // not a cancellation point
+                                shield.set_shield(false);
+                            };
+                            let _ = tokio::join!(k, lower);
+                            Ok::<_, Cancelled>(())
+                        });
+                let _ = m.await;
+                Ok::<_, Cancelled>(())
+            })
+            .await;
+        assert!(out.is_ok(), "{out:?}");
+        assert_eq!(
+            start.elapsed(),
+            ms(100),
+            "N's grace aborted K's stuck child"
+        );
     })
     .await
 }

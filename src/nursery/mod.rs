@@ -874,7 +874,8 @@ impl<E> Shared<E> {
         // only: a nursery reached twice (by an ancestor's cascade, then its own grace, or as
         // an adoptee and through its scope in one cascade) names its children once.
         if !self.node.mark_past_grace() {
-            return Vec::new();
+            // Named once; but what was shielded at the first expiry may be exposed now.
+            return self.cascade_into_body();
         }
         let mut aborted = self.abort_named(true);
         aborted.extend(self.cascade_into_body());
