@@ -125,7 +125,8 @@ const ENDED: u8 = 32;
 /// unobserved-cancellation warning).
 const OBSERVED: u8 = 64;
 /// The nursery owning the scope is past its grace period (SPEC N7): a nursery made below it
-/// afterwards starts past it too. Kept once the scope ends.
+/// afterwards starts past it too. Kept once the scope ends; set as it ends on a scope that
+/// inherited such a mark (see `Node::is_past_grace`).
 const PAST_GRACE: u8 = 128;
 
 const CANCELLED: u8 = OWN | INHERITED;
@@ -218,6 +219,13 @@ pub(crate) trait Attachment: Send + Sync {
     /// have.
     fn children_without_scope(&self) -> Vec<(ScopeId, Description)> {
         Vec::new()
+    }
+    /// An ancestor nursery's grace period ran out and its cascade reached this scope
+    /// (SPEC N7): a nursery aborts its children (and cascades into what runs inside it) and
+    /// returns their names. `None` where the scope owns no children: the cascade looks at
+    /// the scopes below it instead.
+    fn grace_expired_above(&self) -> Option<Vec<String>> {
+        None
     }
 }
 
@@ -579,9 +587,72 @@ impl Node {
         true
     }
 
-    /// Whether the nursery owning the scope is past its grace period (SPEC N7).
-    pub(crate) fn is_past_grace(&self) -> bool {
-        self.bits() & PAST_GRACE != 0
+    /// Whether the scope runs past a nursery's grace period (SPEC N7: past an ancestor's
+    /// grace, abort cascades to every descendant): its own nursery's grace ran out, or that
+    /// of a nursery whose cancellation it inherits. Looks up only those ancestors, and so
+    /// stops at a shield, as the cascade does (a shield keeps out the ancestors'
+    /// cancellation, not the scope's own). One atomic load when the scope is not cancelled,
+    /// one per scope looked up otherwise. An ended scope answers as it did when it ended.
+    ///
+    /// No scope linked while an ancestor's grace expires is missed: the expiry marks its
+    /// nursery's scope (`mark_past_grace`) before its cascade (`cascade_past_grace`) looks
+    /// at the scopes below, each under the lock of the scope it reads, and a scope is linked
+    /// under its parent's lock: either the cascade finds it, or a look-up after its link
+    /// finds the mark.
+    pub(crate) fn is_past_grace(self: &Arc<Self>) -> bool {
+        let mut scope = self.clone();
+        loop {
+            let bits = scope.bits();
+            if bits & CANCELLED == 0 {
+                return false;
+            }
+            if bits & PAST_GRACE != 0 {
+                return true;
+            }
+            if bits & INHERITED == 0 {
+                return false; // shielded, or cancelled itself and nothing above is seen
+            }
+            match scope.parent() {
+                Some(parent) => scope = parent,
+                None => return false,
+            }
+        }
+    }
+
+    /// SPEC N7's cascade, from the scopes in `start` down: each nursery met has its grace
+    /// expire (`Attachment::grace_expired_above`), which goes on inside it; other scopes
+    /// are passed through; shielded ones are left alone (S8: a cleanup or protected work
+    /// runs to completion; protected work is told "grace expired" as an adoptee). Returns
+    /// the names of the children aborted.
+    pub(crate) fn cascade_past_grace(mut below: Vec<Arc<Node>>) -> Vec<String> {
+        let mut aborted = Vec::new();
+        while let Some(node) = below.pop() {
+            // The shield is read under the scope's lock, against a shield lowered at this
+            // moment: either this read sees it lowered, or the lowering's look-up, after its
+            // change under this lock, sees the mark made before the cascade began.
+            let inner = lock(&node.inner);
+            let shielded = node.is_shielded();
+            let attachment = inner.attachment.clone();
+            drop(inner);
+            if shielded {
+                continue;
+            }
+            match attachment.and_then(|owner| owner.grace_expired_above()) {
+                Some(names) => aborted.extend(names),
+                None => below.extend(node.children()),
+            }
+        }
+        aborted
+    }
+
+    /// The scopes linked under this one now.
+    pub(crate) fn children(&self) -> Vec<Arc<Node>> {
+        let inner = lock(&self.inner);
+        inner
+            .children
+            .iter()
+            .map(|(_, child)| child.clone())
+            .collect()
     }
 
     pub(crate) fn is_entered(&self) -> bool {
@@ -694,7 +765,10 @@ impl Node {
         fallout.finish();
     }
 
-    /// Raises or lowers the shield (SPEC S8) and propagates the change.
+    /// Raises or lowers the shield (SPEC S8) and propagates the change. Lowering it under a
+    /// nursery past its grace period exposes the scope to that expiry as well (N7): the
+    /// nurseries in it have their grace expire now, as the cascade would have done had the
+    /// shield been down then.
     pub(crate) fn set_shield(self: &Arc<Self>, shield: bool) {
         let mut inner = lock(&self.inner);
         let fallout = self.set_bits(&mut inner, |bits| {
@@ -706,6 +780,21 @@ impl Node {
         });
         drop(inner);
         fallout.finish();
+        let exposed = !shield && self.bits() & INHERITED != 0;
+        if exposed && self.parent().is_some_and(|parent| parent.is_past_grace()) {
+            let aborted = Node::cascade_past_grace(vec![self.clone()]);
+            #[cfg(feature = "tracing")]
+            if !aborted.is_empty() {
+                tracing::warn!(
+                    scope = %self.id,
+                    children = %aborted.join(", "),
+                    shield_lowered = true,
+                    "grace period expired: children aborted"
+                );
+            }
+            #[cfg(not(feature = "tracing"))]
+            drop(aborted);
+        }
     }
 
     /// Applies `change` to the state bits, recomputes `INHERITED` from the parent
@@ -941,10 +1030,14 @@ impl Node {
         if self.bits() & ENDED != 0 {
             return;
         }
-        // An inherited cancellation is kept (invariant 7): so is the scope it names.
-        let frozen = (self.bits() & INHERITED != 0)
-            .then(|| self.parent().and_then(|parent| parent.origin()))
+        // An inherited cancellation is kept (invariant 7): so is the scope it names, and
+        // whether it runs past a nursery's grace period (a nursery carried out of the scope
+        // starts past it, `is_past_grace`).
+        let inherited = (self.bits() & INHERITED != 0)
+            .then(|| self.parent())
             .flatten();
+        let frozen = inherited.as_ref().and_then(|parent| parent.origin());
+        let past_grace = inherited.is_some_and(|parent| parent.is_past_grace());
         let mut inner = lock(&self.inner);
         if self.bits() & ENDED != 0 {
             return;
@@ -952,7 +1045,12 @@ impl Node {
         if frozen.is_some() {
             inner.cold().frozen_origin = frozen;
         }
-        let extra = if caught { ENDED | CAUGHT } else { ENDED };
+        let extra = match (caught, past_grace) {
+            (true, true) => ENDED | CAUGHT | PAST_GRACE,
+            (true, false) => ENDED | CAUGHT,
+            (false, true) => ENDED | PAST_GRACE,
+            (false, false) => ENDED,
+        };
         self.state.fetch_or(extra, Ordering::AcqRel);
         let armed = inner.take_armed();
         if let (Some(timer), Some(key)) = (inner.timer.take(), armed) {
@@ -1232,6 +1330,7 @@ impl fmt::Debug for Node {
 #[cfg(all(test, loom))]
 mod loom_tests {
     use super::*;
+    use crate::sync::AtomicUsize;
     use loom::thread;
 
     fn node(shield: bool) -> Arc<Node> {
@@ -1286,6 +1385,54 @@ mod loom_tests {
             toggling.join().unwrap();
             assert!(leaf.observed() && root.observed());
             leaf.end(false);
+        });
+    }
+
+    /// Stands for a nursery: counts the grace expiries that reach it.
+    struct Reached(AtomicUsize);
+
+    impl Attachment for Reached {
+        fn as_any(&self) -> &dyn Any {
+            self
+        }
+
+        fn describe(&self) -> Description {
+            Description {
+                kind: "test",
+                name: None,
+                detail: None,
+            }
+        }
+
+        fn grace_expired_above(&self) -> Option<Vec<String>> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Some(Vec::new())
+        }
+    }
+
+    /// N7: a shield lowered while a nursery's grace expires. Whichever runs first, the
+    /// nursery in the shielded scope is reached: by the cascade (it reads the shield under
+    /// the scope's lock) or by the lowering (it looks up the mark made before the cascade).
+    #[test]
+    fn loom_shield_lowered_races_with_a_grace_expiry() {
+        loom::model(|| {
+            let [root, middle, leaf] = chain(true);
+            let reached = Arc::new(Reached(AtomicUsize::new(0)));
+            leaf.attach(reached.clone());
+            root.cancel(CancelReason::Explicit(None));
+            let lowering = {
+                let middle = middle.clone();
+                thread::spawn(move || middle.set_shield(false))
+            };
+            assert!(root.mark_past_grace());
+            Node::cascade_past_grace(root.children());
+            lowering.join().unwrap();
+            assert!(
+                reached.0.load(Ordering::SeqCst) >= 1,
+                "the nursery was missed"
+            );
+            leaf.end(false);
+            middle.end(false);
         });
     }
 

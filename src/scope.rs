@@ -216,6 +216,10 @@ impl ScopeHandle {
 
     /// Raises or lowers the shield while the scope runs (SPEC S8). Lowering it inside a
     /// cancelled ancestor exposes that cancellation at once; `cancel_called` stays false.
+    /// Lowering it inside a nursery whose grace period has run out exposes the scope to
+    /// that too (SPEC N7): the nurseries running in it have their children aborted at once,
+    /// as if the shield had been down when the grace ran out (a warn-level event names
+    /// them when the `tracing` feature is on).
     pub fn set_shield(&self, shield: bool) {
         self.node.set_shield(shield);
     }

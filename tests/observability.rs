@@ -225,3 +225,50 @@ fn n07_a_nursery_reached_by_the_cascade_does_not_warn_again_at_its_own_grace() {
     assert_eq!(warnings.len(), 1, "{events:#?}");
     assert!(warnings[0].contains("\"legacy\""), "{}", warnings[0]);
 }
+
+/// SPEC N7: a shield lowered after a nursery's grace ran out exposes the nurseries in its
+/// scope to the expiry (their children are aborted at once), and one warn-level event names
+/// those children, on the scope whose shield was lowered.
+#[test]
+fn n07_a_shield_lowered_past_the_grace_warns_naming_the_children_it_aborts() {
+    let events = recording(async {
+        let out = Nursery::new()
+            .grace(Duration::from_millis(20))
+            .run(|n: NurseryHandle<Cancelled>| async move {
+                n.cancel();
+                let shielded = CancelScope::new().shielded();
+                let shield = shielded.handle();
+                let inner = shielded.run(async {
+                    Nursery::new()
+                        .run(|inner: NurseryHandle<Cancelled>| async move {
+                            inner.spawn_named("stuck", async {
+                                tokio::time::sleep(Duration::from_secs(3600)).await;
+                                Ok(())
+                            });
+                            Ok(())
+                        })
+                        .await
+                });
+                let lower = async {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    shield.set_shield(false);
+                };
+                let (inner, ()) = tokio::join!(inner, lower);
+                assert!(inner.is_ok(), "{inner:?}");
+                Ok(())
+            })
+            .await;
+        assert!(out.is_ok(), "{out:?}");
+    });
+    let warnings: Vec<_> = events
+        .iter()
+        .filter(|e| e.starts_with("WARN") && e.contains("grace period expired"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{events:#?}");
+    assert!(warnings[0].contains("\"stuck\""), "{}", warnings[0]);
+    assert!(
+        warnings[0].contains("shield_lowered=true"),
+        "{}",
+        warnings[0]
+    );
+}

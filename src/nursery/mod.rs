@@ -586,39 +586,6 @@ impl<E: Send + 'static> StopAll for Shared<E> {
     }
 }
 
-/// Whether the nursery whose scope is `node`, just made, runs past an ancestor nursery's
-/// grace period (SPEC N7: past an ancestor's grace, abort cascades to every descendant; the
-/// cascade at the expiry reached the nurseries linked by then, this one is linked later).
-/// Looks up only the ancestors whose cancellation this one inherits, and stops at a shield,
-/// as the cascade does: a nursery past such a grace is cancelled, and so is everything under
-/// it that is not shielded. One atomic load when the new nursery is not cancelled, one per
-/// scope looked up otherwise.
-///
-/// No nursery linked while an ancestor's grace expires is missed: the expiry marks its
-/// scope (`Node::mark_past_grace`) before its cascade looks at the scopes below, each under
-/// the lock of the scope it reads, and a new nursery is linked under its parent's lock (with
-/// its `AdopterRef` attached before) and looks up its ancestors after: either the cascade
-/// finds it, or it finds the mark.
-fn past_an_ancestors_grace(node: &Node) -> bool {
-    if !node.is_cancelled() {
-        return false;
-    }
-    let mut next = node.parent();
-    while let Some(scope) = next {
-        if scope.is_shielded() || !scope.is_cancelled() {
-            return false;
-        }
-        if scope.is_past_grace() {
-            return true;
-        }
-        if scope.absorbs() {
-            return false; // cancelled itself, not through its parent: nothing above is
-        }
-        next = scope.parent();
-    }
-    false
-}
-
 /// What a nursery's scope node carries so that nurseries dropped inside it can find it, and
 /// the task-tree snapshot can describe it.
 struct AdopterRef {
@@ -642,6 +609,10 @@ impl Attachment for AdopterRef {
 
     fn describe_child(&self, child: ScopeId) -> Option<Description> {
         self.nursery.upgrade()?.describe_child(child)
+    }
+
+    fn grace_expired_above(&self) -> Option<Vec<String>> {
+        Some(self.stop.upgrade()?.stop_all(true))
     }
 
     fn children_without_scope(&self) -> Vec<(ScopeId, Description)> {
@@ -870,7 +841,7 @@ impl<E> Shared<E> {
     /// As [`grace_expired`](Self::grace_expired); `warn: false` for a nursery reached by an
     /// ancestor's cascade, whose own event names these children already.
     fn expire_grace(&self, warn: bool) -> Vec<String> {
-        // Marked first, before the cascade looks below (see `past_an_ancestors_grace`); once
+        // Marked first, before the cascade looks below (see `Node::is_past_grace`); once
         // only: a nursery reached twice (by an ancestor's cascade, then its own grace, or as
         // an adoptee and through its scope in one cascade) names its children once.
         if !self.node.mark_past_grace() {
@@ -902,26 +873,9 @@ impl<E> Shared<E> {
     /// shielded scopes are passed over (S8; protected work, C1, is told "grace expired" as
     /// an adoptee).
     fn cascade_into_body(&self) -> Vec<String> {
-        let mut aborted = Vec::new();
-        let mut below = self.node.view().children;
-        while let Some(node) = below.pop() {
-            if node.is_shielded() {
-                // A shielded scope of the body (a cleanup, protected work, which runs to
-                // completion, SPEC C1 and S8) is left alone: the nursery waits for the body
-                // anyway, and protected work is told as an adoptee.
-                continue;
-            }
-            let attachment = node.attachment();
-            let owner = attachment.as_ref().map(|attachment| attachment.as_any());
-            let nursery = owner
-                .and_then(|owner| owner.downcast_ref::<AdopterRef>())
-                .and_then(|link| link.stop.upgrade());
-            match nursery {
-                Some(nursery) => aborted.extend(nursery.stop_all(true)),
-                None => below.extend(node.view().children),
-            }
-        }
-        aborted
+        // A shielded scope of the body (a cleanup, protected work) is left alone: the
+        // nursery waits for the body anyway, and protected work is told as an adoptee.
+        Node::cascade_past_grace(self.node.children())
     }
 
     /// Aborts every running child and what the nursery adopted, as an expired grace period
@@ -1537,7 +1491,7 @@ where
                 stop: Arc::downgrade(&stop),
             };
             // Attached before the scope is linked: a cascade that finds the scope below an
-            // ancestor past its grace finds the nursery too (`past_an_ancestors_grace`).
+            // ancestor past its grace finds the nursery too (`Node::is_past_grace`).
             shared.node.attach(Arc::new(link));
             enter_preset(&shared.node);
             let handle = NurseryHandle {
@@ -1549,7 +1503,7 @@ where
             if *this.cancel_requested {
                 shared.node.cancel(cancel_reason());
             }
-            if past_an_ancestors_grace(&shared.node) {
+            if shared.node.is_past_grace() {
                 // Its children are aborted as they start (registry N-3), named by nobody:
                 // the ancestor's event was emitted before they existed.
                 *this.state = State::GraceExpired;

@@ -1,0 +1,250 @@
+//! SPEC N7's last clause ("past an ancestor's grace, abort cascades to every descendant")
+//! for scopes that meet the expired grace late: a nursery whose scope is under a scope that
+//! ended after the grace ran out, one exposed by a shield lowered after it, and one made in
+//! a nursery that shields its own scope. Each test failed before session 18 (the stuck
+//! child held its nursery for an hour): the cascade at the expiry reached none of them.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_nursery::{
+    CancelScope, Cancelled, JoinError, Nursery, NurseryHandle, carry_scope, current_scope,
+};
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// A child that never reaches a cancellation point: only an abort ends it early.
+async fn stuck() -> Result<(), Cancelled> {
+    tokio::time::sleep(HOUR).await;
+    Ok(())
+}
+
+/// A nursery carried out of a plain scope that ended after its nursery's grace ran out
+/// starts past that grace: the ended scope keeps the mark, as it keeps the cancellation it
+/// inherited (an ended scope no longer follows its ancestors).
+#[tokio::test(start_paused = true)]
+async fn n07_a_nursery_carried_out_of_a_scope_ended_past_the_grace_starts_past_it() {
+    common::leak_checked(async move {
+        let start = Instant::now();
+        let out = Nursery::new()
+            .grace(ms(20))
+            .run(|a: NurseryHandle<Cancelled>| async move {
+                a.cancel();
+                let late = CancelScope::new()
+                    .run(async {
+                        tokio::time::sleep(ms(50)).await; // past A's grace, in the scope
+                        Ok::<_, Cancelled>(carry_scope(Nursery::new().run(
+                            |n: NurseryHandle<Cancelled>| async move {
+                                Ok(n.spawn_named("late", stuck()))
+                            },
+                        )))
+                    })
+                    .await;
+                // The scope has ended; the nursery made in it is first polled now.
+                let late = late.expect("the scope was not cancelled itself").unwrap();
+                let handle = late.await.unwrap().unwrap();
+                assert!(matches!(handle.await, Err(JoinError::ChildAborted)));
+                Ok(())
+            })
+            .await;
+        assert!(matches!(out, Ok(Some(()))), "{out:?}");
+        assert_eq!(
+            start.elapsed(),
+            ms(50),
+            "the late child was aborted at once"
+        );
+    })
+    .await
+}
+
+/// A scope whose shield is lowered after a nursery's grace ran out meets the expired grace
+/// then: the nurseries in it have their children aborted at once, as the cascade would
+/// have done had the shield been down at the expiry.
+#[tokio::test(start_paused = true)]
+async fn n07_a_shield_lowered_past_the_grace_exposes_the_scope_to_the_cascade() {
+    common::leak_checked(async move {
+        let start = Instant::now();
+        let lowered_at = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let seen = lowered_at.clone();
+        let out = Nursery::new()
+            .grace(ms(20))
+            .run(|a: NurseryHandle<Cancelled>| async move {
+                a.cancel();
+                let shielded = CancelScope::new().shielded();
+                let shield = shielded.handle();
+                let k = shielded.run(async {
+                    Nursery::new()
+                        .run(|k: NurseryHandle<Cancelled>| async move {
+                            Ok(k.spawn_named("stuck", stuck()))
+                        })
+                        .await
+                });
+                let lower = async {
+                    tokio::time::sleep(ms(50)).await; // not a cancellation point
+                    *seen.lock().unwrap() = Some(start.elapsed());
+                    shield.set_shield(false);
+                };
+                let (k, ()) = tokio::join!(k, lower);
+                // K was cancelled by the exposure and its child aborted: K reports the
+                // cancellation it saw, and the child's handle says aborted.
+                let handle = match k {
+                    Ok(Some(Some(handle))) => handle,
+                    other => panic!("{other:?}"),
+                };
+                assert!(matches!(handle.await, Err(JoinError::ChildAborted)));
+                Ok(())
+            })
+            .await;
+        assert!(out.is_ok(), "{out:?}");
+        assert_eq!(*lowered_at.lock().unwrap(), Some(ms(50)));
+        assert_eq!(
+            start.elapsed(),
+            ms(50),
+            "the stuck child was aborted at once"
+        );
+    })
+    .await
+}
+
+/// Lowering a shield in a nursery that is not past any grace aborts nothing: the nurseries
+/// in the scope are only cancelled, and wait for their children.
+#[tokio::test(start_paused = true)]
+async fn n07_a_shield_lowered_before_the_grace_runs_out_only_cancels() {
+    common::leak_checked(async move {
+        let start = Instant::now();
+        let out = Nursery::new()
+            .grace(ms(100))
+            .run(|a: NurseryHandle<Cancelled>| async move {
+                a.cancel();
+                let shielded = CancelScope::new().shielded();
+                let shield = shielded.handle();
+                let k = shielded.run(async {
+                    Nursery::new()
+                        .run(|k: NurseryHandle<Cancelled>| async move {
+                            Ok(k.spawn(async {
+                                tokio::time::sleep(ms(60)).await; // not a point
+                                Ok::<_, Cancelled>(7)
+                            }))
+                        })
+                        .await
+                });
+                let lower = async {
+                    tokio::time::sleep(ms(50)).await;
+                    shield.set_shield(false);
+                };
+                let (k, ()) = tokio::join!(k, lower);
+                let handle = match k {
+                    Ok(Some(Some(handle))) => handle,
+                    other => panic!("{other:?}"),
+                };
+                assert_eq!(handle.await.unwrap(), 7);
+                Ok(())
+            })
+            .await;
+        assert!(out.is_ok(), "{out:?}");
+        assert_eq!(start.elapsed(), ms(60), "the child ran to its end");
+    })
+    .await
+}
+
+/// A nursery that shields its own scope and runs past its own grace is past it for a
+/// nursery made in its body afterwards, as for one linked there at the expiry (the cascade
+/// reaches that one): the shield keeps out the ancestors' cancellation, not its own.
+#[tokio::test(start_paused = true)]
+async fn n07_a_nursery_made_in_a_shielded_nursery_past_its_grace_starts_past_it() {
+    common::leak_checked(async move {
+        let start = Instant::now();
+        let out = Nursery::new()
+            .grace(ms(20))
+            .run(|s: NurseryHandle<Cancelled>| async move {
+                s.scope().set_shield(true);
+                assert!(current_scope().unwrap().is_shielded());
+                s.cancel();
+                tokio::time::sleep(ms(50)).await; // past S's grace
+                let late =
+                    Nursery::new()
+                        .run(|n: NurseryHandle<Cancelled>| async move {
+                            Ok(n.spawn_named("late", stuck()))
+                        })
+                        .await;
+                let handle = late.unwrap().unwrap();
+                assert!(matches!(handle.await, Err(JoinError::ChildAborted)));
+                Ok(())
+            })
+            .await;
+        assert!(out.is_ok(), "{out:?}");
+        assert_eq!(
+            start.elapsed(),
+            ms(50),
+            "the late child was aborted at once"
+        );
+    })
+    .await
+}
+
+/// Sets its flag when dropped.
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The same on multi_thread, without timing: the shield is lowered once A's grace has run
+/// out (seen by A's own stuck child, aborted by it); K's stuck child is then aborted too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn n07_a_shield_lowered_past_the_grace_exposes_the_scope_on_multi_thread() {
+    common::leak_checked(async move {
+        let run = Nursery::new()
+            .grace(ms(10))
+            .run(|a: NurseryHandle<Cancelled>| async move {
+                // Set when the holder's future is dropped: by A's grace, since it never
+                // reaches a cancellation point.
+                let dropped = Arc::new(AtomicBool::new(false));
+                let guard = SetOnDrop(dropped.clone());
+                a.spawn_named("holder", async move {
+                    let _guard = guard;
+                    stuck().await
+                });
+                a.cancel();
+                let shielded = CancelScope::new().shielded();
+                let shield = shielded.handle();
+                let k = shielded.run(async {
+                    Nursery::new()
+                        .run(|k: NurseryHandle<Cancelled>| async move {
+                            Ok(k.spawn_named("stuck", stuck()))
+                        })
+                        .await
+                });
+                let lower = async {
+                    common::wait_until("A's grace aborted its holder", || {
+                        dropped.load(Ordering::SeqCst)
+                    })
+                    .await;
+                    shield.set_shield(false);
+                };
+                let (k, ()) = tokio::join!(k, lower);
+                let handle = match k {
+                    Ok(Some(Some(handle))) => handle,
+                    other => panic!("{other:?}"),
+                };
+                assert!(matches!(handle.await, Err(JoinError::ChildAborted)));
+                Ok(())
+            });
+        // A regression would hold the nursery for an hour: bounded.
+        let out = tokio::time::timeout(common::HANG_BOUND, run)
+            .await
+            .expect("the stuck child was aborted");
+        assert!(out.is_ok(), "{out:?}");
+    })
+    .await
+}
