@@ -9,8 +9,6 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::io::Write;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -20,7 +18,7 @@ use tokio::runtime::{self, Handle};
 use tokio::sync::Notify;
 
 use crate::node::{DeadlineTimer, Node, TimerKey};
-use crate::nursery::{drop_quietly, panic_message};
+use crate::nursery::catch_waker_panic;
 use crate::sync::lock;
 
 /// The deadlines of one runtime and the task that fires them.
@@ -162,22 +160,12 @@ impl DeadlineService {
             for (key, node) in due {
                 #[cfg(feature = "tracing")]
                 tracing::debug!(scope = %node.id(), "deadline passed");
-                // The due alarms are out of the map: a waker panicking at one (re-raised by
-                // the cancellation once every waker was called) must not unwind this task
-                // and cost the others. Nobody called this task to take the panic: a line
-                // on stderr says what it cost, as for a report hook's panic.
-                let fired = catch_unwind(AssertUnwindSafe(|| node.fire_deadline(key)));
-                if let Err(payload) = fired {
-                    let why = panic_message(&*payload).unwrap_or("a payload that is not a string");
-                    // Not `eprintln!`: it panics when stderr is closed.
-                    let _ = writeln!(
-                        std::io::stderr(),
-                        "tokio-nursery: a waker panicked when the deadline of {} passed ({why}); \
-                         the scope is cancelled and its other waiters were woken",
-                        node.id()
-                    );
-                    drop_quietly(payload);
-                }
+                // The due alarms are out of the map: a waker panicking at one must not
+                // unwind this task and cost the others.
+                catch_waker_panic(
+                    || format!("when the deadline of {} passed", node.id()),
+                    || node.fire_deadline(key),
+                );
             }
             if let Some(at) = next {
                 let sleep = pin!(tokio::time::sleep_until(at.into()));

@@ -18,7 +18,7 @@ use tokio::task::AbortHandle;
 use crate::cancelled::CancelError;
 use crate::context::{self, FrameKind};
 use crate::node::{Attachment, Description, Node, ScopeId};
-use crate::nursery::{NurseryHandle, Origin, SpawnError, nearest_adopter};
+use crate::nursery::{NurseryHandle, Origin, SpawnError, catch_waker_panic, nearest_adopter};
 use crate::reason::CancelReason;
 use crate::registry::{Adopter, OrphanReport, Panic, StopAll};
 use crate::scope::timer_for;
@@ -458,7 +458,11 @@ impl StopAll for Stopper {
         // after finds the mark (a mark left when the abort goes ahead is harmless).
         self.put_off.store(true, Ordering::Release);
         if self.node.defer_if_exempt() {
-            self.node.cancel(CancelReason::GraceExpired);
+            // Part of a cascade: a waker's panic must not stop it (`catch_waker_panic`).
+            catch_waker_panic(
+                || "when an executor's task running a parallel scope was told to stop".into(),
+                || self.node.cancel(CancelReason::GraceExpired),
+            );
             return Vec::new();
         }
         let mut abort = lock(&self.abort);

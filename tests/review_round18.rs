@@ -65,3 +65,109 @@ async fn a_waker_panicking_at_a_deadline_loses_no_other_deadline() {
     })
     .await
 }
+
+/// Was: a nursery whose grace ran out tells its blocking children "grace expired" one by
+/// one as it aborts the others; a waker panicking at one of those cancellations unwound the
+/// whole abort, so the children after it in the nursery were never aborted (here a child
+/// that never reaches a cancellation point held the nursery for an hour) and the panic came
+/// out of the nursery's future. Each child is now stopped whatever a waker does at another;
+/// the panic, which has nobody to go to, is written on stderr.
+#[cfg(feature = "tokio-util")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waker_panicking_at_a_grace_expiry_leaves_no_child_running() {
+    use std::sync::mpsc;
+    use tokio_nursery::{JoinError, Nursery, NurseryHandle};
+
+    common::leak_checked(async move {
+        let (armed_tx, armed_rx) = mpsc::channel::<()>();
+        let run = Nursery::new().grace(ms(20)).run(
+            |n: NurseryHandle<tokio_nursery::Cancelled>| async move {
+                // First in spawn order, so told first: its shielded scope is cancelled only
+                // by the expiry, and a panicking waker waits on it (through a token).
+                let legacy = n.spawn_blocking_named("legacy", move |ctx| {
+                    let scope = ctx.scope();
+                    scope.set_shield(true);
+                    let token = scope.cancellation_token();
+                    let mut wait = Box::pin(token.cancelled_owned());
+                    let waker = Waker::from(Arc::new(PanicsOnWake));
+                    assert!(
+                        wait.as_mut()
+                            .poll(&mut Context::from_waker(&waker))
+                            .is_pending()
+                    );
+                    armed_tx.send(()).unwrap();
+                    while !ctx.grace_expired() {
+                        std::thread::sleep(ms(1));
+                    }
+                    Ok(())
+                });
+                let stuck = n.spawn_named("stuck", async {
+                    tokio::time::sleep(Duration::from_secs(3600)).await; // never a point
+                    Ok(())
+                });
+                tokio::task::spawn_blocking(move || armed_rx.recv().unwrap())
+                    .await
+                    .unwrap();
+                n.cancel();
+                Ok((legacy, stuck))
+            },
+        );
+        let out = tokio::time::timeout(common::HANG_BOUND, run)
+            .await
+            .expect("every child was stopped at the grace's end");
+        let (legacy, stuck) = out.unwrap().unwrap();
+        assert_eq!(legacy.await.unwrap(), ());
+        assert!(matches!(stuck.await, Err(JoinError::ChildAborted)));
+    })
+    .await
+}
+
+/// The same for protected work, told "grace expired" as an adoptee of the nursery: a waker
+/// panicking at the first one told unwound the cascade, so the second was never told and
+/// waited for ever (and the panic came out of the nursery's future).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waker_panicking_at_protected_work_leaves_the_rest_of_the_cascade() {
+    use tokio_nursery::{Nursery, NurseryHandle, protect};
+
+    common::leak_checked(async move {
+        let run = Nursery::new().grace(ms(20)).run(
+            |n: NurseryHandle<tokio_nursery::Cancelled>| async move {
+                let (armed_tx, armed_rx) = tokio::sync::oneshot::channel();
+                let first = protect(async move {
+                    // Waits for "grace expired" through a waker that panics when woken.
+                    let mut wait = Box::pin(cancelled());
+                    let waker = Waker::from(Arc::new(PanicsOnWake));
+                    assert!(
+                        wait.as_mut()
+                            .poll(&mut Context::from_waker(&waker))
+                            .is_pending()
+                    );
+                    armed_tx.send(()).unwrap();
+                    // Kept registered (never polled again) while a second wait, on the
+                    // task's own waker, ends the work once told.
+                    let told = cancelled().await;
+                    drop(wait);
+                    told
+                });
+                armed_rx.await.unwrap();
+                let second = protect(async { cancelled().await });
+                n.cancel();
+                let (first, second) = tokio::join!(first, second);
+                Ok((first.reason().clone(), second.reason().clone()))
+            },
+        );
+        let out = tokio::time::timeout(common::HANG_BOUND, run)
+            .await
+            .expect("both protected works were told");
+        let (first, second) = out.unwrap().unwrap();
+        assert!(
+            matches!(first, tokio_nursery::CancelReason::GraceExpired),
+            "{first}"
+        );
+        assert!(
+            matches!(second, tokio_nursery::CancelReason::GraceExpired),
+            "{second}"
+        );
+    })
+    .await
+}

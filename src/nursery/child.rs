@@ -81,7 +81,11 @@ impl<E, O: ?Sized> ChildCell<E, O> {
         if !node.defer_if_exempt() {
             return false;
         }
-        node.cancel(CancelReason::GraceExpired);
+        // Part of an abort of many children, a cascade: a waker's panic must not stop it.
+        super::catch_waker_panic(
+            || "when a child running a parallel scope was told to stop".into(),
+            || node.cancel(CancelReason::GraceExpired),
+        );
         true
     }
 

@@ -486,7 +486,7 @@ pub(crate) fn report_default(report: &Report<'_>) {
     report::deliver(None, report);
 }
 
-pub(crate) use report::drop_quietly;
+pub(crate) use report::{catch_waker_panic, drop_quietly};
 
 /// Spawns a child's task, under a `child` span parented to its nursery's span when a
 /// subscriber listens (SPEC O1); otherwise the task is the bare wrapper, with no span stored.
@@ -712,6 +712,10 @@ impl<E> Stopper<E> {
     /// Aborts an async child (true; one still being spawned is aborted by its spawner,
     /// registry invariant N-3); a blocking one needs [`tell`](Self::tell), outside any
     /// lock (it runs wakers).
+    ///
+    /// Neither this (`ChildCell::abort_put_off`) nor `tell` unwinds: a waker panicking at
+    /// the cancellation either makes must not leave the children after this one running
+    /// (`catch_waker_panic`).
     fn abort(&self) -> bool {
         match self {
             // One running a parallel borrowing scope is told "grace expired" instead, and
@@ -727,7 +731,12 @@ impl<E> Stopper<E> {
     /// Tells a blocking child, which cannot be aborted, to stop (SPEC N16).
     fn tell(&self, reason: CancelReason) {
         match self {
-            Stopper::Blocking(child) => child.node.cancel(reason),
+            Stopper::Blocking(child) => {
+                catch_waker_panic(
+                    || "when a blocking child was told to stop".into(),
+                    || child.node.cancel(reason),
+                );
+            }
             // Already told "grace expired" when its abort was put off.
             Stopper::Task(_) => {}
         }

@@ -12,8 +12,8 @@ use std::task::{Context, Poll};
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
-use super::nearest_adopter;
 use super::report::Origin;
+use super::{catch_waker_panic, nearest_adopter};
 use crate::context::{self, FrameKind};
 use crate::executor::TaskLabel;
 use crate::node::{Node, ScopeId};
@@ -115,7 +115,11 @@ impl StopAll for Shielded {
     /// an abort-mode drop (SPEC C1): nothing to name.
     fn stop_all(&self, grace_expired: bool) -> Vec<String> {
         if grace_expired {
-            self.0.cancel(CancelReason::GraceExpired);
+            // Part of a cascade: a waker's panic must not stop it (`catch_waker_panic`).
+            catch_waker_panic(
+                || "when protected work was told a grace period ran out".into(),
+                || self.0.cancel(CancelReason::GraceExpired),
+            );
         }
         Vec::new()
     }

@@ -342,6 +342,31 @@ pub(crate) fn deliver(hook: Option<&ReportHook>, report: &Report<'_>) {
     }
 }
 
+/// Runs `step`, a step of work the crate does on nobody's behalf (firing a deadline,
+/// stopping one child of many at a grace's end or an abort): a panic there comes from a
+/// user's waker (a cancellation calls every waker, then re-raises the first panic) and has
+/// no caller to go to. It is caught, so that the steps after this one still happen, and a
+/// line on stderr says where it happened. `None` if it panicked.
+pub(crate) fn catch_waker_panic<R>(
+    during: impl FnOnce() -> String,
+    step: impl FnOnce() -> R,
+) -> Option<R> {
+    match catch_unwind(AssertUnwindSafe(step)) {
+        Ok(value) => Some(value),
+        Err(payload) => {
+            let why = panic_message(&*payload).unwrap_or("a payload that is not a string");
+            // Not `eprintln!`: it panics when stderr is closed.
+            let _ = writeln!(
+                std::io::stderr(),
+                "tokio-nursery: a waker panicked {} ({why}); the crate's work went on",
+                during()
+            );
+            drop_quietly(payload);
+            None
+        }
+    }
+}
+
 /// Drops `value`, catching a panic in its destructor (a user's error or panic payload): used
 /// where a panic is about to be resumed, so a second one would abort the process, or inside
 /// a child's task. The destructor's own payload is leaked, not dropped, since dropping it
