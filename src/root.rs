@@ -292,7 +292,12 @@ impl Root {
                     if received == 1 && !main_returned.load(Ordering::Acquire) {
                         #[cfg(feature = "tracing")]
                         tracing::info!("shutdown signal: cancelling everything");
-                        handle.scope().cancel_because(CancelReason::Shutdown);
+                        // The signal's work, on nobody's behalf: a waker's panic at this
+                        // cancellation must not cost the grace and the reports.
+                        crate::nursery::catch_waker_panic(
+                            || "when a shutdown signal cancelled everything".into(),
+                            || handle.scope().cancel_because(CancelReason::Shutdown),
+                        );
                         grace = Some(Box::pin(tokio::time::sleep(self.grace)));
                     } else {
                         // A second signal, or one after `main` returned (the shutdown had

@@ -244,3 +244,48 @@ fn n13_the_root_does_not_drop_main_while_a_parallel_scope_runs_in_it() {
         "the child still running past the root's grace was not aborted (SPEC N7's cascade)"
     );
 }
+
+/// Was (review round 18): a waker panicking at the shutdown's cancellation (re-raised by
+/// the cancellation once every waker was called) unwound the root's signal handling: no
+/// grace, and the panic came out of `Root::run` instead of the shutdown's outcome. The
+/// signal's work now goes on (a line on stderr says a waker panicked).
+#[test]
+fn n13_a_waker_panicking_at_the_shutdowns_cancellation_does_not_cut_the_shutdown() {
+    use std::future::Future;
+    use std::task::{Context, Wake, Waker};
+
+    struct PanicsOnWake;
+    impl Wake for PanicsOnWake {
+        fn wake(self: Arc<Self>) {
+            panic!("this waker panics when woken");
+        }
+    }
+
+    let _one = ONE_ROOT.lock().unwrap_or_else(|e| e.into_inner());
+    let reports = Arc::new(Mutex::new(Vec::new()));
+    let hook = reports_of(reports.clone());
+    let out = within_hang_bound(move || {
+        signalled_root(Duration::from_millis(50))
+            .on_report(hook)
+            .run(|_root: NurseryHandle<Cancelled>| async move {
+                // Registered with the root's scope, never polled again.
+                let mut wait = Box::pin(cancelled());
+                let waker = Waker::from(Arc::new(PanicsOnWake));
+                assert!(
+                    wait.as_mut()
+                        .poll(&mut Context::from_waker(&waker))
+                        .is_pending()
+                );
+                tokio::task::yield_now().await;
+                signal_self("TERM");
+                let cancelled = cancelled().await;
+                assert!(matches!(cancelled.reason(), CancelReason::Shutdown));
+                drop(wait);
+                // Ignores the shutdown: not a cancellation point.
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok::<_, Cancelled>(())
+            })
+    });
+    assert!(matches!(out, Ok(None)), "{out:?}");
+    assert_eq!(*reports.lock().unwrap(), [vec!["main".to_string()]]);
+}
