@@ -125,8 +125,7 @@ const ENDED: u8 = 32;
 /// unobserved-cancellation warning).
 const OBSERVED: u8 = 64;
 /// The nursery owning the scope is past its grace period (SPEC N7): a nursery made below it
-/// afterwards starts past it too. Kept once the scope ends; set as it ends on a scope that
-/// inherited such a mark (see `Node::is_past_grace`).
+/// afterwards starts past it too. Kept once the scope ends (see `Node::is_past_grace`).
 const PAST_GRACE: u8 = 128;
 
 const CANCELLED: u8 = OWN | INHERITED;
@@ -168,6 +167,10 @@ struct Cold {
     /// The scope an inherited cancellation came from, kept when the scope ended (it then
     /// leaves its parent, so `origin` cannot walk there any more).
     frozen_origin: Option<Arc<Node>>,
+    /// The scope ended while an ancestor it inherited from was past its nursery's grace
+    /// period (SPEC N7), kept for `is_past_grace` as `frozen_origin` is for `origin`. Not
+    /// the `PAST_GRACE` bit, which says that the scope's own nursery's grace ran out.
+    frozen_past_grace: bool,
     /// Parallel borrowing scopes running under this scope in its task (SPEC B2): while
     /// non-zero, the crate neither aborts the task nor lets a hard scope drop its body.
     exempt: usize,
@@ -612,9 +615,19 @@ impl Node {
             if bits & INHERITED == 0 {
                 return false; // shielded, or cancelled itself and nothing above is seen
             }
-            match scope.parent() {
-                Some(parent) => scope = parent,
-                None => return false,
+            let inner = lock(&scope.inner);
+            match inner.parent.clone() {
+                Some(parent) => {
+                    drop(inner);
+                    scope = parent;
+                }
+                // An ended scope answers as it did when it ended.
+                None => {
+                    return inner
+                        .cold
+                        .as_ref()
+                        .is_some_and(|cold| cold.frozen_past_grace);
+                }
             }
         }
     }
@@ -1045,12 +1058,10 @@ impl Node {
         if frozen.is_some() {
             inner.cold().frozen_origin = frozen;
         }
-        let extra = match (caught, past_grace) {
-            (true, true) => ENDED | CAUGHT | PAST_GRACE,
-            (true, false) => ENDED | CAUGHT,
-            (false, true) => ENDED | PAST_GRACE,
-            (false, false) => ENDED,
-        };
+        if past_grace {
+            inner.cold().frozen_past_grace = true;
+        }
+        let extra = if caught { ENDED | CAUGHT } else { ENDED };
         self.state.fetch_or(extra, Ordering::AcqRel);
         let armed = inner.take_armed();
         if let (Some(timer), Some(key)) = (inner.timer.take(), armed) {
