@@ -277,7 +277,11 @@
 //! until its children have returned, so they get to clean up (Trio's rule). A child that
 //! never reaches a cancellation point holds the nursery up: give the nursery a
 //! [`grace`](crate::Nursery::grace) period, after which such children are aborted
-//! ([chapter 8](super::ch08_task_tree)).
+//! ([chapter 8](super::ch08_task_tree)). Past that grace the abort cascades to every
+//! nursery running inside this one, whatever its drop mode: those in its body and in its
+//! children, those made there later (they abort their children as they start), those
+//! exposed later by a lowered shield. Shielded scopes of the body (cleanups) and protected work
+//! ([chapter 6](super::ch06_protected_work)) are left to finish.
 //!
 //! What if the nursery's own *future* is dropped before it finished? That is the next
 //! chapter.
