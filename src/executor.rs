@@ -341,6 +341,7 @@ fn adopt(scope: Option<Arc<Node>>, runtime: &Handle, task: Task, closed: bool) {
     label_node.attach(Arc::new(TaskLabel {
         kind: "executor task",
         task: join.id(),
+        protected: false,
     }));
     stopper.started(join.abort_handle(), aborted);
 }
@@ -491,6 +492,10 @@ impl StopAll for Stopper {
 pub(crate) struct TaskLabel {
     pub(crate) kind: &'static str,
     pub(crate) task: tokio::task::Id,
+    /// Protected work (SPEC C1): the abort cascade past a grace period stops at its scope,
+    /// even with its shield lowered (it is told as an adoptee; what runs inside it is not
+    /// cut short).
+    pub(crate) protected: bool,
 }
 
 impl Attachment for TaskLabel {
@@ -504,5 +509,9 @@ impl Attachment for TaskLabel {
             name: None,
             detail: Some(format!("task {}", self.task)),
         }
+    }
+
+    fn grace_expired_above(&self) -> Option<Vec<String>> {
+        self.protected.then(Vec::new)
     }
 }

@@ -745,16 +745,23 @@ impl Node {
     /// Marks the scope cancelled with `reason` (the first reason wins) and propagates.
     pub(crate) fn cancel(self: &Arc<Self>, reason: CancelReason) {
         let inner = lock(&self.inner);
-        self.cancel_locked(inner, reason, None);
+        let became_cancelled = self.cancel_locked(inner, reason, None);
+        // A nursery past its grace whose cancellation a shield of its own had lifted is
+        // cancelled again (SPEC N7): what was made in it meanwhile is past that grace now.
+        if became_cancelled && self.bits() & PAST_GRACE != 0 {
+            self.catch_up_with_grace("cancel");
+        }
     }
 
     /// Cancels with `reason`, recording `at` (else now) as the time of the cancellation.
+    /// True if the scope was not cancelled before.
     fn cancel_locked(
         &self,
         mut inner: MutexGuard<'_, Inner>,
         reason: CancelReason,
         at: Option<Instant>,
-    ) {
+    ) -> bool {
+        let was_cancelled = self.is_cancelled();
         if inner.reason().is_none() {
             // SPEC O1: every cancellation, with its reason, whoever asked for it (a handle,
             // a sibling's failure, a drop, a grace period). A deadline fired by the service
@@ -776,14 +783,16 @@ impl Node {
         let fallout = self.set_bits(&mut inner, |bits| bits | OWN);
         drop(inner);
         fallout.finish();
+        !was_cancelled
     }
 
     /// Raises or lowers the shield (SPEC S8) and propagates the change. Lowering it under a
-    /// nursery past its grace period exposes the scope to that expiry as well (N7): the
-    /// nurseries in it have their grace expire now, as the cascade would have done had the
-    /// shield been down then.
+    /// nursery past its grace period (or on such a nursery's own scope) exposes the scope
+    /// to that expiry as well (N7): the nurseries in it have their grace expire now, as the
+    /// cascade would have done had the shield been down then.
     pub(crate) fn set_shield(self: &Arc<Self>, shield: bool) {
         let mut inner = lock(&self.inner);
+        let inherited_before = self.bits() & INHERITED != 0;
         let fallout = self.set_bits(&mut inner, |bits| {
             if shield {
                 bits | SHIELD
@@ -791,23 +800,36 @@ impl Node {
                 bits & !SHIELD
             }
         });
+        let exposed = !inherited_before && self.bits() & INHERITED != 0;
         drop(inner);
         fallout.finish();
-        let exposed = !shield && self.bits() & INHERITED != 0;
-        if exposed && self.parent().is_some_and(|parent| parent.is_past_grace()) {
-            let aborted = Node::cascade_past_grace(vec![self.clone()]);
-            #[cfg(feature = "tracing")]
-            if !aborted.is_empty() {
-                tracing::warn!(
-                    scope = %self.id,
-                    children = %aborted.join(", "),
-                    shield_lowered = true,
-                    "grace period expired: children aborted"
-                );
-            }
-            #[cfg(not(feature = "tracing"))]
-            drop(aborted);
+        if exposed && self.is_past_grace() {
+            self.catch_up_with_grace("shield lowered");
         }
+    }
+
+    /// The scope met an expired grace period late (SPEC N7), by `how`: a shield lowered
+    /// under a nursery past its grace, or such a nursery cancelled again. The cascade runs
+    /// from here down, and a warn-level event names the children it aborts.
+    fn catch_up_with_grace(self: &Arc<Self>, how: &'static str) {
+        // This scope itself even if shielded (a nursery cancelled again under its own
+        // shield): the shield keeps out its ancestors, not its own expiry.
+        let attachment = self.attachment();
+        let aborted = match attachment.and_then(|owner| owner.grace_expired_above()) {
+            Some(names) => names,
+            None => Node::cascade_past_grace(self.children()),
+        };
+        #[cfg(feature = "tracing")]
+        if !aborted.is_empty() {
+            tracing::warn!(
+                scope = %self.id,
+                children = %aborted.join(", "),
+                exposed_by = how,
+                "grace period expired: children aborted"
+            );
+        }
+        #[cfg(not(feature = "tracing"))]
+        let _ = (aborted, how);
     }
 
     /// Applies `change` to the state bits, recomputes `INHERITED` from the parent

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use tokio_nursery::{
-    CancelScope, Cancelled, JoinError, Nursery, NurseryHandle, carry_scope, current_scope,
+    CancelScope, Cancelled, JoinError, Nursery, NurseryHandle, carry_scope, current_scope, protect,
 };
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -237,7 +237,8 @@ async fn n07_a_shield_lowered_past_the_grace_exposes_the_scope_on_multi_thread()
                     Ok(Some(Some(handle))) => handle,
                     other => panic!("{other:?}"),
                 };
-                assert!(matches!(handle.await, Err(JoinError::ChildAborted)));
+                let joined = handle.await;
+                assert!(matches!(joined, Err(JoinError::ChildAborted)), "{joined:?}");
                 Ok(())
             });
         // A regression would hold the nursery for an hour: bounded.
@@ -245,6 +246,177 @@ async fn n07_a_shield_lowered_past_the_grace_exposes_the_scope_on_multi_thread()
             .await
             .expect("the stuck child was aborted");
         assert!(out.is_ok(), "{out:?}");
+    })
+    .await
+}
+
+/// Review round 18: a nursery past its grace, cancelled only through an enclosing scope,
+/// raises its own shield (it is not cancelled any more) and makes M in its body; lowering
+/// the shield again exposes M to the expired grace (the lowering asked only the scope's
+/// ancestors, not its own mark, and M's stuck child ran for an hour). Cancelling the
+/// nursery again instead does the same.
+#[tokio::test(start_paused = true)]
+async fn n07_a_nursery_past_its_grace_that_exposes_itself_again_reaches_what_it_made_since() {
+    common::leak_checked(async move {
+        for lower in [true, false] {
+            let start = Instant::now();
+            let outer = CancelScope::new();
+            let o = outer.handle();
+            let out = outer
+                .run(async move {
+                    Nursery::new()
+                        .grace(ms(20))
+                        .run(|a: NurseryHandle<Cancelled>| async move {
+                            o.cancel(); // A inherits the cancellation
+                            tokio::time::sleep(ms(50)).await; // past A's grace
+                            a.scope().set_shield(true);
+                            assert!(!current_scope().unwrap().is_cancelled());
+                            let m = Nursery::new().run(|m: NurseryHandle<Cancelled>| async move {
+                                Ok(m.spawn_named("late", stuck()))
+                            });
+                            let expose = async {
+                                tokio::time::sleep(ms(10)).await;
+                                match lower {
+                                    true => a.scope().set_shield(false),
+                                    false => a.cancel(),
+                                }
+                                assert!(current_scope().unwrap().is_cancelled());
+                            };
+                            let (m, ()) = tokio::join!(m, expose);
+                            let joined = m.unwrap().unwrap().await;
+                            assert!(
+                                matches!(joined, Err(JoinError::ChildAborted)),
+                                "lowered: {lower}: {joined:?}"
+                            );
+                            Ok(())
+                        })
+                        .await
+                })
+                .await;
+            assert!(out.is_ok(), "{out:?}");
+            assert_eq!(start.elapsed(), ms(60), "lowered: {lower}");
+        }
+    })
+    .await
+}
+
+/// Review round 18: protected work that lowers its own shield under a nursery past its
+/// grace is cancelled by it, but what runs inside it is not cut short (SPEC C1): the
+/// cascade stops at protected work, as it does when it comes from above.
+#[tokio::test(start_paused = true)]
+async fn n07_protected_work_lowering_its_own_shield_is_not_cut_short() {
+    common::leak_checked(async move {
+        let out = Nursery::new()
+            .grace(ms(20))
+            .run(|a: NurseryHandle<Cancelled>| async move {
+                a.cancel();
+                let work = protect(async {
+                    let scope = current_scope().unwrap();
+                    assert!(scope.is_shielded());
+                    let k = Nursery::new().run(|k: NurseryHandle<Cancelled>| async move {
+                        Ok(k.spawn_named("flush", async {
+                            tokio::time::sleep(ms(100)).await; // not a point
+                            Ok::<_, Cancelled>(5)
+                        }))
+                    });
+                    let lower = async {
+                        tokio::time::sleep(ms(50)).await; // past A's grace
+                        scope.set_shield(false);
+                    };
+                    let (k, ()) = tokio::join!(k, lower);
+                    k.unwrap().unwrap().await
+                });
+                assert_eq!(work.await.unwrap(), 5);
+                Ok(())
+            })
+            .await;
+        assert!(out.is_ok(), "{out:?}");
+    })
+    .await
+}
+
+/// Review round 18 (failed on the first version of this file's fixes, which kept an
+/// inherited mark in the ended scope's `PAST_GRACE` bit, the bit that also makes a
+/// nursery's own expiry happen once): K, a wait-mode nursery with a grace of its own, is
+/// cancelled when A's shield is lowered (at 60 ms; A is past its grace, K was made while
+/// A was shielded), dropped at 75 ms and adopted. Its own grace still aborts its child, at
+/// 80 ms at the latest (it aborted nothing, and the child ran for an hour).
+#[tokio::test(start_paused = true)]
+async fn n07_a_dropped_nursery_ending_under_an_expired_grace_still_aborts_its_children() {
+    common::leak_checked(async move {
+        let start = Instant::now();
+        let outer = CancelScope::new();
+        let o = outer.handle();
+        let _ = outer
+            .run(async move {
+                Nursery::new()
+                    .grace(ms(20))
+                    .run(|a: NurseryHandle<Cancelled>| async move {
+                        o.cancel();
+                        tokio::time::sleep(ms(50)).await; // past A's grace
+                        a.scope().set_shield(true);
+                        let m = Nursery::new().run(|_m: NurseryHandle<Cancelled>| async move {
+                            let k = Nursery::new().grace(ms(20)).run(
+                                |k: NurseryHandle<Cancelled>| async move {
+                                    k.spawn_named("k-stuck", stuck());
+                                    std::future::pending::<()>().await;
+                                    Ok(())
+                                },
+                            );
+                            let _ = tokio::time::timeout(ms(25), k).await; // dropped at 75
+                            Ok(())
+                        });
+                        let lower = async {
+                            tokio::time::sleep(ms(10)).await;
+                            a.scope().set_shield(false);
+                        };
+                        let (m, ()) = tokio::join!(m, lower);
+                        assert!(m.is_ok(), "{m:?}");
+                        Ok(())
+                    })
+                    .await
+            })
+            .await;
+        assert!(start.elapsed() <= ms(80), "{:?}", start.elapsed());
+    })
+    .await
+}
+
+/// An ended scope no longer follows its ancestors (S14): one that ended before its
+/// nursery's grace ran out is not past that grace, and neither is a nursery carried out of
+/// it. The nursery is cancelled (the ended scope keeps the cancellation it inherited) and
+/// waits for its child, which reaches no cancellation point.
+#[tokio::test(start_paused = true)]
+async fn n07_a_nursery_carried_out_of_a_scope_ended_before_the_grace_is_only_cancelled() {
+    common::leak_checked(async move {
+        let start = Instant::now();
+        let out = Nursery::new()
+            .grace(ms(20))
+            .run(|a: NurseryHandle<Cancelled>| async move {
+                a.cancel();
+                let late = CancelScope::new()
+                    .run(async {
+                        tokio::time::sleep(ms(10)).await; // before A's grace runs out
+                        Ok::<_, Cancelled>(carry_scope(Nursery::new().run(
+                            |n: NurseryHandle<Cancelled>| async move {
+                                assert!(tokio_nursery::is_cancelled());
+                                Ok(n.spawn(async {
+                                    tokio::time::sleep(ms(100)).await; // not a point
+                                    Ok::<_, Cancelled>(7)
+                                }))
+                            },
+                        )))
+                    })
+                    .await;
+                let late = late.unwrap().unwrap();
+                tokio::time::sleep(ms(40)).await; // A's grace ran out at 20 ms
+                let handle = late.await.unwrap().unwrap();
+                assert_eq!(handle.await.unwrap(), 7);
+                Ok(())
+            })
+            .await;
+        assert!(out.is_ok(), "{out:?}");
+        assert_eq!(start.elapsed(), ms(150));
     })
     .await
 }

@@ -116,6 +116,10 @@ impl ChildInfo for BlockingChild {
         self.node.cancel(CancelReason::Explicit(None));
         false
     }
+
+    fn has_ended(&self) -> bool {
+        self.node.is_ended()
+    }
 }
 
 /// A blocking child that waited for a slot: the state its async task and its handle's
@@ -146,6 +150,10 @@ impl ChildInfo for Queued {
         self.state
             .compare_exchange(WAITING, ABORTED, Ordering::AcqRel, Ordering::Acquire)
             .is_err()
+    }
+
+    fn has_ended(&self) -> bool {
+        self.child.has_ended()
     }
 }
 

@@ -114,6 +114,9 @@ pub(crate) trait ChildInfo: Send + Sync {
     fn abort_put_off(&self) -> bool {
         false
     }
+    /// Whether the child has ended (its nursery counts it finished, or is about to): its
+    /// outcome is on its way to its handle, if not there yet.
+    fn has_ended(&self) -> bool;
 }
 
 impl<E: Send + 'static, O: ?Sized + Send + Sync> ChildInfo for ChildCell<E, O> {
@@ -129,6 +132,10 @@ impl<E: Send + 'static, O: ?Sized + Send + Sync> ChildInfo for ChildCell<E, O> {
 
     fn abort_put_off(&self) -> bool {
         ChildCell::abort_put_off(self)
+    }
+
+    fn has_ended(&self) -> bool {
+        self.scope.has_ended()
     }
 }
 
@@ -779,6 +786,14 @@ impl<T> Future for ChildHandle<T> {
         // Only on the way to waiting: a child waiting for itself would never wake.
         if tokio::task::try_id() == Some(this.id()) {
             panic!("tokio-nursery: a child awaited its own handle (it would never finish)");
+        }
+        // A child that has ended has its outcome on the way (its nursery counts it finished
+        // just before the outcome reaches the handle; on another worker the nursery may have
+        // returned in between): that wait is not a cancellation point, or the awaiting code
+        // would lose the outcome to a `Cancelled` saying the child keeps running. The
+        // outcome's arrival wakes `cx`, left by the poll above.
+        if this.info().has_ended() {
+            return Poll::Pending;
         }
         this.waiter
             .poll_cancelled(cx)

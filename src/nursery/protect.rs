@@ -232,6 +232,7 @@ where
     node.attach(Arc::new(TaskLabel {
         kind: "protected work",
         task: join.id(),
+        protected: true,
     }));
     Protected { join, panic }
 }
