@@ -438,6 +438,15 @@ fn local_origin(scope: ScopeId) -> Origin {
 /// `mem::forget` after a poll leaves them unpolled and undropped for good, so nothing of
 /// theirs runs after the leak (their borrows stay sound).
 ///
+/// The future is never `Send`, even when every child is: the scope keeps its children in
+/// single-threaded shared state (`Rc`, `RefCell`), which is what makes a child cost one
+/// allocation. Await it where a `!Send` future may run: `#[tokio::main]`'s or
+/// `block_on`'s body, [`tokio::task::spawn_local`] on a `LocalSet` or a `LocalRuntime`,
+/// or a nursery's [`spawn_local`](crate::NurseryHandle::spawn_local) child. Inside a task
+/// that must be `Send` (`tokio::spawn`, a nursery's `spawn`, most servers' request
+/// handlers) use [`parallel_scope`](crate::parallel_scope), which blocks a worker thread,
+/// or `'static` children of a [`Nursery`](crate::Nursery) sharing data through an `Arc`.
+///
 /// ```
 /// use tokio_nursery::{local_scope, Cancelled};
 ///

@@ -523,7 +523,9 @@ impl Drop for ShutdownSentinel {
 /// reference cycle, a task that is never polled to its end and never dropped) **nor dropped
 /// before it completed**, and **its runtime must not be shut down** while it runs.
 ///
-/// Dropped before completion includes losing a `select!`, a timeout around it, and its task
+/// Dropped before completion includes losing a `select!`, a timeout around it,
+/// [`.cancellable()`](crate::CancellableExt::cancellable) around it (it drops its future
+/// when the scope is cancelled: that is what it is for), and its task
 /// being aborted by `JoinHandle::abort` or by tokio at runtime shutdown. The crate itself
 /// never drops it early: while it runs, the task awaiting it is exempt from the crate's
 /// aborts ([`ChildHandle::abort`], [`DropMode::Abort`](crate::DropMode::Abort), a grace

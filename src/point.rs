@@ -185,7 +185,11 @@ pub trait CancellableExt: Future + Sized {
     /// Runs this future until it completes or the current scope is cancelled; on
     /// cancellation the future is dropped where it is parked (your explicit choice) and
     /// `Err(Cancelled)` is returned. If the scope is already cancelled, the future is not
-    /// polled at all (a `recv()` made cancellable takes no message then).
+    /// polled at all (a `recv()` made cancellable takes no message then). Use it on
+    /// cancel-safe futures only; never around a
+    /// [`parallel_scope_async`](crate::parallel_scope_async) future, which must not be
+    /// dropped before it completes (a hard scope, [`CancelScope::hard`](crate::CancelScope::hard),
+    /// puts its drop off until then).
     ///
     /// ```
     /// use tokio_nursery::{move_on_after, CancellableExt, Cancelled};

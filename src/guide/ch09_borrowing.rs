@@ -10,7 +10,7 @@
 //!
 //! | you need | use |
 //! |---|---|
-//! | concurrency + borrowing | [`local_scope`](crate::local_scope): children polled inside the caller's task |
+//! | concurrency + borrowing | [`local_scope`](crate::local_scope): children polled inside the caller's task (its future is not `Send`) |
 //! | parallelism + borrowing | [`parallel_scope`](crate::parallel_scope): blocks the calling thread until the children are done |
 //! | concurrency + parallelism | a [`Nursery`](crate::Nursery): `'static` children |
 //!
@@ -22,7 +22,10 @@
 //!
 //! [`local_scope`](crate::local_scope) polls its children inside the caller's own future, so
 //! they may borrow anything that outlives the scope and need not be `Send`. Below they share
-//! a borrowed slice and a `RefCell` on the caller's stack.
+//! a borrowed slice and a `RefCell` on the caller's stack. The scope's own future is never
+//! `Send` (it keeps its children in `Rc`s): it runs where a `!Send` future may, such as
+//! `main`'s body, a `LocalSet` or a `spawn_local` child, not inside `tokio::spawn` or a
+//! nursery's `spawn`; there, use `parallel_scope` or `'static` children.
 //!
 //! ```
 //! use std::cell::RefCell;
