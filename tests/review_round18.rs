@@ -4,8 +4,8 @@
 mod common;
 
 use std::future::Future;
-use std::sync::Arc;
-use std::task::{Context, Wake, Waker};
+
+use std::task::{Context, Waker};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -13,15 +13,6 @@ use tokio_nursery::{CancelScope, cancelled};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
-}
-
-/// A waker whose wake panics.
-struct PanicsOnWake;
-
-impl Wake for PanicsOnWake {
-    fn wake(self: Arc<Self>) {
-        panic!("this waker panics when woken");
-    }
 }
 
 /// Was: the deadline service fires due deadlines one after the other in its own task; a
@@ -36,9 +27,7 @@ async fn a_waker_panicking_at_a_deadline_loses_no_other_deadline() {
         let at = start + ms(10);
         // A scope whose cancellation is awaited through a waker that panics.
         let mut doomed = Box::pin(CancelScope::new().with_deadline(at).run(async {
-            let mut wait = Box::pin(cancelled());
-            let waker = Waker::from(Arc::new(PanicsOnWake));
-            let _ = wait.as_mut().poll(&mut Context::from_waker(&waker));
+            let _wait = common::wakers::wait_with_panicking_waker(cancelled());
             std::future::pending::<Result<(), tokio_nursery::Cancelled>>().await
         }));
         assert!(
@@ -88,13 +77,7 @@ async fn a_waker_panicking_at_a_grace_expiry_leaves_no_child_running() {
                     let scope = ctx.scope();
                     scope.set_shield(true);
                     let token = scope.cancellation_token();
-                    let mut wait = Box::pin(token.cancelled_owned());
-                    let waker = Waker::from(Arc::new(PanicsOnWake));
-                    assert!(
-                        wait.as_mut()
-                            .poll(&mut Context::from_waker(&waker))
-                            .is_pending()
-                    );
+                    let _wait = common::wakers::wait_with_panicking_waker(token.cancelled_owned());
                     armed_tx.send(()).unwrap();
                     while !ctx.grace_expired() {
                         std::thread::sleep(ms(1));
@@ -135,13 +118,7 @@ async fn a_waker_panicking_at_protected_work_leaves_the_rest_of_the_cascade() {
                 let (armed_tx, armed_rx) = tokio::sync::oneshot::channel();
                 let first = protect(async move {
                     // Waits for "grace expired" through a waker that panics when woken.
-                    let mut wait = Box::pin(cancelled());
-                    let waker = Waker::from(Arc::new(PanicsOnWake));
-                    assert!(
-                        wait.as_mut()
-                            .poll(&mut Context::from_waker(&waker))
-                            .is_pending()
-                    );
+                    let wait = common::wakers::wait_with_panicking_waker(cancelled());
                     armed_tx.send(()).unwrap();
                     // Kept registered (never polled again) while a second wait, on the
                     // task's own waker, ends the work once told.

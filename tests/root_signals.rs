@@ -251,16 +251,6 @@ fn n13_the_root_does_not_drop_main_while_a_parallel_scope_runs_in_it() {
 /// signal's work now goes on (a line on stderr says a waker panicked).
 #[test]
 fn n13_a_waker_panicking_at_the_shutdowns_cancellation_does_not_cut_the_shutdown() {
-    use std::future::Future;
-    use std::task::{Context, Wake, Waker};
-
-    struct PanicsOnWake;
-    impl Wake for PanicsOnWake {
-        fn wake(self: Arc<Self>) {
-            panic!("this waker panics when woken");
-        }
-    }
-
     let _one = ONE_ROOT.lock().unwrap_or_else(|e| e.into_inner());
     let reports = Arc::new(Mutex::new(Vec::new()));
     let hook = reports_of(reports.clone());
@@ -269,13 +259,7 @@ fn n13_a_waker_panicking_at_the_shutdowns_cancellation_does_not_cut_the_shutdown
             .on_report(hook)
             .run(|_root: NurseryHandle<Cancelled>| async move {
                 // Registered with the root's scope, never polled again.
-                let mut wait = Box::pin(cancelled());
-                let waker = Waker::from(Arc::new(PanicsOnWake));
-                assert!(
-                    wait.as_mut()
-                        .poll(&mut Context::from_waker(&waker))
-                        .is_pending()
-                );
+                let wait = common::wakers::wait_with_panicking_waker(cancelled());
                 tokio::task::yield_now().await;
                 signal_self("TERM");
                 let cancelled = cancelled().await;

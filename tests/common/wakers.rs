@@ -1,10 +1,14 @@
 //! Wakers that run a test's code inside the crate: [`runs_at_clone`] runs it when the
 //! waker is cloned, which the crate does while it keeps a waker (DESIGN invariant 5: never
 //! under one of its locks). tests/review_round16_slots.rs, tests/review_round17_wakers.rs.
+//! [`wait_with_panicking_waker`] leaves a waker that panics when woken with a future that
+//! waits for a cancellation (tests/review_round18.rs, tests/root_signals.rs).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{RawWaker, RawWakerVTable, Waker};
+use std::task::{Context, RawWaker, RawWakerVTable, Wake, Waker};
 
 /// A waker's shared state: runs its code at its `at`th clone; its wakes do nothing.
 pub struct RunsAtClone {
@@ -64,4 +68,23 @@ pub fn runs_at_clone(at: usize, code: impl FnOnce() + Send + 'static) -> (Arc<Ru
     // SAFETY: the vtable treats `data` as one count of an `Arc<RunsAtClone>`, as made here.
     let waker = unsafe { Waker::from_raw(RawWaker::new(data, &RUNS_AT_CLONE)) };
     (this, waker)
+}
+
+/// A waker whose wake panics.
+struct PanicsOnWake;
+
+impl Wake for PanicsOnWake {
+    fn wake(self: Arc<Self>) {
+        panic!("this waker panics when woken");
+    }
+}
+
+/// Polls `wait` once with a waker that panics when woken, asserts that it is pending, and
+/// returns it: keep it (unpolled) for as long as the waker must stay registered.
+pub fn wait_with_panicking_waker<F: Future>(wait: F) -> Pin<Box<F>> {
+    let mut wait = Box::pin(wait);
+    let waker = Waker::from(Arc::new(PanicsOnWake));
+    let polled = wait.as_mut().poll(&mut Context::from_waker(&waker));
+    assert!(polled.is_pending(), "the wait is pending");
+    wait
 }
