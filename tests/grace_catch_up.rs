@@ -65,51 +65,56 @@ async fn n07_a_nursery_carried_out_of_a_scope_ended_past_the_grace_starts_past_i
     .await
 }
 
+/// Runs nursery A with `grace`, cancelled at once; its body runs nursery K in a shielded
+/// scope, K's child sleeps for `child_sleeps` (no cancellation point) and returns 7, and the
+/// shield is lowered at 50 ms. Returns the child's outcome, as its handle gives it once K
+/// returned, and when A returned.
+async fn lower_a_shield_at_50ms(
+    grace: Duration,
+    child_sleeps: Duration,
+) -> (Result<u32, JoinError>, Duration) {
+    let start = Instant::now();
+    let out = Nursery::new()
+        .grace(grace)
+        .run(|a: NurseryHandle<Cancelled>| async move {
+            a.cancel();
+            let shielded = CancelScope::new().shielded();
+            let shield = shielded.handle();
+            let k = shielded.run(async {
+                Nursery::new()
+                    .run(|k: NurseryHandle<Cancelled>| async move {
+                        Ok(k.spawn_named("child", async move {
+                            tokio::time::sleep(child_sleeps).await; // not a point
+                            Ok::<_, Cancelled>(7)
+                        }))
+                    })
+                    .await
+            });
+            let lower = async {
+                tokio::time::sleep(ms(50)).await; // not a cancellation point
+                shield.set_shield(false);
+            };
+            let (k, ()) = tokio::join!(k, lower);
+            // K was cancelled by the exposure and did not absorb it (not its own).
+            let handle = match k {
+                Ok(Some(Some(handle))) => handle,
+                other => panic!("{other:?}"),
+            };
+            Ok(handle.await)
+        })
+        .await;
+    (out.unwrap().unwrap(), start.elapsed())
+}
+
 /// A scope whose shield is lowered after a nursery's grace ran out meets the expired grace
 /// then: the nurseries in it have their children aborted at once, as the cascade would
 /// have done had the shield been down at the expiry.
 #[tokio::test(start_paused = true)]
 async fn n07_a_shield_lowered_past_the_grace_exposes_the_scope_to_the_cascade() {
     common::leak_checked(async move {
-        let start = Instant::now();
-        let lowered_at = std::sync::Arc::new(std::sync::Mutex::new(None));
-        let seen = lowered_at.clone();
-        let out = Nursery::new()
-            .grace(ms(20))
-            .run(|a: NurseryHandle<Cancelled>| async move {
-                a.cancel();
-                let shielded = CancelScope::new().shielded();
-                let shield = shielded.handle();
-                let k = shielded.run(async {
-                    Nursery::new()
-                        .run(|k: NurseryHandle<Cancelled>| async move {
-                            Ok(k.spawn_named("stuck", stuck()))
-                        })
-                        .await
-                });
-                let lower = async {
-                    tokio::time::sleep(ms(50)).await; // not a cancellation point
-                    *seen.lock().unwrap() = Some(start.elapsed());
-                    shield.set_shield(false);
-                };
-                let (k, ()) = tokio::join!(k, lower);
-                // K was cancelled by the exposure and its child aborted: K reports the
-                // cancellation it saw, and the child's handle says aborted.
-                let handle = match k {
-                    Ok(Some(Some(handle))) => handle,
-                    other => panic!("{other:?}"),
-                };
-                assert!(matches!(handle.await, Err(JoinError::ChildAborted)));
-                Ok(())
-            })
-            .await;
-        assert!(out.is_ok(), "{out:?}");
-        assert_eq!(*lowered_at.lock().unwrap(), Some(ms(50)));
-        assert_eq!(
-            start.elapsed(),
-            ms(50),
-            "the stuck child was aborted at once"
-        );
+        let (joined, returned_at) = lower_a_shield_at_50ms(ms(20), HOUR).await;
+        assert!(matches!(joined, Err(JoinError::ChildAborted)), "{joined:?}");
+        assert_eq!(returned_at, ms(50), "the child was aborted at the lowering");
     })
     .await
 }
@@ -119,38 +124,9 @@ async fn n07_a_shield_lowered_past_the_grace_exposes_the_scope_to_the_cascade() 
 #[tokio::test(start_paused = true)]
 async fn n07_a_shield_lowered_before_the_grace_runs_out_only_cancels() {
     common::leak_checked(async move {
-        let start = Instant::now();
-        let out = Nursery::new()
-            .grace(ms(100))
-            .run(|a: NurseryHandle<Cancelled>| async move {
-                a.cancel();
-                let shielded = CancelScope::new().shielded();
-                let shield = shielded.handle();
-                let k = shielded.run(async {
-                    Nursery::new()
-                        .run(|k: NurseryHandle<Cancelled>| async move {
-                            Ok(k.spawn(async {
-                                tokio::time::sleep(ms(60)).await; // not a point
-                                Ok::<_, Cancelled>(7)
-                            }))
-                        })
-                        .await
-                });
-                let lower = async {
-                    tokio::time::sleep(ms(50)).await;
-                    shield.set_shield(false);
-                };
-                let (k, ()) = tokio::join!(k, lower);
-                let handle = match k {
-                    Ok(Some(Some(handle))) => handle,
-                    other => panic!("{other:?}"),
-                };
-                assert_eq!(handle.await.unwrap(), 7);
-                Ok(())
-            })
-            .await;
-        assert!(out.is_ok(), "{out:?}");
-        assert_eq!(start.elapsed(), ms(60), "the child ran to its end");
+        let (joined, returned_at) = lower_a_shield_at_50ms(ms(100), ms(60)).await;
+        assert_eq!(joined.unwrap(), 7);
+        assert_eq!(returned_at, ms(60), "the child ran to its end");
     })
     .await
 }
