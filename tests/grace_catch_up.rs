@@ -27,40 +27,66 @@ async fn stuck() -> Result<(), Cancelled> {
     Ok(())
 }
 
+/// Runs nursery A with a grace of 20 ms, cancelled at once; its body runs a plain scope that
+/// ends at `scope_ends_at`, after making (unpolled) a nursery carried out of it
+/// (`carry_scope`), first polled at 50 ms; that nursery's child sleeps for `child_sleeps`
+/// (no cancellation point) and returns 7. Returns the child's outcome and when A returned.
+async fn carry_a_nursery_out_of_a_scope_ending_at(
+    scope_ends_at: Duration,
+    child_sleeps: Duration,
+) -> (Result<u32, JoinError>, Duration) {
+    let start = Instant::now();
+    let out = Nursery::new()
+        .grace(ms(20))
+        .run(|a: NurseryHandle<Cancelled>| async move {
+            a.cancel();
+            let late = CancelScope::new()
+                .run(async {
+                    tokio::time::sleep(scope_ends_at).await; // in the scope
+                    Ok::<_, Cancelled>(carry_scope(Nursery::new().run(
+                        |n: NurseryHandle<Cancelled>| async move {
+                            assert!(tokio_nursery::is_cancelled());
+                            Ok(n.spawn_named("late", async move {
+                                tokio::time::sleep(child_sleeps).await; // not a point
+                                Ok::<_, Cancelled>(7)
+                            }))
+                        },
+                    )))
+                })
+                .await;
+            // The scope has ended; the nursery made in it is first polled at 50 ms.
+            let late = late.expect("the scope was not cancelled itself").unwrap();
+            tokio::time::sleep_until(start + ms(50)).await;
+            let handle = late.await.unwrap().unwrap();
+            Ok(handle.await)
+        })
+        .await;
+    (out.unwrap().unwrap(), start.elapsed())
+}
+
 /// A nursery carried out of a plain scope that ended after its nursery's grace ran out
 /// starts past that grace: the ended scope keeps the mark, as it keeps the cancellation it
 /// inherited (an ended scope no longer follows its ancestors).
 #[tokio::test(start_paused = true)]
 async fn n07_a_nursery_carried_out_of_a_scope_ended_past_the_grace_starts_past_it() {
     common::leak_checked(async move {
-        let start = Instant::now();
-        let out = Nursery::new()
-            .grace(ms(20))
-            .run(|a: NurseryHandle<Cancelled>| async move {
-                a.cancel();
-                let late = CancelScope::new()
-                    .run(async {
-                        tokio::time::sleep(ms(50)).await; // past A's grace, in the scope
-                        Ok::<_, Cancelled>(carry_scope(Nursery::new().run(
-                            |n: NurseryHandle<Cancelled>| async move {
-                                Ok(n.spawn_named("late", stuck()))
-                            },
-                        )))
-                    })
-                    .await;
-                // The scope has ended; the nursery made in it is first polled now.
-                let late = late.expect("the scope was not cancelled itself").unwrap();
-                let handle = late.await.unwrap().unwrap();
-                assert!(matches!(handle.await, Err(JoinError::ChildAborted)));
-                Ok(())
-            })
-            .await;
-        assert!(matches!(out, Ok(Some(()))), "{out:?}");
-        assert_eq!(
-            start.elapsed(),
-            ms(50),
-            "the late child was aborted at once"
-        );
+        let (joined, returned_at) = carry_a_nursery_out_of_a_scope_ending_at(ms(50), HOUR).await;
+        assert!(matches!(joined, Err(JoinError::ChildAborted)), "{joined:?}");
+        assert_eq!(returned_at, ms(50), "the late child was aborted at once");
+    })
+    .await
+}
+
+/// An ended scope no longer follows its ancestors (S14): one that ended before its
+/// nursery's grace ran out is not past that grace, and neither is a nursery carried out of
+/// it. The nursery is cancelled (the ended scope keeps the cancellation it inherited) and
+/// waits for its child, which reaches no cancellation point.
+#[tokio::test(start_paused = true)]
+async fn n07_a_nursery_carried_out_of_a_scope_ended_before_the_grace_is_only_cancelled() {
+    common::leak_checked(async move {
+        let (joined, returned_at) = carry_a_nursery_out_of_a_scope_ending_at(ms(10), ms(100)).await;
+        assert_eq!(joined.unwrap(), 7);
+        assert_eq!(returned_at, ms(150), "the child ran to its end");
     })
     .await
 }
@@ -354,45 +380,6 @@ async fn n07_a_dropped_nursery_ending_under_an_expired_grace_still_aborts_its_ch
             })
             .await;
         assert!(start.elapsed() <= ms(80), "{:?}", start.elapsed());
-    })
-    .await
-}
-
-/// An ended scope no longer follows its ancestors (S14): one that ended before its
-/// nursery's grace ran out is not past that grace, and neither is a nursery carried out of
-/// it. The nursery is cancelled (the ended scope keeps the cancellation it inherited) and
-/// waits for its child, which reaches no cancellation point.
-#[tokio::test(start_paused = true)]
-async fn n07_a_nursery_carried_out_of_a_scope_ended_before_the_grace_is_only_cancelled() {
-    common::leak_checked(async move {
-        let start = Instant::now();
-        let out = Nursery::new()
-            .grace(ms(20))
-            .run(|a: NurseryHandle<Cancelled>| async move {
-                a.cancel();
-                let late = CancelScope::new()
-                    .run(async {
-                        tokio::time::sleep(ms(10)).await; // before A's grace runs out
-                        Ok::<_, Cancelled>(carry_scope(Nursery::new().run(
-                            |n: NurseryHandle<Cancelled>| async move {
-                                assert!(tokio_nursery::is_cancelled());
-                                Ok(n.spawn(async {
-                                    tokio::time::sleep(ms(100)).await; // not a point
-                                    Ok::<_, Cancelled>(7)
-                                }))
-                            },
-                        )))
-                    })
-                    .await;
-                let late = late.unwrap().unwrap();
-                tokio::time::sleep(ms(40)).await; // A's grace ran out at 20 ms
-                let handle = late.await.unwrap().unwrap();
-                assert_eq!(handle.await.unwrap(), 7);
-                Ok(())
-            })
-            .await;
-        assert!(out.is_ok(), "{out:?}");
-        assert_eq!(start.elapsed(), ms(150));
     })
     .await
 }
