@@ -261,19 +261,54 @@ pub(crate) struct NodeView {
 struct Fallout {
     wake: Wakers,
     children: Vec<Arc<Node>>,
+    /// Scopes that meet an expired grace period late (SPEC N7): a nursery past its grace
+    /// cancelled again (its own shield had lifted its cancellation), or a scope exposed by
+    /// a lowered shield to a nursery past its grace above it. The cascade runs from each.
+    late_grace: Vec<Arc<Node>>,
 }
 
 impl Fallout {
-    /// Propagates first, then wakes: a panicking waker cannot leave descendants stale
-    /// (invariant 2); the first panic is resumed once every waker was called.
+    /// Propagates first, then runs the cascades of expired grace periods met late, then
+    /// wakes: a panicking waker cannot leave descendants stale (invariant 2) nor a cascade
+    /// undone; the first panic is resumed once every waker was called.
     #[inline]
     fn finish(self) {
         // The common case, a change that concerns no one else, costs nothing.
-        if self.children.is_empty() && self.wake.is_empty() {
+        if self.children.is_empty() && self.wake.is_empty() && self.late_grace.is_empty() {
             return;
         }
-        let below = propagate(self.children);
+        let (below, mut late_grace) = propagate(self.children);
+        late_grace.extend(self.late_grace);
+        if !late_grace.is_empty() {
+            catch_up_with_grace(late_grace);
+        }
         wake_all(self.wake.into_iter().chain(below.into_iter().flatten()));
+    }
+}
+
+/// SPEC N7 for scopes that meet an expired grace period late (see `Fallout::late_grace`):
+/// the cascade runs from each, the scope itself included even if shielded (a shield keeps
+/// out its ancestors, not its own nursery's expiry), and a warn-level event names the
+/// children it aborts.
+#[cold]
+fn catch_up_with_grace(scopes: Vec<Arc<Node>>) {
+    for scope in scopes {
+        let attachment = scope.attachment();
+        let aborted = match attachment.and_then(|owner| owner.grace_expired_above()) {
+            Some(names) => names,
+            None => Node::cascade_past_grace(scope.children()),
+        };
+        #[cfg(feature = "tracing")]
+        if !aborted.is_empty() {
+            tracing::warn!(
+                scope = %scope.id,
+                children = %aborted.join(", "),
+                late = true,
+                "grace period expired: children aborted"
+            );
+        }
+        #[cfg(not(feature = "tracing"))]
+        drop(aborted);
     }
 }
 
@@ -579,7 +614,7 @@ impl Node {
 
     /// Marks the scope of a nursery whose grace period has run out (SPEC N7). True if this
     /// call marked it, false if it was marked already.
-    pub(crate) fn mark_past_grace(&self) -> bool {
+    pub(crate) fn mark_past_grace(self: &Arc<Self>) -> bool {
         let mut inner = lock(&self.inner);
         if self.bits() & PAST_GRACE != 0 {
             return false;
@@ -745,23 +780,16 @@ impl Node {
     /// Marks the scope cancelled with `reason` (the first reason wins) and propagates.
     pub(crate) fn cancel(self: &Arc<Self>, reason: CancelReason) {
         let inner = lock(&self.inner);
-        let became_cancelled = self.cancel_locked(inner, reason, None);
-        // A nursery past its grace whose cancellation a shield of its own had lifted is
-        // cancelled again (SPEC N7): what was made in it meanwhile is past that grace now.
-        if became_cancelled && self.bits() & PAST_GRACE != 0 {
-            self.catch_up_with_grace("cancel");
-        }
+        self.cancel_locked(inner, reason, None);
     }
 
     /// Cancels with `reason`, recording `at` (else now) as the time of the cancellation.
-    /// True if the scope was not cancelled before.
     fn cancel_locked(
-        &self,
+        self: &Arc<Self>,
         mut inner: MutexGuard<'_, Inner>,
         reason: CancelReason,
         at: Option<Instant>,
-    ) -> bool {
-        let was_cancelled = self.is_cancelled();
+    ) {
         if inner.reason().is_none() {
             // SPEC O1: every cancellation, with its reason, whoever asked for it (a handle,
             // a sibling's failure, a drop, a grace period). A deadline fired by the service
@@ -783,7 +811,6 @@ impl Node {
         let fallout = self.set_bits(&mut inner, |bits| bits | OWN);
         drop(inner);
         fallout.finish();
-        !was_cancelled
     }
 
     /// Raises or lowers the shield (SPEC S8) and propagates the change. Lowering it under a
@@ -802,39 +829,18 @@ impl Node {
         });
         let exposed = !inherited_before && self.bits() & INHERITED != 0;
         drop(inner);
+        let mut fallout = fallout;
+        // Exposed to a nursery past its grace above (one that is past its own grace itself
+        // is in the fallout already, see `set_bits`).
+        if exposed && self.bits() & PAST_GRACE == 0 && self.is_past_grace() {
+            fallout.late_grace.push(self.clone());
+        }
         fallout.finish();
-        if exposed && self.is_past_grace() {
-            self.catch_up_with_grace("shield lowered");
-        }
-    }
-
-    /// The scope met an expired grace period late (SPEC N7), by `how`: a shield lowered
-    /// under a nursery past its grace, or such a nursery cancelled again. The cascade runs
-    /// from here down, and a warn-level event names the children it aborts.
-    fn catch_up_with_grace(self: &Arc<Self>, how: &'static str) {
-        // This scope itself even if shielded (a nursery cancelled again under its own
-        // shield): the shield keeps out its ancestors, not its own expiry.
-        let attachment = self.attachment();
-        let aborted = match attachment.and_then(|owner| owner.grace_expired_above()) {
-            Some(names) => names,
-            None => Node::cascade_past_grace(self.children()),
-        };
-        #[cfg(feature = "tracing")]
-        if !aborted.is_empty() {
-            tracing::warn!(
-                scope = %self.id,
-                children = %aborted.join(", "),
-                exposed_by = how,
-                "grace period expired: children aborted"
-            );
-        }
-        #[cfg(not(feature = "tracing"))]
-        let _ = (aborted, how);
     }
 
     /// Applies `change` to the state bits, recomputes `INHERITED` from the parent
     /// (invariant 2) and returns what must be woken and revisited. Caller holds the lock.
-    fn set_bits(&self, inner: &mut Inner, change: impl FnOnce(u8) -> u8) -> Fallout {
+    fn set_bits(self: &Arc<Self>, inner: &mut Inner, change: impl FnOnce(u8) -> u8) -> Fallout {
         let old = self.bits();
         let mut new = change(old);
         // An ended scope has no parent any more and keeps the cancellation it had.
@@ -864,6 +870,12 @@ impl Node {
                 let round = self.wake_rounds.load(Ordering::Relaxed);
                 self.wake_rounds
                     .store(round.wrapping_add(1), Ordering::Release);
+                if new & PAST_GRACE != 0 {
+                    // A nursery past its grace, cancelled again however (its own cancel, a
+                    // deadline, a shield lowered above it): what was made in it while its
+                    // cancellation was lifted is past that grace (SPEC N7).
+                    fallout.late_grace.push(self.clone());
+                }
             }
             fallout.children = inner.children.iter().map(|(_, c)| c.clone()).collect();
         }
@@ -1309,8 +1321,8 @@ pub(crate) fn later(at: Instant, after: Duration) -> Instant {
 /// Returns the wakers of every scope whose state changed, for the caller to wake once the
 /// whole subtree is up to date (invariant 5: a waker that panics, woken during the walk, left
 /// the scopes below it stale until review round 17).
-fn propagate(mut pending: Vec<Arc<Node>>) -> Vec<Wakers> {
-    let mut wake = Vec::new();
+fn propagate(mut pending: Vec<Arc<Node>>) -> (Vec<Wakers>, Vec<Arc<Node>>) {
+    let (mut wake, mut late_grace) = (Vec::new(), Vec::new());
     while let Some(node) = pending.pop() {
         let mut inner = lock(&node.inner);
         let fallout = node.set_bits(&mut inner, |bits| bits);
@@ -1318,9 +1330,10 @@ fn propagate(mut pending: Vec<Arc<Node>>) -> Vec<Wakers> {
         if !fallout.wake.is_empty() {
             wake.push(fallout.wake);
         }
+        late_grace.extend(fallout.late_grace);
         pending.extend(fallout.children);
     }
-    wake
+    (wake, late_grace)
 }
 
 impl Drop for Node {

@@ -6,13 +6,15 @@
 
 mod common;
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
 use tokio_nursery::{
-    CancelScope, Cancelled, JoinError, Nursery, NurseryHandle, carry_scope, current_scope, protect,
+    CancelScope, Cancelled, JoinError, Nursery, NurseryHandle, cancelled, carry_scope,
+    current_scope, protect,
 };
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -380,6 +382,187 @@ async fn n07_a_dropped_nursery_ending_under_an_expired_grace_still_aborts_its_ch
             })
             .await;
         assert!(start.elapsed() <= ms(80), "{:?}", start.elapsed());
+    })
+    .await
+}
+
+/// Review round 18 (b): a nursery past its grace whose own shield lifted its cancellation,
+/// cancelled again by its own deadline (the deadline service cancels without
+/// `Node::cancel`), reaches what it made meanwhile (M's stuck child ran for an hour).
+#[tokio::test(start_paused = true)]
+async fn n07_a_nursery_past_its_grace_cancelled_again_by_its_deadline_catches_up() {
+    common::leak_checked(async move {
+        let start = Instant::now();
+        let outer = CancelScope::new();
+        let o = outer.handle();
+        let out = outer
+            .run(async move {
+                Nursery::new()
+                    .grace(ms(20))
+                    .run(|a: NurseryHandle<Cancelled>| async move {
+                        o.cancel();
+                        tokio::time::sleep(ms(50)).await; // past A's grace
+                        a.scope().set_shield(true);
+                        assert!(!current_scope().unwrap().is_cancelled());
+                        a.scope().set_deadline(Some(Instant::now() + ms(10)));
+                        let m = Nursery::new().run(|m: NurseryHandle<Cancelled>| async move {
+                            Ok(m.spawn_named("late", stuck()))
+                        });
+                        let joined = m.await.unwrap().unwrap().await;
+                        assert!(
+                            matches!(joined, Err(JoinError::ChildAborted)),
+                            "{joined:?} at {:?}",
+                            start.elapsed()
+                        );
+                        Ok(())
+                    })
+                    .await
+            })
+            .await;
+        assert!(out.is_ok(), "{out:?}");
+        assert_eq!(start.elapsed(), ms(60));
+    })
+    .await
+}
+
+/// Review round 18 (b): a waker panicking at the exposure of a lowered shield still reaches
+/// the caller, and no longer skips the cascade (it ran after the wakes, and K's stuck child
+/// ran for an hour).
+#[tokio::test(start_paused = true)]
+async fn n07_a_waker_panicking_at_the_lowering_does_not_skip_the_catch_up() {
+    common::leak_checked(async move {
+        let start = Instant::now();
+        let out = Nursery::new()
+            .grace(ms(20))
+            .run(|a: NurseryHandle<Cancelled>| async move {
+                a.cancel();
+                let shielded = CancelScope::new().shielded();
+                let shield = shielded.handle();
+                let k = shielded.run(async {
+                    let wait = common::wakers::wait_with_panicking_waker(cancelled());
+                    let k = Nursery::new()
+                        .run(|k: NurseryHandle<Cancelled>| async move {
+                            Ok(k.spawn_named("stuck", stuck()))
+                        })
+                        .await;
+                    drop(wait);
+                    k
+                });
+                let lower = async {
+                    tokio::time::sleep(ms(50)).await;
+                    let lowered =
+                        std::panic::catch_unwind(AssertUnwindSafe(|| shield.set_shield(false)));
+                    assert!(lowered.is_err(), "the waker's panic reaches the caller");
+                };
+                let (k, ()) = tokio::join!(k, lower);
+                let handle = match k {
+                    Ok(Some(Some(handle))) => handle,
+                    other => panic!("{other:?}"),
+                };
+                let joined = handle.await;
+                assert!(
+                    matches!(joined, Err(JoinError::ChildAborted)),
+                    "{joined:?} at {:?}",
+                    start.elapsed()
+                );
+                Ok(())
+            })
+            .await;
+        assert!(out.is_ok(), "{out:?}");
+        assert_eq!(start.elapsed(), ms(50));
+    })
+    .await
+}
+
+/// Review round 18 (b): the same when a nursery past its grace is cancelled again.
+#[tokio::test(start_paused = true)]
+async fn n07_a_waker_panicking_at_a_second_cancel_does_not_skip_the_catch_up() {
+    common::leak_checked(async move {
+        let start = Instant::now();
+        let outer = CancelScope::new();
+        let o = outer.handle();
+        let out = outer
+            .run(async move {
+                Nursery::new()
+                    .grace(ms(20))
+                    .run(|a: NurseryHandle<Cancelled>| async move {
+                        o.cancel();
+                        tokio::time::sleep(ms(50)).await; // past A's grace
+                        a.scope().set_shield(true);
+                        let wait = common::wakers::wait_with_panicking_waker(cancelled()); // on A's scope
+                        let m = Nursery::new().run(|m: NurseryHandle<Cancelled>| async move {
+                            Ok(m.spawn_named("late", stuck()))
+                        });
+                        let expose = async {
+                            tokio::time::sleep(ms(10)).await;
+                            let r = std::panic::catch_unwind(AssertUnwindSafe(|| a.cancel()));
+                            assert!(r.is_err(), "the waker's panic reaches the caller");
+                        };
+                        let (m, ()) = tokio::join!(m, expose);
+                        drop(wait);
+                        let joined = m.unwrap().unwrap().await;
+                        assert!(
+                            matches!(joined, Err(JoinError::ChildAborted)),
+                            "{joined:?} at {:?}",
+                            start.elapsed()
+                        );
+                        Ok(())
+                    })
+                    .await
+            })
+            .await;
+        assert!(out.is_ok(), "{out:?}");
+        assert_eq!(start.elapsed(), ms(60));
+    })
+    .await
+}
+
+/// Review round 18 (b): a nursery past its grace whose cancellation a shield *above* it
+/// lifted, cancelled again when that shield is lowered (by inheritance), reaches what it
+/// made meanwhile (the lowering looked up from the lowered scope only, never at the
+/// nurseries below it, and M's stuck child ran for an hour).
+#[tokio::test(start_paused = true)]
+async fn n07_a_shield_lowered_again_above_a_nursery_past_its_grace_catches_up() {
+    common::leak_checked(async move {
+        let start = Instant::now();
+        let outer = CancelScope::new();
+        let o = outer.handle();
+        let out = outer
+            .run(async move {
+                let p = CancelScope::new();
+                let ph = p.handle();
+                p.run(async move {
+                    Nursery::new()
+                        .grace(ms(20))
+                        .run(|_a: NurseryHandle<Cancelled>| async move {
+                            o.cancel(); // A inherits through P
+                            tokio::time::sleep(ms(50)).await; // past A's grace
+                            ph.set_shield(true);
+                            assert!(!current_scope().unwrap().is_cancelled());
+                            let m = Nursery::new().run(|m: NurseryHandle<Cancelled>| async move {
+                                Ok(m.spawn_named("late", stuck()))
+                            });
+                            let expose = async {
+                                tokio::time::sleep(ms(10)).await;
+                                ph.set_shield(false);
+                                assert!(current_scope().unwrap().is_cancelled());
+                            };
+                            let (m, ()) = tokio::join!(m, expose);
+                            let joined = m.unwrap().unwrap().await;
+                            assert!(
+                                matches!(joined, Err(JoinError::ChildAborted)),
+                                "{joined:?} at {:?}",
+                                start.elapsed()
+                            );
+                            Ok(())
+                        })
+                        .await
+                })
+                .await
+            })
+            .await;
+        assert!(out.is_ok(), "{out:?}");
+        assert_eq!(start.elapsed(), ms(60));
     })
     .await
 }

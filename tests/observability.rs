@@ -266,9 +266,5 @@ fn n07_a_shield_lowered_past_the_grace_warns_naming_the_children_it_aborts() {
         .collect();
     assert_eq!(warnings.len(), 1, "{events:#?}");
     assert!(warnings[0].contains("\"stuck\""), "{}", warnings[0]);
-    assert!(
-        warnings[0].contains("exposed_by=\"shield lowered\""),
-        "{}",
-        warnings[0]
-    );
+    assert!(warnings[0].contains("late=true"), "{}", warnings[0]);
 }

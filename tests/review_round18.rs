@@ -4,12 +4,13 @@
 mod common;
 
 use std::future::Future;
-
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::task::{Context, Waker};
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tokio_nursery::{CancelScope, cancelled};
+use tokio_nursery::{CancelScope, Cancelled, Nursery, NurseryHandle, cancelled};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -190,6 +191,69 @@ async fn the_handle_of_a_child_that_ended_gives_its_outcome_in_a_cancelled_scope
                 .await;
             assert!(out.is_ok(), "round {round}: {out:?}");
         }
+    })
+    .await
+}
+
+/// A nursery child running a parallel scope whose one child leaves a panicking waker on
+/// its scope's cancellation, then waits for `release`.
+async fn parallel_child(
+    started: tokio::sync::oneshot::Sender<()>,
+    release: Arc<tokio::sync::Notify>,
+) -> Result<(), Cancelled> {
+    // SAFETY: awaited to completion here (the crate never drops it early).
+    let _ = unsafe {
+        tokio_nursery::parallel_scope_async(|s| async move {
+            s.spawn(async move {
+                let wait = common::wakers::wait_with_panicking_waker(tokio_nursery::cancelled());
+                let _ = started.send(());
+                release.notified().await;
+                drop(wait);
+                Ok::<_, Cancelled>(())
+            });
+            Ok::<_, Cancelled>(())
+        })
+    }
+    .await;
+    Ok(())
+}
+
+/// Review round 18 (b): the catch above is for the crate's own abort of many children. A
+/// caller's own `ChildHandle::abort` of a child running a parallel scope gets a waker's
+/// panic, as its `cancel` does (the first version of the catch took it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callers_own_abort_of_one_child_gets_a_wakers_panic() {
+    common::leak_checked(async move {
+        let run = Nursery::new().run(|n: NurseryHandle<Cancelled>| async move {
+            let mut seen = Vec::new();
+            for use_abort in [false, true] {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let release = Arc::new(tokio::sync::Notify::new());
+                let child = n.spawn(parallel_child(tx, release.clone()));
+                rx.await.unwrap();
+                let call = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    if use_abort {
+                        child.abort()
+                    } else {
+                        child.cancel()
+                    }
+                }));
+                seen.push((use_abort, call.is_err()));
+                release.notify_one();
+                let _ = child.await;
+            }
+            Ok(seen)
+        });
+        let seen = tokio::time::timeout(common::HANG_BOUND, run)
+            .await
+            .expect("no hang")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            seen,
+            vec![(false, true), (true, true)],
+            "(abort?, caller saw the panic)"
+        );
     })
     .await
 }

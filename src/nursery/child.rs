@@ -55,12 +55,32 @@ impl<E, O: Default> ChildCell<E, O> {
     }
 }
 
+/// Who stops a child: whoever called (and gets a waker's panic), or the crate's own abort of
+/// many (which goes on past it).
+#[derive(Clone, Copy)]
+enum Teller {
+    Caller,
+    Cascade,
+}
+
 impl<E, O: ?Sized> ChildCell<E, O> {
     /// Aborts the child's task (one whose handle is not stored yet is aborted by its
     /// spawner, registry invariant N-3), unless a parallel borrowing scope runs in it: that
     /// one is told "grace expired" and aborted when the scope ends (SPEC B2).
     pub(crate) fn abort(&self) {
-        if self.abort_put_off() {
+        self.abort_as(Teller::Caller);
+    }
+
+    /// As [`abort`](Self::abort), for one child of many stopped on nobody's behalf (a
+    /// nursery's abort or grace expiry, a cascade): a waker panicking when a put-off abort
+    /// is told is caught (`catch_waker_panic`), so the children after this one are stopped
+    /// too. A caller's own abort gets that panic.
+    pub(crate) fn abort_in_cascade(&self) {
+        self.abort_as(Teller::Cascade);
+    }
+
+    fn abort_as(&self, teller: Teller) {
+        if self.put_off_abort_as(teller) {
             return;
         }
         if let Some(abort) = self.scope.request_abort() {
@@ -72,6 +92,10 @@ impl<E, O: ?Sized> ChildCell<E, O> {
     /// instead of aborting it, and returns true: the abort happens when the scope ends (by
     /// the scope's exemption, or by the child's task at its next poll, see `ChildTask::poll`).
     pub(crate) fn abort_put_off(&self) -> bool {
+        self.put_off_abort_as(Teller::Caller)
+    }
+
+    fn put_off_abort_as(&self, teller: Teller) -> bool {
         let Some(node) = self.scope.own() else {
             return false;
         };
@@ -81,11 +105,15 @@ impl<E, O: ?Sized> ChildCell<E, O> {
         if !node.defer_if_exempt() {
             return false;
         }
-        // Part of an abort of many children, a cascade: a waker's panic must not stop it.
-        super::catch_waker_panic(
-            || "when a child running a parallel scope was told to stop".into(),
-            || node.cancel(CancelReason::GraceExpired),
-        );
+        match teller {
+            Teller::Caller => node.cancel(CancelReason::GraceExpired),
+            Teller::Cascade => {
+                super::catch_waker_panic(
+                    || "when a child running a parallel scope was told to stop".into(),
+                    || node.cancel(CancelReason::GraceExpired),
+                );
+            }
+        }
         true
     }
 

@@ -713,15 +713,15 @@ impl<E> Stopper<E> {
     /// registry invariant N-3); a blocking one needs [`tell`](Self::tell), outside any
     /// lock (it runs wakers).
     ///
-    /// Neither this (`ChildCell::abort_put_off`) nor `tell` unwinds: a waker panicking at
-    /// the cancellation either makes must not leave the children after this one running
+    /// Neither this (`ChildCell::abort_in_cascade`) nor `tell` unwinds: a waker panicking
+    /// at the cancellation either makes must not leave the children after this one running
     /// (`catch_waker_panic`).
     fn abort(&self) -> bool {
         match self {
             // One running a parallel borrowing scope is told "grace expired" instead, and
             // aborted when that scope ends (SPEC B2): `ChildCell::abort`.
             Stopper::Task(cell) => {
-                cell.abort();
+                cell.abort_in_cascade();
                 true
             }
             Stopper::Blocking(_) => false,
