@@ -257,3 +257,74 @@ async fn a_callers_own_abort_of_one_child_gets_a_wakers_panic() {
     })
     .await
 }
+
+/// A child future that fails, then panics when dropped.
+struct FailsThenPanicsInDrop;
+
+impl Future for FailsThenPanicsInDrop {
+    type Output = Result<(), common::nursery::AppError>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, _: &mut Context<'_>) -> std::task::Poll<Self::Output> {
+        std::task::Poll::Ready(Err(common::nursery::AppError::Boom(1)))
+    }
+}
+
+impl Drop for FailsThenPanicsInDrop {
+    fn drop(&mut self) {
+        panic!("drop after the failure");
+    }
+}
+
+/// Review round 18 (c): a child that failed and whose future then panicked when dropped
+/// lost its failure (the panic replaced it, and the error was dropped unseen, against N4).
+/// The panic is resumed and the failure reported.
+#[tokio::test(start_paused = true)]
+async fn a_failure_followed_by_a_panic_in_the_futures_drop_is_still_reported() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let hook_seen = seen.clone();
+    let run = Nursery::new()
+        .on_report(move |report| {
+            let line = match report {
+                tokio_nursery::Report::Failure { error, .. } => format!("failure {error:?}"),
+                tokio_nursery::Report::Panic { .. } => "panic".to_string(),
+                _ => "other".to_string(),
+            };
+            hook_seen.lock().unwrap().push(line)
+        })
+        .run(|n| async move {
+            n.spawn(FailsThenPanicsInDrop);
+            Ok::<_, common::nursery::AppError>(())
+        });
+    let out = futures::FutureExt::catch_unwind(AssertUnwindSafe(run)).await;
+    let payload = out.expect_err("the drop's panic is resumed");
+    assert_eq!(
+        tokio_nursery::panic_message(&*payload),
+        Some("drop after the failure")
+    );
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.iter().any(|line| line.contains("Boom(1)")),
+        "the failure was reported: {seen:?}"
+    );
+}
+
+/// Review round 18 (c): `limit(usize::MAX)`, a natural way to write "no limit", panicked at
+/// the nursery's first poll with tokio's message about its semaphore's maximum. A limit
+/// above that maximum means no limit.
+#[tokio::test]
+async fn a_limit_above_the_semaphores_maximum_means_no_limit() {
+    for limit in [usize::MAX, tokio::sync::Semaphore::MAX_PERMITS + 1] {
+        let out = Nursery::new()
+            .limit(limit)
+            .run(|n: NurseryHandle<Cancelled>| async move {
+                let handles: Vec<_> = (0..3).map(|i| n.spawn(async move { Ok(i) })).collect();
+                let mut total = 0;
+                for handle in handles {
+                    total += handle.await.unwrap();
+                }
+                Ok(total)
+            })
+            .await;
+        assert_eq!(out.unwrap(), Some(3));
+    }
+}

@@ -432,12 +432,13 @@ where
             Err(payload) => Err(payload),
         };
         // Drop the future now, in the child's task, before anyone learns it finished. A
-        // panic in its drop is the child's panic too (SPEC N6).
+        // panic in its drop is the child's panic too (SPEC N6); it replaces a value, but
+        // not a failure, which is reported as well (N4: none lost; it was dropped unseen).
         let mut ready = ready;
         if let Err(payload) = catch_unwind(AssertUnwindSafe(|| this.future.set(None))) {
             match ready {
-                Err(_) => cell.nursery.panicked(origin(cell), payload),
-                Ok(_) => ready = Err(payload),
+                Err(_) | Ok(Err(_)) => cell.nursery.panicked(origin(cell), payload),
+                Ok(Ok(_)) => ready = Err(payload),
             }
         }
         let output = this.route.early_end(cell.settled(), ready).map(|ready| {

@@ -184,6 +184,10 @@ impl Nursery {
     /// a sibling still waiting for a slot (spawned by the body while the nursery was full)
     /// when no other child will end: the sibling waits for the slot the waiting child holds.
     ///
+    /// A limit above [`Semaphore::MAX_PERMITS`](tokio::sync::Semaphore::MAX_PERMITS)
+    /// (`usize::MAX` included) means no limit: that many children could not be alive at
+    /// once anyway.
+    ///
     /// # Panics
     ///
     /// If `children` is zero (nothing could ever run).
@@ -193,7 +197,8 @@ impl Nursery {
             "tokio-nursery: a nursery's limit must allow at least one child"
         );
         Nursery {
-            limit: Some(children),
+            // tokio's semaphore panics above its maximum (at the nursery's first poll).
+            limit: (children <= Semaphore::MAX_PERMITS).then_some(children),
             ..self
         }
     }
