@@ -178,12 +178,20 @@ trait Run<'env, E> {
     fn next(&self) -> &Cell<Option<Task<'env, E>>>;
     fn scope(&self) -> &ChildScope;
     /// Polls the child; once it finished, delivers its outcome to the handle and returns
-    /// its failure, if any.
-    fn poll_run(self: Pin<&Self>, cx: &mut Context<'_>) -> Poll<Option<Failure<E>>>;
+    /// its failure and the panic of its future's drop, if any.
+    fn poll_run(self: Pin<&Self>, cx: &mut Context<'_>) -> Poll<RunEnd<E>>;
     /// Drops the child's future in place, unless it finished, and tells the handle
     /// `outcome` (`ChildAborted`: the local scope was dropped; `ChildPanicked`) unless it
     /// was told already. A panic in the future's drop propagates, after the handle was told.
     fn drop_future(&self, outcome: JoinError);
+}
+
+/// How a local child's poll ended it: its failure, and a panic of its future's drop (the
+/// child's panic too, SPEC N6; it replaces a value, not a failure, which is reported as
+/// well, N4).
+struct RunEnd<E> {
+    failure: Option<Failure<E>>,
+    drop_panic: Option<Box<dyn std::any::Any + Send>>,
 }
 
 /// A local child as its handle sees it.
@@ -224,13 +232,15 @@ where
         &self.scope
     }
 
-    fn poll_run(self: Pin<&Self>, cx: &mut Context<'_>) -> Poll<Option<Failure<E>>> {
-        // Should the future's drop panic once it returned, `drop_future` tells the handle.
+    fn poll_run(self: Pin<&Self>, cx: &mut Context<'_>) -> Poll<RunEnd<E>> {
         let Poll::Ready(output) = self.project_ref().stage.poll(cx) else {
             return Poll::Pending;
         };
-        let Some(output) = output else {
-            return Poll::Ready(None);
+        let Some((output, drop_panic)) = output else {
+            return Poll::Ready(RunEnd {
+                failure: None,
+                drop_panic: None,
+            });
         };
         let (outcome, failure) = match output {
             Ok(value) => (Ok(value), None),
@@ -248,8 +258,16 @@ where
                 )
             }
         };
+        // A panic in the future's drop replaces a value (as in a nursery's child task).
+        let outcome = match (&drop_panic, outcome) {
+            (Some(_), Ok(_)) => Err(JoinError::ChildPanicked),
+            (_, outcome) => outcome,
+        };
         self.deliver(outcome);
-        Poll::Ready(failure)
+        Poll::Ready(RunEnd {
+            failure,
+            drop_panic,
+        })
     }
 
     fn drop_future(&self, outcome: JoinError) {
@@ -270,7 +288,7 @@ where
             // Called by the scope's poll loop after a child's poll returned or unwound, and
             // by the scope's drop: never within the child's poll.
             State::Polling => unreachable!("a local child's future dropped within its own poll"),
-            // Its poll returned and the future's drop panicked: not told yet.
+            // Its poll returned and `poll_run` unwound before telling (a waker, say).
             State::Ended => self.deliver(Err(outcome)),
             State::Finished | State::Taken => {}
         }
@@ -692,8 +710,14 @@ impl<E: CancelError + fmt::Debug> LocalScope<'_, E> {
             };
             task.scope().end();
             match finished {
-                Ok(Some(failure)) => self.fail(failure),
-                Ok(None) => {}
+                Ok(end) => {
+                    if let Some(failure) = end.failure {
+                        self.fail(failure);
+                    }
+                    if let Some(payload) = end.drop_panic {
+                        self.panicked(local_origin(task.scope().id()), payload);
+                    }
+                }
                 Err(payload) => {
                     self.panicked(local_origin(task.scope().id()), payload);
                 }

@@ -268,3 +268,46 @@ fn n07_a_shield_lowered_past_the_grace_warns_naming_the_children_it_aborts() {
     assert!(warnings[0].contains("\"stuck\""), "{}", warnings[0]);
     assert!(warnings[0].contains("late=true"), "{}", warnings[0]);
 }
+
+/// A local child's future that fails, then panics when dropped.
+struct FailsThenPanicsInDrop;
+
+impl std::future::Future for FailsThenPanicsInDrop {
+    type Output = Result<(), common::nursery::AppError>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::task::Poll::Ready(Err(common::nursery::AppError::Boom(7)))
+    }
+}
+
+impl Drop for FailsThenPanicsInDrop {
+    fn drop(&mut self) {
+        panic!("drop after the failure");
+    }
+}
+
+/// SPEC B1 with N4/N6 (review round 18): a local child that failed and whose future then
+/// panicked when dropped lost its failure (the stage dropped it with the unwinding). The
+/// panic is resumed, and the failure is reported (an error-level event, as every failure
+/// left when a local scope resumes a panic).
+#[test]
+fn b1_a_local_childs_failure_followed_by_a_panic_in_its_drop_is_reported() {
+    let events = recording(async {
+        let scope = local_scope(async |s| {
+            s.spawn(FailsThenPanicsInDrop);
+            Ok::<_, common::nursery::AppError>(())
+        });
+        let out = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(scope)).await;
+        let payload = out.expect_err("the drop's panic is resumed");
+        assert_eq!(panic_message(&*payload), Some("drop after the failure"));
+    });
+    assert!(
+        events
+            .iter()
+            .any(|e| e.starts_with("ERROR") && e.contains("Boom(7)")),
+        "{events:#?}"
+    );
+}

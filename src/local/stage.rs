@@ -10,9 +10,11 @@
 //! before it is dropped (so a drop that panics still counts), and says an outcome is there
 //! once it is written.
 
+use std::any::Any;
 use std::cell::{Cell, UnsafeCell};
 use std::future::Future;
 use std::mem::ManuallyDrop;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -63,13 +65,18 @@ impl<F, T> Stage<F, T> {
     }
 
     /// Polls the future if it is alive; once it returned, drops it in place (it counts as
-    /// dropped should its drop panic) and returns `Ready(Some(output))`. `Ready(None)` if
-    /// it had ended before.
+    /// dropped should its drop panic) and returns `Ready(Some((output, drop_panic)))`, the
+    /// drop's panic caught, so that the output is not lost with it. `Ready(None)` if it had
+    /// ended before.
     ///
     /// # Panics
     ///
     /// Called within the future's own poll.
-    pub(super) fn poll(self: Pin<&Self>, cx: &mut Context<'_>) -> Poll<Option<F::Output>>
+    #[allow(clippy::type_complexity)]
+    pub(super) fn poll(
+        self: Pin<&Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<(F::Output, Option<Box<dyn Any + Send>>)>>
     where
         F: Future,
     {
@@ -101,10 +108,12 @@ impl<F, T> Stage<F, T> {
             }
             Poll::Ready(output) => {
                 self.state.set(State::Ended);
-                // SAFETY: the future was alive (`Polling`) and is `Ended` now, so it is
-                // dropped once; dropped in place, as it is pinned.
-                unsafe { ManuallyDrop::drop(&mut (*self.body.get()).future) };
-                Poll::Ready(Some(output))
+                let dropped = catch_unwind(AssertUnwindSafe(|| {
+                    // SAFETY: the future was alive (`Polling`) and is `Ended` now, so it is
+                    // dropped once; dropped in place, as it is pinned.
+                    unsafe { ManuallyDrop::drop(&mut (*self.body.get()).future) }
+                }));
+                Poll::Ready(Some((output, dropped.err())))
             }
         }
     }
@@ -221,8 +230,16 @@ mod tests {
         }
     }
 
+    /// Polls once; a panic of the future's drop, caught by the stage, is asserted absent.
     fn poll<F: Future>(stage: Pin<&Stage<F, String>>) -> Poll<Option<F::Output>> {
-        stage.poll(&mut Context::from_waker(Waker::noop()))
+        stage
+            .poll(&mut Context::from_waker(Waker::noop()))
+            .map(|ended| {
+                ended.map(|(output, drop_panic)| {
+                    assert!(drop_panic.is_none(), "the future's drop panicked");
+                    output
+                })
+            })
     }
 
     #[test]
@@ -303,8 +320,13 @@ mod tests {
         assert!(stage.drop_future());
         assert_eq!(stage.state(), State::Ended);
 
-        let stage = Box::pin(Stage::new(Explodes { on_poll: false }));
-        assert!(catch_unwind(AssertUnwindSafe(|| poll(stage.as_ref()))).is_err());
+        let stage: Pin<Box<Stage<Explodes, String>>> =
+            Box::pin(Stage::new(Explodes { on_poll: false }));
+        let polled = stage.as_ref().poll(&mut Context::from_waker(Waker::noop()));
+        let Poll::Ready(Some((output, Some(_drop_panic)))) = polled else {
+            panic!("the output and the drop's panic, both kept");
+        };
+        assert_eq!(output, "done");
         assert_eq!(
             stage.state(),
             State::Ended,
