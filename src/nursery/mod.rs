@@ -1308,7 +1308,9 @@ impl<E> NurseryHandle<E> {
     }
 
     /// Aborts every running child now, as an expired grace period would (blocking children
-    /// are told through their scope). Not a failure.
+    /// are told through their scope). Not a failure. Every child is stopped even if a waker
+    /// woken by telling one of them panics: that panic is written on stderr, not raised
+    /// here (a single child's [`ChildHandle::abort`] or `cancel` raises it to its caller).
     pub fn abort_all(&self) {
         let _ = self.shared.abort_children(true);
     }
