@@ -258,14 +258,17 @@ async fn a_callers_own_abort_of_one_child_gets_a_wakers_panic() {
     .await
 }
 
-/// A child future that fails, then panics when dropped.
-struct FailsThenPanicsInDrop;
+/// Returns `Err(error)` at once, then panics when dropped.
+struct FailsThenPanicsInDrop(Option<common::nursery::AppError>);
 
 impl Future for FailsThenPanicsInDrop {
     type Output = Result<(), common::nursery::AppError>;
 
-    fn poll(self: std::pin::Pin<&mut Self>, _: &mut Context<'_>) -> std::task::Poll<Self::Output> {
-        std::task::Poll::Ready(Err(common::nursery::AppError::Boom(1)))
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::task::Poll::Ready(Err(self.0.take().expect("polled once")))
     }
 }
 
@@ -275,24 +278,33 @@ impl Drop for FailsThenPanicsInDrop {
     }
 }
 
+/// A report hook that writes what it gets into `seen`.
+fn recording_hook(
+    seen: &Arc<std::sync::Mutex<Vec<String>>>,
+) -> impl Fn(&tokio_nursery::Report<'_>) + Send + Sync + 'static {
+    let seen = seen.clone();
+    move |report| {
+        let line = match report {
+            tokio_nursery::Report::Failure { error, .. } => format!("failure {error:?}"),
+            tokio_nursery::Report::Panic { .. } => "panic".to_string(),
+            _ => "other".to_string(),
+        };
+        seen.lock().unwrap().push(line)
+    }
+}
+
 /// Review round 18 (c): a child that failed and whose future then panicked when dropped
 /// lost its failure (the panic replaced it, and the error was dropped unseen, against N4).
 /// The panic is resumed and the failure reported.
 #[tokio::test(start_paused = true)]
 async fn a_failure_followed_by_a_panic_in_the_futures_drop_is_still_reported() {
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let hook_seen = seen.clone();
     let run = Nursery::new()
-        .on_report(move |report| {
-            let line = match report {
-                tokio_nursery::Report::Failure { error, .. } => format!("failure {error:?}"),
-                tokio_nursery::Report::Panic { .. } => "panic".to_string(),
-                _ => "other".to_string(),
-            };
-            hook_seen.lock().unwrap().push(line)
-        })
+        .on_report(recording_hook(&seen))
         .run(|n| async move {
-            n.spawn(FailsThenPanicsInDrop);
+            n.spawn(FailsThenPanicsInDrop(Some(
+                common::nursery::AppError::Boom(1),
+            )));
             Ok::<_, common::nursery::AppError>(())
         });
     let out = futures::FutureExt::catch_unwind(AssertUnwindSafe(run)).await;
@@ -327,4 +339,102 @@ async fn a_limit_above_the_semaphores_maximum_means_no_limit() {
             .await;
         assert_eq!(out.unwrap(), Some(3));
     }
+}
+
+/// Review round 18 (d): the same with a stray `Cancelled` (a failure, S15): the drop's panic
+/// was recorded first, its fail-fast cancellation made the nursery cancelled, and the stray
+/// read as an echo, unreported. The end is settled first now.
+#[tokio::test(start_paused = true)]
+async fn a_stray_cancelled_followed_by_a_panic_in_the_futures_drop_is_still_reported() {
+    let (stray, _origin) = common::nursery::stray_cancelled().await;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let run = Nursery::new()
+        .on_report(recording_hook(&seen))
+        .run(|n| async move {
+            n.spawn(FailsThenPanicsInDrop(Some(
+                common::nursery::AppError::Cancelled(stray),
+            )));
+            Ok::<_, common::nursery::AppError>(())
+        });
+    let out = futures::FutureExt::catch_unwind(AssertUnwindSafe(run)).await;
+    assert!(out.is_err(), "the drop's panic is resumed");
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.iter().any(|line| line.starts_with("failure")),
+        "the stray failure was reported: {seen:?}"
+    );
+}
+
+/// Review round 18 (d): a failure followed by a panic in the future's drop while the body
+/// waits with a panicking waker: the drop's panic, recorded outside the crate's catch,
+/// cancelled the nursery, whose waker's panic unwound the child's task before its failure
+/// was settled (lost).
+#[tokio::test(start_paused = true)]
+async fn a_failure_and_a_drop_panic_with_a_panicking_waker_on_the_nursery_are_both_reported() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let run = Nursery::new()
+        .on_report(recording_hook(&seen))
+        .run(|n| async move {
+            let _wait = common::wakers::wait_with_panicking_waker(cancelled());
+            let child = n.spawn(FailsThenPanicsInDrop(Some(
+                common::nursery::AppError::Boom(7),
+            )));
+            let joined = child.await;
+            Ok::<_, common::nursery::AppError>(format!("{joined:?}"))
+        });
+    let out = tokio::time::timeout(
+        Duration::from_secs(7200),
+        futures::FutureExt::catch_unwind(AssertUnwindSafe(run)),
+    )
+    .await;
+    assert!(out.is_ok(), "the nursery returned (no hang)");
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.iter().any(|line| line.contains("Boom(7)")),
+        "the failure was reported: {seen:?}"
+    );
+}
+
+/// Review round 18 (d): `Collector::abort_all`, an abort of many, stopped at the first
+/// child whose telling woke a panicking waker, and the children after it kept running. It
+/// now goes on past it (stderr), as `NurseryHandle::abort_all` does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collectors_abort_all_aborts_every_child_past_a_wakers_panic() {
+    use tokio_nursery::JoinError;
+    let run = Nursery::new().run(|n: NurseryHandle<Cancelled>| async move {
+        let mut collector = n.collector::<()>();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let release = Arc::new(tokio::sync::Notify::new());
+        let _first = collector.spawn(parallel_child(tx, release.clone()));
+        rx.await.unwrap();
+        let stuck = collector.spawn(async {
+            tokio::time::sleep(Duration::from_secs(3600)).await; // never a point
+            Ok(())
+        });
+        let call = std::panic::catch_unwind(AssertUnwindSafe(|| collector.abort_all()));
+        release.notify_one();
+        let mut stuck_end = None;
+        for _ in 0..2 {
+            match tokio::time::timeout(common::HANG_BOUND, collector.join_next()).await {
+                Ok(Some((id, end))) if id == stuck.id() => stuck_end = Some(end),
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        let aborted = matches!(stuck_end, Some(Err(JoinError::ChildAborted)));
+        if !aborted {
+            stuck.abort(); // lets the test end
+        }
+        Ok((call.is_err(), aborted))
+    });
+    let out = tokio::time::timeout(common::HANG_BOUND * 2, run)
+        .await
+        .expect("no hang")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        out,
+        (false, true),
+        "(abort_all panicked, the stuck child aborted)"
+    );
 }

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use super::child::{ChildHandle, ChildInfo, ChildOutput, origin_of, settle};
+use super::child::{ChildHandle, ChildInfo, ChildOutput, Teller, origin_of, settle};
 use super::{ChildLabel, NurseryHandle, Shared, SpawnError, Stopper, acquire_slot};
 use crate::cancelled::{CancelError, Cancelled};
 use crate::context::{self, FrameKind};
@@ -112,8 +112,10 @@ impl ChildInfo for BlockingChild {
 
     /// A running blocking child cannot be aborted: it is told through its scope (and tokio's
     /// abort keeps one that has not started from starting).
-    fn abort_put_off(&self) -> bool {
-        self.node.cancel(CancelReason::Explicit(None));
+    fn abort_put_off(&self, teller: Teller) -> bool {
+        teller.tell("a blocking child", || {
+            self.node.cancel(CancelReason::Explicit(None))
+        });
         false
     }
 
@@ -145,8 +147,10 @@ impl ChildInfo for Queued {
     }
 
     /// Told, and aborted only if it has not started (then it never does).
-    fn abort_put_off(&self) -> bool {
-        self.child.node.cancel(CancelReason::Explicit(None));
+    fn abort_put_off(&self, teller: Teller) -> bool {
+        teller.tell("a blocking child", || {
+            self.child.node.cancel(CancelReason::Explicit(None))
+        });
         self.state
             .compare_exchange(WAITING, ABORTED, Ordering::AcqRel, Ordering::Acquire)
             .is_err()

@@ -56,11 +56,24 @@ impl<E, O: Default> ChildCell<E, O> {
 }
 
 /// Who stops a child: whoever called (and gets a waker's panic), or the crate's own abort of
-/// many (which goes on past it).
+/// many, or an abort on nobody's behalf (which goes on past it: `catch_waker_panic`).
 #[derive(Clone, Copy)]
-enum Teller {
+pub(crate) enum Teller {
     Caller,
     Cascade,
+}
+
+impl Teller {
+    /// Runs `tell`, which may wake wakers: a waker's panic goes to a caller, and is caught
+    /// (a line on stderr) in a cascade.
+    pub(crate) fn tell(self, what: &'static str, tell: impl FnOnce()) {
+        match self {
+            Teller::Caller => tell(),
+            Teller::Cascade => {
+                super::catch_waker_panic(|| format!("when {what} was told to stop"), tell);
+            }
+        }
+    }
 }
 
 impl<E, O: ?Sized> ChildCell<E, O> {
@@ -91,11 +104,7 @@ impl<E, O: ?Sized> ChildCell<E, O> {
     /// If a parallel borrowing scope runs in this child (SPEC B2), tells it "grace expired"
     /// instead of aborting it, and returns true: the abort happens when the scope ends (by
     /// the scope's exemption, or by the child's task at its next poll, see `ChildTask::poll`).
-    pub(crate) fn abort_put_off(&self) -> bool {
-        self.put_off_abort_as(Teller::Caller)
-    }
-
-    fn put_off_abort_as(&self, teller: Teller) -> bool {
+    pub(crate) fn put_off_abort_as(&self, teller: Teller) -> bool {
         let Some(node) = self.scope.own() else {
             return false;
         };
@@ -105,15 +114,9 @@ impl<E, O: ?Sized> ChildCell<E, O> {
         if !node.defer_if_exempt() {
             return false;
         }
-        match teller {
-            Teller::Caller => node.cancel(CancelReason::GraceExpired),
-            Teller::Cascade => {
-                super::catch_waker_panic(
-                    || "when a child running a parallel scope was told to stop".into(),
-                    || node.cancel(CancelReason::GraceExpired),
-                );
-            }
-        }
+        teller.tell("a child running a parallel scope", || {
+            node.cancel(CancelReason::GraceExpired)
+        });
         true
     }
 
@@ -138,8 +141,10 @@ pub(crate) trait ChildInfo: Send + Sync {
     fn name(&self) -> Option<&Arc<str>>;
     /// Cancels this child alone (a no-op once it ended).
     fn cancel(&self, reason: CancelReason);
-    /// True if an abort of this child is put off (see [`ChildCell::abort_put_off`]).
-    fn abort_put_off(&self) -> bool {
+    /// Tells the child to stop where an abort cannot stop it, and true if the abort is put
+    /// off (see [`ChildCell::abort_put_off`]). `teller`: who gets a waker's panic.
+    fn abort_put_off(&self, teller: Teller) -> bool {
+        let _ = teller;
         false
     }
     /// Whether the child has ended (its nursery counts it finished, or is about to): its
@@ -158,8 +163,8 @@ impl<E: Send + 'static, O: ?Sized + Send + Sync> ChildInfo for ChildCell<E, O> {
         }
     }
 
-    fn abort_put_off(&self) -> bool {
-        ChildCell::abort_put_off(self)
+    fn abort_put_off(&self, teller: Teller) -> bool {
+        self.put_off_abort_as(teller)
     }
 
     fn has_ended(&self) -> bool {
@@ -399,7 +404,7 @@ where
         let first = cell.scope.slot().is_none();
         if first && cell.nursery.registry.is_aborted() {
             // Its nursery aborted its children after it was spawned (N8, N7).
-            cell.abort();
+            cell.abort_in_cascade();
         }
         if cell.scope.abort_requested() {
             // Aborted, perhaps before its spawner stored the abort handle (registry
@@ -424,7 +429,7 @@ where
                     // exemption leaves it to this task when it ends in this poll (another
                     // scope may have begun since), or when it could not abort the task
                     // itself and woke it.
-                    cell.abort();
+                    cell.abort_in_cascade();
                 }
                 return Poll::Pending;
             }
@@ -435,16 +440,23 @@ where
         // panic in its drop is the child's panic too (SPEC N6); it replaces a value, but
         // not a failure, which is reported as well (N4: none lost; it was dropped unseen).
         let mut ready = ready;
+        let mut drop_panic = None;
         if let Err(payload) = catch_unwind(AssertUnwindSafe(|| this.future.set(None))) {
             match ready {
-                Err(_) | Ok(Err(_)) => cell.nursery.panicked(origin(cell), payload),
                 Ok(Ok(_)) => ready = Err(payload),
+                // Recorded after the end is settled: recording a panic cancels the nursery
+                // (fail-fast), which would make a stray `Cancelled` read as an echo, and its
+                // wakers may panic.
+                Ok(Err(_)) | Err(_) => drop_panic = Some(payload),
             }
         }
         let output = this.route.early_end(cell.settled(), ready).map(|ready| {
             let cancelled = cell.settled().is_cancelled();
             settle(ready, cancelled, &cell.nursery, || origin(cell))
         });
+        if let Some(payload) = drop_panic {
+            told(|| cell.nursery.panicked(origin(cell), payload));
+        }
         // The route says whether its end goes before the nursery counts the child finished
         // (a collector's queue holds it once the nursery returned) or after (a joined child
         // is no longer among the nursery's live children).
@@ -481,7 +493,7 @@ fn park<E, O: Send + Sync + 'static>(cell: &Arc<ChildCell<E, O>>) {
         .park(order, Stopper::Task(cell.clone()));
     cell.scope.set_slot(key);
     if aborted {
-        cell.abort();
+        cell.abort_in_cascade();
     }
 }
 
@@ -581,7 +593,9 @@ impl<F, E, R: OnAbort<E>> PinnedDrop for ChildTask<F, E, R> {
         if this.future.is_some() {
             let dropped = catch_unwind(AssertUnwindSafe(|| this.future.set(None)));
             if let Err(payload) = dropped {
-                cell.nursery.panicked(origin(cell), payload);
+                // A waker's panic at the fail-fast cancellation must not skip the steps below
+                // (the nursery would never hear of the child's end).
+                told(|| cell.nursery.panicked(origin(cell), payload));
             }
         }
         // In the route's order, as in `poll` (whose `finish` a panic may have cut short).
@@ -754,7 +768,7 @@ impl<T> ChildHandle<T> {
         match &self.child {
             Joined::Cell(cell) => cell.abort(),
             Joined::Task(join, child) => {
-                if !child.abort_put_off() {
+                if !child.abort_put_off(Teller::Caller) {
                     join.abort();
                 }
             }

@@ -15,7 +15,7 @@ use slab::Slab;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::{AbortHandle, Id};
 
-use super::child::{ChildCell, ChildInfo, ChildOutput, OnAbort, Route, joined};
+use super::child::{ChildCell, ChildInfo, ChildOutput, OnAbort, Route, Teller, joined};
 use super::{JoinError, NurseryHandle, SpawnError};
 use crate::cancelled::CancelError;
 use crate::keep_waker::poll_or_keep;
@@ -158,7 +158,7 @@ impl ChildControl {
     /// Aborts this child alone. Not a failure. Put off while the child runs a parallel
     /// borrowing scope, as [`ChildHandle::abort`](crate::ChildHandle::abort) says.
     pub fn abort(&self) {
-        if !self.child.abort_put_off() {
+        if !self.child.abort_put_off(Teller::Caller) {
             self.abort.abort();
         }
     }
@@ -335,7 +335,8 @@ impl<T, E> Collector<T, E> {
     }
 
     /// Aborts every running child of this collector; their outcomes are queued as
-    /// [`JoinError::ChildAborted`].
+    /// [`JoinError::ChildAborted`]. Every child is stopped even if a waker woken by telling
+    /// one of them panics (that panic is written on stderr, not raised here).
     pub fn abort_all(&self) {
         let aborts: Vec<(AbortHandle, Arc<dyn ChildInfo>)> = {
             let mut state = lock(&self.queue.state);
@@ -352,8 +353,9 @@ impl<T, E> Collector<T, E> {
         };
         // Outside the lock: tokio may drop an aborted child inline, which delivers here. A
         // child running a parallel borrowing scope is told instead (SPEC B2).
+        // Every child is stopped even if a waker woken by telling one panics (stderr).
         for (abort, child) in aborts {
-            if !child.abort_put_off() {
+            if !child.abort_put_off(Teller::Cascade) {
                 abort.abort();
             }
         }

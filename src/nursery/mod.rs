@@ -1170,7 +1170,7 @@ where
             cell.scope.set_slot(key);
             if aborted {
                 // Registered after the nursery aborted its children (N-3).
-                cell.abort();
+                cell.abort_in_cascade();
             }
         } else {
             // Counted, with no slot until it parks; if the nursery aborted its children, the
