@@ -438,3 +438,31 @@ async fn a_collectors_abort_all_aborts_every_child_past_a_wakers_panic() {
         "(abort_all panicked, the stuck child aborted)"
     );
 }
+
+/// Review round 18 (e): a started child that fails before its signal while its future's
+/// drop panics, and whose starter waits with a panicking waker: the drop's panic, kept
+/// until the child's end was settled, was lost when the starter's wake unwound that
+/// settling. It is recorded whatever the settling does, and resumed.
+#[tokio::test(start_paused = true)]
+async fn a_started_childs_drop_panic_survives_a_panicking_starter_waker() {
+    use tokio_nursery::Ready;
+    let run = Nursery::new().run(|n| async move {
+        let start = common::wakers::wait_with_panicking_waker(n.start(|_ready: Ready<u8>| {
+            FailsThenPanicsInDrop(Some(common::nursery::AppError::Boom(1)))
+        }));
+        tokio::time::sleep(ms(50)).await;
+        drop(start);
+        Ok::<_, common::nursery::AppError>(())
+    });
+    let out = tokio::time::timeout(
+        Duration::from_secs(7200),
+        futures::FutureExt::catch_unwind(AssertUnwindSafe(run)),
+    )
+    .await
+    .expect("no hang");
+    let payload = out.expect_err("the drop's panic is resumed");
+    assert_eq!(
+        tokio_nursery::panic_message(&*payload),
+        Some("drop after the failure")
+    );
+}
