@@ -820,7 +820,7 @@ impl Node {
     pub(crate) fn set_shield(self: &Arc<Self>, shield: bool) {
         let mut inner = lock(&self.inner);
         let inherited_before = self.bits() & INHERITED != 0;
-        let fallout = self.set_bits(&mut inner, |bits| {
+        let mut fallout = self.set_bits(&mut inner, |bits| {
             if shield {
                 bits | SHIELD
             } else {
@@ -829,7 +829,6 @@ impl Node {
         });
         let exposed = !inherited_before && self.bits() & INHERITED != 0;
         drop(inner);
-        let mut fallout = fallout;
         // Exposed to a nursery past its grace above (one that is past its own grace itself
         // is in the fallout already, see `set_bits`).
         if exposed && self.bits() & PAST_GRACE == 0 && self.is_past_grace() {

@@ -450,18 +450,22 @@ where
                 Ok(Err(_)) | Err(_) => drop_panic = Some(payload),
             }
         }
-        let settled = catch_unwind(AssertUnwindSafe(|| {
+        let settle_end = || {
             this.route.early_end(cell.settled(), ready).map(|ready| {
                 let cancelled = cell.settled().is_cancelled();
                 settle(ready, cancelled, &cell.nursery, || origin(cell))
             })
-        }));
-        // Recorded even if the settling unwound (a starter's waker woken by a started
-        // child's early end may panic).
-        if let Some(payload) = drop_panic {
-            told(|| cell.nursery.panicked(origin(cell), payload));
-        }
-        let output = settled.unwrap_or_else(|payload| resume_unwind(payload));
+        };
+        let output = match drop_panic {
+            None => settle_end(),
+            // Recorded even if the settling unwinds (a starter's waker woken by a started
+            // child's early end may panic).
+            Some(payload) => {
+                let settled = catch_unwind(AssertUnwindSafe(settle_end));
+                told(|| cell.nursery.panicked(origin(cell), payload));
+                settled.unwrap_or_else(|payload| resume_unwind(payload))
+            }
+        };
         // The route says whether its end goes before the nursery counts the child finished
         // (a collector's queue holds it once the nursery returned) or after (a joined child
         // is no longer among the nursery's live children).

@@ -737,10 +737,7 @@ impl<E> Stopper<E> {
     fn tell(&self, reason: CancelReason) {
         match self {
             Stopper::Blocking(child) => {
-                catch_waker_panic(
-                    || "when a blocking child was told to stop".into(),
-                    || child.node.cancel(reason),
-                );
+                child::Teller::Cascade.tell("a blocking child", || child.node.cancel(reason))
             }
             // Already told "grace expired" when its abort was put off.
             Stopper::Task(_) => {}

@@ -332,14 +332,21 @@ pub(crate) fn deliver(hook: Option<&ReportHook>, report: &Report<'_>) {
             Report::Failure { origin, .. } => format!("a failure of {origin}"),
             Report::ShutdownCutShort { .. } => "a shutdown cut short".to_string(),
         };
-        let why = panic_message(&*payload).unwrap_or("a payload that is not a string");
-        // Not `eprintln!`: it panics when stderr is closed.
-        let _ = writeln!(
-            std::io::stderr(),
-            "tokio-nursery: reporting {what} panicked ({why}); that report is lost"
+        write_caught_panic(
+            format_args!("reporting {what} panicked"),
+            "that report is lost",
+            payload,
         );
-        drop_quietly(payload);
     }
+}
+
+/// Writes on stderr that a panic nobody can take was caught (`what` happened, with the
+/// payload's message, and what it cost), then drops the payload quietly.
+fn write_caught_panic(what: fmt::Arguments<'_>, cost: &str, payload: Box<dyn Any + Send>) {
+    let why = panic_message(&*payload).unwrap_or("a payload that is not a string");
+    // Not `eprintln!`: it panics when stderr is closed.
+    let _ = writeln!(std::io::stderr(), "tokio-nursery: {what} ({why}); {cost}");
+    drop_quietly(payload);
 }
 
 /// Runs `step`, a step of work the crate does on nobody's behalf (firing a deadline,
@@ -354,14 +361,11 @@ pub(crate) fn catch_waker_panic<R>(
     match catch_unwind(AssertUnwindSafe(step)) {
         Ok(value) => Some(value),
         Err(payload) => {
-            let why = panic_message(&*payload).unwrap_or("a payload that is not a string");
-            // Not `eprintln!`: it panics when stderr is closed.
-            let _ = writeln!(
-                std::io::stderr(),
-                "tokio-nursery: a waker panicked {} ({why}); the crate's work went on",
-                during()
+            write_caught_panic(
+                format_args!("a waker panicked {}", during()),
+                "the crate's work went on",
+                payload,
             );
-            drop_quietly(payload);
             None
         }
     }
