@@ -47,7 +47,7 @@ use crate::cancelled::CancelError;
 use crate::context::{self, FrameKind};
 use crate::node::{Node, ScopeId};
 use crate::nursery::ChildScope;
-use crate::nursery::{Failure, JoinError, NurseryError, Origin, Report};
+use crate::nursery::{Failure, JoinError, NurseryError, Origin, Report, catch_waker_panic};
 use crate::pages::Pages;
 use crate::point::Waiter;
 use crate::reason::CancelReason;
@@ -214,7 +214,13 @@ impl<F, T, E> LocalTask<'_, F, T, E> {
     fn deliver(&self, outcome: Result<T, JoinError>) {
         self.stage.finish(outcome);
         if let Some(waiter) = self.waiter.take() {
-            waiter.wake();
+            // The handle's waiter is foreign to the child: a panic of its waker must neither
+            // take the child's failure or drop panic from the scope (SPEC N4, N6) nor stop a
+            // drop of many children half-way.
+            catch_waker_panic(
+                || "when a local child's outcome was given to its handle".to_string(),
+                || waiter.wake(),
+            );
         }
     }
 }
@@ -288,7 +294,7 @@ where
             // Called by the scope's poll loop after a child's poll returned or unwound, and
             // by the scope's drop: never within the child's poll.
             State::Polling => unreachable!("a local child's future dropped within its own poll"),
-            // Its poll returned and `poll_run` unwound before telling (a waker, say).
+            // Its poll returned and `poll_run` unwound before telling.
             State::Ended => self.deliver(Err(outcome)),
             State::Finished | State::Taken => {}
         }
@@ -762,7 +768,7 @@ impl<E: CancelError + fmt::Debug> LocalScope<'_, E> {
         let first = self.failures.borrow().is_empty() && self.panics.borrow().is_empty();
         self.failures.borrow_mut().push(failure);
         if first {
-            self.node.cancel(CancelReason::SiblingFailed);
+            self.cancel_siblings();
         }
     }
 
@@ -770,8 +776,18 @@ impl<E: CancelError + fmt::Debug> LocalScope<'_, E> {
         let first = self.failures.borrow().is_empty() && self.panics.borrow().is_empty();
         self.panics.borrow_mut().push((origin, payload));
         if first {
-            self.node.cancel(CancelReason::SiblingFailed);
+            self.cancel_siblings();
         }
+    }
+
+    /// The fail-fast cancellation, done on nobody's behalf: a waker's panic there (a
+    /// cancellation wakes every waiter, then re-raises the first panic) must not unwind the
+    /// scope's poll and take the failure with it.
+    fn cancel_siblings(&self) {
+        catch_waker_panic(
+            || "when a local scope's failure cancelled it".to_string(),
+            || self.node.cancel(CancelReason::SiblingFailed),
+        );
     }
 
     /// Everything has stopped: the outcome, as a nursery's (SPEC N4, N6).

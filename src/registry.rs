@@ -55,6 +55,7 @@
 
 use std::any::Any;
 use std::collections::VecDeque;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 
@@ -216,13 +217,29 @@ struct Last<L> {
 }
 
 impl<L> Last<L> {
+    /// Tells each of them even if a waker panics (the adopter's count must drop, or it
+    /// waits for ever), then resumes the first panic.
     fn tell(self) {
-        if let Some(waiter) = self.waiter {
-            waiter.wake();
+        let mut first = None;
+        let mut step = |tell: &mut dyn FnMut()| {
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(tell)) {
+                first.get_or_insert(payload);
+            }
+        };
+        let mut waiter = self.waiter;
+        step(&mut || waiter.take().into_iter().for_each(Waker::wake));
+        let mut outlet = self.outlet.into_iter();
+        while outlet.len() > 0 {
+            step(&mut || outlet.by_ref().for_each(Waker::wake));
         }
-        self.outlet.into_iter().for_each(Waker::wake);
-        if let Some((adopter, key)) = self.adopter {
-            adopter.adoptee_finished(key);
+        let mut adopter = self.adopter;
+        step(&mut || {
+            if let Some((adopter, key)) = adopter.take() {
+                adopter.adoptee_finished(key);
+            }
+        });
+        if let Some(payload) = first {
+            resume_unwind(payload);
         }
     }
 }

@@ -15,7 +15,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::child::{ChildHandle, ChildInfo, ChildOutput, Teller, origin_of, settle};
-use super::{ChildLabel, NurseryHandle, Shared, SpawnError, Stopper, acquire_slot};
+use super::{
+    ChildLabel, NurseryHandle, Shared, SpawnError, Stopper, acquire_slot, catch_waker_panic,
+};
 use crate::cancelled::{CancelError, Cancelled};
 use crate::context::{self, FrameKind};
 use crate::deadline::EffectiveDeadline;
@@ -205,9 +207,15 @@ struct Finished<E> {
 }
 
 impl<E> Drop for Finished<E> {
+    /// The last child's end wakes the nursery's future, whose waker may panic: caught, so
+    /// the closure's outcome still reaches the handle (a panic out of the blocking task
+    /// would read as the child's).
     fn drop(&mut self) {
         self.child.node.end(false);
-        self.nursery.registry.finished(Some(self.key));
+        catch_waker_panic(
+            || "when a blocking child's end was told to its nursery".to_string(),
+            || self.nursery.registry.finished(Some(self.key)),
+        );
     }
 }
 
