@@ -60,9 +60,18 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 
 use crate::keep_waker::poll_or_keep;
+#[cfg(not(loom))]
+use crate::nursery::catch_waker_panic;
 use crate::pages::Pages;
 
 use crate::sync::{AtomicUsize, Mutex, MutexGuard, Ordering, lock};
+
+/// Under loom only the core is built (no nursery, no stderr line): the models' wakers do
+/// not panic.
+#[cfg(loom)]
+fn catch_waker_panic<R>(_: impl FnOnce() -> String, step: impl FnOnce() -> R) -> Option<R> {
+    Some(step())
+}
 
 /// A nursery (or the orphan registry) that takes over the children of a nursery whose
 /// future was dropped in wait mode (SPEC N9).
@@ -468,7 +477,14 @@ impl<A, F, L> Registry<A, F, L> {
         let first = state.reported == 1;
         let outlet = take_outlet(&mut state);
         drop(state);
-        outlet.into_iter().for_each(Waker::wake);
+        // A child's end on nobody's behalf: a waker's panic must neither skip the other
+        // waiters nor take `First` (the fail-fast) from the caller.
+        for waker in outlet {
+            catch_waker_panic(
+                || "when a failure was told to the outlet's waiters".to_string(),
+                || waker.wake(),
+            );
+        }
         if first {
             Recorded::First
         } else {

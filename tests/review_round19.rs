@@ -1,14 +1,17 @@
-//! Review round 19: a local scope's children and a user's waker that panics when the
-//! scope gives a child's outcome to its handle. Each test failed before its fix.
+//! Review round 19: a user's waker that panics in the crate's own steps (a local scope
+//! giving a child's outcome to its handle, a child's end telling its nursery, the outlet,
+//! `orphans_finished`, the fail-fast cancellation). Each test failed before its fix.
 
 mod common;
 
 use std::cell::RefCell;
 use std::panic::AssertUnwindSafe;
 
+use std::time::Duration;
+
 use common::nursery::AppError;
 use futures::FutureExt;
-use tokio_nursery::{JoinError, NurseryError, cancelled, local_scope};
+use tokio_nursery::{JoinError, Nursery, NurseryError, cancelled, local_scope};
 
 /// Was: the scope woke the handle's waiter inside the child's poll, before it recorded the
 /// child's failure; a panic of that waker was taken for the child's panic, the failure was
@@ -150,4 +153,180 @@ async fn a_panicking_nursery_waker_leaves_the_outlets_waiters_woken() {
         "no incident, every child done"
     );
     assert_eq!(waiting.as_mut().await.unwrap(), Some(()));
+}
+
+/// Review round 19 (a helper's review), as those below: a fail-fast nursery whose outlet (`next_incident`) has a waiter with a panicking waker:
+/// a child's failure wakes the outlet's waiters in `Registry::record`, the waker panics
+/// there, `record` unwinds before it returns `Recorded::First`, and `Shared::fail` never
+/// cancels the nursery (SPEC N4): the sibling waits for its cancellation for ever, and so
+/// does the nursery.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_outlet_waker_does_not_stop_fail_fast() {
+    let (send_handle, handle) = tokio::sync::oneshot::channel();
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let run = Nursery::new().run(|n| async move {
+        n.spawn(async move {
+            let _ = released.await;
+            Err::<(), _>(AppError::Boom(1))
+        });
+        n.spawn(async move {
+            let cancelled = cancelled().await;
+            Err::<(), _>(AppError::Cancelled(cancelled))
+        });
+        send_handle.send(n.clone()).ok().unwrap();
+        Ok::<_, AppError>(())
+    });
+    let run = tokio::spawn(run);
+    let nursery = handle.await.unwrap();
+    // Someone reads the outlet with a waker that panics when woken.
+    let waiting =
+        common::wakers::wait_with_panicking_waker(async move { nursery.next_incident().await });
+    release.send(()).unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(3600), run)
+        .await
+        .expect("the failure cancelled the sibling and the nursery ended")
+        .unwrap();
+    drop(waiting);
+    assert!(out.is_err(), "{out:?}");
+}
+
+/// A nursery dropped in wait mode outside any nursery: its child becomes an orphan of the
+/// runtime. Two tasks wait in `orphans_finished`, the first with a waker that panics. The
+/// orphan's end reaches `Orphans::adoptee_finished` (src/nursery/orphans.rs:118), which wakes
+/// the waiters one by one: the first panics, the second is never woken (it was taken out of
+/// the registry) and waits for ever.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_orphans_finished_waker_leaves_the_other_waiters_woken() {
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let (started, is_started) = tokio::sync::oneshot::channel::<()>();
+    let mut run = Box::pin(Nursery::new().run(|n| async move {
+        n.spawn(async move {
+            started.send(()).unwrap();
+            // Deaf to the cancellation of the wait-mode drop.
+            let _ = released.await;
+            Ok::<_, AppError>(())
+        });
+        std::future::pending::<()>().await;
+        Ok::<_, AppError>(())
+    }));
+    assert!(futures::poll!(run.as_mut()).is_pending());
+    is_started.await.unwrap();
+    drop(run);
+    assert_eq!(tokio_nursery::orphan_count(), 1);
+    let panicking = common::wakers::wait_with_panicking_waker(tokio_nursery::orphans_finished());
+    let other = tokio::spawn(tokio_nursery::orphans_finished());
+    tokio::task::yield_now().await;
+    assert!(!other.is_finished());
+    release.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(3600), other)
+        .await
+        .expect("the second orphans_finished waiter was woken")
+        .unwrap();
+    drop(panicking);
+}
+
+/// The `!Send` twin of round 19's blocking fix: a local child (`spawn_local`, SPEC N12)
+/// ends as its nursery's last child; `ChildTask::poll` (src/nursery/child.rs, the
+/// `BEFORE_FINISH` branch) calls `finish` uncaught, the nursery's waker panics there (Last::tell
+/// resumes it), the child's tokio task unwinds after its value was made, and the handle,
+/// which reads the task's output, says `ChildPanicked` instead of the value.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_nursery_waker_leaves_a_local_childs_value_to_its_handle() {
+    let local = tokio::task::LocalSet::new();
+    local
+        .run_until(async {
+            let (release, released) = tokio::sync::oneshot::channel::<()>();
+            let (send_handle, handle) = tokio::sync::oneshot::channel();
+            let run = Nursery::new().run(|n| async move {
+                let child = n.spawn_local(async move {
+                    let _ = released.await;
+                    Ok::<_, AppError>(std::rc::Rc::new(7))
+                });
+                send_handle.send(child).ok().unwrap();
+                Ok::<_, AppError>(())
+            });
+            // The nursery waits for its child with a waker that panics when woken.
+            let mut waiting = common::wakers::wait_with_panicking_waker(run);
+            let handle = handle.await.unwrap();
+            release.send(()).unwrap();
+            assert_eq!(*handle.await.unwrap(), 7);
+            assert_eq!(waiting.as_mut().await.unwrap(), Some(()));
+        })
+        .await;
+}
+
+/// A started child fails before its signal and its `Start` is dropped unpolled: the drop
+/// hands the failure to the nursery (`Start::drop` -> the `OrphanedEnd` closure ->
+/// `Shared::fail`, src/nursery/start.rs:378), whose fail-fast cancellation wakes a waker that
+/// panics; `Node::cancel` resumes that panic and it comes out of `Start`'s drop, into the
+/// body, as if the body had panicked. A child's end settled on nobody's behalf catches it
+/// (`told` in child.rs); this path does not.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_waker_does_not_come_out_of_a_starts_drop() {
+    let out = Nursery::new()
+        .run(|n| async move {
+            // Someone waits for the nursery's cancellation with a waker that panics.
+            let watcher = common::wakers::wait_with_panicking_waker(cancelled());
+            let mut start = Box::pin(n.start(|_ready: tokio_nursery::Ready<()>| async {
+                Err::<(), _>(AppError::Boom(3))
+            }));
+            assert!(futures::poll!(start.as_mut()).is_pending());
+            // The child runs and fails before signalling.
+            for _ in 0..3 {
+                tokio::task::yield_now().await;
+            }
+            let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(start)));
+            drop(watcher);
+            assert!(
+                dropped.is_ok(),
+                "the waker's panic came out of the Start's drop"
+            );
+            Ok::<_, AppError>(())
+        })
+        .await;
+    match out {
+        Err(tokio_nursery::NurseryError::Failed(failures)) => {
+            assert!(
+                matches!(failures[0].error(), AppError::Boom(3)),
+                "{failures:?}"
+            )
+        }
+        other => panic!("the started child's failure, not {other:?}"),
+    }
+}
+
+/// A nursery's body fails while a child waits for the nursery's cancellation with a waker
+/// that panics: `NurseryFuture::poll` records the body's failure with `Shared::fail`
+/// (src/nursery/mod.rs:1551), whose fail-fast `node.cancel` (mod.rs:369) wakes that waker
+/// and resumes its panic out of the nursery's poll. The caller gets the waker's panic
+/// instead of `NurseryError::Failed` with the body's error (SPEC N4). A local scope catches
+/// it since 94f21fe (`LocalScope::cancel_siblings`); a nursery does not.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_waker_does_not_take_a_nursery_bodys_failure() {
+    let out = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(Nursery::new().run(
+        |n| async move {
+            // The body waits for the nursery's cancellation with a waker that panics, and
+            // a child keeps that wait.
+            let waiting = common::wakers::wait_with_panicking_waker(cancelled());
+            n.spawn(async move {
+                let cancelled = cancelled().await;
+                drop(waiting);
+                Err::<(), _>(AppError::Cancelled(cancelled))
+            });
+            tokio::task::yield_now().await;
+            Err::<(), _>(AppError::Boom(5))
+        },
+    )))
+    .await;
+    let out = out.expect("the waker's panic is not the nursery's");
+    match out {
+        Err(tokio_nursery::NurseryError::Failed(failures)) => {
+            assert_eq!(failures.len(), 1, "{failures:?}");
+            assert!(
+                matches!(failures[0].error(), AppError::Boom(5)),
+                "{failures:?}"
+            )
+        }
+        other => panic!("the body's failure, not {other:?}"),
+    }
 }

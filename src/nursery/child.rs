@@ -471,7 +471,12 @@ where
         // is no longer among the nursery's live children).
         if R::BEFORE_FINISH {
             let output = output.map(|output| this.route.deliver(cell, output));
-            finish(cell);
+            // The task's output may be the handle's (`ToJoinHandle`): a waker's panic at the
+            // last child's end must not replace it.
+            super::catch_waker_panic(
+                || "when a child's end was told to its nursery".to_string(),
+                || finish(cell),
+            );
             Poll::Ready(output.unwrap_or_else(|output| output))
         } else {
             // The last child's end wakes the nursery's future, whose waker may panic: the

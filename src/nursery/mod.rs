@@ -358,6 +358,16 @@ pub(crate) struct Shared<E> {
     wakers: crate::output_slot::Wakers,
 }
 
+impl<E> Shared<E> {
+    /// The fail-fast cancellation, on nobody's behalf: a waker's panic there is caught.
+    fn fail_fast(&self) {
+        catch_waker_panic(
+            || "when a failure cancelled its nursery".to_string(),
+            || self.node.cancel(CancelReason::SiblingFailed),
+        );
+    }
+}
+
 impl<E: fmt::Debug> Shared<E> {
     /// Fail-fast (SPEC N4): the first failure cancels the nursery's scope. An orphaned
     /// nursery hands it to its adopter instead (N9).
@@ -366,11 +376,9 @@ impl<E: fmt::Debug> Shared<E> {
         tracing::debug!(origin = %failure.origin(), stray = failure.is_stray(), "failure");
         let cancels = !self.supervisor || *failure.origin() == Origin::Body;
         match self.registry.fail(failure) {
-            Recorded::First if cancels => self.node.cancel(CancelReason::SiblingFailed),
+            Recorded::First if cancels => self.fail_fast(),
             Recorded::First => {}
-            Recorded::Later if cancels && self.supervisor => {
-                self.node.cancel(CancelReason::SiblingFailed)
-            }
+            Recorded::Later if cancels && self.supervisor => self.fail_fast(),
             Recorded::Later => {}
             Recorded::Orphaned(failure, adopter) => adopter.orphan_report(orphan_failure(failure)),
             Recorded::Unclaimed(failure) => self.report_failure(&failure),
@@ -828,11 +836,9 @@ impl<E> Shared<E> {
         tracing::debug!(origin = %origin, "panic");
         let cancels = !self.supervisor || origin == Origin::Body;
         match self.registry.panicked(origin, payload) {
-            Recorded::First if cancels => self.node.cancel(CancelReason::SiblingFailed),
+            Recorded::First if cancels => self.fail_fast(),
             Recorded::First => {}
-            Recorded::Later if cancels && self.supervisor => {
-                self.node.cancel(CancelReason::SiblingFailed)
-            }
+            Recorded::Later if cancels && self.supervisor => self.fail_fast(),
             Recorded::Later => {}
             Recorded::Orphaned(panic, adopter) => adopter.orphan_report(OrphanReport::Panic(panic)),
             Recorded::Unclaimed(panic) => self.report_panic(&panic),

@@ -115,7 +115,12 @@ impl Adopter<Origin> for Orphans {
         };
         drop(state);
         drop(removed);
-        waiters.into_iter().for_each(Waker::wake);
+        for waker in waiters {
+            super::catch_waker_panic(
+                || "when the last orphan's end was told to orphans_finished".to_string(),
+                || waker.wake(),
+            );
+        }
     }
 
     fn describe(&self) -> crate::node::Description {
