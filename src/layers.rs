@@ -21,7 +21,7 @@ use tower_service::Service;
 
 use crate::cancelled::Cancelled;
 use crate::headers::{DeadlineHeaders, DeadlinePassed};
-use crate::scope::{CancelScope, Scoped};
+use crate::scope::{CancelScope, ScopeHandle, Scoped};
 
 /// The error type of [`PropagateDeadline`], as in tower's own middleware.
 pub type BoxError = Box<dyn Error + Send + Sync>;
@@ -49,7 +49,9 @@ pub type BoxError = Box<dyn Error + Send + Sync>;
 ///   follow their drop mode) and the response is `504 Gateway Timeout` (also when an
 ///   enclosing scope's deadline passes at the same instant); if an enclosing scope is
 ///   cancelled before the request's deadline (a shutdown, even one by a deadline of the
-///   server's), `503 Service Unavailable`.
+///   server's), `503 Service Unavailable`. "Before" is decided by when that scope was
+///   cancelled (its deadline's own instant, not the timer tick that fired it), however
+///   late the request's future is polled again.
 /// - **No time left** (a `0` budget): `504 Gateway Timeout` at once; the handler is not
 ///   called.
 /// - **A malformed header** (garbage, negative, too long, unknown unit, not ASCII):
@@ -188,6 +190,7 @@ where
         } else {
             scope
         };
+        let handle = scope.handle();
         // The service that was made ready is the one called; a clone waits for the next.
         let ready = self.inner.clone();
         let service = std::mem::replace(&mut self.inner, ready);
@@ -200,6 +203,7 @@ where
                 future,
                 grpc,
                 deadline: incoming.deadline(),
+                handle,
             },
         }
     }
@@ -289,6 +293,8 @@ enum State<S: Service<Req>, Req, B> {
         grpc: bool,
         /// The request's own deadline.
         deadline: tokio::time::Instant,
+        /// The request's scope: which enclosing scope cut it, and when.
+        handle: ScopeHandle,
     },
 }
 
@@ -319,6 +325,7 @@ where
                 future,
                 grpc,
                 deadline,
+                handle,
             } => future.poll(cx).map(|out| match out {
                 Ok(Some(out)) => out,
                 // Only a hard scope absorbs: its own deadline dropped the handler.
@@ -331,10 +338,20 @@ where
                 // may have passed with it (an enclosing deadline at the same instant: the
                 // outermost of scopes expiring together absorbs, S9): out of time all the
                 // same. Otherwise the server cut it (a shutdown, even one by deadline).
-                Err(_cancelled) if tokio::time::Instant::now() >= *deadline => {
-                    Ok(Refusal::TimedOut.response(*grpc))
+                // Decided by when the enclosing scope was cancelled (a deadline's own
+                // instant, not the tick that fired it; not the clock at this poll).
+                Err(_cancelled) => {
+                    let cut_at = handle
+                        .node
+                        .inherited_origin()
+                        .and_then(|origin| origin.cancelled_at())
+                        .map_or_else(tokio::time::Instant::now, tokio::time::Instant::from_std);
+                    if cut_at >= *deadline {
+                        Ok(Refusal::TimedOut.response(*grpc))
+                    } else {
+                        Ok(Refusal::Shutdown.response(*grpc))
+                    }
                 }
-                Err(_cancelled) => Ok(Refusal::Shutdown.response(*grpc)),
             }),
         }
     }

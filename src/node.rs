@@ -725,6 +725,27 @@ impl Node {
         lock(&self.inner).deadline()
     }
 
+    /// When the scope itself was cancelled: the deadline's instant for a deadline fired by
+    /// the service, else the clock at the cancel.
+    #[cfg(all(not(loom), feature = "tower"))]
+    pub(crate) fn cancelled_at(&self) -> Option<Instant> {
+        lock(&self.inner).cold.as_ref()?.cancelled_at
+    }
+
+    /// The outermost cancelled scope above this one that it inherited from (kept when it
+    /// ended), if any.
+    #[cfg(all(not(loom), feature = "tower"))]
+    pub(crate) fn inherited_origin(&self) -> Option<Arc<Node>> {
+        let inner = lock(&self.inner);
+        match inner.parent.clone() {
+            Some(parent) => {
+                drop(inner);
+                parent.origin()
+            }
+            None => inner.cold.as_ref()?.frozen_origin.clone(),
+        }
+    }
+
     /// The reason and the deadline, under one lock (a scope's exit reads both).
     pub(crate) fn reason_and_deadline(&self) -> (Option<CancelReason>, Option<Instant>) {
         let inner = lock(&self.inner);

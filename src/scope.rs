@@ -358,6 +358,17 @@ struct InlineWait {
 }
 
 impl<F> ScopeCore<F> {
+    /// A helper scope's deadline as fixed at entry (once entered).
+    pub(crate) fn entry_deadline(&self) -> Option<Instant> {
+        match self.plan {
+            Plan::Lazy {
+                deadline: DeadlineSpec::At(at),
+                ..
+            } => Some(at),
+            _ => None,
+        }
+    }
+
     /// The reason and the deadline of what the scope absorbed.
     pub(crate) fn absorbed(&self, absorbed: Absorbed) -> (CancelReason, Option<Instant>) {
         match absorbed {
@@ -416,7 +427,7 @@ where
                     return match poll_unlinked(this.body.as_mut(), &inline, cx) {
                         Poll::Ready(exit) => {
                             *this.phase = Phase::Done;
-                            if let Exit::Absorbed(Absorbed::OwnDeadline) = exit {
+                            if let Exit::Absorbed(_) = exit {
                                 remember_deadline(this.plan, &inline);
                             }
                             Poll::Ready(exit)

@@ -159,6 +159,8 @@ where
             Exit::Error(error) => Err(error),
             Exit::Absorbed(absorbed) => {
                 let (reason, deadline) = core.absorbed(absorbed);
+                // "after {timeout}" only while the deadline is the one the timeout set.
+                let timeout = timeout.filter(|_| deadline == core.entry_deadline());
                 Err(E::from(TimedOut {
                     deadline,
                     timeout,
@@ -189,7 +191,8 @@ impl TimedOut {
         self.deadline
     }
 
-    /// The timeout a [`fail_after`] scope was given (`None` for [`fail_at`]).
+    /// The timeout a [`fail_after`] scope was given (`None` for [`fail_at`], and when the
+    /// body moved its scope's deadline: the timeout no longer says when it ended).
     pub fn timeout(&self) -> Option<Duration> {
         self.timeout
     }

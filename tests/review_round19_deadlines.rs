@@ -1,0 +1,137 @@
+#![cfg(all(feature = "http", feature = "tower"))]
+//! Review round 19 (a helper's review of deadlines across services): the hard
+//! `DeadlineLayer` tells an enclosing cancellation from the request's own deadline by when
+//! the enclosing scope was cancelled, and `TimedOut` names a timeout only while the scope's
+//! deadline is still the one the timeout set. Each test failed before its fix, except the
+//! last, which keeps the first-poll case of the second fix.
+
+mod common;
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use common::nursery::{HOUR, no_hang};
+use http::{Request, Response, StatusCode};
+use tokio::time::Instant;
+use tokio_nursery::*;
+use tower::{Layer, ServiceExt, service_fn};
+
+fn request_with(headers: &[(&str, &str)]) -> Request<()> {
+    let mut request = Request::new(());
+    for (name, value) in headers {
+        request.headers_mut().insert(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            http::HeaderValue::from_str(value).unwrap(),
+        );
+    }
+    request
+}
+
+/// The layer's docs: "if an enclosing scope is cancelled before the request's deadline (a
+/// shutdown, even one by a deadline of the server's), `503 Service Unavailable`". Here the
+/// server's deadline (249.5 ms) passes half a millisecond before the request's (250 ms):
+/// the server cut the request, 503 expected. The timer's 1 ms resolution fires both in the
+/// same tick, and the layer, comparing the clock with the request's deadline, answers 504.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn r19b_enclosing_deadline_just_before_the_requests_in_the_same_ms_is_503() {
+    let service = DeadlineLayer::new()
+        .hard()
+        .layer(service_fn(|_: Request<()>| async {
+            tokio::time::sleep(HOUR).await;
+            Ok::<_, Infallible>(Response::new(String::new()))
+        }));
+    let out = no_hang(move_on_after(Duration::from_micros(249_500), async {
+        let response = service
+            .oneshot(request_with(&[("grpc-timeout", "250m")]))
+            .await
+            .unwrap();
+        Ok::<_, Cancelled>(response)
+    }))
+    .await;
+    let response = out.unwrap().expect("the layer answered");
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+}
+
+/// `fail_after(20 ms)` whose deadline the body moved to 50 ms: the scope timed out at 50 ms
+/// (`TimedOut::deadline` says so), but the error's `Display` still says "timed out after
+/// 20ms", the timeout it was first given.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn r19b_timed_out_display_after_the_deadline_was_moved() {
+    let start = Instant::now();
+    let out: Result<(), std::io::Error> = fail_after(Duration::from_millis(20), async {
+        let scope = current_scope().expect("in the fail scope");
+        scope.set_deadline(Some(start + Duration::from_millis(50)));
+        sleep(HOUR).await?;
+        Ok(())
+    })
+    .await;
+    let error = out.unwrap_err();
+    let error = error
+        .into_inner()
+        .expect("wraps TimedOut")
+        .downcast::<TimedOut>()
+        .expect("a TimedOut");
+    assert_eq!(start.elapsed(), Duration::from_millis(50));
+    assert_eq!(error.deadline(), Some(start + Duration::from_millis(50)));
+    assert_ne!(error.to_string(), "timed out after 20ms", "{error}");
+}
+
+/// The same rule with an explicit shutdown: the server cancels at 40 ms, long before the
+/// request's deadline (250 ms), so the docs promise 503. The request's future is next
+/// polled at 300 ms (its caller was busy in a plain tokio sleep, not a cancellation point),
+/// and the layer, asking the clock at that poll whether the request's deadline has passed,
+/// answers 504 Gateway Timeout.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn r19b_shutdown_before_the_requests_deadline_is_503_whenever_it_is_polled() {
+    let service = DeadlineLayer::new()
+        .hard()
+        .layer(service_fn(|_: Request<()>| async {
+            tokio::time::sleep(HOUR).await;
+            Ok::<_, Infallible>(Response::new(String::new()))
+        }));
+    let server = CancelScope::new();
+    let shutdown = server.handle();
+    common::nursery::at(Instant::now() + Duration::from_millis(40), move || {
+        shutdown.cancel_with("shutting down")
+    });
+    let out = no_hang(server.run(async {
+        let mut call = std::pin::pin!(service.oneshot(request_with(&[("grpc-timeout", "250m")])));
+        assert!(
+            futures::poll!(call.as_mut()).is_pending(),
+            "the handler runs"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await; // busy elsewhere
+        Ok::<_, Cancelled>(call.await.unwrap())
+    }))
+    .await;
+    let response = out.unwrap().expect("the layer answered");
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+}
+
+/// The fix above keeps "after {timeout}" when the deadline was not moved, also when the
+/// body linked its scope and met the deadline within its first poll.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn r19b_timed_out_display_names_the_timeout_it_was_given() {
+    for linked in [false, true] {
+        let out: Result<(), std::io::Error> = fail_after(Duration::from_millis(0), async {
+            if linked {
+                current_scope().expect("in the fail scope");
+            }
+            checkpoint().await?;
+            Ok(())
+        })
+        .await;
+        let error = out.unwrap_err();
+        assert!(
+            error.to_string().starts_with("timed out after"),
+            "linked {linked}: {error}"
+        );
+    }
+    let out: Result<(), std::io::Error> = fail_after(Duration::from_millis(20), async {
+        current_scope().expect("in the fail scope");
+        sleep(HOUR).await?;
+        Ok(())
+    })
+    .await;
+    assert_eq!(out.unwrap_err().to_string(), "timed out after 20ms");
+}
