@@ -419,7 +419,12 @@ impl Done {
 impl Drop for Done {
     fn drop(&mut self) {
         self.node.end(false);
-        self.adopter.adoptee_finished(self.key);
+        // Telling the adopter may wake its nursery's future, whose waker may panic: not out
+        // of this drop (it may run while the task unwinds, where a second panic aborts).
+        catch_waker_panic(
+            || "when an adopted task's end was told to its adopter".to_string(),
+            || self.adopter.adoptee_finished(self.key),
+        );
     }
 }
 

@@ -330,3 +330,28 @@ async fn a_panicking_waker_does_not_take_a_nursery_bodys_failure() {
         other => panic!("the body's failure, not {other:?}"),
     }
 }
+
+/// Was: protected work's end told its adopter (the nursery that waits for it) from a drop
+/// in the work's task; a panic of the nursery's waker there unwound the task after the work
+/// had returned, and the handle resumed that panic instead of giving the value. The panic
+/// is caught (a line on stderr). The same drop ends a `NurseryExecutor`'s adopted task.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_nursery_waker_leaves_protected_works_value_to_its_handle() {
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let (send_handle, handle) = tokio::sync::oneshot::channel();
+    let run = Nursery::new().run(|_| async move {
+        let work = tokio_nursery::protect(async move {
+            let _ = released.await;
+            7
+        });
+        send_handle.send(work).ok().unwrap();
+        Ok::<_, AppError>(())
+    });
+    // The nursery waits for the protected work with a waker that panics when woken.
+    let mut waiting = common::wakers::wait_with_panicking_waker(run);
+    let work = handle.await.unwrap();
+    release.send(()).unwrap();
+    let value = AssertUnwindSafe(work).catch_unwind().await;
+    assert_eq!(value.expect("the work's value, not the waker's panic"), 7);
+    assert_eq!(waiting.as_mut().await.unwrap(), Some(()));
+}
