@@ -192,8 +192,7 @@ async fn a_panicking_outlet_waker_does_not_stop_fail_fast() {
 
 /// A nursery dropped in wait mode outside any nursery: its child becomes an orphan of the
 /// runtime. Two tasks wait in `orphans_finished`, the first with a waker that panics. The
-/// orphan's end reaches `Orphans::adoptee_finished` (src/nursery/orphans.rs:118), which wakes
-/// the waiters one by one: the first panics, the second is never woken (it was taken out of
+/// orphan's end reaches `Orphans::adoptee_finished`, which woke the waiters one by one: the first panics, the second is never woken (it was taken out of
 /// the registry) and waits for ever.
 #[tokio::test(start_paused = true)]
 async fn a_panicking_orphans_finished_waker_leaves_the_other_waiters_woken() {
@@ -257,7 +256,7 @@ async fn a_panicking_nursery_waker_leaves_a_local_childs_value_to_its_handle() {
 
 /// A started child fails before its signal and its `Start` is dropped unpolled: the drop
 /// hands the failure to the nursery (`Start::drop` -> the `OrphanedEnd` closure ->
-/// `Shared::fail`, src/nursery/start.rs:378), whose fail-fast cancellation wakes a waker that
+/// `Shared::fail`), whose fail-fast cancellation wakes a waker that
 /// panics; `Node::cancel` resumes that panic and it comes out of `Start`'s drop, into the
 /// body, as if the body had panicked. A child's end settled on nobody's behalf catches it
 /// (`told` in child.rs); this path does not.
@@ -296,9 +295,9 @@ async fn a_panicking_waker_does_not_come_out_of_a_starts_drop() {
 }
 
 /// A nursery's body fails while a child waits for the nursery's cancellation with a waker
-/// that panics: `NurseryFuture::poll` records the body's failure with `Shared::fail`
-/// (src/nursery/mod.rs:1551), whose fail-fast `node.cancel` (mod.rs:369) wakes that waker
-/// and resumes its panic out of the nursery's poll. The caller gets the waker's panic
+/// that panics: `NurseryFuture::poll` records the body's failure with `Shared::fail`,
+/// whose fail-fast `node.cancel` wakes that waker and resumed its panic out of the
+/// nursery's poll. The caller gets the waker's panic
 /// instead of `NurseryError::Failed` with the body's error (SPEC N4). A local scope catches
 /// it since 94f21fe (`LocalScope::cancel_siblings`); a nursery does not.
 #[tokio::test(start_paused = true)]

@@ -27,6 +27,17 @@ fn request_with(headers: &[(&str, &str)]) -> Request<()> {
     request
 }
 
+/// A hard `DeadlineLayer` around a handler that takes an hour.
+fn hard_layer_around_a_hanging_handler()
+-> impl tower::Service<Request<()>, Response = Response<String>, Error: std::fmt::Debug> {
+    DeadlineLayer::new()
+        .hard()
+        .layer(service_fn(|_: Request<()>| async {
+            tokio::time::sleep(HOUR).await;
+            Ok::<_, Infallible>(Response::new(String::new()))
+        }))
+}
+
 /// The layer's docs: "if an enclosing scope is cancelled before the request's deadline (a
 /// shutdown, even one by a deadline of the server's), `503 Service Unavailable`". Here the
 /// server's deadline (249.5 ms) passes half a millisecond before the request's (250 ms):
@@ -34,12 +45,7 @@ fn request_with(headers: &[(&str, &str)]) -> Request<()> {
 /// same tick, and the layer, comparing the clock with the request's deadline, answers 504.
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn r19b_enclosing_deadline_just_before_the_requests_in_the_same_ms_is_503() {
-    let service = DeadlineLayer::new()
-        .hard()
-        .layer(service_fn(|_: Request<()>| async {
-            tokio::time::sleep(HOUR).await;
-            Ok::<_, Infallible>(Response::new(String::new()))
-        }));
+    let service = hard_layer_around_a_hanging_handler();
     let out = no_hang(move_on_after(Duration::from_micros(249_500), async {
         let response = service
             .oneshot(request_with(&[("grpc-timeout", "250m")]))
@@ -83,12 +89,7 @@ async fn r19b_timed_out_display_after_the_deadline_was_moved() {
 /// answers 504 Gateway Timeout.
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn r19b_shutdown_before_the_requests_deadline_is_503_whenever_it_is_polled() {
-    let service = DeadlineLayer::new()
-        .hard()
-        .layer(service_fn(|_: Request<()>| async {
-            tokio::time::sleep(HOUR).await;
-            Ok::<_, Infallible>(Response::new(String::new()))
-        }));
+    let service = hard_layer_around_a_hanging_handler();
     let server = CancelScope::new();
     let shutdown = server.handle();
     common::nursery::at(Instant::now() + Duration::from_millis(40), move || {
