@@ -343,8 +343,7 @@ where
                 Err(_cancelled) => {
                     let cut_at = handle
                         .node
-                        .inherited_origin()
-                        .and_then(|origin| origin.cancelled_at())
+                        .inherited_cut_at()
                         .map_or_else(tokio::time::Instant::now, tokio::time::Instant::from_std);
                     if cut_at >= *deadline {
                         Ok(Refusal::TimedOut.response(*grpc))

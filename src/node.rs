@@ -167,6 +167,9 @@ struct Cold {
     /// The scope an inherited cancellation came from, kept when the scope ended (it then
     /// leaves its parent, so `origin` cannot walk there any more).
     frozen_origin: Option<Arc<Node>>,
+    /// The earliest `cancelled_at` of the cancelled scopes it inherited from, kept when it
+    /// ended (as `frozen_origin`): when an enclosing scope first cut it.
+    frozen_cut_at: Option<Instant>,
     /// The scope ended while an ancestor it inherited from was past its nursery's grace
     /// period (SPEC N7), kept for `is_past_grace` as `frozen_origin` is for `origin`. Not
     /// the `PAST_GRACE` bit, which says that the scope's own nursery's grace ran out.
@@ -727,22 +730,52 @@ impl Node {
 
     /// When the scope itself was cancelled: the deadline's instant for a deadline fired by
     /// the service, else the clock at the cancel.
-    #[cfg(all(not(loom), feature = "tower"))]
     pub(crate) fn cancelled_at(&self) -> Option<Instant> {
         lock(&self.inner).cold.as_ref()?.cancelled_at
     }
 
-    /// The outermost cancelled scope above this one that it inherited from (kept when it
-    /// ended), if any.
+    /// When an enclosing scope it inherited a cancellation from was first cancelled: the
+    /// earliest `cancelled_at` in the cancelled chain above it (kept when it ended), if any.
     #[cfg(all(not(loom), feature = "tower"))]
-    pub(crate) fn inherited_origin(&self) -> Option<Arc<Node>> {
+    pub(crate) fn inherited_cut_at(&self) -> Option<Instant> {
         let inner = lock(&self.inner);
         match inner.parent.clone() {
             Some(parent) => {
                 drop(inner);
-                parent.origin()
+                parent.earliest_cut()
             }
-            None => inner.cold.as_ref()?.frozen_origin.clone(),
+            None => inner.cold.as_ref()?.frozen_cut_at,
+        }
+    }
+
+    /// The earliest `cancelled_at` of the scopes in the unshielded cancelled chain above
+    /// (and including) this one that were cancelled themselves.
+    fn earliest_cut(self: &Arc<Self>) -> Option<Instant> {
+        let mut earliest: Option<Instant> = None;
+        let mut node = self.clone();
+        loop {
+            let bits = node.bits();
+            if bits & CANCELLED == 0 {
+                return earliest;
+            }
+            let inner = lock(&node.inner);
+            if bits & OWN != 0 {
+                if let Some(at) = inner.cold.as_ref().and_then(|cold| cold.cancelled_at) {
+                    earliest = Some(earliest.map_or(at, |e| e.min(at)));
+                }
+            }
+            if bits & INHERITED == 0 {
+                return earliest;
+            }
+            let Some(parent) = inner.parent.clone() else {
+                let frozen = inner.cold.as_ref().and_then(|cold| cold.frozen_cut_at);
+                return match (earliest, frozen) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            };
+            drop(inner);
+            node = parent;
         }
     }
 
@@ -802,6 +835,22 @@ impl Node {
     pub(crate) fn cancel(self: &Arc<Self>, reason: CancelReason) {
         let inner = lock(&self.inner);
         self.cancel_locked(inner, reason, None);
+    }
+
+    /// Cancelled by its own deadline `at` before the service fired it (expired early, SPEC
+    /// S5), recorded as cancelled at that instant, as when the service fires it.
+    pub(crate) fn cancel_at_deadline(self: &Arc<Self>, at: Instant) {
+        let inner = lock(&self.inner);
+        self.cancel_at_deadline_locked(inner, at);
+    }
+
+    fn cancel_at_deadline_locked(self: &Arc<Self>, inner: MutexGuard<'_, Inner>, at: Instant) {
+        // SPEC O1: the event `cancel_locked` leaves to the service when given an instant.
+        #[cfg(feature = "tracing")]
+        if inner.reason().is_none() {
+            tracing::debug!(scope = %self.id, reason = %CancelReason::Deadline, "cancel");
+        }
+        self.cancel_locked(inner, CancelReason::Deadline, Some(at));
     }
 
     /// Cancels with `reason`, recording `at` (else now) as the time of the cancellation.
@@ -1082,8 +1131,7 @@ impl Node {
     pub(crate) fn expire_deadline(self: &Arc<Self>, at: Instant) {
         self.visit_unshielded(|node, inner| {
             if inner.deadline() == Some(at) {
-                drop(inner);
-                node.cancel(CancelReason::Deadline);
+                node.cancel_at_deadline_locked(inner, at);
             }
             ControlFlow::Continue(())
         });
@@ -1104,6 +1152,7 @@ impl Node {
             .then(|| self.parent())
             .flatten();
         let frozen = inherited.as_ref().and_then(|parent| parent.origin());
+        let cut_at = inherited.as_ref().and_then(|parent| parent.earliest_cut());
         let past_grace = inherited.is_some_and(|parent| parent.is_past_grace());
         let mut inner = lock(&self.inner);
         if self.bits() & ENDED != 0 {
@@ -1111,6 +1160,9 @@ impl Node {
         }
         if frozen.is_some() {
             inner.cold().frozen_origin = frozen;
+        }
+        if cut_at.is_some() {
+            inner.cold().frozen_cut_at = cut_at;
         }
         if past_grace {
             inner.cold().frozen_past_grace = true;

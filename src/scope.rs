@@ -358,6 +358,17 @@ struct InlineWait {
 }
 
 impl<F> ScopeCore<F> {
+    /// The instant of the deadline that cancelled what the scope absorbed (`None` if it was
+    /// not a deadline).
+    pub(crate) fn fired_at(&self, absorbed: &Absorbed) -> Option<Instant> {
+        match absorbed {
+            Absorbed::Node(node) => matches!(node.reason(), Some(CancelReason::Deadline))
+                .then(|| node.cancelled_at().map(Instant::from_std))
+                .flatten(),
+            Absorbed::OwnDeadline => self.entry_deadline(),
+        }
+    }
+
     /// A helper scope's deadline as fixed at entry (once entered).
     pub(crate) fn entry_deadline(&self) -> Option<Instant> {
         match self.plan {
@@ -833,7 +844,10 @@ pub(crate) fn materialize(inline: &Unlinked, parent: Option<&Arc<Node>>) -> Arc<
     node.enter(parent, timer_for(parent));
     // Expired before its deadline (`Frame::expire_deadline`): its node keeps that.
     if inline.expired.get() == Some(true) && !node.cancel_called() {
-        node.cancel(CancelReason::Deadline);
+        match inline.deadline {
+            Some(at) => node.cancel_at_deadline(at),
+            None => node.cancel(CancelReason::Deadline),
+        }
     }
     node
 }

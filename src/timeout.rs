@@ -158,9 +158,14 @@ where
             Exit::Value(value) => Ok(value),
             Exit::Error(error) => Err(error),
             Exit::Absorbed(absorbed) => {
+                // "after {timeout}" only if the deadline that fired is the one the timeout
+                // set (not one the body moved it to, even if it moved it back since).
+                let fired = core.fired_at(&absorbed);
                 let (reason, deadline) = core.absorbed(absorbed);
-                // "after {timeout}" only while the deadline is the one the timeout set.
-                let timeout = timeout.filter(|_| deadline == core.entry_deadline());
+                let timeout = timeout.filter(|_| match fired {
+                    Some(fired) => Some(fired) == core.entry_deadline(),
+                    None => deadline == core.entry_deadline(),
+                });
                 Err(E::from(TimedOut {
                     deadline,
                     timeout,

@@ -1,9 +1,10 @@
 #![cfg(all(feature = "http", feature = "tower"))]
 //! Review round 19 (a helper's review of deadlines across services): the hard
 //! `DeadlineLayer` tells an enclosing cancellation from the request's own deadline by when
-//! the enclosing scope was cancelled, and `TimedOut` names a timeout only while the scope's
-//! deadline is still the one the timeout set. Each test failed before its fix, except the
-//! last, which keeps the first-poll case of the second fix.
+//! the earliest enclosing scope was cancelled, and `TimedOut` names a timeout only when the
+//! deadline that fired is the one the timeout set. Each test failed before its fix, except
+//! `r19b_timed_out_display_names_the_timeout_it_was_given`, which keeps the first-poll case
+//! of the second fix.
 
 mod common;
 
@@ -11,7 +12,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use common::nursery::{HOUR, no_hang};
-use http::{Request, Response, StatusCode};
+use http::{HeaderMap, Request, Response, StatusCode};
 use tokio::time::Instant;
 use tokio_nursery::*;
 use tower::{Layer, ServiceExt, service_fn};
@@ -135,4 +136,118 @@ async fn r19b_timed_out_display_names_the_timeout_it_was_given() {
     })
     .await;
     assert_eq!(out.unwrap_err().to_string(), "timed out after 20ms");
+}
+
+/// Review round 19, second review (as the two below): an inner enclosing scope (`inner`) is cancelled at 40 ms, long before the request's
+/// deadline (250 ms): the docs promise 503 "however late the request's future is polled
+/// again" (and without the outer scope's later cancellation, this test answers 503). The
+/// server's outer scope is cancelled too, at 260 ms, after the request's deadline: the
+/// layer reads only the outermost cancelled scope (`Node::origin`), so it answers 504.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn r19c_inner_shutdown_before_the_deadline_is_503_even_if_an_outer_scope_is_cancelled_later()
+{
+    for outer_cancelled in [false, true] {
+        let start = Instant::now();
+        let service = hard_layer_around_a_hanging_handler();
+        let server = CancelScope::new();
+        let inner = CancelScope::new();
+        let (server_handle, inner_handle) = (server.handle(), inner.handle());
+        common::nursery::at(start + Duration::from_millis(40), move || {
+            inner_handle.cancel_with("this part of the server shuts down")
+        });
+        if outer_cancelled {
+            common::nursery::at(start + Duration::from_millis(260), move || {
+                server_handle.cancel_with("the whole server shuts down")
+            });
+        }
+        let out = no_hang(server.run(async {
+            let out = inner
+                .run(async {
+                    let mut call =
+                        std::pin::pin!(service.oneshot(request_with(&[("grpc-timeout", "250m")])));
+                    assert!(futures::poll!(call.as_mut()).is_pending());
+                    tokio::time::sleep(Duration::from_millis(300)).await; // busy elsewhere
+                    Ok::<_, Cancelled>(call.await.unwrap())
+                })
+                .await;
+            // A plain future: the inner scope's value, or `Cancelled` passed on.
+            out.map(|out| out.expect("the inner scope's body returned"))
+        }))
+        .await;
+        let response = match out {
+            Ok(Some(response)) => response,
+            other => panic!("outer_cancelled {outer_cancelled}: {other:?}"),
+        };
+        assert_eq!(
+            response.status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "outer_cancelled {outer_cancelled}"
+        );
+    }
+}
+
+/// The server's scope and the request share one deadline (250 ms): the docs promise 504
+/// ("also when an enclosing scope's deadline passes at the same instant"). The handler
+/// writes the deadline into an outgoing request's headers with less than a millisecond
+/// left: `write_current` expires the 250 ms deadline there and then, in both scopes. The
+/// server's scope records the clock (249.5 ms) as when it was cancelled, not the
+/// deadline's instant, and the layer, reading it, answers 503.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn r19c_shared_deadline_expired_early_by_write_current_is_504() {
+    let start = Instant::now();
+    let service = DeadlineLayer::new()
+        .hard()
+        .layer(service_fn(move |_: Request<()>| async move {
+            tokio::time::sleep_until(start + Duration::from_millis(249)).await;
+            tokio::time::advance(Duration::from_micros(500)).await; // the timer's ticks are 1 ms
+            assert_eq!(start.elapsed(), Duration::from_micros(249_500));
+            let mut headers = HeaderMap::new();
+            let written = DeadlineHeaders::new().write_current(&mut headers);
+            assert!(written.is_err(), "under a millisecond left: {written:?}");
+            tokio::time::sleep(HOUR).await; // the hard scope drops it at its next poll
+            Ok::<_, Infallible>(Response::new(String::new()))
+        }));
+    let server = CancelScope::new().with_deadline(start + Duration::from_millis(250));
+    let out = no_hang(server.run(async {
+        let response = service
+            .oneshot(request_with(&[("grpc-timeout", "250m")]))
+            .await
+            .unwrap();
+        Ok::<_, Cancelled>(response)
+    }))
+    .await;
+    let response = out.unwrap().expect("the layer answered");
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+}
+
+/// A guard tightens the fail scope's deadline to 8 ms and restores the 20 ms one on its
+/// way out (as RAII guards do, on the `?` path too). The scope timed out at 8 ms, but its
+/// deadline reads 20 ms again by the time the error is made, so the error says "timed out
+/// after 20ms" (and `deadline()` says 20 ms).
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn r19c_timed_out_after_a_deadline_moved_then_moved_back() {
+    struct Restore(ScopeHandle, Option<Instant>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            self.0.set_deadline(self.1);
+        }
+    }
+    let start = Instant::now();
+    let out: Result<(), std::io::Error> = fail_after(Duration::from_millis(20), async {
+        let scope = current_scope().expect("in the fail scope");
+        let _restore = Restore(scope.clone(), scope.deadline());
+        scope.set_deadline(Some(start + Duration::from_millis(8)));
+        sleep(HOUR).await?;
+        Ok(())
+    })
+    .await;
+    assert_eq!(start.elapsed(), Duration::from_millis(8));
+    let error = out.unwrap_err();
+    let error = error
+        .into_inner()
+        .expect("wraps TimedOut")
+        .downcast::<TimedOut>()
+        .expect("a TimedOut");
+    assert_ne!(error.to_string(), "timed out after 20ms", "{error}");
+    assert_eq!(error.timeout(), None);
 }
