@@ -103,7 +103,12 @@ impl Drop for Exemption {
             }
         }
         if wake {
-            self.waker.wake_by_ref();
+            // A wake the crate does on its own, from the scope's end: a user's waker (the
+            // one of the scope's first poll) that panics must not cost the scope's outcome.
+            crate::nursery::catch_waker_panic(
+                || "when a parallel scope's end carried out what it had put off".into(),
+                || self.waker.wake_by_ref(),
+            );
         }
     }
 }

@@ -34,7 +34,13 @@ use crate::sync::lock;
 ///
 /// What it cannot protect: tasks started with a plain `tokio::spawn` (they belong to no
 /// nursery; tokio drops them at runtime shutdown), and anything `std::process::exit` or an
-/// abort ends.
+/// abort ends. A panic it resumes (`main`'s, a child's) still gets the bounded shutdown.
+///
+/// The signals, the grace period and the reports are handled in the task that runs `main`:
+/// code that blocks that thread in `main` itself (a blocking
+/// [`parallel_scope`](crate::parallel_scope), a synchronous wait) puts them off until it
+/// returns. Run such work in a child ([`spawn`](crate::NurseryHandle::spawn), or
+/// [`spawn_blocking`](crate::NurseryHandle::spawn_blocking)).
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -190,9 +196,13 @@ impl Root {
             .enable_all()
             .build()
             .expect("tokio-nursery: building the root's runtime failed");
-        let outcome = runtime.block_on(self.serve(body));
+        // A panic resumed by the root nursery (`main`'s, a child's) still gets the bounded
+        // shutdown: dropping the runtime instead waits for its blocking pool without a bound.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            runtime.block_on(self.serve(body))
+        }));
         runtime.shutdown_timeout(self.shutdown_bound);
-        outcome
+        outcome.unwrap_or_else(|payload| std::panic::resume_unwind(payload))
     }
 
     /// The root nursery and its shutdown sequence, inside the runtime.
@@ -275,6 +285,10 @@ impl Root {
                     // drops one), then once it ended. Protected work is still waited for,
                     // until a signal.
                     grace = None;
+                    // `main` returned by itself meanwhile: nothing to cut (nor to report).
+                    if main_returned.load(Ordering::Acquire) {
+                        continue;
+                    }
                     cut_put_off = defer_cut(&root);
                     if cut_put_off {
                         continue;
