@@ -285,8 +285,11 @@ impl Root {
                     // drops one), then once it ended. Protected work is still waited for,
                     // until a signal.
                     grace = None;
-                    // `main` returned by itself meanwhile: nothing to cut (nor to report).
+                    // `main` returned by itself meanwhile: nothing to cut (nor to report),
+                    // nor a put-off cut left to wait for (`grace_over` would be ready again
+                    // at once, and the loop spin).
                     if main_returned.load(Ordering::Acquire) {
+                        cut_put_off = false;
                         continue;
                     }
                     cut_put_off = defer_cut(&root);

@@ -841,13 +841,16 @@ pub(crate) fn timer_for(parent: Option<&Arc<Node>>) -> Option<Arc<dyn DeadlineTi
 /// Gives an unlinked scope its node and links it under `parent` (see [`crate::context`]).
 pub(crate) fn materialize(inline: &Unlinked, parent: Option<&Arc<Node>>) -> Arc<Node> {
     let node = Arc::new(Node::new(inline.id(), inline.shield, inline.deadline));
+    // Expired before its node was made (its own timer fired, `Frame::expire_deadline`
+    // expired it early, or it passed meanwhile): its node keeps that, cancelled at the
+    // deadline's instant as the service fires one. Before entering, which would record the
+    // clock for a deadline already past (`TimedOut` compares that with its entry deadline).
+    if let Some(at) = inline.deadline.filter(|_| inline.expired_now()) {
+        node.cancel_at_deadline(at);
+    }
     node.enter(parent, timer_for(parent));
-    // Expired before its deadline (`Frame::expire_deadline`): its node keeps that.
     if inline.expired.get() == Some(true) && !node.cancel_called() {
-        match inline.deadline {
-            Some(at) => node.cancel_at_deadline(at),
-            None => node.cancel(CancelReason::Deadline),
-        }
+        node.cancel(CancelReason::Deadline);
     }
     node
 }

@@ -251,3 +251,32 @@ async fn r19c_timed_out_after_a_deadline_moved_then_moved_back() {
     assert_ne!(error.to_string(), "timed out after 20ms", "{error}");
     assert_eq!(error.timeout(), None);
 }
+
+/// `fail_after(10ms)` whose body waits past its deadline on a future that is not a
+/// cancellation point, then asks for its scope (the helper scope's node is made only now,
+/// at 20 ms, after its deadline passed) and meets a cancellation point. It timed out by its
+/// own 10 ms timeout, which the body never moved. Was (a third review, of the fixes above):
+/// `Node::enter` recorded a deadline already past at entry as cancelled at the clock (20 ms),
+/// not at the deadline's instant, and `TimedOut` dropped the timeout ("the scope's deadline
+/// passed"). The node is now cancelled at its deadline's instant before it is entered.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn r19e_timed_out_names_its_timeout_when_the_node_is_made_after_the_deadline() {
+    let start = Instant::now();
+    let out: Result<(), std::io::Error> = fail_after(Duration::from_millis(10), async {
+        tokio::time::sleep(Duration::from_millis(20)).await; // not a cancellation point
+        let scope = current_scope().expect("in the fail scope"); // the node is made here
+        assert_eq!(scope.deadline(), Some(start + Duration::from_millis(10)));
+        sleep(HOUR).await?;
+        Ok(())
+    })
+    .await;
+    assert_eq!(start.elapsed(), Duration::from_millis(20));
+    let error = out
+        .unwrap_err()
+        .into_inner()
+        .expect("wraps TimedOut")
+        .downcast::<TimedOut>()
+        .expect("a TimedOut");
+    assert_eq!(error.timeout(), Some(Duration::from_millis(10)), "{error}");
+    assert_eq!(error.to_string(), "timed out after 10ms");
+}
