@@ -210,6 +210,14 @@ impl CancelError for Box<dyn Error> {
 #[cfg(feature = "anyhow")]
 impl CancelError for anyhow::Error {
     fn as_cancelled(&self) -> Option<&Cancelled> {
+        // A boxed error taken by anyhow (`anyhow!(boxed)`, `Error::from_boxed`) sits behind a
+        // private wrapper whose `source()` skips the boxed error itself: reach it by the
+        // downcast anyhow offers for it (which also looks through contexts).
+        if let Some(boxed) = self.downcast_ref::<Box<dyn Error + Send + Sync>>() {
+            if let Some(cancelled) = find(boxed.as_ref()) {
+                return Some(cancelled);
+            }
+        }
         self.chain().find_map(find)
     }
 }

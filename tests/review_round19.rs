@@ -1,6 +1,7 @@
 //! Review round 19: a user's waker that panics in the crate's own steps (a local scope
 //! giving a child's outcome to its handle, a child's end telling its nursery, the outlet,
-//! `orphans_finished`, the fail-fast cancellation). Each test failed before its fix.
+//! `orphans_finished`, the fail-fast cancellation), and a boxed `Cancelled` inside anyhow.
+//! Each test failed before its fix.
 
 mod common;
 
@@ -353,4 +354,49 @@ async fn a_panicking_nursery_waker_leaves_protected_works_value_to_its_handle() 
     let value = AssertUnwindSafe(work).catch_unwind().await;
     assert_eq!(value.expect("the work's value, not the waker's panic"), 7);
     assert_eq!(waiting.as_mut().await.unwrap(), Some(()));
+}
+
+/// Review round 19 (a helper's review of points, tokens, poison and the tree): a
+/// `Cancelled` boxed as a std error (`Box<dyn std::error::Error + Send + Sync>`, supported) and then
+/// put into anyhow the way anyhow takes boxed errors (`anyhow!(boxed)` /
+/// `anyhow::Error::from_boxed`, supported) is not found: anyhow keeps such a box behind a
+/// private wrapper whose `source()` skips the boxed error itself.
+#[cfg(feature = "anyhow")]
+#[tokio::test]
+async fn a_boxed_cancelled_put_into_anyhow_is_found() {
+    let scope = tokio_nursery::CancelScope::new();
+    scope.handle().cancel();
+    let out = scope
+        .run(async {
+            let boxed: Result<(), Box<dyn std::error::Error + Send + Sync>> =
+                tokio_nursery::checkpoint().await.map_err(Into::into);
+            let error = anyhow::Error::from_boxed(boxed.unwrap_err());
+            assert!(
+                tokio_nursery::CancelError::as_cancelled(&error).is_some(),
+                "the Cancelled inside the boxed error is missed"
+            );
+            Err::<(), _>(error)
+        })
+        .await;
+    assert!(matches!(out, Ok(None)), "absorbed, not a failure: {out:?}");
+}
+
+#[cfg(feature = "anyhow")]
+#[tokio::test]
+async fn a_boxed_cancelled_put_into_anyhow_by_the_macro_with_a_context_is_found() {
+    let scope = tokio_nursery::CancelScope::new();
+    scope.handle().cancel();
+    let out = scope
+        .run(async {
+            let boxed: Box<dyn std::error::Error + Send + Sync> =
+                tokio_nursery::checkpoint().await.unwrap_err().into();
+            let error = anyhow::anyhow!(boxed).context("while doing x");
+            assert!(
+                tokio_nursery::CancelError::as_cancelled(&error).is_some(),
+                "anyhow!(boxed).context missed"
+            );
+            Err::<(), _>(error)
+        })
+        .await;
+    assert!(matches!(out, Ok(None)), "{out:?}");
 }
