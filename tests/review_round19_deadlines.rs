@@ -39,6 +39,17 @@ fn hard_layer_around_a_hanging_handler()
         }))
 }
 
+/// Sends `service` a request with a 250 ms budget and returns the answer.
+async fn answer_to_a_250ms_request<S>(service: S) -> Response<String>
+where
+    S: tower::Service<Request<()>, Response = Response<String>, Error: std::fmt::Debug>,
+{
+    service
+        .oneshot(request_with(&[("grpc-timeout", "250m")]))
+        .await
+        .unwrap()
+}
+
 /// The layer's docs: "if an enclosing scope is cancelled before the request's deadline (a
 /// shutdown, even one by a deadline of the server's), `503 Service Unavailable`". Here the
 /// server's deadline (249.5 ms) passes half a millisecond before the request's (250 ms):
@@ -48,11 +59,7 @@ fn hard_layer_around_a_hanging_handler()
 async fn r19b_enclosing_deadline_just_before_the_requests_in_the_same_ms_is_503() {
     let service = hard_layer_around_a_hanging_handler();
     let out = no_hang(move_on_after(Duration::from_micros(249_500), async {
-        let response = service
-            .oneshot(request_with(&[("grpc-timeout", "250m")]))
-            .await
-            .unwrap();
-        Ok::<_, Cancelled>(response)
+        Ok::<_, Cancelled>(answer_to_a_250ms_request(service).await)
     }))
     .await;
     let response = out.unwrap().expect("the layer answered");
@@ -208,14 +215,9 @@ async fn r19c_shared_deadline_expired_early_by_write_current_is_504() {
             Ok::<_, Infallible>(Response::new(String::new()))
         }));
     let server = CancelScope::new().with_deadline(start + Duration::from_millis(250));
-    let out = no_hang(server.run(async {
-        let response = service
-            .oneshot(request_with(&[("grpc-timeout", "250m")]))
-            .await
-            .unwrap();
-        Ok::<_, Cancelled>(response)
-    }))
-    .await;
+    let out =
+        no_hang(server.run(async { Ok::<_, Cancelled>(answer_to_a_250ms_request(service).await) }))
+            .await;
     let response = out.unwrap().expect("the layer answered");
     assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
 }
