@@ -39,6 +39,15 @@ fn hard_layer_around_a_hanging_handler()
         }))
 }
 
+/// The `TimedOut` inside a fail scope's `io::Error`.
+fn timed_out(out: Result<(), std::io::Error>) -> Box<TimedOut> {
+    out.unwrap_err()
+        .into_inner()
+        .expect("wraps TimedOut")
+        .downcast::<TimedOut>()
+        .expect("a TimedOut")
+}
+
 /// Sends `service` a request with a 250 ms budget and returns the answer.
 async fn answer_to_a_250ms_request<S>(service: S) -> Response<String>
 where
@@ -79,12 +88,7 @@ async fn r19b_timed_out_display_after_the_deadline_was_moved() {
         Ok(())
     })
     .await;
-    let error = out.unwrap_err();
-    let error = error
-        .into_inner()
-        .expect("wraps TimedOut")
-        .downcast::<TimedOut>()
-        .expect("a TimedOut");
+    let error = timed_out(out);
     assert_eq!(start.elapsed(), Duration::from_millis(50));
     assert_eq!(error.deadline(), Some(start + Duration::from_millis(50)));
     assert_ne!(error.to_string(), "timed out after 20ms", "{error}");
@@ -244,12 +248,7 @@ async fn r19c_timed_out_after_a_deadline_moved_then_moved_back() {
     })
     .await;
     assert_eq!(start.elapsed(), Duration::from_millis(8));
-    let error = out.unwrap_err();
-    let error = error
-        .into_inner()
-        .expect("wraps TimedOut")
-        .downcast::<TimedOut>()
-        .expect("a TimedOut");
+    let error = timed_out(out);
     assert_ne!(error.to_string(), "timed out after 20ms", "{error}");
     assert_eq!(error.timeout(), None);
 }
@@ -273,12 +272,7 @@ async fn r19e_timed_out_names_its_timeout_when_the_node_is_made_after_the_deadli
     })
     .await;
     assert_eq!(start.elapsed(), Duration::from_millis(20));
-    let error = out
-        .unwrap_err()
-        .into_inner()
-        .expect("wraps TimedOut")
-        .downcast::<TimedOut>()
-        .expect("a TimedOut");
+    let error = timed_out(out);
     assert_eq!(error.timeout(), Some(Duration::from_millis(10)), "{error}");
     assert_eq!(error.to_string(), "timed out after 10ms");
 }
