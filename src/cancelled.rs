@@ -133,10 +133,13 @@ impl From<Cancelled> for io::Error {
 /// Implemented for `Cancelled`, `io::Error`, boxed std errors and, with the `anyhow`
 /// feature, `anyhow::Error`; those look through the error's `source()` chain and into the
 /// error an `io::Error` wraps (a `Cancelled` that `?` made an `io::Error` and then boxed is
-/// found). One conversion hides it: an `anyhow::Error` turned into a `Box<dyn Error>` keeps
-/// its own error out of reach of `source()` and downcasts; keep `anyhow::Error` as the
-/// error type, or convert the `Cancelled` before it goes into anyhow. Implement it for your
-/// own error enum by returning the `Cancelled` variant:
+/// found). Two conversions hide it: an `anyhow::Error` turned into a `Box<dyn Error>` keeps
+/// its own error out of reach of `source()` and downcasts, and so does anyhow for a
+/// `Box<dyn Error>` it takes (`anyhow!(boxed)`, `anyhow::Error::from_boxed`: the only way in
+/// is a downcast that also matches a context, and a failure described by a `Cancelled`
+/// context is no echo). Keep `anyhow::Error` as the error type, or put the `Cancelled`
+/// itself into anyhow (`anyhow::Error::from(cancelled)`, or `?`), not a box holding it.
+/// Implement it for your own error enum by returning the `Cancelled` variant:
 ///
 /// ```
 /// use tokio_nursery::{CancelError, Cancelled};
@@ -210,14 +213,6 @@ impl CancelError for Box<dyn Error> {
 #[cfg(feature = "anyhow")]
 impl CancelError for anyhow::Error {
     fn as_cancelled(&self) -> Option<&Cancelled> {
-        // A boxed error taken by anyhow (`anyhow!(boxed)`, `Error::from_boxed`) sits behind a
-        // private wrapper whose `source()` skips the boxed error itself: reach it by the
-        // downcast anyhow offers for it (which also looks through contexts).
-        if let Some(boxed) = self.downcast_ref::<Box<dyn Error + Send + Sync>>() {
-            if let Some(cancelled) = find(boxed.as_ref()) {
-                return Some(cancelled);
-            }
-        }
         self.chain().find_map(find)
     }
 }

@@ -182,6 +182,13 @@ impl Root {
         Fut: Future<Output = Result<T, E>>,
         E: CancelError + fmt::Debug + Send + 'static,
     {
+        // Said here, before a runtime exists: tokio's own panic would come from `block_on`,
+        // and the runtime's shutdown inside another runtime would panic anew over it.
+        assert!(
+            tokio::runtime::Handle::try_current().is_err(),
+            "tokio-nursery: Root::run was called inside a tokio runtime; it builds and owns \
+             its own: call it from a plain `fn main` (not `#[tokio::main]`, not a task)"
+        );
         let mut builder = if self.multi_thread {
             #[cfg(feature = "rt-multi-thread")]
             {

@@ -356,47 +356,29 @@ async fn a_panicking_nursery_waker_leaves_protected_works_value_to_its_handle() 
     assert_eq!(waiting.as_mut().await.unwrap(), Some(()));
 }
 
-/// Review round 19 (a helper's review of points, tokens, poison and the tree): a
-/// `Cancelled` boxed as a std error (`Box<dyn std::error::Error + Send + Sync>`, supported) and then
-/// put into anyhow the way anyhow takes boxed errors (`anyhow!(boxed)` /
-/// `anyhow::Error::from_boxed`, supported) is not found: anyhow keeps such a box behind a
-/// private wrapper whose `source()` skips the boxed error itself.
+/// Review round 19 (two helpers' reviews of points and of the fix for what the first one
+/// found): a boxed `Cancelled` put into anyhow is out of reach (anyhow keeps the box behind
+/// a wrapper whose `source()` skips it; its downcast also matches a context), and a real
+/// failure described with a boxed `Cancelled` as its context is no echo. A first fix
+/// reached the box through that downcast and so took such a failure for a cancellation,
+/// losing it; the limitation is documented on `CancelError` instead. The `Cancelled` itself
+/// put into anyhow is found.
 #[cfg(feature = "anyhow")]
 #[tokio::test]
-async fn a_boxed_cancelled_put_into_anyhow_is_found() {
+async fn a_failure_with_a_boxed_cancelled_as_anyhow_context_is_no_echo() {
     let scope = tokio_nursery::CancelScope::new();
     scope.handle().cancel();
     let out = scope
         .run(async {
-            let boxed: Result<(), Box<dyn std::error::Error + Send + Sync>> =
-                tokio_nursery::checkpoint().await.map_err(Into::into);
-            let error = anyhow::Error::from_boxed(boxed.unwrap_err());
-            assert!(
-                tokio_nursery::CancelError::as_cancelled(&error).is_some(),
-                "the Cancelled inside the boxed error is missed"
-            );
-            Err::<(), _>(error)
+            let cancelled = tokio_nursery::checkpoint().await.unwrap_err();
+            let found = anyhow::Error::from(cancelled.clone());
+            assert!(tokio_nursery::CancelError::as_cancelled(&found).is_some());
+            let note: Box<dyn std::error::Error + Send + Sync> = cancelled.into();
+            let failure = anyhow::Error::from(std::io::Error::other("cleanup failed"));
+            Err::<(), _>(failure.context(note))
         })
         .await;
-    assert!(matches!(out, Ok(None)), "absorbed, not a failure: {out:?}");
-}
-
-#[cfg(feature = "anyhow")]
-#[tokio::test]
-async fn a_boxed_cancelled_put_into_anyhow_by_the_macro_with_a_context_is_found() {
-    let scope = tokio_nursery::CancelScope::new();
-    scope.handle().cancel();
-    let out = scope
-        .run(async {
-            let boxed: Box<dyn std::error::Error + Send + Sync> =
-                tokio_nursery::checkpoint().await.unwrap_err().into();
-            let error = anyhow::anyhow!(boxed).context("while doing x");
-            assert!(
-                tokio_nursery::CancelError::as_cancelled(&error).is_some(),
-                "anyhow!(boxed).context missed"
-            );
-            Err::<(), _>(error)
-        })
-        .await;
-    assert!(matches!(out, Ok(None)), "{out:?}");
+    let error = out.expect_err("a failure, not an echo");
+    assert!(error.to_string().contains("cancelled"), "{error}");
+    assert_eq!(error.root_cause().to_string(), "cleanup failed");
 }

@@ -201,3 +201,23 @@ fn r19e_main_returning_after_a_put_off_cut_does_not_spin_the_root() {
         "the root's thread spun: {cpu:?} of CPU"
     );
 }
+
+/// Was (a review of the bounded shutdown after a panic): `Root::run` inside a runtime (a
+/// documented panic) resumed not tokio's panic saying why but a second one, from the
+/// runtime's shutdown inside another runtime ("Cannot drop a runtime in a context where
+/// blocking is not allowed"). `run` now says it itself, before it builds a runtime.
+#[tokio::test]
+async fn root_run_inside_a_runtime_says_why() {
+    let payload = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Root::new()
+            .handle_signals(false)
+            .current_thread()
+            .run(|_n: NurseryHandle<Cancelled>| async move { Ok::<_, Cancelled>(()) })
+    }))
+    .expect_err("Root::run inside a runtime panics");
+    let text = panic_message(&*payload).unwrap_or_default();
+    assert!(
+        text.contains("Root::run was called inside a tokio runtime"),
+        "{text}"
+    );
+}
