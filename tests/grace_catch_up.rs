@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,8 +14,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use tokio_nursery::{
-    CancelScope, Cancelled, JoinError, Nursery, NurseryHandle, cancelled, carry_scope,
-    current_scope, protect,
+    CancelScope, Cancelled, JoinError, Nursery, NurseryError, NurseryHandle, cancelled,
+    carry_scope, current_scope, protect,
 };
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -28,6 +29,33 @@ async fn stuck() -> Result<(), Cancelled> {
     tokio::time::sleep(HOUR).await;
     Ok(())
 }
+
+/// Runs `rest` in the body of nursery A (grace 20 ms) once A is past its grace: an outer
+/// scope is cancelled at once (A inherits it), then A's body sleeps 50 ms. Returns the outer
+/// scope's outcome.
+async fn past_the_grace_of_a<F, Fut>(rest: F) -> PastTheGrace
+where
+    F: FnOnce(NurseryHandle<Cancelled>) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), Cancelled>> + Send + 'static,
+{
+    let outer = CancelScope::new();
+    let o = outer.handle();
+    outer
+        .run(async move {
+            Nursery::new()
+                .grace(ms(20))
+                .run(|a: NurseryHandle<Cancelled>| async move {
+                    o.cancel(); // A inherits the cancellation
+                    tokio::time::sleep(ms(50)).await; // past A's grace
+                    rest(a).await
+                })
+                .await
+        })
+        .await
+}
+
+/// What [`past_the_grace_of_a`] returns: the outer scope's outcome around A's.
+type PastTheGrace = Result<Option<Option<()>>, NurseryError<Cancelled>>;
 
 /// Runs nursery A with a grace of 20 ms, cancelled at once; its body runs a plain scope that
 /// ends at `scope_ends_at`, after making (unpolled) a nursery carried out of it
@@ -264,39 +292,29 @@ async fn n07_a_nursery_past_its_grace_that_exposes_itself_again_reaches_what_it_
     common::leak_checked(async move {
         for lower in [true, false] {
             let start = Instant::now();
-            let outer = CancelScope::new();
-            let o = outer.handle();
-            let out = outer
-                .run(async move {
-                    Nursery::new()
-                        .grace(ms(20))
-                        .run(|a: NurseryHandle<Cancelled>| async move {
-                            o.cancel(); // A inherits the cancellation
-                            tokio::time::sleep(ms(50)).await; // past A's grace
-                            a.scope().set_shield(true);
-                            assert!(!current_scope().unwrap().is_cancelled());
-                            let m = Nursery::new().run(|m: NurseryHandle<Cancelled>| async move {
-                                Ok(m.spawn_named("late", stuck()))
-                            });
-                            let expose = async {
-                                tokio::time::sleep(ms(10)).await;
-                                match lower {
-                                    true => a.scope().set_shield(false),
-                                    false => a.cancel(),
-                                }
-                                assert!(current_scope().unwrap().is_cancelled());
-                            };
-                            let (m, ()) = tokio::join!(m, expose);
-                            let joined = m.unwrap().unwrap().await;
-                            assert!(
-                                matches!(joined, Err(JoinError::ChildAborted)),
-                                "lowered: {lower}: {joined:?}"
-                            );
-                            Ok(())
-                        })
-                        .await
-                })
-                .await;
+            let out = past_the_grace_of_a(move |a| async move {
+                a.scope().set_shield(true);
+                assert!(!current_scope().unwrap().is_cancelled());
+                let m = Nursery::new().run(|m: NurseryHandle<Cancelled>| async move {
+                    Ok(m.spawn_named("late", stuck()))
+                });
+                let expose = async {
+                    tokio::time::sleep(ms(10)).await;
+                    match lower {
+                        true => a.scope().set_shield(false),
+                        false => a.cancel(),
+                    }
+                    assert!(current_scope().unwrap().is_cancelled());
+                };
+                let (m, ()) = tokio::join!(m, expose);
+                let joined = m.unwrap().unwrap().await;
+                assert!(
+                    matches!(joined, Err(JoinError::ChildAborted)),
+                    "lowered: {lower}: {joined:?}"
+                );
+                Ok(())
+            })
+            .await;
             assert!(out.is_ok(), "{out:?}");
             assert_eq!(start.elapsed(), ms(60), "lowered: {lower}");
         }
@@ -349,38 +367,29 @@ async fn n07_protected_work_lowering_its_own_shield_is_not_cut_short() {
 async fn n07_a_dropped_nursery_ending_under_an_expired_grace_still_aborts_its_children() {
     common::leak_checked(async move {
         let start = Instant::now();
-        let outer = CancelScope::new();
-        let o = outer.handle();
-        let _ = outer
-            .run(async move {
-                Nursery::new()
-                    .grace(ms(20))
-                    .run(|a: NurseryHandle<Cancelled>| async move {
-                        o.cancel();
-                        tokio::time::sleep(ms(50)).await; // past A's grace
-                        a.scope().set_shield(true);
-                        let m = Nursery::new().run(|_m: NurseryHandle<Cancelled>| async move {
-                            let k = Nursery::new().grace(ms(20)).run(
-                                |k: NurseryHandle<Cancelled>| async move {
-                                    k.spawn_named("k-stuck", stuck());
-                                    std::future::pending::<()>().await;
-                                    Ok(())
-                                },
-                            );
-                            let _ = tokio::time::timeout(ms(25), k).await; // dropped at 75
+        let _ = past_the_grace_of_a(move |a| async move {
+            a.scope().set_shield(true);
+            let m = Nursery::new().run(|_m: NurseryHandle<Cancelled>| async move {
+                let k =
+                    Nursery::new()
+                        .grace(ms(20))
+                        .run(|k: NurseryHandle<Cancelled>| async move {
+                            k.spawn_named("k-stuck", stuck());
+                            std::future::pending::<()>().await;
                             Ok(())
                         });
-                        let lower = async {
-                            tokio::time::sleep(ms(10)).await;
-                            a.scope().set_shield(false);
-                        };
-                        let (m, ()) = tokio::join!(m, lower);
-                        assert!(m.is_ok(), "{m:?}");
-                        Ok(())
-                    })
-                    .await
-            })
-            .await;
+                let _ = tokio::time::timeout(ms(25), k).await; // dropped at 75
+                Ok(())
+            });
+            let lower = async {
+                tokio::time::sleep(ms(10)).await;
+                a.scope().set_shield(false);
+            };
+            let (m, ()) = tokio::join!(m, lower);
+            assert!(m.is_ok(), "{m:?}");
+            Ok(())
+        })
+        .await;
         assert!(start.elapsed() <= ms(80), "{:?}", start.elapsed());
     })
     .await
@@ -393,32 +402,22 @@ async fn n07_a_dropped_nursery_ending_under_an_expired_grace_still_aborts_its_ch
 async fn n07_a_nursery_past_its_grace_cancelled_again_by_its_deadline_catches_up() {
     common::leak_checked(async move {
         let start = Instant::now();
-        let outer = CancelScope::new();
-        let o = outer.handle();
-        let out = outer
-            .run(async move {
-                Nursery::new()
-                    .grace(ms(20))
-                    .run(|a: NurseryHandle<Cancelled>| async move {
-                        o.cancel();
-                        tokio::time::sleep(ms(50)).await; // past A's grace
-                        a.scope().set_shield(true);
-                        assert!(!current_scope().unwrap().is_cancelled());
-                        a.scope().set_deadline(Some(Instant::now() + ms(10)));
-                        let m = Nursery::new().run(|m: NurseryHandle<Cancelled>| async move {
-                            Ok(m.spawn_named("late", stuck()))
-                        });
-                        let joined = m.await.unwrap().unwrap().await;
-                        assert!(
-                            matches!(joined, Err(JoinError::ChildAborted)),
-                            "{joined:?} at {:?}",
-                            start.elapsed()
-                        );
-                        Ok(())
-                    })
-                    .await
-            })
-            .await;
+        let out = past_the_grace_of_a(move |a| async move {
+            a.scope().set_shield(true);
+            assert!(!current_scope().unwrap().is_cancelled());
+            a.scope().set_deadline(Some(Instant::now() + ms(10)));
+            let m = Nursery::new().run(|m: NurseryHandle<Cancelled>| async move {
+                Ok(m.spawn_named("late", stuck()))
+            });
+            let joined = m.await.unwrap().unwrap().await;
+            assert!(
+                matches!(joined, Err(JoinError::ChildAborted)),
+                "{joined:?} at {:?}",
+                start.elapsed()
+            );
+            Ok(())
+        })
+        .await;
         assert!(out.is_ok(), "{out:?}");
         assert_eq!(start.elapsed(), ms(60));
     })
@@ -479,38 +478,28 @@ async fn n07_a_waker_panicking_at_the_lowering_does_not_skip_the_catch_up() {
 async fn n07_a_waker_panicking_at_a_second_cancel_does_not_skip_the_catch_up() {
     common::leak_checked(async move {
         let start = Instant::now();
-        let outer = CancelScope::new();
-        let o = outer.handle();
-        let out = outer
-            .run(async move {
-                Nursery::new()
-                    .grace(ms(20))
-                    .run(|a: NurseryHandle<Cancelled>| async move {
-                        o.cancel();
-                        tokio::time::sleep(ms(50)).await; // past A's grace
-                        a.scope().set_shield(true);
-                        let wait = common::wakers::wait_with_panicking_waker(cancelled()); // on A's scope
-                        let m = Nursery::new().run(|m: NurseryHandle<Cancelled>| async move {
-                            Ok(m.spawn_named("late", stuck()))
-                        });
-                        let expose = async {
-                            tokio::time::sleep(ms(10)).await;
-                            let r = std::panic::catch_unwind(AssertUnwindSafe(|| a.cancel()));
-                            assert!(r.is_err(), "the waker's panic reaches the caller");
-                        };
-                        let (m, ()) = tokio::join!(m, expose);
-                        drop(wait);
-                        let joined = m.unwrap().unwrap().await;
-                        assert!(
-                            matches!(joined, Err(JoinError::ChildAborted)),
-                            "{joined:?} at {:?}",
-                            start.elapsed()
-                        );
-                        Ok(())
-                    })
-                    .await
-            })
-            .await;
+        let out = past_the_grace_of_a(move |a| async move {
+            a.scope().set_shield(true);
+            let wait = common::wakers::wait_with_panicking_waker(cancelled()); // on A's scope
+            let m = Nursery::new().run(|m: NurseryHandle<Cancelled>| async move {
+                Ok(m.spawn_named("late", stuck()))
+            });
+            let expose = async {
+                tokio::time::sleep(ms(10)).await;
+                let r = std::panic::catch_unwind(AssertUnwindSafe(|| a.cancel()));
+                assert!(r.is_err(), "the waker's panic reaches the caller");
+            };
+            let (m, ()) = tokio::join!(m, expose);
+            drop(wait);
+            let joined = m.unwrap().unwrap().await;
+            assert!(
+                matches!(joined, Err(JoinError::ChildAborted)),
+                "{joined:?} at {:?}",
+                start.elapsed()
+            );
+            Ok(())
+        })
+        .await;
         assert!(out.is_ok(), "{out:?}");
         assert_eq!(start.elapsed(), ms(60));
     })
