@@ -168,7 +168,9 @@ struct Cold {
     /// leaves its parent, so `origin` cannot walk there any more).
     frozen_origin: Option<Arc<Node>>,
     /// The earliest `cancelled_at` of the cancelled scopes it inherited from, kept when it
-    /// ended (as `frozen_origin`): when an enclosing scope first cut it.
+    /// ended (as `frozen_origin`): when an enclosing scope first cut it. Only the hard
+    /// `DeadlineLayer` reads it (503 or 504), so only its feature pays for it.
+    #[cfg(all(not(loom), feature = "tower"))]
     frozen_cut_at: Option<Instant>,
     /// The scope ended while an ancestor it inherited from was past its nursery's grace
     /// period (SPEC N7), kept for `is_past_grace` as `frozen_origin` is for `origin`. Not
@@ -750,6 +752,7 @@ impl Node {
 
     /// The earliest `cancelled_at` of the scopes in the unshielded cancelled chain above
     /// (and including) this one that were cancelled themselves.
+    #[cfg(all(not(loom), feature = "tower"))]
     fn earliest_cut(self: &Arc<Self>) -> Option<Instant> {
         let mut earliest: Option<Instant> = None;
         let mut node = self.clone();
@@ -1152,6 +1155,7 @@ impl Node {
             .then(|| self.parent())
             .flatten();
         let frozen = inherited.as_ref().and_then(|parent| parent.origin());
+        #[cfg(all(not(loom), feature = "tower"))]
         let cut_at = inherited.as_ref().and_then(|parent| parent.earliest_cut());
         let past_grace = inherited.is_some_and(|parent| parent.is_past_grace());
         let mut inner = lock(&self.inner);
@@ -1161,6 +1165,7 @@ impl Node {
         if frozen.is_some() {
             inner.cold().frozen_origin = frozen;
         }
+        #[cfg(all(not(loom), feature = "tower"))]
         if cut_at.is_some() {
             inner.cold().frozen_cut_at = cut_at;
         }
