@@ -390,14 +390,8 @@ impl<F> ScopeCore<F> {
                     deadline.map(Instant::from_std),
                 )
             }
-            Absorbed::OwnDeadline => match self.plan {
-                // Made absolute at entry.
-                Plan::Lazy {
-                    deadline: DeadlineSpec::At(at),
-                    ..
-                } => (CancelReason::Deadline, Some(at)),
-                _ => (CancelReason::Deadline, None),
-            },
+            // Made absolute at entry.
+            Absorbed::OwnDeadline => (CancelReason::Deadline, self.entry_deadline()),
         }
     }
 
