@@ -85,8 +85,9 @@ impl Cancelled {
     }
 
     /// The children a nursery aborted because its grace period ran out before they stopped
-    /// (their names, or scope ids), when this cancellation passes out of that nursery
-    /// (SPEC N7). Empty otherwise.
+    /// (one line each, as [`NurseryHandle::aborted_children`](crate::NurseryHandle::aborted_children)
+    /// says: `"stuck" (scope#7)` for a named child, `scope#8` for an unnamed one), when
+    /// this cancellation passes out of that nursery (SPEC N7). Empty otherwise.
     pub fn aborted_children(&self) -> &[String] {
         &self.inner.aborted
     }

@@ -41,7 +41,8 @@
 //!
 //! Delivery is cooperative: [`checkpoint`], [`check_cancelled`], [`cancelled`], [`sleep`],
 //! any future made [`cancellable`](CancellableExt::cancellable), awaiting a child's handle
-//! ([`ChildHandle`]), [`spawn_when_free`](NurseryHandle::spawn_when_free) and
+//! ([`ChildHandle`], [`LocalHandle`], [`ParallelHandle`]),
+//! [`spawn_when_free`](NurseryHandle::spawn_when_free) and
 //! [`Mutex::lock_cancellable`] report the cancellation, every time they are reached while the
 //! scope is cancelled. Code in between is never interrupted.
 //! [`is_cancelled`] is a cheap synchronous query for loops. A scope can opt in to hard

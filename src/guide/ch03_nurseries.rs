@@ -237,7 +237,10 @@
 //! going on, while the child keeps running. [`start`](crate::NurseryHandle::start) (Trio's
 //! `nursery.start`) spawns the child with a [`Ready`](crate::Ready) signal and resolves with
 //! the value the child signals. A failure before the signal goes to the caller alone, as a
-//! [`StartError`](crate::StartError).
+//! [`StartError`](crate::StartError). One exception, as in Trio: a signal given while the
+//! caller's scope is cancelled does not move the child, which stays under the caller's
+//! (cancelled) scopes; `start` then resolves only when the child exits, with its value, or
+//! with the child's failure as a `StartError`.
 //!
 //! ```
 //! use std::io;

@@ -9,8 +9,13 @@
 //! - [`cancelled().await`](crate::cancelled): wait until the scope is cancelled;
 //! - [`sleep`](crate::sleep) and [`sleep_until`](crate::sleep_until);
 //! - any future made [`.cancellable()`](crate::CancellableExt::cancellable);
-//! - awaiting a [`ChildHandle`](crate::ChildHandle), and
-//!   [`spawn_when_free`](crate::NurseryHandle::spawn_when_free).
+//! - awaiting a child's handle: [`ChildHandle`](crate::ChildHandle),
+//!   [`LocalHandle`](crate::LocalHandle), [`ParallelHandle`](crate::ParallelHandle);
+//! - waiting for a slot of a nursery's limit:
+//!   [`NurseryHandle::spawn_when_free`](crate::NurseryHandle::spawn_when_free) and
+//!   [`Collector::spawn_when_free`](crate::Collector::spawn_when_free);
+//! - waiting for a lock with [`Mutex::lock_cancellable`](crate::Mutex::lock_cancellable)
+//!   (the wait only, not the critical section).
 //!
 //! And [`is_cancelled()`](crate::is_cancelled) asks without reporting, for loops and blocking
 //! code. The crate docs list every future of the crate with its cancel safety

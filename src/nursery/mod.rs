@@ -1236,10 +1236,13 @@ impl<E> NurseryHandle<E> {
     }
 
     /// The children this nursery aborted because its grace period ran out before they
-    /// stopped (their names, or scope ids; SPEC N7); empty if it did not. Also after the
-    /// nursery ended, through a handle kept past its run: the way to learn them when the
-    /// nursery absorbed its own cancellation (its run returned `Ok`), since otherwise they
-    /// travel in the `Cancelled` it passes on ([`Cancelled::aborted_children`](crate::Cancelled::aborted_children)) and in a
+    /// stopped (SPEC N7), one line each: a named child as its quoted name and scope id
+    /// (`"stuck" (scope#7)`), an unnamed one as its scope id (`scope#8`), and children
+    /// aborted before their first poll counted (`2 children starting`); empty if it did
+    /// not. Also after the nursery ended, through a handle kept past its run: the way to
+    /// learn them when the nursery absorbed its own cancellation (its run returned `Ok`),
+    /// since otherwise they travel in the `Cancelled` it passes on
+    /// ([`Cancelled::aborted_children`](crate::Cancelled::aborted_children)) and in a
     /// warn-level event.
     ///
     /// ```
@@ -1261,7 +1264,9 @@ impl<E> NurseryHandle<E> {
     ///     })
     ///     .await;
     /// assert!(out.is_ok(), "absorbed: an abort after the grace is not a failure");
-    /// assert_eq!(kept.unwrap().aborted_children().len(), 1);
+    /// let aborted = kept.unwrap().aborted_children().to_vec();
+    /// assert_eq!(aborted.len(), 1);
+    /// assert!(aborted[0].starts_with("\"stuck\" (scope#"), "{aborted:?}");
     /// # }
     /// ```
     pub fn aborted_children(&self) -> &[String] {
@@ -1282,7 +1287,10 @@ impl<E> NurseryHandle<E> {
     /// fail-fast one the first failure still cancels the rest. Several tasks may wait here
     /// at once (each incident goes to one of them). A child of the nursery waiting here
     /// never sees `None`, as it is alive itself: read the outlet from the body or from
-    /// outside the nursery. Not a cancellation point; cancel-safe.
+    /// outside the nursery. `None` says no child is alive *now*, not that none will be: a
+    /// monitor task reading the outlet from outside while the body still spawns may see
+    /// `None` between two children and stop too early (nothing is lost: incidents nobody
+    /// took come back in the nursery's result). Not a cancellation point; cancel-safe.
     pub async fn next_incident(&self) -> Option<Incident<E>> {
         /// Takes the waiter's entry off the outlet when the wait ends or is dropped.
         struct Waiting<'a, E> {

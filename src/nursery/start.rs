@@ -51,7 +51,9 @@ impl<V: Send, E: Send> Signal<V> for StartState<V, E> {
 
 impl<V> Ready<V> {
     /// Tells the starter the child is ready, with a value for it; the child moves under the
-    /// nursery's scope and keeps running.
+    /// nursery's scope and keeps running. Unless the starter's scope is cancelled at that
+    /// moment (SPEC N3, as in Trio): then the child stays under the starter's scopes, and so
+    /// keeps seeing that cancellation, until it exits, and the starter waits for the exit.
     pub fn signal(self, value: V) {
         self.state.signal(value);
     }
@@ -66,10 +68,12 @@ impl<V> fmt::Debug for Ready<V> {
 /// Why a start gave no value.
 #[derive(Debug)]
 pub enum StartError<E> {
-    /// The child failed before signalling; its error is yours alone (not the nursery's).
+    /// The child failed before signalling, or after a signal that left it under the
+    /// caller's cancelled scopes (see [`Ready::signal`]); its error is yours alone (not the
+    /// nursery's).
     Failed(E),
-    /// The child stopped before signalling because the caller's scope was cancelled; pass
-    /// the cancellation on.
+    /// The child stopped because the caller's scope was cancelled, before signalling or
+    /// after a signal that left it under that scope; pass the cancellation on.
     Cancelled(Cancelled),
     /// The child returned without signalling readiness.
     NoSignal,
@@ -129,7 +133,11 @@ impl<E: fmt::Debug + fmt::Display> std::error::Error for StartError<E> {
 /// concurrency limit and closing are checked then.
 ///
 /// Not a cancellation point: if the caller's scope is cancelled, the child sees it (it runs
-/// under those scopes) and this keeps waiting until the child signals or exits. Dropping it
+/// under those scopes) and this keeps waiting until the child signals or exits. A signal
+/// given while the caller's scope is cancelled does not move the child (SPEC N3, as in
+/// Trio): it stays under the caller's scopes, and this resolves only when it exits, with the
+/// signalled value if it returned `Ok`, else with its failure or cancellation as a
+/// [`StartError`] (its panic is resumed here). Dropping it
 /// before the signal moves the child to the nursery with its own scope cancelled; a failure
 /// or panic that already ended the child, and that this future never returned, goes to the
 /// nursery then (or to its report hook once the nursery is gone): none is lost. Dropping
