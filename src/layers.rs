@@ -51,7 +51,9 @@ pub type BoxError = Box<dyn Error + Send + Sync>;
 ///   cancelled before the request's deadline (a shutdown, even one by a deadline of the
 ///   server's), `503 Service Unavailable`. "Before" is decided by when that scope was
 ///   cancelled (its deadline's own instant, not the timer tick that fired it), however
-///   late the request's future is polled again.
+///   late the request's future is polled again, against the request scope's deadline as
+///   it stands then (a handler that moved its own deadline later, or removed it, and is
+///   cut by a shutdown past the deadline it came with gets `503`).
 /// - **No time left** (a `0` budget): `504 Gateway Timeout` at once; the handler is not
 ///   called.
 /// - **A malformed header** (garbage, negative, too long, unknown unit, not ASCII):
@@ -202,7 +204,6 @@ where
             state: State::Scoped {
                 future,
                 grpc,
-                deadline: incoming.deadline(),
                 handle,
             },
         }
@@ -291,9 +292,8 @@ enum State<S: Service<Req>, Req, B> {
         #[pin]
         future: Scoped<CallInScope<S, Req>>,
         grpc: bool,
-        /// The request's own deadline.
-        deadline: tokio::time::Instant,
-        /// The request's scope: which enclosing scope cut it, and when.
+        /// The request's scope: its deadline (as the handler may have moved it), which
+        /// enclosing scope cut it, and when.
         handle: ScopeHandle,
     },
 }
@@ -324,7 +324,6 @@ where
             StateProj::Scoped {
                 future,
                 grpc,
-                deadline,
                 handle,
             } => future.poll(cx).map(|out| match out {
                 Ok(Some(out)) => out,
@@ -339,13 +338,15 @@ where
                 // outermost of scopes expiring together absorbs, S9): out of time all the
                 // same. Otherwise the server cut it (a shutdown, even one by deadline).
                 // Decided by when the enclosing scope was cancelled (a deadline's own
-                // instant, not the tick that fired it; not the clock at this poll).
+                // instant, not the tick that fired it; not the clock at this poll) against
+                // the request's deadline as it stands (the handler may have moved it, or
+                // removed it: then any cut is the server's).
                 Err(_cancelled) => {
                     let cut_at = handle
                         .node
                         .inherited_cut_at()
                         .map_or_else(tokio::time::Instant::now, tokio::time::Instant::from_std);
-                    if cut_at >= *deadline {
+                    if handle.deadline().is_some_and(|deadline| cut_at >= deadline) {
                         Ok(Refusal::TimedOut.response(*grpc))
                     } else {
                         Ok(Refusal::Shutdown.response(*grpc))

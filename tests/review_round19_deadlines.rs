@@ -276,3 +276,39 @@ async fn r19e_timed_out_names_its_timeout_when_the_node_is_made_after_the_deadli
     assert_eq!(error.timeout(), Some(Duration::from_millis(10)), "{error}");
     assert_eq!(error.to_string(), "timed out after 10ms");
 }
+
+/// Session 20: the handler gives itself more time (its scope's deadline moved from 250 ms
+/// to an hour later, or removed), and the server shuts down at 300 ms, past the deadline the
+/// request came with but before the one it runs under: the server cut it, 503. The layer
+/// compared the cut with the deadline of the incoming headers and answered 504.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn r20_shutdown_after_the_handler_moved_its_deadline_later_is_503() {
+    for removed in [false, true] {
+        let start = Instant::now();
+        let service =
+            DeadlineLayer::new()
+                .hard()
+                .layer(service_fn(move |_: Request<()>| async move {
+                    let scope = current_scope().expect("the request's scope");
+                    scope.set_deadline((!removed).then(|| start + HOUR));
+                    tokio::time::sleep(HOUR).await;
+                    Ok::<_, Infallible>(Response::new(String::new()))
+                }));
+        let server = CancelScope::new();
+        let shutdown = server.handle();
+        common::nursery::at(start + Duration::from_millis(300), move || {
+            shutdown.cancel_with("shutting down")
+        });
+        let out = no_hang(
+            server.run(async { Ok::<_, Cancelled>(answer_to_a_250ms_request(service).await) }),
+        )
+        .await;
+        let response = out.unwrap().expect("the layer answered");
+        assert_eq!(start.elapsed(), Duration::from_millis(300));
+        assert_eq!(
+            response.status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "removed {removed}"
+        );
+    }
+}
