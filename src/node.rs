@@ -19,6 +19,8 @@
 //!    holding a child, never a node while holding the timer.
 //! 5. Wakers are woken after every lock is released.
 //! 6. Dropping a chain of nodes releases parents iteratively (no recursion in depth).
+//! 7. An ended scope is frozen: it has left the tree, keeps the cancellation it had (and
+//!    the origin of one it only inherited) and no longer follows its former ancestors.
 
 use std::any::Any;
 use std::fmt;

@@ -6,8 +6,8 @@
 //!
 //! Every child pays for these fields whether or not it ever needs a scope, so they are
 //! packed: write-once slots and one state byte, where two `OnceLock`s took 32 bytes and a
-//! `Once` call each on every spawn and every end. This module holds
-//! the crate's third `unsafe` (DESIGN.md, "Memory per child"): reading and writing the two
+//! `Once` call each on every spawn and every end. This module holds the crate's third
+//! `unsafe` (DESIGN.md, "A child's scope is made when needed"): reading and writing the two
 //! slots, whose initialisation the state byte publishes. Its Miri tests are at the bottom.
 
 use std::cell::UnsafeCell;
