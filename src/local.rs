@@ -401,7 +401,7 @@ impl<T> Future for LocalHandle<'_, T> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         if let Some(outcome) = this.child.take(cx.waker()) {
-            return Poll::Ready(outcome);
+            return Poll::Ready(outcome.map_err(JoinError::seen_by_waiter));
         }
         this.waiter
             .poll_cancelled(cx)

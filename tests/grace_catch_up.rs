@@ -88,7 +88,7 @@ async fn carry_a_nursery_out_of_a_scope_ending_at(
             let late = late.expect("the scope was not cancelled itself").unwrap();
             tokio::time::sleep_until(start + ms(50)).await;
             let handle = late.await.unwrap().unwrap();
-            Ok(handle.await)
+            Ok(common::nursery::how_it_ended(handle).await)
         })
         .await;
     (out.unwrap().unwrap(), start.elapsed())
@@ -156,7 +156,7 @@ async fn lower_a_shield_at_50ms(
                 Ok(Some(Some(handle))) => handle,
                 other => panic!("{other:?}"),
             };
-            Ok(handle.await)
+            Ok(common::nursery::how_it_ended(handle).await)
         })
         .await;
     (out.unwrap().unwrap(), start.elapsed())
@@ -208,7 +208,10 @@ async fn n07_a_nursery_made_in_a_shielded_nursery_past_its_grace_starts_past_it(
                         })
                         .await;
                 let handle = late.unwrap().unwrap();
-                assert!(matches!(handle.await, Err(JoinError::ChildAborted)));
+                assert!(matches!(
+                    common::nursery::how_it_ended(handle).await,
+                    Err(JoinError::ChildAborted)
+                ));
                 Ok(())
             })
             .await;
@@ -269,7 +272,7 @@ async fn n07_a_shield_lowered_past_the_grace_exposes_the_scope_on_multi_thread()
                     Ok(Some(Some(handle))) => handle,
                     other => panic!("{other:?}"),
                 };
-                let joined = handle.await;
+                let joined = common::nursery::how_it_ended(handle).await;
                 assert!(matches!(joined, Err(JoinError::ChildAborted)), "{joined:?}");
                 Ok(())
             });
@@ -307,7 +310,7 @@ async fn n07_a_nursery_past_its_grace_that_exposes_itself_again_reaches_what_it_
                     assert!(current_scope().unwrap().is_cancelled());
                 };
                 let (m, ()) = tokio::join!(m, expose);
-                let joined = m.unwrap().unwrap().await;
+                let joined = common::nursery::how_it_ended(m.unwrap().unwrap()).await;
                 assert!(
                     matches!(joined, Err(JoinError::ChildAborted)),
                     "lowered: {lower}: {joined:?}"
@@ -409,7 +412,7 @@ async fn n07_a_nursery_past_its_grace_cancelled_again_by_its_deadline_catches_up
             let m = Nursery::new().run(|m: NurseryHandle<Cancelled>| async move {
                 Ok(m.spawn_named("late", stuck()))
             });
-            let joined = m.await.unwrap().unwrap().await;
+            let joined = common::nursery::how_it_ended(m.await.unwrap().unwrap()).await;
             assert!(
                 matches!(joined, Err(JoinError::ChildAborted)),
                 "{joined:?} at {:?}",
@@ -458,7 +461,7 @@ async fn n07_a_waker_panicking_at_the_lowering_does_not_skip_the_catch_up() {
                     Ok(Some(Some(handle))) => handle,
                     other => panic!("{other:?}"),
                 };
-                let joined = handle.await;
+                let joined = common::nursery::how_it_ended(handle).await;
                 assert!(
                     matches!(joined, Err(JoinError::ChildAborted)),
                     "{joined:?} at {:?}",
@@ -491,7 +494,7 @@ async fn n07_a_waker_panicking_at_a_second_cancel_does_not_skip_the_catch_up() {
             };
             let (m, ()) = tokio::join!(m, expose);
             drop(wait);
-            let joined = m.unwrap().unwrap().await;
+            let joined = common::nursery::how_it_ended(m.unwrap().unwrap()).await;
             assert!(
                 matches!(joined, Err(JoinError::ChildAborted)),
                 "{joined:?} at {:?}",
@@ -537,7 +540,7 @@ async fn n07_a_shield_lowered_again_above_a_nursery_past_its_grace_catches_up() 
                                 assert!(current_scope().unwrap().is_cancelled());
                             };
                             let (m, ()) = tokio::join!(m, expose);
-                            let joined = m.unwrap().unwrap().await;
+                            let joined = common::nursery::how_it_ended(m.unwrap().unwrap()).await;
                             assert!(
                                 matches!(joined, Err(JoinError::ChildAborted)),
                                 "{joined:?} at {:?}",

@@ -185,7 +185,8 @@ async fn a_panicking_child_tells_its_handle_and_its_siblings_still_finish() {
                 *finished.borrow_mut() = Some(true);
                 Ok::<_, Cancelled>(())
             });
-            *observed.borrow_mut() = Some(panics.await);
+            // Read as a waiter whose scope is not cancelled (the panic cancelled the scope).
+            *observed.borrow_mut() = Some(common::nursery::how_it_ended(panics).await);
             Ok::<_, Cancelled>(())
         })))
         .await;

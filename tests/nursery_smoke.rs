@@ -57,8 +57,14 @@ async fn failure_cancels_siblings() {
                 assert!(matches!(c.reason(), CancelReason::SiblingFailed));
                 Err::<(), _>(E::C(c))
             });
-            let r = sib.await;
-            assert!(matches!(r, Err(JoinError::ChildCancelled)), "{r:?}");
+            // The body's scope is the nursery's, cancelled by the failure: awaiting the
+            // cancelled sibling reports that cancellation (`?` passes it on).
+            match sib.await {
+                Err(JoinError::Cancelled(c)) => {
+                    assert!(matches!(c.reason(), CancelReason::SiblingFailed))
+                }
+                other => panic!("{other:?}"),
+            }
             sleep(Duration::from_secs(100)).await?;
             Ok::<_, E>(())
         })

@@ -193,7 +193,9 @@ async fn failing_child_awaited_with(waker: Waker) -> (usize, String) {
         while !handle.is_finished() {
             tokio::task::yield_now().await;
         }
-        let _ = report.send(format!("{:?}", handle.await));
+        // Read as a waiter whose scope is not cancelled (the failure cancelled the body's).
+        let joined = common::nursery::how_it_ended(handle).await;
+        let _ = report.send(format!("{joined:?}"));
         Ok(())
     })
     .await;

@@ -113,7 +113,10 @@ async fn n07_a_nursery_first_polled_during_the_ancestors_cascade_is_not_missed()
                         ms(50),
                         "the late nursery waited for its child"
                     );
-                    assert!(matches!(handle.await, Err(JoinError::ChildAborted)));
+                    assert!(matches!(
+                        common::nursery::how_it_ended(handle).await,
+                        Err(JoinError::ChildAborted)
+                    ));
                     Ok(())
                 }
             })

@@ -4,6 +4,8 @@
 
 #![allow(clippy::bool_assert_comparison)]
 
+mod common;
+
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -2151,7 +2153,8 @@ async fn claim_stray_cancelled_is_a_stray_failure() {
         .unwrap();
     let out = nursery(|n| async move {
         let h = n.spawn(async move { Err::<(), _>(stray) });
-        let got = h.await;
+        // Read as a waiter whose scope is not cancelled (fail-fast cancelled the body's).
+        let got = common::nursery::how_it_ended(h).await;
         assert!(matches!(got, Err(JoinError::ChildFailed)), "{got:?}");
         Ok::<_, Cancelled>(())
     })

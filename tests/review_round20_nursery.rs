@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 use tokio_nursery::{
-    CancelError, Cancelled, DropMode, Incident, JoinError, Nursery, NurseryError, NurseryHandle,
-    Ready, SpawnError, StartError, cancelled, move_on_after, nursery,
+    CancelError, CancelScope, CancellableExt, Cancelled, DropMode, Incident, JoinError, Nursery,
+    NurseryError, NurseryHandle, Ready, SpawnError, StartError, cancelled, fail_after, local_scope,
+    move_on_after, nursery,
 };
 
 #[derive(Debug)]
@@ -1131,4 +1132,92 @@ fn n3_n9_outside_start_signalling_while_the_nursery_is_dropped_multi_thread() {
             assert!(matches!(out, Ok(Some(()))), "round {round}: {out:?}");
         }
     });
+}
+
+/// Session 20 (a usability review): `child.await?` in a nursery body whose error type
+/// holds a `JoinError` (anyhow here) turned a deadline into a failure whenever the child
+/// stopped at the deadline before the body looked ("the nursery body failed: the child was
+/// cancelled", `TimedOut` lost): always on current_thread, three times in four on
+/// multi_thread. A waiter whose scope is cancelled now gets its own cancellation from a
+/// child that ended without a value, so `?` passes it on and the deadline reads as one.
+#[cfg(feature = "anyhow")]
+#[tokio::test(start_paused = true)]
+async fn a_childs_handle_awaited_with_question_mark_keeps_the_deadline_a_timeout() {
+    let start = tokio::time::Instant::now();
+    let out: anyhow::Result<Option<u32>> = fail_after(ms(5), async {
+        Ok(nursery(|n| async move {
+            let child = n.spawn(async {
+                tokio::time::sleep(Duration::from_secs(5))
+                    .cancellable()
+                    .await?;
+                Ok::<_, anyhow::Error>(1)
+            });
+            Ok::<_, anyhow::Error>(child.await?)
+        })
+        .await?)
+    })
+    .await;
+    let error = out.expect_err("the deadline passed");
+    assert!(
+        error.downcast_ref::<tokio_nursery::TimedOut>().is_some(),
+        "{error:#}"
+    );
+    assert_eq!(start.elapsed(), ms(5));
+}
+
+/// The same on multi_thread, with the enclosing scope cancelled while the child parks on
+/// the other worker: whichever of the child and the body sees the cancellation first, the
+/// body's `?` passes it on and the enclosing scope absorbs it (was: a failure, some runs).
+#[cfg(feature = "anyhow")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_childs_handle_awaited_with_question_mark_passes_the_cancellation_on_multi_thread() {
+    for round in 0..200 {
+        let scope = CancelScope::new();
+        let cut = scope.handle();
+        let out = no_hang_rt(
+            "a cancelled join",
+            scope.run(async move {
+                Ok(nursery(|n| async move {
+                    let child = n.spawn(async {
+                        tokio::time::sleep(Duration::from_secs(3600))
+                            .cancellable()
+                            .await?;
+                        Ok::<_, anyhow::Error>(1)
+                    });
+                    tokio::task::yield_now().await;
+                    cut.cancel();
+                    Ok::<_, anyhow::Error>(child.await?)
+                })
+                .await?)
+            }),
+        )
+        .await;
+        assert!(
+            matches!(out, Ok(None)),
+            "round {round}: {:?}",
+            out.map_err(|e: anyhow::Error| format!("{e:#}"))
+        );
+    }
+}
+
+/// The same rule for a local scope's handle: a child stopped by the deadline before the
+/// body looks gives the body the deadline's cancellation, which `?` passes on (was: the
+/// body failed with `ChildCancelled`).
+#[tokio::test(start_paused = true)]
+async fn a_local_childs_handle_awaited_with_question_mark_passes_the_deadline_on() {
+    type BoxError = Box<dyn std::error::Error + Send + Sync>;
+    let out = move_on_after(ms(5), async {
+        local_scope(async |s| {
+            let child = s.spawn(async {
+                tokio_nursery::sleep(Duration::from_secs(5)).await?;
+                Ok::<_, BoxError>(1)
+            });
+            // Busy past the deadline (not a cancellation point): the child stops first.
+            tokio::time::sleep(ms(10)).await;
+            Ok::<_, BoxError>(child.await?)
+        })
+        .await
+    })
+    .await;
+    assert!(matches!(out, Ok(None)), "{out:?}");
 }

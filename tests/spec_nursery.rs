@@ -1362,7 +1362,10 @@ async fn n07_a_nursery_made_past_an_ancestors_grace_aborts_its_children_at_once(
                         Ok(Some(handle)) => handle,
                         other => panic!("{other:?}"),
                     };
-                    assert!(matches!(handle.await, Err(JoinError::ChildAborted)));
+                    assert!(matches!(
+                        how_it_ended(handle).await,
+                        Err(JoinError::ChildAborted)
+                    ));
                     assert_eq!(start.elapsed(), ms(50));
                 }
                 Ok(())

@@ -52,37 +52,39 @@
 //! *awaiting* code: if its scope is cancelled it returns
 //! [`JoinError::Cancelled`](crate::JoinError::Cancelled) and the child keeps running.
 //!
-//! The child's end is looked at first: a handle whose child has ended gives that end, even
-//! when the awaiting scope is cancelled. `unwrap` above is safe only because "a" and "b"
-//! end long before the deadline. Where the deadline may come first, pass the cancellation on
-//! (the nursery absorbs its own) rather than turning it into a failure: the child may
-//! have stopped at the same cancellation (`ChildCancelled`) before the body looked.
+//! A child's value comes first: a handle whose child returned a value gives it, even when
+//! the awaiting scope is cancelled. A child that ended without one gives its marker
+//! (`ChildFailed`, `ChildCancelled`, ...) only to a waiter whose scope is not cancelled; a
+//! cancelled waiter gets its own cancellation instead, so `handle.await?` in a body passes
+//! the cancellation on (the nursery absorbs its own) even when the child stopped at the
+//! same cancellation before the body looked. The failures and panics are the nursery's to
+//! report either way. With a `JoinError` conversion in your error type (`anyhow`, a boxed
+//! error, a `From` of your own), `?` is all it takes:
 //!
 //! ```
 //! use std::time::Duration;
-//! use tokio_nursery::{Cancelled, JoinError, Nursery, check_cancelled, sleep};
+//! use tokio_nursery::{Nursery, sleep};
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+//! type BoxError = Box<dyn std::error::Error + Send + Sync>;
 //! let answer = Nursery::new()
 //!     .timeout(Duration::from_millis(100))
 //!     .run(|n| async move {
 //!         let slow = n.spawn(async {
 //!             sleep(Duration::from_secs(10)).await?;
-//!             Ok::<_, Cancelled>("slow")
+//!             Ok::<_, BoxError>("slow")
 //!         });
-//!         match slow.await {
-//!             Ok(value) => Ok(Some(value)),
-//!             Err(JoinError::Cancelled(cancelled)) => Err(cancelled),
-//!             Err(_) => {
-//!                 check_cancelled()?; // the child stopped at the nursery's cancellation
-//!                 Ok(None) // it failed, panicked or was aborted: the nursery reports it
-//!             }
-//!         }
+//!         // Busy past the deadline (not a cancellation point): the child stops first.
+//!         tokio::time::sleep(Duration::from_millis(150)).await;
+//!         Ok::<_, BoxError>(slow.await?)
 //!     })
 //!     .await;
 //! assert!(matches!(answer, Ok(None))); // cut by the deadline, absorbed by the nursery
 //! # }
 //! ```
+//!
+//! To learn how a child ended from a cancelled scope (a cleanup that logs it), await its
+//! handle in a shielded scope ([`CancelScope::shielded`](crate::CancelScope::shielded)).
 //!
 //! The handle is `Clone + Send`: pass it to children so they can spawn siblings, from any
 //! task or thread, while the nursery is open.

@@ -658,15 +658,16 @@ pub(crate) fn joined<T>(output: ChildOutput<T>) -> Result<T, JoinError> {
 /// The handle of a child task: await it for the child's value; cancel or abort that child
 /// alone.
 ///
-/// Awaiting it is a cancellation point (SPEC S11): if the child has not ended and the
-/// awaiting code's scope is cancelled, it returns [`JoinError::Cancelled`] and the child
-/// keeps running in its nursery. The child's end is looked at first: a child that ended
-/// gives its end even to a cancelled waiter, and that may be [`JoinError::ChildCancelled`]
-/// for a child that stopped at the same cancellation. Neither `ChildCancelled` nor
-/// `ChildAborted` is an echo of a cancellation: returned from the body with `?` (through
-/// an error type that holds it), it makes the body fail; check
-/// [`check_cancelled`](crate::check_cancelled) first (the guide's chapter 3 shows the
-/// idiom). Dropping the handle detaches nothing: the child still belongs to its nursery.
+/// Awaiting it is a cancellation point (SPEC S11): if the awaiting code's scope is
+/// cancelled, it returns [`JoinError::Cancelled`] with that cancellation, and a child that
+/// has not ended keeps running in its nursery. A child's value comes first: a child that
+/// returned a value gives it even to a cancelled waiter. A child that ended without one
+/// (failed, panicked, cancelled, aborted) gives its marker only to a waiter whose scope is
+/// not cancelled; a cancelled waiter gets its own cancellation instead, so that
+/// `handle.await?` in a body passes the cancellation on (the nursery absorbs its own)
+/// rather than failing with a marker when the child stopped at the same cancellation (the
+/// nursery reports a failure or panic itself either way). Dropping the handle detaches
+/// nothing: the child still belongs to its nursery.
 ///
 /// # Panics
 ///
@@ -835,10 +836,10 @@ impl<T> Future for ChildHandle<T> {
                 Err(_) => Err(JoinError::ChildPanicked),
             }),
         };
-        if output.is_ready() {
+        if let Poll::Ready(output) = output {
             // Waits no more: the awaiting scope need not wake this task for a cancellation.
             this.waiter.clear();
-            return output;
+            return Poll::Ready(output.map_err(JoinError::seen_by_waiter));
         }
         // Only on the way to waiting: a child waiting for itself would never wake.
         if tokio::task::try_id() == Some(this.id()) {
@@ -879,7 +880,9 @@ pub enum JoinError {
     /// The child was aborted (its handle's `abort`, a grace period running out, its
     /// nursery dropped in abort mode, or its local scope's future dropped).
     ChildAborted,
-    /// The *awaiting* code's scope was cancelled while it waited; the child keeps running.
+    /// The *awaiting* code's scope is cancelled: a child that had not ended keeps running;
+    /// one that ended without a value gives its waiter this rather than its marker (the
+    /// markers above go to waiters whose scope is not cancelled).
     Cancelled(Cancelled),
 }
 
@@ -907,6 +910,22 @@ impl std::error::Error for JoinError {
         match self {
             JoinError::Cancelled(cancelled) => Some(cancelled),
             _ => None,
+        }
+    }
+}
+
+impl JoinError {
+    /// A child's end without a value as its waiter gets it (a cancellation point): the
+    /// waiter's own cancellation if its scope is cancelled, so that `?` passes it on (the
+    /// marker adds nothing the nursery does not report, and a `ChildCancelled` is most often
+    /// the same cancellation, seen by the child first); else the marker.
+    pub(crate) fn seen_by_waiter(self) -> JoinError {
+        match self {
+            JoinError::Cancelled(_) => self,
+            marker => match crate::point::current_cancellation() {
+                Some(cancelled) => JoinError::Cancelled(cancelled),
+                None => marker,
+            },
         }
     }
 }

@@ -280,3 +280,18 @@ pub fn is_explicit(reason: &CancelReason) -> bool {
 pub fn is_sibling_failed(reason: &CancelReason) -> bool {
     matches!(reason, CancelReason::SiblingFailed)
 }
+
+/// How a child ended, as a waiter whose scope is not cancelled learns it: its handle (a
+/// `ChildHandle`, `LocalHandle`, ...) awaited in a shielded scope. A waiter whose scope is
+/// cancelled gets its own cancellation instead of a marker (a value still comes first).
+pub async fn how_it_ended<T, H>(handle: H) -> Result<T, JoinError>
+where
+    H: Future<Output = Result<T, JoinError>>,
+{
+    CancelScope::new()
+        .shielded()
+        .run(async { Ok::<_, Cancelled>(handle.await) })
+        .await
+        .expect("a shielded scope is not cancelled")
+        .expect("its body returned")
+}
