@@ -1,4 +1,5 @@
-//! The two drop modes of a nursery, side by side: what a child sees when the future of its
+//! Two drop modes of a nursery, `Wait` and `Abort`, side by side (`BlockingWait` needs a
+//! multi-thread runtime: guide, chapter 4): what a child sees when the future of its
 //! nursery is dropped before it finished (here: it loses a `tokio::select!` against a
 //! timeout).
 //!

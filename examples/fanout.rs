@@ -90,13 +90,13 @@ async fn handle_request(budget: Duration, backends: &[Backend]) {
     reset_clock();
     let deadline = Instant::now() + budget;
     let backends = backends.to_vec();
+    let asked = backends.len();
 
+    // The request's deadline is the nursery's: every child inherits it. (Opening the
+    // nursery inside `move_on_after(budget, ..)` would bound it the same way.)
     let outcome = Nursery::new()
+        .deadline(deadline)
         .run(|n| async move {
-            // The request's deadline is the nursery's: every child inherits it. (Opening the
-            // nursery inside `move_on_after(budget, ..)` would bound it the same way.)
-            n.scope().set_deadline(Some(deadline));
-
             // A collector gives every child's outcome in completion order, like a `JoinSet`.
             let mut calls = n.collector::<String>();
             let mut names = HashMap::new();
@@ -131,7 +131,10 @@ async fn handle_request(budget: Duration, backends: &[Backend]) {
 
     match outcome {
         Ok(Some(answers)) => {
-            say!("nursery -> Ok: {} of 4 answers: {answers:?}", answers.len());
+            say!(
+                "nursery -> Ok: {} of {asked} answers: {answers:?}",
+                answers.len()
+            );
         }
         Ok(None) => say!("nursery -> Ok(None): cancelled, no answer"),
         Err(NurseryError::Failed(failures)) => {

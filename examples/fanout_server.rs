@@ -643,4 +643,5 @@ fn main() {
     eprintln!(
         "fanout_server needs the `tower` feature: cargo run --example fanout_server --features tower"
     );
+    std::process::exit(2);
 }

@@ -2,7 +2,8 @@
 //! by children running on two worker threads, with no `Arc` and no copy of the data.
 //!
 //! `cargo run --example parallel`. Ends by itself; what it prints depends only on the data,
-//! except which worker ran which chunk.
+//! except which worker ran which chunk and how many siblings had already finished when one
+//! chunk failed.
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
@@ -145,11 +146,13 @@ fn main() {
         .expect("a multi-thread runtime");
         match outcome {
             Err(NurseryError::Failed(failures)) => println!(
-                "2. verification failed fast: {} (in {}); {} sibling chunks were cut \
-                 short at a checkpoint, every one waited for",
+                "2. verification failed fast: {} (in {}); {} of the other {} chunks were \
+                 cut short at a checkpoint (the rest had already finished), every one \
+                 waited for",
                 failures[0].error(),
                 failures[0].origin(),
-                cut_short.lock().unwrap()
+                cut_short.lock().unwrap(),
+                bytes.len().div_ceil(CHUNK) - 1
             ),
             other => println!("2. unexpected: {other:?}"),
         }
@@ -174,14 +177,19 @@ fn main() {
                         .collect();
                     let mut total = 0;
                     for half in halves {
-                        total += half.await.unwrap();
+                        total += half.await.expect("a half's sum");
                     }
                     Ok::<_, Cancelled>(total)
                 })
             }
             .await
         });
-        let total = total.await.unwrap().unwrap().unwrap().unwrap();
+        let total = total
+            .await
+            .expect("the task did not panic")
+            .expect("a multi-thread runtime")
+            .expect("no half failed")
+            .expect("not cancelled");
         println!("3. byte sum of 1 MiB in a task, without blocking its worker: {total}");
     });
 

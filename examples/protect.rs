@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tokio_nursery::{Cancelled, Nursery, protect};
+use tokio_nursery::{CancellableExt, Cancelled, Nursery, protect};
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -29,26 +29,18 @@ fn main() {
             .timeout(Duration::from_millis(10))
             .run(|_| async move {
                 let mut rx = rx;
-                loop {
-                    // Taking a message and handling it is one unit that must not be cut
-                    // short: protect it. The channel goes in and comes back out.
-                    let (back, order) = protect(async move {
-                        let order = rx.recv().await;
-                        if let Some(order) = order {
-                            println!("[{:>3} ms]   handling {order}...", at());
-                            tokio::time::sleep(Duration::from_millis(30)).await;
-                            println!("[{:>3} ms]   {order} committed", at());
-                        }
-                        (rx, order)
+                // Waiting for an order is a cancellation point (`recv` is cancel-safe: a
+                // wait cut short takes nothing), so an idle worker stops at once...
+                while let Some(order) = rx.recv().cancellable().await? {
+                    // ...but an order taken must be finished: protect its handling.
+                    protect(async move {
+                        println!("[{:>3} ms]   handling {order}...", at());
+                        tokio::time::sleep(Duration::from_millis(30)).await;
+                        println!("[{:>3} ms]   {order} committed", at());
                     })
                     .await;
-                    rx = back;
-                    if order.is_none() {
-                        return Ok::<_, Cancelled>(());
-                    }
-                    // Between orders: a cancellation point.
-                    tokio_nursery::check_cancelled()?;
                 }
+                Ok::<_, Cancelled>(())
             })
             .await;
         println!("[{:>3} ms] worker nursery -> {outcome:?}", at());

@@ -25,17 +25,26 @@ use tokio::time::Instant;
 use tokio_nursery::{CancellableExt, Nursery, NurseryHandle, Ready};
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() {
+async fn main() -> std::process::ExitCode {
     println!("tokio-nursery: start a TCP server, wait until it listens, talk to it, stop it");
     println!();
     let started = Instant::now();
     match tokio::time::timeout(Duration::from_secs(10), run()).await {
-        Ok(Ok(())) => println!(
-            "\nDone in {:.1} ms of real time.",
-            started.elapsed().as_secs_f64() * 1000.0
-        ),
-        Ok(Err(error)) => println!("\nFailed: {error}"),
-        Err(_) => println!("\nHung for 10 s: giving up (this is a bug)"),
+        Ok(Ok(())) => {
+            println!(
+                "\nDone in {:.1} ms of real time.",
+                started.elapsed().as_secs_f64() * 1000.0
+            );
+            std::process::ExitCode::SUCCESS
+        }
+        Ok(Err(error)) => {
+            eprintln!("\nFailed: {error}");
+            std::process::ExitCode::FAILURE
+        }
+        Err(_) => {
+            eprintln!("\nHung for 10 s: giving up (this is a bug)");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 

@@ -55,8 +55,8 @@ fn main() {
     });
 
     println!();
-    println!("That's the tour. More in examples/ (fanout, drop_modes, start_listener) and in");
-    println!("README.md and DESIGN.md.");
+    println!("That's the tour. The guide (`cargo doc --open`, module `guide`) teaches the same");
+    println!("ideas in ten chapters; README.md lists every example; DESIGN.md explains why.");
 }
 
 // --- Chapter 1 ------------------------------------------------------------------------------
@@ -283,7 +283,8 @@ async fn chapter_5_move_on_or_fail() {
         "move_on_after or fail_after",
         "Trio's two timeout shapes. `move_on_after` gives up quietly: `Ok(None)`.\n\
          `fail_after` fails with `TimedOut`, converted into the body's error type\n\
-         (`io::Error` here; your own error enum works too, see `CancelError`).",
+         (`io::Error` here; your own error enum works too, see `CancelError`).\n\
+         The clock restarts at 0 for each call.",
     );
     let fast = move_on_after(Duration::from_millis(50), fetch(20)).await;
     say!("move_on_after(50 ms, fetch(20 ms)) -> {fast:?}");

@@ -96,9 +96,10 @@ mod hops {
     async fn service_b(State(shared): State<Shared>, request: Request) -> (StatusCode, String) {
         let budget = budget_ms(&request);
         shared.budgets.lock().unwrap().1 = budget;
-        shared
-            .trace
-            .say(format!("B: received a budget of {budget:?} ms"));
+        shared.trace.say(match budget {
+            Some(ms) => format!("B: received a budget of {ms} ms"),
+            None => String::from("B: received no deadline"),
+        });
         for step in 1..=B_STEPS {
             if let Err(cancelled) = sleep(STEP).await {
                 shared.trace.say(format!(
@@ -120,9 +121,10 @@ mod hops {
     async fn service_a(State(shared): State<Shared>, request: Request) -> (StatusCode, String) {
         let budget = budget_ms(&request);
         shared.budgets.lock().unwrap().0 = budget;
-        shared
-            .trace
-            .say(format!("A: received a budget of {budget:?} ms"));
+        shared.trace.say(match budget {
+            Some(ms) => format!("A: received a budget of {ms} ms"),
+            None => String::from("A: received no deadline"),
+        });
         if let Err(cancelled) = sleep(A_WORK).await {
             return (
                 StatusCode::GATEWAY_TIMEOUT,
@@ -259,4 +261,5 @@ async fn main() {
 #[cfg(not(feature = "tower"))]
 fn main() {
     eprintln!("two_hops needs the `tower` feature: cargo run --example two_hops --features tower");
+    std::process::exit(2);
 }

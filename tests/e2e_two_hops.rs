@@ -53,8 +53,8 @@ async fn d01_two_hops_with_a_generous_budget_b_finishes() {
             without_numbers(&outcome.trace),
             [
                 "client: calling A with a budget of ",
-                "A: received a budget of Some(",
-                "B: received a budget of Some(",
+                "A: received a budget of ",
+                "B: received a budget of ",
                 "B: finished all ",
                 "A: B answered ",
                 "client: ",
@@ -84,8 +84,8 @@ async fn d01_two_hops_with_a_tight_budget_as_deadline_stops_b() {
             without_numbers(&outcome.trace),
             [
                 "client: calling A with a budget of ",
-                "A: received a budget of Some(",
-                "B: received a budget of Some(",
+                "A: received a budget of ",
+                "B: received a budget of ",
                 "B: stopped after ",
                 "A: B answered ",
                 "client: ",
