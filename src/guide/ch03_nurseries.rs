@@ -89,6 +89,32 @@
 //! The handle is `Clone + Send`: pass it to children so they can spawn siblings, from any
 //! task or thread, while the nursery is open.
 //!
+//! A child that runs until it is cancelled (a ticker, a server loop) never returns a value,
+//! so nothing tells Rust its value type, and an inline `async` block fails to compile with
+//! "type annotations needed" (and "cannot satisfy `_: Send`"). Name the value type at the
+//! spawn:
+//!
+//! ```
+//! use std::time::Duration;
+//! use tokio_nursery::{Cancelled, Nursery, sleep};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+//! let out = Nursery::new()
+//!     .timeout(Duration::from_millis(35))
+//!     .run(|n| async move {
+//!         n.spawn_named::<_, ()>("ticker", async {
+//!             loop {
+//!                 sleep(Duration::from_millis(10)).await?; // ends here when cancelled
+//!             }
+//!         });
+//!         Ok::<_, Cancelled>(())
+//!     })
+//!     .await;
+//! // The body's value; the nursery waited for the ticker, stopped by its deadline.
+//! assert!(matches!(out, Ok(Some(()))));
+//! # }
+//! ```
+//!
 //! # Fail fast, and every failure reported
 //!
 //! When a child (or the body) fails, that is, returns an error that is not its cancellation,

@@ -246,4 +246,10 @@
 //! # }
 //! ```
 //!
+//! Code that handles errors itself (a server loop that answers each request's error to its
+//! client) tells a cancellation from a failure with the same trait:
+//! [`CancelError::as_cancelled`](crate::CancelError::as_cancelled) finds the `Cancelled`
+//! inside any of these error types (`use tokio_nursery::CancelError;`, then
+//! `error.as_cancelled().is_some()`); pass such an error on rather than answering it.
+//!
 //! Next: [chapter 6, work that must not be cut short](super::ch06_protected_work).
