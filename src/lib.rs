@@ -107,7 +107,7 @@
 //! | awaiting a [`ParallelHandle`] | yes | nothing: the child keeps running in its scope |
 //! | [`shutdown_signal`], [`cancelled_owned`] | yes | nothing |
 //! | [`NurseryFuture::cancel_and_join`] | as the nursery future it took: see [`Nursery::run`] | that future is dropped, in its drop mode |
-//! | [`local_scope`] | as cancel-safe as its body and children | the body and every child are dropped where they are parked; the children's handles answer [`JoinError::ChildAborted`] |
+//! | [`local_scope`] | as cancel-safe as its body and children | the body and every child are dropped where they are parked; the children's handles answer [`JoinError::ChildAborted`] (to waiters whose scope is not cancelled) |
 //! | awaiting a [`LocalHandle`] | yes | nothing: the child keeps running in its local scope |
 //! | [`Mutex::lock`], [`Mutex::lock_cancellable`], [`Mutex::try_lock`] | while waiting for the lock, yes; once the section runs, no | waiting: nothing; running: the section is cut short and the mutex is poisoned |
 //! | awaiting [`Protected`] | yes | nothing: the protected work keeps running |

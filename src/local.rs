@@ -374,7 +374,8 @@ struct Parent(Arc<Node>);
 
 /// The handle of a local child: await it for the child's value. Awaiting it is a
 /// cancellation point of the awaiting code's scope, as for [`ChildHandle`](crate::ChildHandle).
-/// A child dropped with its scope's future answers [`JoinError::ChildAborted`].
+/// A child dropped with its scope's future answers [`JoinError::ChildAborted`] (to a waiter
+/// whose scope is not cancelled).
 ///
 /// # Panics
 ///
@@ -384,6 +385,9 @@ pub struct LocalHandle<'env, T> {
     /// The local scope's node, under which the child's scope is made if needed.
     parent: Rc<Parent>,
     waiter: Waiter,
+    /// The marker of a child that ended without a value, kept when a waiter whose scope
+    /// was cancelled got that cancellation instead (see [`ChildHandle`](crate::ChildHandle)).
+    kept: Option<JoinError>,
 }
 
 impl<T> LocalHandle<'_, T> {
@@ -400,8 +404,20 @@ impl<T> Future for LocalHandle<'_, T> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        if let Some(outcome) = this.child.take(cx.waker()) {
-            return Poll::Ready(outcome.map_err(JoinError::seen_by_waiter));
+        let outcome = match this.kept.take() {
+            Some(marker) => Some(Err(marker)),
+            None => this.child.take(cx.waker()),
+        };
+        if let Some(outcome) = outcome {
+            let Err(marker) = outcome else {
+                return Poll::Ready(outcome);
+            };
+            let Some(cancelled) = marker.waiter_cancellation() else {
+                return Poll::Ready(Err(marker));
+            };
+            // Kept for an await where the scope is not cancelled (a shield, say).
+            this.kept = Some(marker);
+            return Poll::Ready(Err(JoinError::Cancelled(cancelled)));
         }
         this.waiter
             .poll_cancelled(cx)
@@ -436,6 +452,7 @@ where
             child: task,
             parent: self.for_handles.clone(),
             waiter: Waiter::default(),
+            kept: None,
         }
     }
 

@@ -197,7 +197,8 @@ impl<E> fmt::Debug for ParallelScope<'_, E> {
 
 /// The handle of a parallel child: await it for the child's value. Awaiting it is a
 /// cancellation point of the awaiting code's scope, as for [`ChildHandle`]; the child's own
-/// end shows as the same [`JoinError`] markers (the scope owns failures and panics).
+/// end shows as the same [`JoinError`] markers to a waiter whose scope is not cancelled
+/// (the scope owns failures and panics).
 /// Dropping the handle detaches nothing: the scope still waits for the child.
 pub struct ParallelHandle<T> {
     /// `Some` until the handle is dropped.
@@ -238,7 +239,9 @@ impl<T> ParallelHandle<T> {
     /// Whether the child has finished: its outcome is there for this handle (awaiting it
     /// then returns at once). The scope counts a child as ended a moment before, when its
     /// future is gone, so just after the scope returned this may still be `false` for a
-    /// short while; awaiting the handle gives the child's outcome either way.
+    /// short while; awaiting the handle gives the child's outcome either way (an outcome
+    /// without a value only to a waiter whose scope is not cancelled, as for
+    /// [`ChildHandle`]).
     pub fn is_finished(&self) -> bool {
         self.child().is_finished()
     }

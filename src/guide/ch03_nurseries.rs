@@ -47,10 +47,11 @@
 //! The handle also [`cancel`](crate::ChildHandle::cancel)s (cooperatively) or
 //! [`abort`](crate::ChildHandle::abort)s that child alone; neither is a failure, and the handle
 //! then yields [`JoinError::ChildCancelled`](crate::JoinError::ChildCancelled) or
-//! [`ChildAborted`](crate::JoinError::ChildAborted). Dropping a handle detaches nothing: the
-//! child still belongs to the nursery. Awaiting a handle is a cancellation point of the
-//! *awaiting* code: if its scope is cancelled it returns
-//! [`JoinError::Cancelled`](crate::JoinError::Cancelled) and the child keeps running.
+//! [`ChildAborted`](crate::JoinError::ChildAborted) (to a waiter whose scope is not
+//! cancelled, below). Dropping a handle detaches nothing: the child still belongs to the
+//! nursery. Awaiting a handle is a cancellation point of the *awaiting* code: if its scope
+//! is cancelled it returns [`JoinError::Cancelled`](crate::JoinError::Cancelled), and a
+//! child still running keeps running.
 //!
 //! A child's value comes first: a handle whose child returned a value gives it, even when
 //! the awaiting scope is cancelled. A child that ended without one gives its marker
@@ -84,7 +85,8 @@
 //! ```
 //!
 //! To learn how a child ended from a cancelled scope (a cleanup that logs it), await its
-//! handle in a shielded scope ([`CancelScope::shielded`](crate::CancelScope::shielded)).
+//! handle in a shielded scope ([`CancelScope::shielded`](crate::CancelScope::shielded)): the
+//! handle keeps the marker it did not give a cancelled waiter, so it can be awaited again.
 //!
 //! The handle is `Clone + Send`: pass it to children so they can spawn siblings, from any
 //! task or thread, while the nursery is open.

@@ -684,6 +684,16 @@ enum Joined<T> {
     Cell(Arc<dyn Joinable<T> + Send + Sync>),
     /// As its task's output: a `!Send` child's (SPEC N12) or a blocking child's (N16).
     Task(tokio::task::JoinHandle<ChildOutput<T>>, Arc<dyn ChildInfo>),
+    /// Taken: the child ended without a value, and a waiter whose scope was cancelled got
+    /// that cancellation instead of the marker, kept here for a later await.
+    Kept(Box<Kept>),
+}
+
+/// A marker a cancelled waiter was not given, with what the handle still answers for.
+struct Kept {
+    marker: JoinError,
+    id: tokio::task::Id,
+    info: Arc<dyn ChildInfo>,
 }
 
 /// A child as its [`ChildHandle`] sees it: its outcome besides what [`ChildInfo`] gives.
@@ -749,6 +759,7 @@ impl<T> ChildHandle<T> {
         match &self.child {
             Joined::Cell(cell) => &**cell,
             Joined::Task(_, child) => &**child,
+            Joined::Kept(kept) => &*kept.info,
         }
     }
 
@@ -757,6 +768,7 @@ impl<T> ChildHandle<T> {
         match &self.child {
             Joined::Cell(cell) => cell.id(),
             Joined::Task(join, _) => join.id(),
+            Joined::Kept(kept) => kept.id,
         }
     }
 
@@ -766,14 +778,15 @@ impl<T> ChildHandle<T> {
     }
 
     /// Cancels this child alone, cooperatively: its cancellation points report it. Not a
-    /// failure; the handle then yields [`JoinError::ChildCancelled`] unless the child
-    /// finishes with a value anyway.
+    /// failure; the handle then yields [`JoinError::ChildCancelled`] (to a waiter whose
+    /// scope is not cancelled) unless the child finishes with a value anyway.
     pub fn cancel(&self) {
         self.info().cancel(CancelReason::Explicit(None));
     }
 
     /// Aborts this child alone: tokio drops its future at its next scheduling. Not a failure;
-    /// the handle then yields [`JoinError::ChildAborted`] unless the child already finished.
+    /// the handle then yields [`JoinError::ChildAborted`] (to a waiter whose scope is not
+    /// cancelled) unless the child already finished.
     ///
     /// While the child runs a parallel borrowing scope (SPEC B2), the abort is put off until
     /// that scope ends, and the child is told "grace expired" meanwhile. A blocking child
@@ -787,17 +800,20 @@ impl<T> ChildHandle<T> {
                     join.abort();
                 }
             }
+            Joined::Kept(_) => {} // it has ended
         }
     }
 
     /// Whether the child has finished: its outcome is waiting for this handle (awaiting it
     /// then returns at once). The nursery counts a child as ended a moment before, when its
     /// future is gone, so just after the nursery (or scope) returned this may still be
-    /// `false` for a short while; awaiting the handle gives the child's outcome either way.
+    /// `false` for a short while; awaiting the handle gives the child's outcome either way
+    /// (an outcome without a value only to a waiter whose scope is not cancelled).
     pub fn is_finished(&self) -> bool {
         match &self.child {
             Joined::Cell(cell) => cell.is_finished(),
             Joined::Task(join, _) => join.is_finished(),
+            Joined::Kept(_) => true,
         }
     }
 }
@@ -835,11 +851,32 @@ impl<T> Future for ChildHandle<T> {
                 Err(error) if error.is_cancelled() => Err(JoinError::ChildAborted),
                 Err(_) => Err(JoinError::ChildPanicked),
             }),
+            Joined::Kept(kept) => Poll::Ready(Err(kept.marker.clone())),
         };
         if let Poll::Ready(output) = output {
             // Waits no more: the awaiting scope need not wake this task for a cancellation.
             this.waiter.clear();
-            return Poll::Ready(output.map_err(JoinError::seen_by_waiter));
+            let Err(marker) = output else {
+                return Poll::Ready(output);
+            };
+            let Some(cancelled) = marker.waiter_cancellation() else {
+                return Poll::Ready(Err(marker));
+            };
+            // The marker stays with the handle, for an await where the scope is not
+            // cancelled (a shield, or after the scope ended).
+            if !matches!(this.child, Joined::Kept(_)) {
+                let kept = Kept {
+                    id: this.id(),
+                    info: match &this.child {
+                        Joined::Cell(cell) => cell.clone(),
+                        Joined::Task(_, child) => child.clone(),
+                        Joined::Kept(_) => unreachable!(),
+                    },
+                    marker,
+                };
+                this.child = Joined::Kept(Box::new(kept));
+            }
+            return Poll::Ready(Err(JoinError::Cancelled(cancelled)));
         }
         // Only on the way to waiting: a child waiting for itself would never wake.
         if tokio::task::try_id() == Some(this.id()) {
@@ -882,7 +919,9 @@ pub enum JoinError {
     ChildAborted,
     /// The *awaiting* code's scope is cancelled: a child that had not ended keeps running;
     /// one that ended without a value gives its waiter this rather than its marker (the
-    /// markers above go to waiters whose scope is not cancelled).
+    /// markers above go to waiters whose scope is not cancelled). Either way the handle can
+    /// be awaited again: where the scope is not cancelled (a shield, or once the scope
+    /// ended) it gives the child's outcome.
     Cancelled(Cancelled),
 }
 
@@ -915,17 +954,15 @@ impl std::error::Error for JoinError {
 }
 
 impl JoinError {
-    /// A child's end without a value as its waiter gets it (a cancellation point): the
-    /// waiter's own cancellation if its scope is cancelled, so that `?` passes it on (the
-    /// marker adds nothing the nursery does not report, and a `ChildCancelled` is most often
-    /// the same cancellation, seen by the child first); else the marker.
-    pub(crate) fn seen_by_waiter(self) -> JoinError {
+    /// What a waiter gets instead of this marker of a child's end without a value (a
+    /// cancellation point): its own cancellation if its scope is cancelled, so that `?`
+    /// passes it on (the marker adds nothing the nursery does not report, and a
+    /// `ChildCancelled` is most often the same cancellation, seen by the child first);
+    /// `None`: the marker itself. The handle keeps the marker for a later await.
+    pub(crate) fn waiter_cancellation(&self) -> Option<Cancelled> {
         match self {
-            JoinError::Cancelled(_) => self,
-            marker => match crate::point::current_cancellation() {
-                Some(cancelled) => JoinError::Cancelled(cancelled),
-                None => marker,
-            },
+            JoinError::Cancelled(_) => None,
+            _ => crate::point::current_cancellation(),
         }
     }
 }
