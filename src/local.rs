@@ -379,7 +379,9 @@ struct Parent(Arc<Node>);
 ///
 /// # Panics
 ///
-/// Polled by its own child (which could then never finish): a panic, the child's.
+/// Polled by its own child (which could then never finish): a panic, the child's. Polled
+/// again after it gave the child's outcome; a [`JoinError::Cancelled`] is not the outcome,
+/// so awaiting again after one is fine.
 pub struct LocalHandle<'env, T> {
     child: Pin<Rc<dyn Outcome<T> + 'env>>,
     /// The local scope's node, under which the child's scope is made if needed.
@@ -409,6 +411,8 @@ impl<T> Future for LocalHandle<'_, T> {
             None => this.child.take(cx.waker()),
         };
         if let Some(outcome) = outcome {
+            // Waits no more: the awaiting scope need not wake this task for a cancellation.
+            this.waiter.clear();
             let Err(marker) = outcome else {
                 return Poll::Ready(outcome);
             };

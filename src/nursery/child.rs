@@ -672,7 +672,9 @@ pub(crate) fn joined<T>(output: ChildOutput<T>) -> Result<T, JoinError> {
 /// # Panics
 ///
 /// Awaited by its own child (handed its handle through a channel, say), it panics instead
-/// of waiting for ever: that child can never end while it waits for itself.
+/// of waiting for ever: that child can never end while it waits for itself. Polled again
+/// after it gave the child's outcome (as a tokio `JoinHandle` does); a
+/// [`JoinError::Cancelled`] is not the outcome, so awaiting again after one is fine.
 pub struct ChildHandle<T> {
     child: Joined<T>,
     waiter: Waiter,
@@ -691,7 +693,8 @@ enum Joined<T> {
 
 /// A marker a cancelled waiter was not given, with what the handle still answers for.
 struct Kept {
-    marker: JoinError,
+    /// Until a waiter whose scope is not cancelled took it.
+    marker: Option<JoinError>,
     id: tokio::task::Id,
     info: Arc<dyn ChildInfo>,
 }
@@ -851,7 +854,10 @@ impl<T> Future for ChildHandle<T> {
                 Err(error) if error.is_cancelled() => Err(JoinError::ChildAborted),
                 Err(_) => Err(JoinError::ChildPanicked),
             }),
-            Joined::Kept(kept) => Poll::Ready(Err(kept.marker.clone())),
+            Joined::Kept(kept) => Poll::Ready(Err(kept
+                .marker
+                .clone()
+                .expect("tokio-nursery: a ChildHandle polled after it returned"))),
         };
         if let Poll::Ready(output) = output {
             // Waits no more: the awaiting scope need not wake this task for a cancellation.
@@ -860,6 +866,9 @@ impl<T> Future for ChildHandle<T> {
                 return Poll::Ready(output);
             };
             let Some(cancelled) = marker.waiter_cancellation() else {
+                if let Joined::Kept(kept) = &mut this.child {
+                    kept.marker = None; // taken, as a value would be
+                }
                 return Poll::Ready(Err(marker));
             };
             // The marker stays with the handle, for an await where the scope is not
@@ -872,7 +881,7 @@ impl<T> Future for ChildHandle<T> {
                         Joined::Task(_, child) => child.clone(),
                         Joined::Kept(_) => unreachable!(),
                     },
-                    marker,
+                    marker: Some(marker),
                 };
                 this.child = Joined::Kept(Box::new(kept));
             }
