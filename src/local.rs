@@ -413,15 +413,10 @@ impl<T> Future for LocalHandle<'_, T> {
         if let Some(outcome) = outcome {
             // Waits no more: the awaiting scope need not wake this task for a cancellation.
             this.waiter.clear();
-            let Err(marker) = outcome else {
-                return Poll::Ready(outcome);
-            };
-            let Some(cancelled) = marker.waiter_cancellation() else {
-                return Poll::Ready(Err(marker));
-            };
-            // Kept for an await where the scope is not cancelled (a shield, say).
-            this.kept = Some(marker);
-            return Poll::Ready(Err(JoinError::Cancelled(cancelled)));
+            let kept = &mut this.kept;
+            return Poll::Ready(JoinError::for_waiter(outcome, |marker| {
+                *kept = Some(marker)
+            }));
         }
         this.waiter
             .poll_cancelled(cx)
@@ -801,14 +796,8 @@ impl<E: CancelError + fmt::Debug> LocalScope<'_, E> {
         }
     }
 
-    /// The fail-fast cancellation, done on nobody's behalf: a waker's panic there (a
-    /// cancellation wakes every waiter, then re-raises the first panic) must not unwind the
-    /// scope's poll and take the failure with it.
     fn cancel_siblings(&self) {
-        catch_waker_panic(
-            || "when a local scope's failure cancelled it".to_string(),
-            || self.node.cancel(CancelReason::SiblingFailed),
-        );
+        crate::nursery::fail_fast(&self.node, "local scope");
     }
 
     /// Everything has stopped: the outcome, as a nursery's (SPEC N4, N6).

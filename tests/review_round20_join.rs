@@ -1,6 +1,6 @@
 //! Round 20 review of commit 67f12bd: a child's handle awaited where the awaiting scope is
 //! cancelled gives that cancellation for a child that ended without a value
-//! (`JoinError::waiter_cancellation`), for `ChildHandle`, `LocalHandle` and `ParallelHandle`; the
+//! (`JoinError::for_waiter`), for `ChildHandle`, `LocalHandle` and `ParallelHandle`; the
 //! handle keeps the marker for a later await (the `reawait` tests failed before that).
 
 mod common;

@@ -822,6 +822,25 @@ impl<T> ChildHandle<T> {
 }
 
 impl<T> ChildHandle<T> {
+    /// Keeps the marker a cancelled waiter did not get, for an await where the scope is not
+    /// cancelled (a shield, or after the scope ended).
+    fn keep(&mut self, marker: JoinError) {
+        let info: Arc<dyn ChildInfo> = match &mut self.child {
+            Joined::Kept(kept) => {
+                kept.marker = Some(marker);
+                return;
+            }
+            Joined::Cell(cell) => cell.clone(),
+            Joined::Task(_, child) => child.clone(),
+        };
+        let id = self.id();
+        self.child = Joined::Kept(Box::new(Kept {
+            marker: Some(marker),
+            id,
+            info,
+        }));
+    }
+
     /// Lets go of the child's outcome, and of the wakers left waiting for it and for the
     /// awaiting scope's cancellation, as a drop does; for a handle kept after that (a
     /// parallel scope keeps it with the child's cell).
@@ -854,38 +873,16 @@ impl<T> Future for ChildHandle<T> {
                 Err(error) if error.is_cancelled() => Err(JoinError::ChildAborted),
                 Err(_) => Err(JoinError::ChildPanicked),
             }),
+            // Taken, as a value would be, unless given back below.
             Joined::Kept(kept) => Poll::Ready(Err(kept
                 .marker
-                .clone()
+                .take()
                 .expect("tokio-nursery: a ChildHandle polled after it returned"))),
         };
         if let Poll::Ready(output) = output {
             // Waits no more: the awaiting scope need not wake this task for a cancellation.
             this.waiter.clear();
-            let Err(marker) = output else {
-                return Poll::Ready(output);
-            };
-            let Some(cancelled) = marker.waiter_cancellation() else {
-                if let Joined::Kept(kept) = &mut this.child {
-                    kept.marker = None; // taken, as a value would be
-                }
-                return Poll::Ready(Err(marker));
-            };
-            // The marker stays with the handle, for an await where the scope is not
-            // cancelled (a shield, or after the scope ended).
-            if !matches!(this.child, Joined::Kept(_)) {
-                let kept = Kept {
-                    id: this.id(),
-                    info: match &this.child {
-                        Joined::Cell(cell) => cell.clone(),
-                        Joined::Task(_, child) => child.clone(),
-                        Joined::Kept(_) => unreachable!(),
-                    },
-                    marker: Some(marker),
-                };
-                this.child = Joined::Kept(Box::new(kept));
-            }
-            return Poll::Ready(Err(JoinError::Cancelled(cancelled)));
+            return Poll::Ready(JoinError::for_waiter(output, |marker| this.keep(marker)));
         }
         // Only on the way to waiting: a child waiting for itself would never wake.
         if tokio::task::try_id() == Some(this.id()) {
@@ -963,15 +960,34 @@ impl std::error::Error for JoinError {
 }
 
 impl JoinError {
-    /// What a waiter gets instead of this marker of a child's end without a value (a
-    /// cancellation point): its own cancellation if its scope is cancelled, so that `?`
-    /// passes it on (the marker adds nothing the nursery does not report, and a
-    /// `ChildCancelled` is most often the same cancellation, seen by the child first);
-    /// `None`: the marker itself. The handle keeps the marker for a later await.
-    pub(crate) fn waiter_cancellation(&self) -> Option<Cancelled> {
-        match self {
-            JoinError::Cancelled(_) => None,
-            _ => crate::point::current_cancellation(),
+    /// What a handle's waiter gets of its child's `outcome` (a cancellation point): a value
+    /// as it is; a marker of an end without one only if the waiter's scope is not
+    /// cancelled, else its own cancellation, so that `?` passes it on (the marker adds
+    /// nothing the nursery does not report, and a `ChildCancelled` is most often the same
+    /// cancellation, seen by the child first), the marker then given to `keep` for a
+    /// later await.
+    pub(crate) fn for_waiter<T>(
+        outcome: Result<T, JoinError>,
+        keep: impl FnOnce(JoinError),
+    ) -> Result<T, JoinError> {
+        let Err(error) = outcome else {
+            return outcome;
+        };
+        Err(error.seen_by_waiter(keep))
+    }
+
+    /// [`for_waiter`](Self::for_waiter)'s end without a value, out of the value's way.
+    #[cold]
+    fn seen_by_waiter(self, keep: impl FnOnce(JoinError)) -> JoinError {
+        if matches!(self, JoinError::Cancelled(_)) {
+            return self;
+        }
+        match crate::point::current_cancellation() {
+            Some(cancelled) => {
+                keep(self);
+                JoinError::Cancelled(cancelled)
+            }
+            None => self,
         }
     }
 }

@@ -359,13 +359,20 @@ pub(crate) struct Shared<E> {
 }
 
 impl<E> Shared<E> {
-    /// The fail-fast cancellation, on nobody's behalf: a waker's panic there is caught.
     fn fail_fast(&self) {
-        catch_waker_panic(
-            || "when a failure cancelled its nursery".to_string(),
-            || self.node.cancel(CancelReason::SiblingFailed),
-        );
+        fail_fast(&self.node, "nursery");
     }
+}
+
+/// The fail-fast cancellation of a nursery's or a local scope's `node` (SPEC N4), done on
+/// nobody's behalf: a waker's panic there (a cancellation wakes every waiter, then
+/// re-raises the first panic) is caught, so it neither unwinds the poll that recorded the
+/// failure nor takes the failure with it.
+pub(crate) fn fail_fast(node: &Arc<Node>, scope: &'static str) {
+    catch_waker_panic(
+        || format!("when a failure cancelled its {scope}"),
+        || node.cancel(CancelReason::SiblingFailed),
+    );
 }
 
 impl<E: fmt::Debug> Shared<E> {
