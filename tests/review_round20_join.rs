@@ -653,41 +653,7 @@ async fn r20j_race_end_and_cancel_multi_thread() {
 
 mod n7 {
     use super::*;
-    use tracing::field::{Field, Visit};
-    use tracing_subscriber::layer::{Context as LayerContext, SubscriberExt};
-
-    #[derive(Clone, Default)]
-    struct Recorded(Arc<std::sync::Mutex<Vec<String>>>);
-
-    struct Fields(String);
-
-    impl Visit for Fields {
-        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-            self.0.push_str(&format!(" {}={:?}", field.name(), value));
-        }
-    }
-
-    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Recorded {
-        fn on_event(&self, event: &tracing::Event<'_>, _: LayerContext<'_, S>) {
-            let mut fields = Fields(format!("{}:", event.metadata().level()));
-            event.record(&mut fields);
-            self.0.lock().unwrap().push(fields.0);
-        }
-    }
-
-    fn recording<F: std::future::Future>(body: F) -> Vec<String> {
-        let recorded = Recorded::default();
-        let subscriber = tracing_subscriber::registry().with(recorded.clone());
-        tracing::subscriber::with_default(subscriber, || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .start_paused(true)
-                .build()
-                .unwrap();
-            runtime.block_on(body);
-        });
-        recorded.0.lock().unwrap().clone()
-    }
+    use common::events::recording;
 
     /// A child that reached a cancellation point (its sibling's handle, the sibling ended
     /// without a value) and got the cancellation is observed: not named by the warning.

@@ -33,6 +33,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+#[cfg(feature = "tracing")]
+pub mod events;
 pub mod hang;
 pub mod nursery;
 pub mod wakers;
