@@ -372,11 +372,15 @@ mod fanout {
                     name_of.insert(call.id(), name);
                 }
                 // Not a cancellation point: every outcome comes, also after a cancellation.
+                // Once the deadline has cancelled this scope, a call that ended without a
+                // reply comes as this scope's own cancellation (`JoinError::Cancelled`).
                 let mut replies = HashMap::new();
                 while let Some((id, outcome)) = calls.join_next().await {
                     let reply = match outcome {
                         Ok(reply) => reply,
-                        Err(JoinError::ChildCancelled) => String::from("out of time"),
+                        Err(JoinError::Cancelled(_) | JoinError::ChildCancelled) => {
+                            String::from("out of time")
+                        }
                         Err(other) => other.to_string(),
                     };
                     replies.insert(name_of[&id], reply);

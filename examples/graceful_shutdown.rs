@@ -23,6 +23,8 @@
 //!
 //! The protocol is one line per connection: `job NAME`. The server answers `started NAME`,
 //! then `done NAME`, or, when it shuts down first, `cancelled NAME: REASON`, and closes.
+//! A connection that fails (a request that is not text, a client gone mid-answer) is closed
+//! and printed; it is not the server's failure, so the others go on (`one_client`).
 //!
 //! On Ctrl-C or SIGTERM (or when `--serve-for` is over, which makes main return), the root
 //! cancels everything with the reason "shutting down". Each child sees it at its next
@@ -88,7 +90,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_nursery::{
-    CancellableExt, Nursery, NurseryError, NurseryHandle, Ready, Root, cancelled, protect, sleep,
+    CancelError, CancellableExt, Nursery, NurseryError, NurseryHandle, Ready, Root, cancelled,
+    protect, sleep,
 };
 
 /// One step of a job; a job has `JOB_STEPS` of them (a minute), so it is in flight when the
@@ -247,7 +250,7 @@ async fn acceptor(
             Ok(accepted) => {
                 let (stream, peer) = accepted?;
                 let label = format!("connection {peer}");
-                let work = connection(stream, peer, journal.clone());
+                let work = one_client(connection(stream, peer, journal.clone()), peer);
                 server.spawn_named(&label, ledger.track(&label, work));
             }
             Err(cancelled) => {
@@ -259,6 +262,23 @@ async fn acceptor(
                 return Err(cancelled.into()); // an echo of the cancellation, not a failure
             }
         }
+    }
+}
+
+/// A connection's own error (a client that sent garbage, or left mid-answer) ends that
+/// connection only: it is printed here, not passed to the `server` nursery, which is
+/// fail-fast and would cancel every other connection and worker for it. A cancellation is
+/// passed on as it is (an echo, not a failure).
+async fn one_client(
+    work: impl Future<Output = io::Result<()>>,
+    peer: SocketAddr,
+) -> io::Result<()> {
+    match work.await {
+        Err(error) if error.as_cancelled().is_none() => {
+            println!("connection {peer}: failed: {error}; closed");
+            Ok(())
+        }
+        done => done,
     }
 }
 

@@ -19,6 +19,7 @@ use crate::nursery::{
 };
 use crate::reason::CancelReason;
 use crate::sync::lock;
+use crate::tree::TaskTree;
 
 /// The root of a program (SPEC N13): it owns the runtime, runs `main` (or a server) in a
 /// nursery, and on return or on Ctrl-C / SIGTERM cancels everything with reason
@@ -231,6 +232,7 @@ impl Root {
         let nursery = Nursery::new()
             .name("root")
             .grace(self.grace)
+            .keep_tree_at_grace_expiry()
             .report_hook(self.hook.clone())
             .run(move |n: NurseryHandle<E>| {
                 *lock(&slot) = Some(n.clone());
@@ -260,6 +262,7 @@ impl Root {
             second_signal: None,
             orphans_aborted: Vec::new(),
             orphans_left: 0,
+            tree: None,
             reported: false,
         };
         // Installed once: a signal arriving while the loop goes round is not missed.
@@ -305,6 +308,9 @@ impl Root {
                     }
                     #[cfg(feature = "tracing")]
                     tracing::warn!("the shutdown's grace period ran out: dropping main");
+                    if let Some(handle) = lock(&root).clone() {
+                        cut_short.keep_tree(&handle);
+                    }
                     cut_short.main_cut = true;
                     cut_main.notify_one();
                 }
@@ -331,6 +337,7 @@ impl Root {
                             "shutdown signal during the shutdown: aborting what is still \
                              running and abandoning protected work"
                         );
+                        cut_short.keep_tree(&handle);
                         // Those the grace aborted already, then those aborted now.
                         let mut aborted = handle.aborted_children().to_vec();
                         for name in handle.abort_named() {
@@ -415,6 +422,9 @@ struct CutShort<'a, E> {
     /// What the grace for the orphans aborted when it ran out.
     orphans_aborted: Vec<String>,
     orphans_left: usize,
+    /// The root's tree, taken by the root itself when it cut the shutdown short before the
+    /// root nursery's grace ran out (which keeps its own: `tree_at_grace_expiry`).
+    tree: Option<TaskTree>,
     reported: bool,
 }
 
@@ -431,6 +441,7 @@ impl<E> CutShort<'_, E> {
             Some((aborted, abandoned)) => (aborted.as_slice(), *abandoned),
             None => (handle.aborted_children(), 0),
         };
+        let root_cut = self.main_cut || !aborted.is_empty() || abandoned > 0;
         let mut named = Vec::new();
         if self.main_cut {
             named.push("main".to_string());
@@ -440,12 +451,27 @@ impl<E> CutShort<'_, E> {
         if named.is_empty() && abandoned == 0 && self.orphans_left == 0 {
             return;
         }
+        // The first taken: the root's own, or the nursery's at its grace's end; none when
+        // only the orphans were cut short (the root's tree does not hold them).
+        let tree = match root_cut {
+            true => self.tree.as_ref().or_else(|| handle.tree_at_grace_expiry()),
+            false => None,
+        };
         handle.report(&Report::ShutdownCutShort {
             aborted: &named,
             abandoned,
             orphans_left: self.orphans_left,
             second_signal: self.second_signal.is_some(),
+            tree,
         });
+    }
+
+    /// Keeps the root's tree as it stands now, before the root cuts anything, unless one
+    /// was taken already (the first cut is the one the report shows).
+    fn keep_tree(&mut self, handle: &NurseryHandle<E>) {
+        if self.tree.is_none() && handle.tree_at_grace_expiry().is_none() {
+            self.tree = Some(TaskTree::of(&handle.scope()));
+        }
     }
 }
 

@@ -98,7 +98,7 @@ impl TaskTree {
         Self::from_nodes(roots)
     }
 
-    fn from_node(root: &Arc<Node>) -> TaskTree {
+    pub(crate) fn from_node(root: &Arc<Node>) -> TaskTree {
         Self::from_nodes(vec![root.clone()])
     }
 
@@ -285,9 +285,15 @@ impl fmt::Display for TaskTree {
             if entry.shielded {
                 write!(f, " [shielded]")?;
             }
+            // A deadline that passed and is what cancelled the scope was said just above.
+            let cancelled_by_deadline = entry
+                .cancellation
+                .as_ref()
+                .is_some_and(|(reason, _)| reason.is_deadline());
             if let Some(deadline) = entry.deadline {
                 match deadline.checked_duration_since(self.taken_at) {
                     Some(left) => write!(f, " [deadline in {}]", Millis(left))?,
+                    None if cancelled_by_deadline => {}
                     None => write!(f, " [deadline passed]")?,
                 }
             }

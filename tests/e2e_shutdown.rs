@@ -174,6 +174,40 @@ fn n13_sigterm_stops_the_server_gracefully_and_the_process_exits_0() {
     );
 }
 
+/// A usability review (session 21): one client sending a line that is not text failed its
+/// connection, and the fail-fast `server` nursery cancelled every other connection and worker
+/// for it; the run ended `Err(Failed(.. invalid utf-8 ..))`, exit 1. A connection's failure
+/// now ends that connection only.
+#[test]
+fn n13_a_bad_client_closes_its_own_connection_only() {
+    // No leak check (SPEC R3): the example runs in a child process, with no runtime here.
+    let journal = TempFile::new("journal");
+    let mut example = Example::start(&["--until-signal", "--journal", journal.path_str()]);
+    let addr = example.wait_for("listening on", |line| line.starts_with("listening on "));
+    let addr: SocketAddr = addr["listening on ".len()..].parse().expect("an address");
+    example.wait_for("ready", |line| line == "ready");
+
+    let mut bad = TcpStream::connect(addr).expect("connect to the example");
+    bad.write_all(b"\xff\xfe\n").expect("send the bad request");
+    example.wait_for("the bad connection's failure", |line| {
+        line.starts_with("connection 127.0.0.1:") && line.ends_with("; closed")
+    });
+    // The server is still up: a job after the bad client is served, then cancelled by the
+    // SIGTERM like any other.
+    let job = Job::start(addr, "job-after", example.deadline);
+    example.sigterm();
+    assert_eq!(job.rest(), ["cancelled job-after: shutting down"]);
+
+    let run = example.finish();
+    assert_eq!(run.status.code(), Some(0), "exit status\n{run}");
+    run.only("the bad connection's failure", |l| {
+        l.starts_with("connection 127.0.0.1:") && l.contains(": failed: ")
+    });
+    run.only("the root returned", |l| {
+        l == "root: run returned Ok(Some(()))"
+    });
+}
+
 #[test]
 fn n13_a_child_stuck_past_the_grace_period_is_aborted_and_reported() {
     // No leak check (SPEC R3): the example runs in a child process, with no runtime here.

@@ -477,7 +477,10 @@ async fn the_task_tree_shows_who_holds_up_a_shutdown() {
                 let text = tree.to_string();
                 println!("{text}");
                 assert!(text.contains("nursery \"server\""), "{text}");
-                assert!(text.contains("cancelling, waiting on 1 child"), "{text}");
+                assert!(
+                    text.contains("cancelling, waiting on the body and 1 child"),
+                    "{text}"
+                );
                 assert!(text.contains("child \"stuck\""), "{text}");
                 assert!(!text.contains("\"polite\""), "{text}");
                 assert!(

@@ -60,6 +60,51 @@ fn n13_the_grace_after_a_signal_ends_main_too() {
     assert_eq!(*reports.lock().unwrap(), [vec!["main".to_string()]]);
 }
 
+/// Session 21: when the grace after a signal runs out with `main` still running, the root
+/// takes the tree before it drops `main`: its report shows the root nursery waiting on its
+/// body (`main`), and the child stuck with it.
+#[test]
+fn n13_the_report_of_a_cut_main_shows_the_tree_before_main_was_dropped() {
+    let _one = ONE_ROOT.lock().unwrap_or_else(|e| e.into_inner());
+    let trees = Arc::new(Mutex::new(Vec::new()));
+    let seen = trees.clone();
+    let out = within_hang_bound(move || {
+        signalled_root(Duration::from_millis(50))
+            .on_report(move |report| {
+                if let Report::ShutdownCutShort { aborted, tree, .. } = report {
+                    let tree = tree.map(ToString::to_string);
+                    seen.lock().unwrap().push((aborted.to_vec(), tree));
+                }
+            })
+            .run(|root: NurseryHandle<Cancelled>| async move {
+                root.spawn_named("stuck", async {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    Ok::<_, Cancelled>(())
+                });
+                tokio::task::yield_now().await;
+                signal_self("TERM");
+                let _ = cancelled().await;
+                // Ignores the shutdown: not a cancellation point.
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok::<_, Cancelled>(())
+            })
+    });
+    assert!(matches!(out, Ok(None)), "{out:?}");
+    let trees = trees.lock().unwrap();
+    assert_eq!(trees.len(), 1, "{trees:?}");
+    let (aborted, tree) = &trees[0];
+    assert_eq!(aborted[0], "main", "{aborted:?}");
+    assert!(aborted[1].starts_with("\"stuck\""), "{aborted:?}");
+    let tree = tree.as_deref().expect("the tree");
+    let first = tree.lines().next().unwrap();
+    assert!(
+        first.starts_with("nursery \"root\"")
+            && first.contains("cancelling, waiting on the body and 1 child"),
+        "{tree}"
+    );
+    assert!(tree.contains("child \"stuck\""), "{tree}");
+}
+
 #[test]
 fn n13_a_signal_ends_the_wait_for_orphans() {
     let _one = ONE_ROOT.lock().unwrap_or_else(|e| e.into_inner());

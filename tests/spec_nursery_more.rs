@@ -2320,16 +2320,27 @@ fn n13_sigterm_starts_the_shutdown_and_a_second_signal_aborts_what_is_left() {
             assert_eq!(c.scope(), root);
             assert_eq!(c.aborted_children().len(), 1, "{c:?}");
             assert!(c.aborted_children()[0].starts_with("\"stubborn\""), "{c:?}");
+            let events = reports.events();
+            assert_eq!(events.len(), 1, "{events:?}");
+            // The report, then the tree taken before the second signal aborted anything.
+            let (report, tree) = events[0]
+                .split_once("; the task tree then:\n")
+                .expect("the report carries the tree");
             assert_eq!(
-                reports.events(),
-                [format!(
+                report,
+                format!(
                     "the root's shutdown was cut short: a shutdown signal came during the shutdown; \
                      aborted: \
                      {}; 1 adopted nurseries or protected works still running are dropped with \
                      the runtime",
                     c.aborted_children()[0]
-                )]
+                )
             );
+            let lines: Vec<&str> = tree.lines().map(str::trim_start).collect();
+            assert_eq!(lines.len(), 3, "{tree}");
+            assert!(lines[0].starts_with("nursery \"root\""), "{tree}");
+            assert!(lines[1].starts_with("child \"stubborn\""), "{tree}");
+            assert!(lines[2].starts_with("protected work ("), "{tree}");
         }
         other => panic!("expected the shutdown as the outcome, got {other:?}"),
     }
@@ -2362,7 +2373,7 @@ async fn n14_a_hundred_thousand_short_children_pass_through_one_nursery() {
                 assert_eq!(tree.entries().len(), 1, "{tree}");
                 assert_eq!(
                     tree.entries()[0].detail.as_deref(),
-                    Some("running, 0 children")
+                    Some("running, the body")
                 );
                 Ok::<_, Cancelled>(())
             })
@@ -2406,7 +2417,7 @@ async fn n14_a_supervisor_keeps_nothing_once_its_outlet_is_drained() {
                     assert_eq!(tree.entries().len(), 1, "{tree}");
                     assert_eq!(
                         tree.entries()[0].detail.as_deref(),
-                        Some("running, 0 children")
+                        Some("running, the body")
                     );
                     Ok::<_, AppError>(())
                 })
@@ -2597,13 +2608,15 @@ async fn n15_a_collected_childs_failure_and_panic_are_the_nurserys() {
                 assert!(matches!(c.reason(), CancelReason::SiblingFailed));
                 Err(c.into())
             });
-            let (id, outcome) = set.join_next().await.unwrap();
+            // Read in a shield: the failure cancelled this body, and a cancelled waiter gets
+            // its own cancellation instead of a marker (next test).
+            let (id, outcome) = common::nursery::shielded(set.join_next()).await.unwrap();
             assert_eq!(id, failing.id());
             assert!(
                 matches!(outcome, Err(JoinError::ChildFailed)),
                 "{outcome:?}"
             );
-            let (id, outcome) = set.join_next().await.unwrap();
+            let (id, outcome) = common::nursery::shielded(set.join_next()).await.unwrap();
             assert_eq!(id, sibling.id());
             assert!(
                 matches!(outcome, Err(JoinError::ChildCancelled)),
@@ -2631,6 +2644,40 @@ async fn n15_a_collected_childs_failure_and_panic_are_the_nurserys() {
             code(&*out.expect_err("the nursery resumes the panic")),
             Some(5)
         );
+        settle_tasks(0).await;
+    })
+    .await
+}
+
+/// The same failure, its outcomes taken where the body's scope is cancelled (session 21):
+/// each comes as the body's own cancellation, so `outcome?` passes it on and the nursery
+/// reports the one failure (it reported the body's "the child failed" too).
+#[tokio::test(start_paused = true)]
+async fn n15_a_cancelled_body_gets_its_own_cancellation_for_a_collected_end_without_value() {
+    common::leak_checked(async move {
+        let out = nursery(|n| async move {
+            let mut set = n.collector::<u32>();
+            set.spawn(async {
+                sleep(ms(10)).await?;
+                Err(AppError::Boom(1))
+            });
+            set.spawn(async { Ok(7) });
+            let mut values = Vec::new();
+            let mut cancellations = Vec::new();
+            while let Some((_, outcome)) = set.join_next().await {
+                match outcome {
+                    Ok(value) => values.push(value),
+                    Err(JoinError::Cancelled(c)) => cancellations.push(c.reason().clone()),
+                    Err(marker) => panic!("a marker in a cancelled body: {marker:?}"),
+                }
+            }
+            assert_eq!(values, [7], "a value still comes");
+            assert_eq!(cancellations.len(), 1);
+            assert!(matches!(cancellations[0], CancelReason::SiblingFailed));
+            Err::<(), _>(AppError::from(check_cancelled().unwrap_err()))
+        })
+        .await;
+        assert_eq!(booms(&failed(out)), [1], "the child's failure alone");
         settle_tasks(0).await;
     })
     .await
@@ -3543,7 +3590,10 @@ async fn o02_entries_and_text_show_kinds_names_states_cancellations_deadlines_an
                 );
                 let e = tree.entries();
                 assert_eq!(e[0].scope, n.scope().id());
-                assert_eq!(e[0].detail.as_deref(), Some("running, 2 children"));
+                assert_eq!(
+                    e[0].detail.as_deref(),
+                    Some("running, the body and 2 children")
+                );
                 assert_eq!(e[1].detail, Some(format!("task {}", worker.id())));
                 assert_eq!(e[4].detail, Some(format!("task {}", blocking.id())));
                 assert_eq!(e[2].deadline, Some(start + ms(5000)));
@@ -3556,7 +3606,7 @@ async fn o02_entries_and_text_show_kinds_names_states_cancellations_deadlines_an
                 assert_eq!(
                     lines[0],
                     format!(
-                        "nursery \"server\" ({}): running, 2 children",
+                        "nursery \"server\" ({}): running, the body and 2 children",
                         n.scope().id()
                     )
                 );
@@ -3584,7 +3634,7 @@ async fn o02_entries_and_text_show_kinds_names_states_cancellations_deadlines_an
                 assert_eq!(e.len(), 4, "{tree}");
                 assert_eq!(
                     e[0].detail.as_deref(),
-                    Some("cancelling, waiting on 1 child")
+                    Some("cancelling, waiting on the body and 1 child")
                 );
                 for entry in &e[..3] {
                     assert!(entry.cancelled, "{tree}");
@@ -3597,7 +3647,7 @@ async fn o02_entries_and_text_show_kinds_names_states_cancellations_deadlines_an
                 let lines: Vec<&str> = text.lines().collect();
                 assert!(
                     lines[0].ends_with(
-                        "cancelling, waiting on 1 child \
+                        "cancelling, waiting on the body and 1 child \
                      [cancelled 2500ms ago: explicit cancel: maintenance]"
                     ),
                     "{text}"
@@ -3623,10 +3673,13 @@ async fn o02_entries_and_text_show_kinds_names_states_cancellations_deadlines_an
                     lines[0].ends_with("[cancelled 12s ago: explicit cancel: maintenance]"),
                     "{text}"
                 );
+                // Said once: the deadline that passed is what cancelled the scope (a usability
+                // review found "[deadline passed]" printed twice).
                 assert!(
-                    lines[2].ends_with("[cancelled 8500ms ago: deadline passed] [deadline passed]"),
+                    lines[2].ends_with("[cancelled 8500ms ago: deadline passed]"),
                     "{text}"
                 );
+                assert_eq!(lines[2].matches("deadline passed").count(), 1, "{text}");
                 let (reason, _) = tree.entries()[2].cancellation.clone().unwrap();
                 assert!(reason.is_deadline());
 

@@ -134,7 +134,7 @@ async fn the_tree_counts_unnamed_children_until_they_wait() {
             let nursery_line = &before.entries()[0];
             assert_eq!(
                 nursery_line.detail.as_deref(),
-                Some("running, 3 children, 2 of them starting")
+                Some("running, the body and 3 children, 2 of them starting")
             );
             let listed: Vec<_> = before.entries()[1..]
                 .iter()
@@ -146,7 +146,7 @@ async fn the_tree_counts_unnamed_children_until_they_wait() {
             let after = TaskTree::of(&n.scope());
             assert_eq!(
                 after.entries()[0].detail.as_deref(),
-                Some("running, 3 children")
+                Some("running, the body and 3 children")
             );
             assert_eq!(after.entries().len(), 4, "{after}");
             n.cancel();

@@ -194,7 +194,10 @@
 //! For "spawn many, handle each result as it comes" (tokio's `JoinSet`), a
 //! [`Collector`](crate::Collector) spawns children whose outcomes are queued for
 //! [`join_next`](crate::Collector::join_next) in completion order. They still belong to the
-//! nursery.
+//! nursery. `join_next` is not a cancellation point (a loop draining the collector ends
+//! also in a cancelled scope), but it follows the handles' rule: a child that ended without
+//! a value comes to a waiter whose scope is cancelled as that waiter's own cancellation, so
+//! `outcome?` passes a deadline on.
 //!
 //! ```
 //! use std::time::Duration;
@@ -313,8 +316,11 @@
 //! ([chapter 8](super::ch08_task_tree)). Past that grace the abort cascades to every
 //! nursery running inside this one, whatever its drop mode: those in its body and in its
 //! children, those made there later (they abort their children as they start), those
-//! exposed later by a lowered shield. Shielded scopes of the body (cleanups) and protected work
-//! ([chapter 6](super::ch06_protected_work)) are left to finish.
+//! exposed later by a lowered shield. Shielded scopes of the nursery's *body* (cleanups
+//! there) and protected work ([chapter 6](super::ch06_protected_work)) are left to finish. A
+//! shielded scope inside a *child* is not: the child's task is aborted with it, so a
+//! child's cleanup that must outlive the grace period (a goodbye to its client) is protected
+//! work, or gets a bound of its own well inside the grace.
 //!
 //! What if the nursery's own *future* is dropped before it finished? That is the next
 //! chapter.

@@ -18,8 +18,8 @@
 //! Name the children you want to see: a child spawned with
 //! [`spawn_named`](crate::NurseryHandle::spawn_named) is listed from its spawn. An unnamed
 //! child is listed once it has waited for the first time (its first poll returned
-//! `Pending`); until then its nursery's line counts it ("running, 3 children, 2 of them
-//! starting"). That keeps the many short children of a fan-out, which finish in their first
+//! `Pending`); until then its nursery's line counts it ("running, the body and 3 children, 2
+//! of them starting": the nursery waits on its body too, until the body returns). That keeps the many short children of a fan-out, which finish in their first
 //! poll, from ever touching the nursery's lock; a child that is stuck is waiting, or busy in
 //! its first poll, where the count shows it. A grace expiry and the warning below count
 //! such children the same way ("2 children starting").
@@ -51,7 +51,8 @@
 //!
 //!         let tree = TaskTree::of(&n.scope());
 //!         println!("{tree}"); // shown below
-//!         assert!(tree.to_string().contains("cancelling, waiting on 1 child"));
+//!         // The body (this code, in a plain tokio sleep) holds the nursery up too.
+//!         assert!(tree.to_string().contains("cancelling, waiting on the body and 1 child"));
 //!         let names: Vec<_> = tree.entries().iter().map(|e| e.name.as_deref()).collect();
 //!         assert_eq!(names, [Some("server"), Some("stuck")]); // "polite" is gone
 //!         let stuck = &tree.entries()[1];
@@ -66,17 +67,29 @@
 //! # }
 //! ```
 //!
-//! The tree it prints, 2 s after the cancel: the nursery is waiting for one child, and
-//! that child has not stopped in the 2 s since it was told.
+//! The tree it prints, 2 s after the cancel: the nursery is waiting for its body and one
+//! child, and that child has not stopped in the 2 s since it was told.
 //!
 //! ```text
-//! nursery "server" (scope#1): cancelling, waiting on 1 child [cancelled 2000ms ago: explicit cancel]
+//! nursery "server" (scope#1): cancelling, waiting on the body and 1 child [cancelled 2000ms ago: explicit cancel]
 //!   child "stuck" (scope#3): task 2 [cancelled 2000ms ago: explicit cancel]
 //! ```
 //!
 //! The fix is in the stuck child: make its wait a cancellation point
 //! ([chapter 5](super::ch05_cancellation_points)). The grace period is the backstop that
 //! keeps a shutdown bounded meanwhile.
+//!
+//! # The tree when the grace ran out
+//!
+//! A nursery built with
+//! [`keep_tree_at_grace_expiry`](crate::Nursery::keep_tree_at_grace_expiry) takes the
+//! snapshot for you at the moment its grace period runs out, before it aborts anyone:
+//! [`NurseryHandle::tree_at_grace_expiry`](crate::NurseryHandle::tree_at_grace_expiry)
+//! returns it, also after the nursery ended. A [`Root`](crate::Root) does this for the whole
+//! program: when its shutdown is cut short (the grace ran out, or a second Ctrl-C), its
+//! [`Report::ShutdownCutShort`](crate::Report::ShutdownCutShort) carries the tree as it
+//! stood then, and the default report (stderr, or a `tracing` warning) prints it under the
+//! names of what was aborted.
 //!
 //! # A warning for cancellations nobody noticed
 //!

@@ -289,10 +289,48 @@ where
 
 impl<T, E> Collector<T, E> {
     /// The next outcome in completion order; `None` when no child of this collector is
-    /// running and every outcome was taken. Not a cancellation point; cancel-safe (an
-    /// outcome stays queued until it is returned).
+    /// running and every outcome was taken. Cancel-safe (an outcome stays queued until it
+    /// is returned).
+    ///
+    /// Not a cancellation point: in a cancelled scope it still waits for the children and
+    /// returns their outcomes, so a loop draining the collector ends. But as for a
+    /// [`ChildHandle`](crate::ChildHandle), an outcome without a value (a child that
+    /// failed, panicked, was cancelled or aborted) comes to a waiter whose scope is
+    /// cancelled as that waiter's own cancellation, [`JoinError::Cancelled`], instead of
+    /// its marker: so `outcome?` in a nursery body under a deadline passes the deadline on,
+    /// where the marker would fail the body (the nursery reports the child's failure or
+    /// panic itself either way). A value still comes as it is. The marker is not kept:
+    /// drain the collector in a shield to read markers in a cancelled scope.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tokio_nursery::{Nursery, NurseryHandle};
+    ///
+    /// type BoxError = Box<dyn std::error::Error + Send + Sync>;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// let out = Nursery::new()
+    ///     .timeout(Duration::from_millis(100))
+    ///     .run(|n: NurseryHandle<BoxError>| async move {
+    ///         let mut collector = n.collector::<u64>();
+    ///         for ms in [10, 50, 1_000] {
+    ///             collector.spawn(async move {
+    ///                 tokio_nursery::sleep(Duration::from_millis(ms)).await?;
+    ///                 Ok(ms)
+    ///             });
+    ///         }
+    ///         let mut sum = 0;
+    ///         while let Some((_, outcome)) = collector.join_next().await {
+    ///             sum += outcome?; // the third child is cut by the deadline
+    ///         }
+    ///         Ok(sum)
+    ///     })
+    ///     .await;
+    /// assert!(matches!(out, Ok(None)), "the nursery absorbed its deadline: {out:?}");
+    /// # }
+    /// ```
     pub async fn join_next(&mut self) -> Option<(Id, Result<T, JoinError>)> {
-        poll_fn(|cx| {
+        let next = poll_fn(|cx| {
             poll_or_keep(
                 &self.queue.state,
                 cx.waker(),
@@ -303,12 +341,16 @@ impl<T, E> Collector<T, E> {
                 |state| &mut state.waiter,
             )
         })
-        .await
+        .await;
+        next.map(for_waiter)
     }
 
-    /// The next outcome if one is queued, without waiting.
+    /// The next outcome if one is queued, without waiting; an outcome without a value comes
+    /// to a waiter whose scope is cancelled as its own cancellation, as in
+    /// [`join_next`](Self::join_next).
     pub fn try_join_next(&mut self) -> Option<(Id, Result<T, JoinError>)> {
-        take(&mut lock(&self.queue.state))
+        let next = take(&mut lock(&self.queue.state));
+        next.map(for_waiter)
     }
 
     /// Children spawned here whose outcome has not been taken yet (running or queued).
@@ -360,6 +402,13 @@ impl<T, E> Collector<T, E> {
             }
         }
     }
+}
+
+/// What the waiter gets of a taken outcome (the rule of [`JoinError::for_waiter`]); a
+/// marker not given is dropped: the outcome was taken, and the nursery reports failures and
+/// panics itself.
+fn for_waiter<T>((id, outcome): (Id, Result<T, JoinError>)) -> (Id, Result<T, JoinError>) {
+    (id, JoinError::for_waiter(outcome, drop))
 }
 
 /// Takes the oldest delivered outcome with its child's id.

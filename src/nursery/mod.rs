@@ -25,6 +25,7 @@ use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -48,6 +49,7 @@ use crate::node::{Attachment, Description, Node, ScopeId};
 use crate::reason::CancelReason;
 use crate::registry::{self, Adopter, Closed, OrphanReport, Recorded, Registry, StopAll};
 use crate::scope::{ScopeHandle, cancelled_here, enter_preset};
+use crate::tree::TaskTree;
 use child::{ChildCell, ChildTask, Route, ToHandle, ToJoinHandle};
 pub(crate) use child::{ChildScope, TaskScope};
 use orphans::Orphans;
@@ -120,6 +122,8 @@ pub struct Nursery {
     grace: Option<Duration>,
     drop_mode: DropMode,
     hook: Option<ReportHook>,
+    /// Keep the task tree as it stood when the grace period ran out (the root's report).
+    keep_tree: bool,
 }
 
 impl Nursery {
@@ -134,6 +138,48 @@ impl Nursery {
             grace: None,
             drop_mode: DropMode::Wait,
             hook: None,
+            keep_tree: false,
+        }
+    }
+
+    /// Keeps a snapshot of the nursery's task tree (SPEC O2) taken when its grace period
+    /// runs out, before its children are aborted: what was still running, and since when it
+    /// had been asked to stop. Read it with [`NurseryHandle::tree_at_grace_expiry`]; a
+    /// [`Root`](crate::Root) keeps it for its report. Off by default: the snapshot costs
+    /// time and memory in proportion to the nursery's children.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tokio_nursery::{Cancelled, Nursery};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// let mut kept = None;
+    /// Nursery::new()
+    ///     .grace(Duration::from_secs(1))
+    ///     .keep_tree_at_grace_expiry()
+    ///     .run(|n| {
+    ///         kept = Some(n.clone());
+    ///         async move {
+    ///             // A plain tokio await: no cancellation point, so aborted at the grace's end.
+    ///             n.spawn_named("legacy", async {
+    ///                 tokio::time::sleep(Duration::from_secs(60)).await;
+    ///                 Ok::<_, Cancelled>(())
+    ///             });
+    ///             n.cancel();
+    ///             Ok::<_, Cancelled>(())
+    ///         }
+    ///     })
+    ///     .await
+    ///     .unwrap();
+    /// let tree = kept.unwrap().tree_at_grace_expiry().unwrap().to_string();
+    /// assert!(tree.contains("child \"legacy\""), "{tree}");
+    /// assert!(tree.contains("cancelled 1000ms ago"), "{tree}");
+    /// # }
+    /// ```
+    pub fn keep_tree_at_grace_expiry(self) -> Self {
+        Nursery {
+            keep_tree: true,
+            ..self
         }
     }
 
@@ -335,6 +381,14 @@ where
     Nursery::new().run(body)
 }
 
+/// What a nursery's grace period cut short, kept once it ran out.
+struct Expiry {
+    /// The children it aborted, by name or scope id.
+    aborted: Vec<String>,
+    /// The tree as it stood just before (only when asked to keep it).
+    tree: Option<Box<TaskTree>>,
+}
+
 /// What a nursery and its children share.
 pub(crate) struct Shared<E> {
     node: Arc<Node>,
@@ -348,8 +402,13 @@ pub(crate) struct Shared<E> {
     span: tracing::Span,
     /// At most this many children run at once (SPEC N11).
     pub(crate) limit: Option<Arc<Semaphore>>,
-    /// The children aborted when the grace period ran out (SPEC N7), once it did.
-    aborted: std::sync::OnceLock<Vec<String>>,
+    /// What the grace period cut short (SPEC N7), once it ran out.
+    expiry: std::sync::OnceLock<Expiry>,
+    /// The body has not returned (nor been dropped): the task tree says the nursery still
+    /// waits on it (SPEC O2).
+    body_running: std::sync::atomic::AtomicBool,
+    /// Keep the task tree as it stood when the grace period ran out (the root's report).
+    keep_tree: bool,
     /// A `!Send` child was spawned (SPEC N12): only its `LocalSet`'s thread can run it, so a
     /// blocking wait (N9b) could not help it finish.
     has_local: std::sync::atomic::AtomicBool,
@@ -453,6 +512,13 @@ impl<E: Send + 'static> Adopter<Origin> for Shared<E> {
             open,
             incidents,
         } = self.registry.counts();
+        // What the nursery waits for: its body too, until it returns (a stuck body holds up
+        // a shutdown as a stuck child does).
+        let waits_for = match self.body_running.load(Ordering::Relaxed) {
+            true if running == 0 => "the body".to_string(),
+            true => format!("the body and {}", children(running)),
+            false => children(running),
+        };
         let mut detail = match (open, self.node.is_cancelled()) {
             // Closed with children still running: its future was dropped and they are
             // finishing under the adopter whose tree shows this (SPEC O2, N9).
@@ -460,8 +526,8 @@ impl<E: Send + 'static> Adopter<Origin> for Shared<E> {
                 format!("dropped, adopted: {} still finishing", children(running))
             }
             (false, _) => "closed".to_string(),
-            (true, true) => format!("cancelling, waiting on {}", children(running)),
-            (true, false) => format!("running, {}", children(running)),
+            (true, true) => format!("cancelling, waiting on {waits_for}"),
+            (true, false) => format!("running, {waits_for}"),
         };
         if unlisted > 0 {
             // Listed once they wait (registry invariant N-3).
@@ -872,6 +938,11 @@ impl<E> Shared<E> {
             // Named once; but what was shielded at the first expiry may be exposed now.
             return self.cascade_into_body();
         }
+        // Taken before anything is aborted: what was still running, and since when it was
+        // asked to stop.
+        let tree = self
+            .keep_tree
+            .then(|| Box::new(TaskTree::from_node(&self.node)));
         let mut aborted = self.abort_named(true);
         aborted.extend(self.cascade_into_body());
         #[cfg(feature = "tracing")]
@@ -884,7 +955,10 @@ impl<E> Shared<E> {
         }
         #[cfg(not(feature = "tracing"))]
         let _ = warn;
-        let _ = self.aborted.set(aborted.clone());
+        let _ = self.expiry.set(Expiry {
+            aborted: aborted.clone(),
+            tree,
+        });
         aborted
     }
 
@@ -1277,7 +1351,18 @@ impl<E> NurseryHandle<E> {
     /// # }
     /// ```
     pub fn aborted_children(&self) -> &[String] {
-        self.shared.aborted.get().map_or(&[], Vec::as_slice)
+        self.shared
+            .expiry
+            .get()
+            .map_or(&[], |expiry| expiry.aborted.as_slice())
+    }
+
+    /// The task tree as it stood when the grace period ran out, before the children were
+    /// aborted, if the nursery was asked to keep it
+    /// ([`keep_tree_at_grace_expiry`](Nursery::keep_tree_at_grace_expiry)) and its grace
+    /// period ran out. Also after the nursery ended, through a handle kept past its run.
+    pub fn tree_at_grace_expiry(&self) -> Option<&TaskTree> {
+        self.shared.expiry.get()?.tree.as_deref()
     }
 
     /// The nursery's cancel scope: cancel it with a reason, move its deadline, raise its
@@ -1514,7 +1599,9 @@ where
                     scope = %node.id(),
                 ),
                 limit: this.config.limit.map(|k| Arc::new(Semaphore::new(k))),
-                aborted: std::sync::OnceLock::new(),
+                expiry: std::sync::OnceLock::new(),
+                body_running: std::sync::atomic::AtomicBool::new(true),
+                keep_tree: this.config.keep_tree,
                 has_local: std::sync::atomic::AtomicBool::new(false),
                 wakers: Default::default(),
             });
@@ -1560,6 +1647,9 @@ where
             let polled = catch_unwind(AssertUnwindSafe(|| {
                 context::enter(FrameKind::Linked(node), || body.poll(cx))
             }));
+            if !matches!(polled, Ok(Poll::Pending)) {
+                shared.body_running.store(false, Ordering::Relaxed);
+            }
             match polled {
                 Ok(Poll::Pending) => {}
                 Ok(Poll::Ready(Ok(value))) => {
@@ -1643,8 +1733,13 @@ where
             node.end(true);
             Poll::Ready(Ok(None))
         } else {
-            let cancelled = cancelled_here(node)
-                .with_aborted(shared.aborted.get().cloned().unwrap_or_default());
+            let cancelled = cancelled_here(node).with_aborted(
+                shared
+                    .expiry
+                    .get()
+                    .map(|expiry| expiry.aborted.clone())
+                    .unwrap_or_default(),
+            );
             node.end(false);
             Poll::Ready(Err(NurseryError::Cancelled(cancelled)))
         }
@@ -1751,9 +1846,11 @@ fn drop_body<E, Fut>(
         return Ok(());
     }
     let node = &shared.node;
-    catch_unwind(AssertUnwindSafe(|| {
+    let dropped = catch_unwind(AssertUnwindSafe(|| {
         context::enter(FrameKind::Linked(node), || body.set(None))
-    }))
+    }));
+    shared.body_running.store(false, Ordering::Relaxed);
+    dropped
 }
 
 /// How a blocking-wait drop went.

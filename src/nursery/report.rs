@@ -220,6 +220,11 @@ pub enum Report<'a> {
         /// A Ctrl-C / SIGTERM during the shutdown (a second one, or the first after `main`
         /// returned) ended the wait; otherwise a grace period ran out.
         second_signal: bool,
+        /// The root's task tree (SPEC O2) as it stood when the shutdown was first cut short,
+        /// before anything was aborted: who was still running, and since when it had been
+        /// asked to stop. `None` when only the runtime's orphans were cut short (they are
+        /// outside the root's tree: [`TaskTree::orphans`](crate::TaskTree::orphans)).
+        tree: Option<&'a crate::TaskTree>,
     },
 }
 
@@ -250,6 +255,7 @@ impl fmt::Display for Report<'_> {
                 abandoned,
                 orphans_left,
                 second_signal,
+                tree,
             } => {
                 let cause = match second_signal {
                     true => "a shutdown signal came during the shutdown",
@@ -272,6 +278,12 @@ impl fmt::Display for Report<'_> {
                         "; {orphans_left} orphaned nurseries or protected works still running \
                          are dropped with the runtime"
                     )?;
+                }
+                if let Some(tree) = tree {
+                    f.write_str("; the task tree then:")?;
+                    for line in tree.to_string().lines() {
+                        write!(f, "\n  {line}")?;
+                    }
                 }
                 Ok(())
             }

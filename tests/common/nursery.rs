@@ -281,6 +281,18 @@ pub fn is_sibling_failed(reason: &CancelReason) -> bool {
     matches!(reason, CancelReason::SiblingFailed)
 }
 
+/// `future`'s output, awaited in a shielded scope: what a waiter whose scope is not
+/// cancelled learns (a collector's markers, for one).
+#[allow(dead_code)]
+pub async fn shielded<F: Future>(future: F) -> F::Output {
+    CancelScope::new()
+        .shielded()
+        .run(async { Ok::<_, Cancelled>(future.await) })
+        .await
+        .expect("a shielded scope is not cancelled")
+        .expect("its body returned")
+}
+
 /// How a child ended, as a waiter whose scope is not cancelled learns it: its handle (a
 /// `ChildHandle`, `LocalHandle`, ...) awaited in a shielded scope. A waiter whose scope is
 /// cancelled gets its own cancellation instead of a marker (a value still comes first).
