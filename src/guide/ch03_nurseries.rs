@@ -189,6 +189,30 @@
 //! # }
 //! ```
 //!
+//! A server that answers a request's panic with an error reply, instead of losing the
+//! connection that ran the request, catches it around the request's nursery, once its
+//! children have all stopped (futures' `catch_unwind`; the `AssertUnwindSafe` is yours to
+//! judge, as for any `catch_unwind`):
+//!
+//! ```
+//! use std::panic::AssertUnwindSafe;
+//! use futures::FutureExt;
+//! use tokio_nursery::{nursery, panic_message, Cancelled};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let request = nursery(|n| async move {
+//!     let part = n.spawn(async { Ok::<u32, Cancelled>("x".parse().expect("a number")) });
+//!     Ok::<_, Cancelled>(part.await.ok())
+//! });
+//! let reply = match AssertUnwindSafe(request).catch_unwind().await {
+//!     Ok(Ok(Some(value))) => format!("OK {value:?}"),
+//!     Ok(Ok(None)) | Ok(Err(_)) => "ERR".to_string(),
+//!     Err(payload) => format!("ERR panic: {}", panic_message(&*payload).unwrap_or("?")),
+//! };
+//! assert_eq!(reply, "ERR panic: a number: ParseIntError { kind: InvalidDigit }");
+//! # }
+//! ```
+//!
 //! # Collecting outcomes in completion order
 //!
 //! For "spawn many, handle each result as it comes" (tokio's `JoinSet`), a
