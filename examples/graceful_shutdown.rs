@@ -46,7 +46,8 @@
 //! --until-signal     serve until Ctrl-C or SIGTERM, without demo clients
 //! --serve-for SECS   start two demo clients' jobs, serve SECS more seconds (default 2), stop
 //! --grace-ms MS      the root's grace period (default 5000)
-//! --journal PATH     the journal file (default: graceful_shutdown-PID.journal in the temp dir)
+//! --journal PATH     the journal file, kept (default: graceful_shutdown-PID.journal in the
+//!                    temp dir, removed at the end)
 //! --stubborn         add a worker that never reaches a cancellation point: the root aborts
 //!                    it when the grace period runs out, and the exit status is 1
 //! ```
@@ -146,6 +147,11 @@ fn main() -> ExitCode {
     // The runtime is shut down: every child has finished or been dropped.
     println!("root: run returned {outcome:?}");
     let clean = ledger.report(options.grace) && outcome.is_ok();
+    if options.temporary_journal {
+        // Only the default journal: one named with --journal is the caller's to keep.
+        let _ = std::fs::remove_file(&options.journal);
+        println!("journal removed (--journal PATH keeps it)");
+    }
     let code = u8::from(!clean);
     println!("exit {code}");
     ExitCode::from(code)
@@ -523,6 +529,8 @@ struct Options {
     serve_for: Option<Duration>,
     grace: Duration,
     journal: PathBuf,
+    /// The journal is the default one in the temp dir: removed at the end.
+    temporary_journal: bool,
     stubborn: bool,
 }
 
@@ -533,6 +541,7 @@ impl Options {
             grace: Duration::from_secs(5),
             journal: std::env::temp_dir()
                 .join(format!("graceful_shutdown-{}.journal", std::process::id())),
+            temporary_journal: true,
             stubborn: false,
         };
         while let Some(arg) = args.next() {
@@ -555,7 +564,10 @@ impl Options {
                         .map_err(|_| format!("--grace-ms: not a number of milliseconds: {ms}"))?;
                     options.grace = Duration::from_millis(ms);
                 }
-                "--journal" => options.journal = PathBuf::from(value()?),
+                "--journal" => {
+                    options.journal = PathBuf::from(value()?);
+                    options.temporary_journal = false;
+                }
                 "--stubborn" => options.stubborn = true,
                 _ => return Err(format!("unknown argument {arg:?}")),
             }

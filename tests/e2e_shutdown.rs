@@ -287,6 +287,28 @@ fn n13_without_a_signal_the_example_ends_by_itself() {
     );
 }
 
+/// The default journal (in the temp dir, named for the process) is removed at the end; one
+/// named with `--journal` is kept (the other tests read it). It was left behind.
+#[test]
+fn n13_the_default_journal_is_removed_at_the_end() {
+    // No leak check (SPEC R3): the example runs in a child process, with no runtime here.
+    let run = Example::start(&["--serve-for", "0.1"]).finish();
+    assert_eq!(run.status.code(), Some(0), "exit status\n{run}");
+    let first = &run.stdout[0];
+    let path = first
+        .split_once(", journal ")
+        .map(|(_, path)| PathBuf::from(path))
+        .unwrap_or_else(|| panic!("the journal's path\n{run}"));
+    assert!(
+        path.starts_with(std::env::temp_dir()),
+        "the default journal is in the temp dir\n{run}"
+    );
+    run.only("the journal's removal", |l| {
+        l == "journal removed (--journal PATH keeps it)"
+    });
+    assert!(!path.exists(), "{} was left behind\n{run}", path.display());
+}
+
 /// The example running as a child process, its stdout read line by line.
 struct Example {
     child: Child,
