@@ -64,6 +64,8 @@ mod hops {
     pub struct Outcome {
         /// The client's view: the status and body that came back, or its own timeout.
         pub client: Result<(StatusCode, String), String>,
+        /// How the servers' nursery ended, if not as it should (its body's value).
+        pub servers_failed: Option<String>,
         /// The budget (ms) service A read from the client's request.
         pub a_budget_ms: Option<u128>,
         /// The budget (ms) service B read from A's request.
@@ -233,13 +235,17 @@ mod hops {
                 }
             })
             .await;
-        let client = match out {
-            Ok(Some(client)) => client,
-            other => Err(format!("the servers' nursery ended with {other:?}")),
+        let (client, servers_failed) = match out {
+            Ok(Some(client)) => (client, None),
+            other => {
+                let failed = format!("the servers' nursery ended with {other:?}");
+                (Err(failed.clone()), Some(failed))
+            }
         };
         let (a_budget_ms, b_budget_ms) = *budgets.lock().unwrap();
         Outcome {
             client,
+            servers_failed,
             a_budget_ms,
             b_budget_ms,
             trace: trace.lines(),
@@ -250,12 +256,24 @@ mod hops {
 #[cfg(feature = "tower")]
 #[allow(dead_code)] // the end-to-end test includes this file for `run`
 #[tokio::main]
-async fn main() {
-    println!("A generous budget: B finishes its job.");
-    run(std::time::Duration::from_secs(5)).await;
-    println!();
-    println!("A tight budget: A's deadline stops B's job.");
-    run(std::time::Duration::from_millis(300)).await;
+async fn main() -> std::process::ExitCode {
+    let runs = [
+        ("A generous budget: B finishes its job.", 5000),
+        ("A tight budget: A's deadline stops B's job.", 300),
+    ];
+    for (i, (title, budget_ms)) in runs.into_iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        println!("{title}");
+        let outcome = run(std::time::Duration::from_millis(budget_ms)).await;
+        // The client's own timeout is part of the demo; the servers failing is not.
+        if let Some(failed) = outcome.servers_failed {
+            eprintln!("two_hops: {failed}");
+            return std::process::ExitCode::FAILURE;
+        }
+    }
+    std::process::ExitCode::SUCCESS
 }
 
 #[cfg(not(feature = "tower"))]

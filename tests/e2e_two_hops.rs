@@ -38,6 +38,7 @@ fn without_numbers(lines: &[String]) -> Vec<String> {
 async fn d01_two_hops_with_a_generous_budget_b_finishes() {
     common::leak_checked(async move {
         let outcome = bounded(Duration::from_secs(5)).await;
+        assert_eq!(outcome.servers_failed, None);
         let (status, body) = outcome.client.expect("the client got an answer");
         assert_eq!(
             (status, body.as_str()),
@@ -69,6 +70,7 @@ async fn d01_two_hops_with_a_generous_budget_b_finishes() {
 async fn d01_two_hops_with_a_tight_budget_as_deadline_stops_b() {
     common::leak_checked(async move {
         let outcome = bounded(Duration::from_millis(300)).await;
+        assert_eq!(outcome.servers_failed, None);
         let (status, body) = outcome
             .client
             .expect("the answer came back before the client gave up");
