@@ -611,7 +611,16 @@ impl DeadlineHeaders {
     }
 
     /// Writes the effective deadline of the code being polled ([`current_deadline`]) into
-    /// `headers`: see [`write`](Self::write). When the scope is effectively cancelled the
+    /// `headers`: see [`write`](Self::write). Under a deadline, a tighter budget `headers`
+    /// already carry (a per-call timeout set by hand; the smallest well-formed value of the
+    /// enabled headers) is kept instead, written into every enabled header: the callee never
+    /// gets more time than either allows. When that budget is zero, nothing is written and
+    /// the error carries no cancellation (no scope of ours expired). Without a deadline
+    /// (none, or a shield) the headers are removed as `write` does: the callee gets the
+    /// caller's deadline, none, and a value there may be stale (a forwarded request's); give
+    /// a call its own budget with a scope ([`move_on_after`](crate::move_on_after),
+    /// [`fail_after`](crate::fail_after)) rather than a header. When the scope is
+    /// effectively cancelled the
     /// error carries its [`Cancelled`]. When the deadline has passed on the clock but was not
     /// fired yet, or is too close to be written (under a millisecond with the milliseconds
     /// header), the scope it belongs to is cancelled there and then (reason
@@ -621,6 +630,13 @@ impl DeadlineHeaders {
         &self,
         headers: &mut HeaderMap,
     ) -> Result<Option<Duration>, DeadlinePassed> {
+        // A tighter budget already in the headers (a per-call timeout set by hand) is kept:
+        // the callee never gets more time than either allows.
+        if let Some(budget) = self.tighter_budget_in(headers) {
+            let at = Instant::from_std(crate::node::later(Instant::now().into_std(), budget));
+            // Passed, it is the header's own: no scope of ours to expire.
+            return self.write(EffectiveDeadline::At(at), headers);
+        }
         match current_deadline() {
             EffectiveDeadline::Passed => {
                 self.remove(headers);
@@ -700,6 +716,19 @@ impl DeadlineHeaders {
         Ok(Some(written))
     }
 
+    /// The budget `headers` already carry (the smallest well-formed value of the enabled
+    /// headers), if the code being polled has a deadline and the budget is tighter. A
+    /// malformed value counts as none: the write replaces it.
+    fn tighter_budget_in(&self, headers: &HeaderMap) -> Option<Duration> {
+        let (budget, _) = self.smallest_budget(headers).ok()??;
+        // Only under a deadline: without one (none, or a shield) the callee gets none, and
+        // a value there is as likely stale (a forwarded request's) as set by hand.
+        let EffectiveDeadline::At(at) = current_deadline() else {
+            return None;
+        };
+        (budget < at.saturating_duration_since(Instant::now())).then_some(budget)
+    }
+
     fn remove(&self, headers: &mut HeaderMap) {
         if self.grpc {
             headers.remove(GRPC_TIMEOUT);
@@ -734,6 +763,26 @@ impl DeadlineHeaders {
     /// # }
     /// ```
     pub fn read(&self, headers: &HeaderMap) -> Result<Option<IncomingDeadline>, HeaderError> {
+        let best = self.smallest_budget(headers)?;
+        Ok(best.map(|(budget, source)| {
+            let clamped = budget > self.cap;
+            let budget = budget.min(self.cap);
+            let now = Instant::now();
+            IncomingDeadline {
+                deadline: Instant::from_std(crate::node::later(now.into_std(), budget)),
+                budget,
+                clamped,
+                source,
+            }
+        }))
+    }
+
+    /// The smallest budget of every value of every enabled header, and where it was read;
+    /// any malformed value is an error naming its header.
+    fn smallest_budget(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<Option<(Duration, DeadlineSource)>, HeaderError> {
         let mut best: Option<(Duration, DeadlineSource)> = None;
         let mut consider = |budget: Duration, source: DeadlineSource| {
             if best.is_none_or(|(smallest, _)| budget < smallest) {
@@ -760,24 +809,15 @@ impl DeadlineHeaders {
                 consider(budget, DeadlineSource::Millis);
             }
         }
-        Ok(best.map(|(budget, source)| {
-            let clamped = budget > self.cap;
-            let budget = budget.min(self.cap);
-            let now = Instant::now();
-            IncomingDeadline {
-                deadline: Instant::from_std(crate::node::later(now.into_std(), budget)),
-                budget,
-                clamped,
-                source,
-            }
-        }))
+        Ok(best)
     }
 }
 
 /// Writes the effective deadline of the code being polled into `request`'s headers with
 /// the default [`DeadlineHeaders`]: the outgoing side of SPEC D1 for any HTTP client that
-/// takes an `http::Request`. Fails with [`DeadlinePassed`] (send nothing) when the deadline
-/// has passed.
+/// takes an `http::Request`; a tighter budget the request already carries is kept
+/// ([`DeadlineHeaders::write_current`]). Fails with [`DeadlinePassed`] (send nothing) when
+/// the deadline has passed.
 ///
 /// ```
 /// use std::time::Duration;

@@ -398,7 +398,11 @@ impl<S: Service<Req>, Req> Future for CallInScope<S, Req> {
 
 /// A tower [`Layer`] for clients: writes the effective deadline of the code calling the
 /// service ([`current_deadline`](crate::current_deadline), read when `call` is called)
-/// into each request's headers (SPEC D1). When the deadline has passed the request is not
+/// into each request's headers (SPEC D1). Under a deadline, a tighter budget the request
+/// already carries (a per-call timeout set by hand) is kept, written into every enabled
+/// header: the callee never gets more time than either allows; without a deadline the
+/// headers are removed ([`DeadlineHeaders::write_current`]). When the deadline has passed
+/// the request is not
 /// sent: the call fails at once with [`DeadlinePassed`] (boxed; a scope recognises the
 /// cancellation inside it, see [`DeadlinePassed`]).
 ///

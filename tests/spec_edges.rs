@@ -1060,13 +1060,92 @@ async fn d01_the_propagating_layer_writes_the_deadline_of_the_caller() {
         .await;
         assert_eq!(out.unwrap(), Some(()));
 
-        // Outside any scope: nothing is sent, stale values are dropped.
+        // Outside any scope: nothing is sent.
         let sent = client
+            .clone()
+            .oneshot(Request::new(()))
+            .await
+            .unwrap()
+            .into_body();
+        assert!(sent.is_empty());
+
+        // Outside any scope, stale values are dropped: the callee gets the caller's deadline,
+        // none.
+        let sent = client
+            .clone()
             .oneshot(request_with(&[("grpc-timeout", "7S")]))
             .await
             .unwrap()
             .into_body();
         assert!(sent.is_empty());
+        // Under a deadline, a budget the request carries (a per-call timeout set by hand) is
+        // kept where it is tighter, written into both headers (session 21: it was replaced
+        // by the looser deadline).
+        let out = move_on_after(secs(2), async {
+            let tighter = client
+                .clone()
+                .oneshot(request_with(&[("x-request-timeout-ms", "100")]))
+                .await
+                .unwrap()
+                .into_body();
+            assert_eq!(tighter["grpc-timeout"], "100000u");
+            assert_eq!(tighter["x-request-timeout-ms"], "100");
+            // A looser one is replaced by the caller's deadline.
+            let looser = client
+                .clone()
+                .oneshot(request_with(&[("grpc-timeout", "7S")]))
+                .await
+                .unwrap()
+                .into_body();
+            assert_eq!(looser["grpc-timeout"], "2000000u");
+            assert_eq!(looser["x-request-timeout-ms"], "2000");
+            // A malformed one counts as none: replaced.
+            let malformed = client
+                .clone()
+                .oneshot(request_with(&[("x-request-timeout-ms", "soon")]))
+                .await
+                .unwrap()
+                .into_body();
+            assert_eq!(malformed["x-request-timeout-ms"], "2000");
+            Ok::<_, Cancelled>(())
+        })
+        .await;
+        assert_eq!(out.unwrap(), Some(()));
+        // Outside any scope a malformed one is dropped, as before.
+        let sent = client
+            .oneshot(request_with(&[("x-request-timeout-ms", "soon")]))
+            .await
+            .unwrap()
+            .into_body();
+        assert!(sent.is_empty());
+    })
+    .await
+}
+
+/// A zero budget set by hand: nothing is sent, and the error carries no cancellation (no
+/// scope of the caller's expired: the caller's scope goes on).
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn d01_a_zero_budget_set_by_hand_sends_nothing_and_cancels_no_scope() {
+    common::leak_checked(async move {
+        let called = Arc::new(AtomicBool::new(false));
+        let seen = called.clone();
+        let client = PropagateDeadlineLayer::new().layer(service_fn(move |_: Request<()>| {
+            seen.store(true, Ordering::SeqCst);
+            async { Ok::<_, Infallible>(Response::new(())) }
+        }));
+        let out = move_on_after(secs(2), async {
+            let error = client
+                .oneshot(request_with(&[("x-request-timeout-ms", "0")]))
+                .await
+                .unwrap_err();
+            let passed = error.downcast_ref::<DeadlinePassed>().unwrap();
+            assert!(passed.cancelled().is_none(), "{passed:?}");
+            assert!(!is_cancelled(), "the caller's scope goes on");
+            Ok::<_, Cancelled>("went on")
+        })
+        .await;
+        assert_eq!(out.unwrap(), Some("went on"));
+        assert!(!called.load(Ordering::SeqCst));
     })
     .await
 }

@@ -165,7 +165,8 @@
 //! `current_deadline()` and every nursery it opens see it; a request future dropped because
 //! the client went away cancels the work per the nurseries' drop modes.
 //! [`PropagateDeadlineLayer`](crate::PropagateDeadlineLayer) (client side) writes the
-//! effective deadline into each outgoing request. Two hops, in one process: the client gives
+//! effective deadline into each outgoing request, or, under a deadline, keeps a tighter
+//! per-call timeout the request already carries. Two hops, in one process: the client gives
 //! A 2 s, A spends 500 ms and calls B, B gets the remaining 1.5 s, and B's work stops when
 //! the client's deadline passes.
 //!
