@@ -18,6 +18,15 @@ use crate::poison::Poison;
 /// An async mutex whose critical sections are closures, and which is poisoned by a section
 /// that is cut short (a panic, or its future dropped mid-section).
 ///
+/// A cancellation delivered *inside* a section at a cancellation point (a deadline seen by
+/// `sleep(..).await?`) is no cut: the section returns through `?`, and returning is
+/// completing, so nothing is poisoned, however half-done the update. Keep cancellation
+/// points out of sections that must not stop half-way (check before the section, with
+/// [`lock_cancellable`](Mutex::lock_cancellable)), or undo in the section before returning
+/// the error. A *hard* scope ([`CancelScope::hard`](crate::CancelScope::hard)) or a plain
+/// `tokio::time::timeout` around the lock drops the section instead, which poisons
+/// ([chapter 6](crate::guide::ch06_protected_work)).
+///
 /// ```
 /// use tokio_nursery::Mutex;
 ///

@@ -346,6 +346,10 @@ impl Root {
                             }
                         }
                         handle.report_incidents();
+                        // `main` goes with the nursery's future if it still runs: named as
+                        // the grace's end names it (it was not named, and with no child a
+                        // report was not made at all).
+                        cut_short.main_cut |= !main_returned.load(Ordering::Acquire);
                         let abandoned = handle.adoptees();
                         let cancelled = crate::scope::cancelled_here(&handle.scope().node)
                             .with_aborted(aborted.clone());

@@ -33,6 +33,13 @@ use crate::scope::{DeadlineSpec, Exit, Plan, ScopeCore, Scoped};
 /// absorbed the body's `Cancelled`), `Err(error)` for the body's other errors, including an
 /// outer cancellation passing through.
 ///
+/// A body that returned a value gives `Ok(Some(value))` even when the timeout fired after
+/// it: a nursery or local scope in the body returns its body's value once the children it
+/// left running have stopped, cut short by the timeout or not. To know whether the timeout
+/// fired, run the body in a [`CancelScope`](crate::CancelScope) with
+/// [`with_timeout`](crate::CancelScope::with_timeout) and ask its handle
+/// ([`cancel_called`](crate::ScopeHandle::cancel_called)).
+///
 /// ```
 /// use std::time::Duration;
 /// use tokio_nursery::{move_on_after, sleep, Cancelled};

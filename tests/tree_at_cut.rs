@@ -184,6 +184,26 @@ async fn no_tree_is_kept_unless_asked_or_unless_the_grace_ran_out() {
             .await
             .unwrap();
         assert!(kept.unwrap().tree_at_grace_expiry().is_none());
+
+        // Asked, and the grace ran out with nothing to abort (the body alone held the nursery
+        // up): no tree, since nothing was cut short.
+        let mut kept = None;
+        Nursery::new()
+            .grace(ms(10))
+            .keep_tree_at_grace_expiry()
+            .run(|n: NurseryHandle<Cancelled>| {
+                kept = Some(n.clone());
+                async move {
+                    n.cancel();
+                    tokio::time::sleep(ms(50)).await; // not a cancellation point
+                    Ok(())
+                }
+            })
+            .await
+            .unwrap();
+        let kept = kept.unwrap();
+        assert!(kept.aborted_children().is_empty());
+        assert!(kept.tree_at_grace_expiry().is_none());
     })
     .await
 }

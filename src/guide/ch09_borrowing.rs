@@ -56,6 +56,52 @@
 //! the thread, or a scope future parked in a `select!` branch that is not polled, stalls
 //! them. Dropping the scope's future drops its children at once.
 //!
+//! Partial results under a deadline: a child that catches its cancellation and returns
+//! what it did as a value gives that value to its handle, but awaiting a handle is a
+//! cancellation point of the *body*, and in a cancelled scope a handle whose child is
+//! still running returns the body's own `JoinError::Cancelled` at once. The body is polled
+//! before its children, so it would lose the partial results of every child the deadline
+//! cut. Await the handles in a shield: the children stop at the deadline, the shield waits
+//! for their values.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tokio_nursery::{local_scope, move_on_after, sleep, CancelScope, Cancelled, JoinError};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+//! let jobs = [3u64, 5, 40]; // steps of 10 ms each; the deadline is at 105 ms
+//! let outcome = move_on_after(Duration::from_millis(105), local_scope(async |s| {
+//!     let handles: Vec<_> = jobs
+//!         .iter()
+//!         .map(|&steps| {
+//!             s.spawn(async move {
+//!                 let mut done = 0;
+//!                 while done < steps && sleep(Duration::from_millis(10)).await.is_ok() {
+//!                     done += 1;
+//!                 }
+//!                 Ok::<_, Cancelled>(done) // what it did, cut short or not
+//!             })
+//!         })
+//!         .collect();
+//!     let done = CancelScope::new()
+//!         .shielded()
+//!         .run(async {
+//!             let mut done = Vec::new();
+//!             for handle in handles {
+//!                 done.push(handle.await?);
+//!             }
+//!             Ok::<_, JoinError>(done)
+//!         })
+//!         .await
+//!         .unwrap() // no child failed
+//!         .unwrap(); // a shield is not cancelled
+//!     Ok::<_, Cancelled>(done)
+//! }))
+//! .await;
+//! assert_eq!(outcome.unwrap(), Some(Some(vec![3, 5, 10])));
+//! # }
+//! ```
+//!
 //! # `parallel_scope`: parallel children that borrow
 //!
 //! [`parallel_scope`](crate::parallel_scope) runs its children as tasks on the multi-thread

@@ -312,7 +312,16 @@ impl Nursery {
     ///   returned that cancellation, and the nursery absorbed it (a body that returned a
     ///   value anyway gives `Ok(Some(value))`);
     /// - `Err(NurseryError::Failed(failures))`: every failure, the first one first (N4);
-    /// - `Err(NurseryError::Cancelled(_))`: an enclosing scope was cancelled; pass it on.
+    /// - `Err(NurseryError::Cancelled(_))`: an enclosing scope was cancelled (and the body
+    ///   returned that cancellation); pass it on.
+    ///
+    /// A body that returned a value wins over any cancellation, its own or an enclosing
+    /// one's, that came after it returned, also one that then cut short children it left
+    /// running: the nursery returns `Ok(Some(value))`, as any future that completed returns
+    /// its output, and an enclosing cancellation meets the caller at its next cancellation
+    /// point. To know whether children were cut short, ask the scope
+    /// ([`ScopeHandle::cancel_called`] on [`NurseryHandle::scope`]), or have the children
+    /// report it (a collector, or handles awaited in the body).
     ///
     /// If a child or the body panicked, the earliest panic is resumed once everything has
     /// stopped, and the rest goes to the report hook (N6).
@@ -945,6 +954,9 @@ impl<E> Shared<E> {
             .then(|| Box::new(TaskTree::from_node(&self.node)));
         let mut aborted = self.abort_named(true);
         aborted.extend(self.cascade_into_body());
+        // Kept only when something was cut short: a tree of what the grace left alone would
+        // stand for a cut that did not happen (the root then takes its own at its cut).
+        let tree = tree.filter(|_| !aborted.is_empty());
         #[cfg(feature = "tracing")]
         if warn && !aborted.is_empty() {
             tracing::warn!(
@@ -1360,7 +1372,8 @@ impl<E> NurseryHandle<E> {
     /// The task tree as it stood when the grace period ran out, before the children were
     /// aborted, if the nursery was asked to keep it
     /// ([`keep_tree_at_grace_expiry`](Nursery::keep_tree_at_grace_expiry)) and its grace
-    /// period ran out. Also after the nursery ended, through a handle kept past its run.
+    /// period ran out with something to abort (an ancestor's grace running out counts: the
+    /// abort cascades). Also after the nursery ended, through a handle kept past its run.
     pub fn tree_at_grace_expiry(&self) -> Option<&TaskTree> {
         self.shared.expiry.get()?.tree.as_deref()
     }
@@ -2028,8 +2041,10 @@ fn orphan<E: fmt::Debug + Send + 'static>(
     let stop: Arc<dyn StopAll> = shared.clone();
     let (adopter, key, adopter_aborted) = adopter_of(&shared.node, &shared.runtime, stop);
     if adopter_aborted {
-        // The adopter is past its grace: abort cascades to what it adopts (SPEC N7).
-        let _ = shared.abort_children(true);
+        // The adopter is past its grace: abort cascades to what it adopts (SPEC N7), as if
+        // this nursery's own grace had run out (its names, its kept tree, and past its grace
+        // for children that start later), as the cascade does for an adoptee already there.
+        let _ = shared.expire_grace(false);
     }
     #[cfg(feature = "tracing")]
     {
