@@ -395,8 +395,19 @@ pub struct LocalHandle<'env, T> {
 impl<T> LocalHandle<'_, T> {
     /// Cancels this child alone, cooperatively. Not a failure.
     pub fn cancel(&self) {
+        self.cancel_because(CancelReason::Explicit(None));
+    }
+
+    /// As [`cancel`](Self::cancel), with user data the child reads from its `Cancelled`
+    /// (as [`ChildHandle::cancel_with`](crate::ChildHandle::cancel_with)).
+    pub fn cancel_with<D: std::any::Any + Send + Sync>(&self, data: D) {
+        let payload = crate::reason::Payload::new(data);
+        self.cancel_because(CancelReason::Explicit(Some(payload)));
+    }
+
+    fn cancel_because(&self, reason: CancelReason) {
         if let Some(node) = self.child.scope().node_unless_ended(&self.parent.0) {
-            node.cancel(CancelReason::Explicit(None));
+            node.cancel(reason);
         }
     }
 }

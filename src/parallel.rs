@@ -230,6 +230,12 @@ impl<T> ParallelHandle<T> {
         self.child().cancel();
     }
 
+    /// As [`cancel`](Self::cancel), with user data the child reads from its `Cancelled`
+    /// (as [`ChildHandle::cancel_with`](crate::ChildHandle::cancel_with)).
+    pub fn cancel_with<D: std::any::Any + Send + Sync>(&self, data: D) {
+        self.child().cancel_with(data);
+    }
+
     /// Aborts this child alone: tokio drops its future at its next scheduling (and the scope
     /// waits for that). Not a failure.
     pub fn abort(&self) {

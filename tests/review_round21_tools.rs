@@ -1136,9 +1136,10 @@ async fn cancel_with_payload_read_back_where_observed() {
 }
 
 /// Cancelling ONE chunk with a reason: the child handles (`LocalHandle`, `ChildHandle`,
-/// `ParallelHandle`) have `cancel()` but no `cancel_with`, and no way to reach the child's
-/// scope. The child sees `Explicit(None)`; to pass a payload the child must run its body in
-/// a `CancelScope` of its own and hand the `ScopeHandle` out.
+/// `ParallelHandle`) had `cancel()` but no `cancel_with`, and no way to reach the child's
+/// scope. The child sees `Explicit(None)`; to pass a payload the child ran its body in a
+/// `CancelScope` of its own and handed the `ScopeHandle` out. (Since session 21 every child
+/// handle has `cancel_with`: tests/cancel_with_handles.rs.)
 #[tokio::test(start_paused = true)]
 async fn cancel_one_chunk_with_reason_needs_a_scope_of_its_own() {
     let seen = RefCell::new(Vec::new());

@@ -787,6 +787,31 @@ impl<T> ChildHandle<T> {
         self.info().cancel(CancelReason::Explicit(None));
     }
 
+    /// As [`cancel`](Self::cancel), with user data the child reads from the [`Cancelled`]
+    /// its cancellation points report (`reason().payload()`, or `reason().message()` for a
+    /// string), as [`ScopeHandle::cancel_with`](crate::ScopeHandle::cancel_with) gives.
+    ///
+    /// ```
+    /// use tokio_nursery::{cancelled, nursery, Cancelled};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let out = nursery(|n| async move {
+    ///     let worker = n.spawn(async {
+    ///         let why = cancelled().await;
+    ///         Ok::<_, Cancelled>(why.reason().message().unwrap_or_default().to_string())
+    ///     });
+    ///     worker.cancel_with("rebalancing");
+    ///     Ok::<_, Cancelled>(worker.await.ok()) // its value: it caught the cancellation
+    /// })
+    /// .await;
+    /// assert_eq!(out.unwrap(), Some(Some("rebalancing".to_string())));
+    /// # }
+    /// ```
+    pub fn cancel_with<D: std::any::Any + Send + Sync>(&self, data: D) {
+        let payload = crate::reason::Payload::new(data);
+        self.info().cancel(CancelReason::Explicit(Some(payload)));
+    }
+
     /// Aborts this child alone: tokio drops its future at its next scheduling. Not a failure;
     /// the handle then yields [`JoinError::ChildAborted`] (to a waiter whose scope is not
     /// cancelled) unless the child already finished.

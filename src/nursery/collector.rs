@@ -155,6 +155,13 @@ impl ChildControl {
         self.child.cancel(CancelReason::Explicit(None));
     }
 
+    /// As [`cancel`](Self::cancel), with user data the child reads from its `Cancelled`
+    /// (as [`ChildHandle::cancel_with`](crate::ChildHandle::cancel_with)).
+    pub fn cancel_with<D: std::any::Any + Send + Sync>(&self, data: D) {
+        let payload = crate::reason::Payload::new(data);
+        self.child.cancel(CancelReason::Explicit(Some(payload)));
+    }
+
     /// Aborts this child alone. Not a failure. Put off while the child runs a parallel
     /// borrowing scope, as [`ChildHandle::abort`](crate::ChildHandle::abort) says.
     pub fn abort(&self) {
