@@ -19,7 +19,10 @@ fn main() {
         let pages = ["intro", "usage", "design", "appendix-that-never-loads"];
         let index = RefCell::new(Vec::new());
 
-        let outcome = move_on_after(Duration::from_millis(50), async {
+        // A local scope's error (`NurseryError`) carries a cancellation as any error the
+        // crate knows does: `move_on_after` takes it as it is.
+        let outcome = move_on_after(
+            Duration::from_millis(50),
             local_scope(async |s| {
                 for (i, page) in pages.iter().enumerate() {
                     let index = &index;
@@ -34,17 +37,14 @@ fn main() {
                     });
                 }
                 Ok::<_, Cancelled>("indexing done")
-            })
-            .await
-            .map_err(|error| match error {
-                tokio_nursery::NurseryError::Cancelled(cancelled) => cancelled,
-                other => panic!("{other}"),
-            })
-        })
+            }),
+        )
         .await;
 
         println!("local_scope with 4 children borrowing `pages` and `index` from the stack,");
         println!("inside a 50 ms move_on_after:");
+        // move_on_after's Some: its body (the scope) finished; local_scope's Some: its body's
+        // value, kept although the deadline then cut the slow child.
         println!("  outcome: {outcome:?} (the body finished; the slow child was cancelled)");
         for entry in index.borrow().iter() {
             println!("  indexed {entry}");
