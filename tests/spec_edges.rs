@@ -1046,78 +1046,49 @@ async fn d01_the_propagating_layer_writes_the_deadline_of_the_caller() {
             PropagateDeadlineLayer::new().layer(service_fn(|request: Request<()>| async move {
                 Ok::<_, Infallible>(Response::new(request.headers().clone()))
             }));
+        // The headers the client sent for `request`.
+        let sent = |request: Request<()>| {
+            let client = client.clone();
+            async move { client.oneshot(request).await.unwrap().into_body() }
+        };
         let out = move_on_after(secs(2), async {
-            let sent = client
-                .clone()
-                .oneshot(Request::new(()))
-                .await
-                .unwrap()
-                .into_body();
-            assert_eq!(sent["grpc-timeout"], "2000000u");
-            assert_eq!(sent["x-request-timeout-ms"], "2000");
+            let headers = sent(Request::new(())).await;
+            assert_eq!(headers["grpc-timeout"], "2000000u");
+            assert_eq!(headers["x-request-timeout-ms"], "2000");
             Ok::<_, Cancelled>(())
         })
         .await;
         assert_eq!(out.unwrap(), Some(()));
 
         // Outside any scope: nothing is sent.
-        let sent = client
-            .clone()
-            .oneshot(Request::new(()))
-            .await
-            .unwrap()
-            .into_body();
-        assert!(sent.is_empty());
+        let headers = sent(Request::new(())).await;
+        assert!(headers.is_empty());
 
         // Outside any scope, stale values are dropped: the callee gets the caller's deadline,
         // none.
-        let sent = client
-            .clone()
-            .oneshot(request_with(&[("grpc-timeout", "7S")]))
-            .await
-            .unwrap()
-            .into_body();
-        assert!(sent.is_empty());
+        let headers = sent(request_with(&[("grpc-timeout", "7S")])).await;
+        assert!(headers.is_empty());
         // Under a deadline, a budget the request carries (a per-call timeout set by hand) is
         // kept where it is tighter, written into both headers (session 21: it was replaced
         // by the looser deadline).
         let out = move_on_after(secs(2), async {
-            let tighter = client
-                .clone()
-                .oneshot(request_with(&[("x-request-timeout-ms", "100")]))
-                .await
-                .unwrap()
-                .into_body();
+            let tighter = sent(request_with(&[("x-request-timeout-ms", "100")])).await;
             assert_eq!(tighter["grpc-timeout"], "100000u");
             assert_eq!(tighter["x-request-timeout-ms"], "100");
             // A looser one is replaced by the caller's deadline.
-            let looser = client
-                .clone()
-                .oneshot(request_with(&[("grpc-timeout", "7S")]))
-                .await
-                .unwrap()
-                .into_body();
+            let looser = sent(request_with(&[("grpc-timeout", "7S")])).await;
             assert_eq!(looser["grpc-timeout"], "2000000u");
             assert_eq!(looser["x-request-timeout-ms"], "2000");
             // A malformed one counts as none: replaced.
-            let malformed = client
-                .clone()
-                .oneshot(request_with(&[("x-request-timeout-ms", "soon")]))
-                .await
-                .unwrap()
-                .into_body();
+            let malformed = sent(request_with(&[("x-request-timeout-ms", "soon")])).await;
             assert_eq!(malformed["x-request-timeout-ms"], "2000");
             Ok::<_, Cancelled>(())
         })
         .await;
         assert_eq!(out.unwrap(), Some(()));
         // Outside any scope a malformed one is dropped, as before.
-        let sent = client
-            .oneshot(request_with(&[("x-request-timeout-ms", "soon")]))
-            .await
-            .unwrap()
-            .into_body();
-        assert!(sent.is_empty());
+        let headers = sent(request_with(&[("x-request-timeout-ms", "soon")])).await;
+        assert!(headers.is_empty());
     })
     .await
 }

@@ -254,23 +254,28 @@ fn recording(reports: &Reports) -> impl Fn(&Report<'_>) + Send + Sync + 'static 
     }
 }
 
+/// A root on the current thread, without signals, with a 50 ms grace, recording its
+/// `ShutdownCutShort` reports.
+fn recording_root(reports: &Reports) -> Root {
+    Root::new()
+        .current_thread()
+        .handle_signals(false)
+        .grace(ms(50))
+        .shutdown_bound(Duration::ZERO)
+        .on_report(recording(reports))
+}
+
 #[test]
 fn n13_the_roots_report_shows_the_tree_when_its_grace_ran_out() {
     let reports = Reports::default();
-    let hook = recording(&reports);
+    let root = recording_root(&reports);
     let out = common::nursery::within_hang_bound(move || {
-        Root::new()
-            .current_thread()
-            .handle_signals(false)
-            .grace(ms(50))
-            .shutdown_bound(Duration::ZERO)
-            .on_report(hook)
-            .run(|n: NurseryHandle<Cancelled>| async move {
-                n.spawn_named("polite", async { Err::<(), _>(cancelled().await) });
-                n.spawn_named("stuck", legacy());
-                tokio::task::yield_now().await;
-                Ok(())
-            })
+        root.run(|n: NurseryHandle<Cancelled>| async move {
+            n.spawn_named("polite", async { Err::<(), _>(cancelled().await) });
+            n.spawn_named("stuck", legacy());
+            tokio::task::yield_now().await;
+            Ok(())
+        })
     });
     assert_eq!(out.unwrap(), Some(()));
     let reports = reports.lock().unwrap();
@@ -303,28 +308,22 @@ fn n13_the_roots_report_shows_the_tree_when_its_grace_ran_out() {
 #[test]
 fn n13_a_report_of_orphans_alone_has_no_tree() {
     let reports = Reports::default();
-    let hook = recording(&reports);
+    let root = recording_root(&reports);
     let out = common::nursery::within_hang_bound(move || {
-        Root::new()
-            .current_thread()
-            .handle_signals(false)
-            .grace(ms(50))
-            .shutdown_bound(Duration::ZERO)
-            .on_report(hook)
-            .run(|_n: NurseryHandle<Cancelled>| async move {
-                // A nursery dropped in wait mode in a plain task: its child is an orphan,
-                // which the root's grace for orphans aborts.
-                tokio::spawn(async {
-                    let inner = Nursery::new().run(|m: NurseryHandle<Cancelled>| async move {
-                        m.spawn_named("orphan", legacy());
-                        sleep_forever::<Cancelled>().await
-                    });
-                    let _ = tokio::time::timeout(ms(1), inner).await;
-                })
-                .await
-                .unwrap();
-                Ok(())
+        root.run(|_n: NurseryHandle<Cancelled>| async move {
+            // A nursery dropped in wait mode in a plain task: its child is an orphan,
+            // which the root's grace for orphans aborts.
+            tokio::spawn(async {
+                let inner = Nursery::new().run(|m: NurseryHandle<Cancelled>| async move {
+                    m.spawn_named("orphan", legacy());
+                    sleep_forever::<Cancelled>().await
+                });
+                let _ = tokio::time::timeout(ms(1), inner).await;
             })
+            .await
+            .unwrap();
+            Ok(())
+        })
     });
     assert_eq!(out.unwrap(), Some(()));
     let reports = reports.lock().unwrap();
@@ -343,19 +342,13 @@ fn n13_a_report_of_orphans_alone_has_no_tree() {
 #[test]
 fn n13_the_roots_tree_shows_protected_work_still_running() {
     let reports = Reports::default();
-    let hook = recording(&reports);
+    let root = recording_root(&reports);
     let out = common::nursery::within_hang_bound(move || {
-        Root::new()
-            .current_thread()
-            .handle_signals(false)
-            .grace(ms(50))
-            .shutdown_bound(Duration::ZERO)
-            .on_report(hook)
-            .run(|n: NurseryHandle<Cancelled>| async move {
-                n.spawn_named("stuck", legacy());
-                drop(protect(tokio::time::sleep(ms(300))));
-                Ok(())
-            })
+        root.run(|n: NurseryHandle<Cancelled>| async move {
+            n.spawn_named("stuck", legacy());
+            drop(protect(tokio::time::sleep(ms(300))));
+            Ok(())
+        })
     });
     assert_eq!(out.unwrap(), Some(()));
     let reports = reports.lock().unwrap();
