@@ -7,7 +7,7 @@
 //!
 //! | reason | set by |
 //! |---|---|
-//! | [`Explicit`](crate::CancelReason::Explicit), with optional data | [`cancel`](crate::ScopeHandle::cancel), [`cancel_with(data)`](crate::ScopeHandle::cancel_with) |
+//! | [`Explicit`](crate::CancelReason::Explicit), with optional data | [`cancel`](crate::ScopeHandle::cancel), [`cancel_with(data)`](crate::ScopeHandle::cancel_with); for one child, its handle's `cancel` / [`cancel_with`](crate::ChildHandle::cancel_with) |
 //! | [`Deadline`](crate::CancelReason::Deadline) | the scope's deadline passing |
 //! | [`SiblingFailed`](crate::CancelReason::SiblingFailed) | a failure in the same nursery (fail fast) |
 //! | [`Shutdown`](crate::CancelReason::Shutdown) | the [`Root`](crate::Root): `main` returned, or Ctrl-C / SIGTERM |
