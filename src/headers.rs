@@ -614,8 +614,11 @@ impl DeadlineHeaders {
     /// `headers`: see [`write`](Self::write). Under a deadline, a tighter budget `headers`
     /// already carry (a per-call timeout set by hand; the smallest well-formed value of the
     /// enabled headers) is kept instead, written into every enabled header: the callee never
-    /// gets more time than either allows. When that budget is zero, nothing is written and
-    /// the error carries no cancellation (no scope of ours expired). Without a deadline
+    /// gets more time than either allows. When that budget is zero (or under a millisecond
+    /// with the milliseconds header on, which cannot carry it), nothing is written and the
+    /// error carries no cancellation (no scope of ours expired; its `deadline` is the
+    /// header's). A budget above the [`cap`](Self::cap) is written as it is (the cap is the
+    /// reading side's). Without a deadline
     /// (none, or a shield) the headers are removed as `write` does: the callee gets the
     /// caller's deadline, none, and a value there may be stale (a forwarded request's); give
     /// a call its own budget with a scope ([`move_on_after`](crate::move_on_after),
@@ -633,9 +636,12 @@ impl DeadlineHeaders {
         // A tighter budget already in the headers (a per-call timeout set by hand) is kept:
         // the callee never gets more time than either allows.
         if let Some(budget) = self.tighter_budget_in(headers) {
+            // Written as it is (not through an instant read back later, a millisecond short
+            // on the real clock). Too small, it is the header's own: no scope of ours to
+            // expire.
+            self.remove(headers);
             let at = Instant::from_std(crate::node::later(Instant::now().into_std(), budget));
-            // Passed, it is the header's own: no scope of ours to expire.
-            return self.write(EffectiveDeadline::At(at), headers);
+            return self.write_remaining(budget, at, headers).map(Some);
         }
         match current_deadline() {
             EffectiveDeadline::Passed => {
@@ -689,6 +695,17 @@ impl DeadlineHeaders {
             EffectiveDeadline::At(at) => at,
         };
         let remaining = at.saturating_duration_since(Instant::now());
+        self.write_remaining(remaining, at, headers).map(Some)
+    }
+
+    /// Writes `remaining` (the time left until `at`) into the enabled headers, which were
+    /// removed: the time written, or [`DeadlinePassed`] for `at` when it cannot be written.
+    fn write_remaining(
+        &self,
+        remaining: Duration,
+        at: Instant,
+        headers: &mut HeaderMap,
+    ) -> Result<Duration, DeadlinePassed> {
         let passed = DeadlinePassed {
             deadline: Some(at),
             cancelled: None,
@@ -713,14 +730,18 @@ impl DeadlineHeaders {
             headers.insert(name, HeaderValue::from(millis));
             written = written.min(Duration::from_millis(millis));
         }
-        Ok(Some(written))
+        Ok(written)
     }
 
     /// The budget `headers` already carry (the smallest well-formed value of the enabled
     /// headers), if the code being polled has a deadline and the budget is tighter. A
     /// malformed value counts as none: the write replaces it.
     fn tighter_budget_in(&self, headers: &HeaderMap) -> Option<Duration> {
-        let (budget, _) = self.smallest_budget(headers).ok()??;
+        let budget = self
+            .budgets(headers)
+            .filter_map(Result::ok)
+            .map(|(budget, _)| budget)
+            .min()?;
         // Only under a deadline: without one (none, or a shield) the callee gets none, and
         // a value there is as likely stale (a forwarded request's) as set by hand.
         let EffectiveDeadline::At(at) = current_deadline() else {
@@ -784,32 +805,42 @@ impl DeadlineHeaders {
         headers: &HeaderMap,
     ) -> Result<Option<(Duration, DeadlineSource)>, HeaderError> {
         let mut best: Option<(Duration, DeadlineSource)> = None;
-        let mut consider = |budget: Duration, source: DeadlineSource| {
+        for read in self.budgets(headers) {
+            let (budget, source) = read?;
             if best.is_none_or(|(smallest, _)| budget < smallest) {
                 best = Some((budget, source));
             }
-        };
-        if self.grpc {
-            for value in headers.get_all(GRPC_TIMEOUT) {
-                let budget = GrpcTimeout::parse(value.as_bytes())
-                    .map_err(|kind| HeaderError {
-                        header: GRPC_TIMEOUT,
-                        kind,
-                    })?
-                    .duration();
-                consider(budget, DeadlineSource::GrpcTimeout);
-            }
         }
-        if let Some(name) = &self.millis {
-            for value in headers.get_all(name) {
+        Ok(best)
+    }
+
+    /// Every value of every enabled header (gRPC's first), parsed.
+    fn budgets<'h>(
+        &'h self,
+        headers: &'h HeaderMap,
+    ) -> impl Iterator<Item = Result<(Duration, DeadlineSource), HeaderError>> + 'h {
+        let grpc = self
+            .grpc
+            .then(|| headers.get_all(GRPC_TIMEOUT))
+            .into_iter()
+            .flatten()
+            .map(|value| {
+                let parsed = GrpcTimeout::parse(value.as_bytes()).map_err(|kind| HeaderError {
+                    header: GRPC_TIMEOUT,
+                    kind,
+                })?;
+                Ok((parsed.duration(), DeadlineSource::GrpcTimeout))
+            });
+        let millis = self.millis.iter().flat_map(move |name| {
+            headers.get_all(name).into_iter().map(move |value| {
                 let budget = parse_timeout_ms(value.as_bytes()).map_err(|kind| HeaderError {
                     header: name.clone(),
                     kind,
                 })?;
-                consider(budget, DeadlineSource::Millis);
-            }
-        }
-        Ok(best)
+                Ok((budget, DeadlineSource::Millis))
+            })
+        });
+        grpc.chain(millis)
     }
 }
 

@@ -789,7 +789,10 @@ impl<T> ChildHandle<T> {
 
     /// As [`cancel`](Self::cancel), with user data the child reads from the [`Cancelled`]
     /// its cancellation points report (`reason().payload()`, or `reason().message()` for a
-    /// string), as [`ScopeHandle::cancel_with`](crate::ScopeHandle::cancel_with) gives.
+    /// string), as [`ScopeHandle::cancel_with`](crate::ScopeHandle::cancel_with) gives. The
+    /// first reason wins (a later one changes nothing). A child still waiting for its slot
+    /// ([`Nursery::limit`](crate::Nursery::limit)) ends without running, so it never reads
+    /// it.
     ///
     /// ```
     /// use tokio_nursery::{cancelled, nursery, Cancelled};

@@ -2044,7 +2044,8 @@ fn orphan<E: fmt::Debug + Send + 'static>(
         // The adopter is past its grace: abort cascades to what it adopts (SPEC N7), as if
         // this nursery's own grace had run out (its names, its kept tree, and past its grace
         // for children that start later), as the cascade does for an adoptee already there.
-        let _ = shared.expire_grace(false);
+        // With its own warning: the adopter's named only what it had when its grace ran out.
+        let _ = shared.expire_grace(true);
     }
     #[cfg(feature = "tracing")]
     {
