@@ -26,7 +26,7 @@ use std::task::{Poll, Waker};
 
 use crate::keep_waker::poll_or_keep;
 use crate::node::Node;
-use crate::reason::{CancelReason, Payload};
+use crate::reason::CancelReason;
 use crate::sync::{Arc, Mutex, MutexGuard, lock};
 
 /// What a started child and its starter share. `End` is how the child ended before the
@@ -252,9 +252,9 @@ impl<V, End> Handoff<V, End> {
             let child = inner.child.clone();
             drop(inner);
             if let Some(child) = child {
-                child.cancel(CancelReason::Explicit(Some(Payload::new(
+                child.cancel(CancelReason::explicit_with(
                     "the code waiting for this child to start gave up",
-                ))));
+                ));
                 child.reparent(&self.nursery);
             }
             return None;

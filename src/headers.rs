@@ -611,31 +611,36 @@ impl DeadlineHeaders {
     }
 
     /// Writes the effective deadline of the code being polled ([`current_deadline`]) into
-    /// `headers`: see [`write`](Self::write). Under a deadline, a tighter budget `headers`
-    /// already carry (a per-call timeout set by hand; the smallest well-formed value of the
-    /// enabled headers) is kept instead, written into every enabled header: the callee never
-    /// gets more time than either allows. When that budget is zero (or under a millisecond
-    /// with the milliseconds header on, which cannot carry it), nothing is written and the
-    /// error carries no cancellation (no scope of ours expired; its `deadline` is the
-    /// header's). A budget above the [`cap`](Self::cap) is written as it is (the cap is the
-    /// reading side's). Without a deadline
-    /// (none, or a shield) the headers are removed as `write` does: the callee gets the
-    /// caller's deadline, none, and a value there may be stale (a forwarded request's); give
-    /// a call its own budget with a scope ([`move_on_after`](crate::move_on_after),
-    /// [`fail_after`](crate::fail_after)) rather than a header. When the scope is
-    /// effectively cancelled the
-    /// error carries its [`Cancelled`]. When the deadline has passed on the clock but was not
-    /// fired yet, or is too close to be written (under a millisecond with the milliseconds
-    /// header), the scope it belongs to is cancelled there and then (reason
-    /// [`Deadline`](crate::CancelReason::Deadline)), and the error carries that cancellation:
-    /// returned through the scope, it is an echo the scope absorbs, not a failure.
+    /// `headers`: see [`write`](Self::write).
+    ///
+    /// Under a deadline, a tighter budget `headers` already carry (a per-call timeout set by
+    /// hand; the smallest well-formed value of the enabled headers) is kept instead, written
+    /// into every enabled header: the callee never gets more time than either allows. When
+    /// that budget is zero (or under a millisecond with the milliseconds header on, which
+    /// cannot carry it), nothing is written and the error carries no cancellation (no scope
+    /// of ours expired; its `deadline` is the header's). A budget above the [`cap`](Self::cap)
+    /// is written as it is (the cap is the reading side's).
+    ///
+    /// Without a deadline (none, or a shield) the headers are removed as `write` does: the
+    /// callee gets the caller's deadline, none, and a value there may be stale (a forwarded
+    /// request's). Give a call its own budget with a scope
+    /// ([`move_on_after`](crate::move_on_after), [`fail_after`](crate::fail_after)) rather
+    /// than a header.
+    ///
+    /// When the scope is effectively cancelled the error carries its [`Cancelled`]. When the
+    /// deadline has passed on the clock but was not fired yet, or is too close to be written
+    /// (under a millisecond with the milliseconds header), the scope it belongs to is
+    /// cancelled there and then (reason [`Deadline`](crate::CancelReason::Deadline)), and the
+    /// error carries that cancellation: returned through the scope, it is an echo the scope
+    /// absorbs, not a failure.
     pub fn write_current(
         &self,
         headers: &mut HeaderMap,
     ) -> Result<Option<Duration>, DeadlinePassed> {
+        let deadline = current_deadline();
         // A tighter budget already in the headers (a per-call timeout set by hand) is kept:
         // the callee never gets more time than either allows.
-        if let Some(budget) = self.tighter_budget_in(headers) {
+        if let Some(budget) = self.tighter_budget_in(headers, &deadline) {
             // Written as it is (not through an instant read back later, a millisecond short
             // on the real clock). Too small, it is the header's own: no scope of ours to
             // expire.
@@ -643,7 +648,7 @@ impl DeadlineHeaders {
             let at = Instant::from_std(crate::node::later(Instant::now().into_std(), budget));
             return self.write_remaining(budget, at, headers).map(Some);
         }
-        match current_deadline() {
+        match deadline {
             EffectiveDeadline::Passed => {
                 self.remove(headers);
                 Err(DeadlinePassed {
@@ -734,19 +739,23 @@ impl DeadlineHeaders {
     }
 
     /// The budget `headers` already carry (the smallest well-formed value of the enabled
-    /// headers), if the code being polled has a deadline and the budget is tighter. A
-    /// malformed value counts as none: the write replaces it.
-    fn tighter_budget_in(&self, headers: &HeaderMap) -> Option<Duration> {
+    /// headers), if the code has a deadline (`deadline`, its effective one) and the budget is
+    /// tighter. A malformed value counts as none: the write replaces it.
+    fn tighter_budget_in(
+        &self,
+        headers: &HeaderMap,
+        deadline: &EffectiveDeadline,
+    ) -> Option<Duration> {
+        // Only under a deadline: without one (none, or a shield) the callee gets none, and
+        // a value there is as likely stale (a forwarded request's) as set by hand.
+        let EffectiveDeadline::At(at) = deadline else {
+            return None;
+        };
         let budget = self
             .budgets(headers)
             .filter_map(Result::ok)
             .map(|(budget, _)| budget)
             .min()?;
-        // Only under a deadline: without one (none, or a shield) the callee gets none, and
-        // a value there is as likely stale (a forwarded request's) as set by hand.
-        let EffectiveDeadline::At(at) = current_deadline() else {
-            return None;
-        };
         (budget < at.saturating_duration_since(Instant::now())).then_some(budget)
     }
 

@@ -401,8 +401,7 @@ impl<T> LocalHandle<'_, T> {
     /// As [`cancel`](Self::cancel), with user data the child reads from its `Cancelled`
     /// (as [`ChildHandle::cancel_with`](crate::ChildHandle::cancel_with)).
     pub fn cancel_with<D: std::any::Any + Send + Sync>(&self, data: D) {
-        let payload = crate::reason::Payload::new(data);
-        self.cancel_because(CancelReason::Explicit(Some(payload)));
+        self.cancel_because(CancelReason::explicit_with(data));
     }
 
     fn cancel_because(&self, reason: CancelReason) {

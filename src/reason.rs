@@ -47,6 +47,11 @@ pub enum CancelReason {
 }
 
 impl CancelReason {
+    /// An explicit cancellation carrying `data` (what `cancel_with` gives).
+    pub(crate) fn explicit_with<T: std::any::Any + Send + Sync>(data: T) -> Self {
+        CancelReason::Explicit(Some(Payload::new(data)))
+    }
+
     /// The user data of an explicit cancellation, if there is some.
     pub fn payload(&self) -> Option<&Payload> {
         match self {

@@ -24,7 +24,7 @@ use crate::context::{self, FrameKind, Unlinked};
 use crate::deadline_service::DeadlineService;
 use crate::node::{DeadlineTimer, Node, ScopeId, WaiterKey, later};
 use crate::point::Waiter;
-use crate::reason::{CancelReason, Payload};
+use crate::reason::CancelReason;
 use crate::sync::Arc;
 
 /// A cancel scope that has not been entered yet.
@@ -163,7 +163,7 @@ impl ScopeHandle {
     /// Cancels the scope with user data, readable from the [`Cancelled`] the body sees
     /// (`reason().payload()`, or `reason().message()` for a string).
     pub fn cancel_with<T: Any + Send + Sync>(&self, data: T) {
-        self.cancel_because(CancelReason::Explicit(Some(Payload::new(data))));
+        self.cancel_because(CancelReason::explicit_with(data));
     }
 
     pub(crate) fn cancel_because(&self, reason: CancelReason) {

@@ -19,7 +19,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use crate::cancelled::CancelError;
 use crate::context;
 use crate::node::Node;
-use crate::reason::{CancelReason, Payload};
+use crate::reason::CancelReason;
 use crate::scope::{CancelScope, ScopeHandle, Scoped};
 use crate::sync::{Arc, Mutex, lock};
 
@@ -156,7 +156,7 @@ where
 }
 
 fn token_reason() -> CancelReason {
-    CancelReason::Explicit(Some(Payload::new(TOKEN_REASON)))
+    CancelReason::explicit_with(TOKEN_REASON)
 }
 
 /// A token cancelled when `node` becomes effectively cancelled.

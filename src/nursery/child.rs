@@ -811,8 +811,7 @@ impl<T> ChildHandle<T> {
     /// # }
     /// ```
     pub fn cancel_with<D: std::any::Any + Send + Sync>(&self, data: D) {
-        let payload = crate::reason::Payload::new(data);
-        self.info().cancel(CancelReason::Explicit(Some(payload)));
+        self.info().cancel(CancelReason::explicit_with(data));
     }
 
     /// Aborts this child alone: tokio drops its future at its next scheduling. Not a failure;

@@ -158,8 +158,7 @@ impl ChildControl {
     /// As [`cancel`](Self::cancel), with user data the child reads from its `Cancelled`
     /// (as [`ChildHandle::cancel_with`](crate::ChildHandle::cancel_with)).
     pub fn cancel_with<D: std::any::Any + Send + Sync>(&self, data: D) {
-        let payload = crate::reason::Payload::new(data);
-        self.child.cancel(CancelReason::Explicit(Some(payload)));
+        self.child.cancel(CancelReason::explicit_with(data));
     }
 
     /// Aborts this child alone. Not a failure. Put off while the child runs a parallel

@@ -927,6 +927,13 @@ impl<E> Shared<E> {
         }
     }
 
+    /// The children the grace period aborted, once it ran out (`aborted_children`).
+    fn aborted(&self) -> &[String] {
+        self.expiry
+            .get()
+            .map_or(&[], |expiry| expiry.aborted.as_slice())
+    }
+
     /// The grace period ran out (SPEC N7): aborts the children still running and names them,
     /// with those of adopted nurseries aborted in the cascade, for `aborted_children`, the
     /// `Cancelled` the nursery passes on and a warn-level event. Nothing if the nursery is
@@ -1363,10 +1370,7 @@ impl<E> NurseryHandle<E> {
     /// # }
     /// ```
     pub fn aborted_children(&self) -> &[String] {
-        self.shared
-            .expiry
-            .get()
-            .map_or(&[], |expiry| expiry.aborted.as_slice())
+        self.shared.aborted()
     }
 
     /// The task tree as it stood when the grace period ran out, before the children were
@@ -1574,9 +1578,7 @@ where
 
 /// Why [`NurseryFuture::cancel`] cancels.
 fn cancel_reason() -> CancelReason {
-    CancelReason::Explicit(Some(crate::reason::Payload::new(
-        "the nursery was cancelled through its future",
-    )))
+    CancelReason::explicit_with("the nursery was cancelled through its future")
 }
 
 impl<B, Fut, T, E> Future for NurseryFuture<B, Fut, T, E>
@@ -1746,13 +1748,7 @@ where
             node.end(true);
             Poll::Ready(Ok(None))
         } else {
-            let cancelled = cancelled_here(node).with_aborted(
-                shared
-                    .expiry
-                    .get()
-                    .map(|expiry| expiry.aborted.clone())
-                    .unwrap_or_default(),
-            );
+            let cancelled = cancelled_here(node).with_aborted(shared.aborted().to_vec());
             node.end(false);
             Poll::Ready(Err(NurseryError::Cancelled(cancelled)))
         }
@@ -1780,11 +1776,9 @@ impl<B, Fut, T, E> PinnedDrop for NurseryFuture<B, Fut, T, E> {
             if this.config.drop_mode == DropMode::Abort {
                 let _ = shared.abort_children(false);
             }
-            shared
-                .node
-                .cancel(CancelReason::Explicit(Some(crate::reason::Payload::new(
-                    "the nursery's future was dropped",
-                ))));
+            shared.node.cancel(CancelReason::explicit_with(
+                "the nursery's future was dropped",
+            ));
             // The body goes before the children are handed over: what dropping it reports
             // (a held `start` whose child failed before its signal) is then among the reports
             // the adopter receives. In wait mode the nurseries inside it are adopted here,
